@@ -1,0 +1,197 @@
+"""`flywheel-eval`: success rate with a confidence interval over N seeded episodes per task.
+
+Runs a policy (a checkpoint directory, or ``expert`` for the scripted operator)
+on sim tasks, or on the rig through the ROS env adapter (``env=rig``). Seeds are
+``seed, seed+1, ...`` per task, so two evaluations with the same seed see the
+same resets; held-out evaluation uses a seed range no training job uses
+(``HELDOUT_SEED``).
+
+    flywheel-eval policy=outputs/ckpt tasks=[PandaRig/LiftCube-Red-v0] episodes=50
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HELDOUT_SEED = 1_000_000  # evaluation seeds start here; training/collection seeds stay below
+
+
+class ActsOnObs(Protocol):
+    def reset(self) -> None: ...
+    def act(self, obs: dict[str, Any]) -> np.ndarray: ...
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class TaskResult:
+    task: str
+    episodes: int
+    successes: int
+    mean_steps: float
+    mean_return: float
+    seeds: list[int] = field(default_factory=list)
+    success_per_episode: list[bool] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.episodes)
+
+    def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.ci
+        return {
+            "task": self.task,
+            "episodes": self.episodes,
+            "successes": self.successes,
+            "success_rate": self.rate,
+            "ci95": [lo, hi],
+            "mean_steps": self.mean_steps,
+            "mean_return": self.mean_return,
+            "seeds": self.seeds,
+            "success_per_episode": self.success_per_episode,
+        }
+
+
+class ChunkedPolicy:
+    """Runs a chunk policy (``infer(obs) -> {"actions": (H, A)}``) step by step.
+
+    A new chunk is inferred every ``execute`` steps (open-loop in between), the
+    synchronous execution used for evaluation and data collection in sim.
+    """
+
+    def __init__(self, policy: Any, instruction: str, execute: int | None = None):
+        self.policy = policy
+        self.instruction = instruction
+        self.execute = execute
+        self._chunk: np.ndarray | None = None
+        self._i = 0
+
+    def reset(self) -> None:
+        self._chunk, self._i = None, 0
+
+    def act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self._chunk is None or self._i >= (self.execute or len(self._chunk)):
+            out = self.policy.infer({**obs, "instruction": self.instruction})
+            self._chunk, self._i = np.asarray(out["actions"], np.float32), 0
+        a = self._chunk[min(self._i, len(self._chunk) - 1)]
+        self._i += 1
+        return a
+
+
+def run_episodes(
+    env: Any,
+    agent: ActsOnObs,
+    seeds: Iterable[int],
+    max_steps: int | None = None,
+    on_step: Callable[[dict, np.ndarray, float, dict], None] | None = None,
+    progress: Any = None,
+) -> tuple[list[bool], list[int], list[float]]:
+    """Roll ``agent`` out once per seed; returns (success, steps, return) per episode."""
+    successes, steps, returns = [], [], []
+    for seed in seeds:
+        obs, info = env.reset(seed=int(seed))
+        agent.reset()
+        done, t, ret, ok = False, 0, 0.0, False
+        while not done:
+            action = agent.act(obs)
+            obs, reward, terminated, truncated, info = env.step(action)
+            ret += float(reward)
+            t += 1
+            ok = ok or bool(info.get("is_success", False))
+            if on_step is not None:
+                on_step(obs, action, float(reward), info)
+            done = terminated or truncated or (max_steps is not None and t >= max_steps)
+        successes.append(ok)
+        steps.append(t)
+        returns.append(ret)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(success=f"{np.mean(successes):.2f}")
+    return successes, steps, returns
+
+
+def evaluate_task(
+    task: str,
+    make_agent: Callable[[Any], ActsOnObs],
+    episodes: int,
+    seed: int = HELDOUT_SEED,
+    make_env: Callable[[str], Any] | None = None,
+    max_steps: int | None = None,
+    show_progress: bool = True,
+) -> TaskResult:
+    from tqdm.auto import tqdm
+
+    if make_env is None:
+        import sim
+
+        def make_env(t: str) -> Any:
+            return sim.make(t)
+
+    env = make_env(task)
+    try:
+        agent = make_agent(env)
+        seeds = list(range(seed, seed + episodes))
+        with tqdm(total=episodes, desc=f"eval {task}", disable=not show_progress, leave=False) as bar:
+            ok, steps, rets = run_episodes(env, agent, seeds, max_steps=max_steps, progress=bar)
+    finally:
+        env.close()
+    return TaskResult(task, episodes, int(sum(ok)), float(np.mean(steps)), float(np.mean(rets)), seeds, ok)
+
+
+def results_table(results: dict[str, dict[str, TaskResult]] | dict[str, TaskResult]) -> str:
+    """Markdown table; accepts {task: result} or {column: {task: result}}."""
+    if results and isinstance(next(iter(results.values())), TaskResult):
+        results = {"success": results}  # type: ignore[assignment]
+    cols = list(results)
+    tasks = sorted({t for c in cols for t in results[c]})
+    lines = ["| task | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for t in tasks:
+        cells = []
+        for c in cols:
+            r = results[c].get(t)
+            if r is None:
+                cells.append("")
+            else:
+                lo, hi = r.ci
+                cells.append(f"{r.rate:.2f} [{lo:.2f}, {hi:.2f}] (n={r.episodes})")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_results(results: dict[str, TaskResult], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({t: r.to_dict() for t, r in results.items()}, indent=2))
+
+
+def load_results(path: str | Path) -> dict[str, TaskResult]:
+    raw = json.loads(Path(path).read_text())
+    out = {}
+    for t, d in raw.items():
+        out[t] = TaskResult(
+            d["task"], d["episodes"], d["successes"], d["mean_steps"], d["mean_return"],
+            d.get("seeds", []), d.get("success_per_episode", []),
+        )
+    return out
