@@ -118,3 +118,14 @@ def test_chunked_policy_rollouts_count_success():
 def test_results_table_has_ci():
     table = results_table({"before": {"t": TaskResult("t", 10, 5, 3.0, 0.5)}, "after": {"t": TaskResult("t", 10, 9, 3.0, 0.9)}})
     assert "| t | 0.50 [0.24, 0.76] (n=10) | 0.90 [0.60, 0.98] (n=10) |" in table
+
+
+def test_report_writes_markdown_and_png(tmp_path):
+    from flywheel.report import write_report
+
+    res = {"before": {"a": TaskResult("a", 10, 2, 5.0, 0.2)}, "after": {"a": TaskResult("a", 10, 8, 5.0, 0.8)}}
+    md = write_report(tmp_path / "r.md", "iteration 1", res, sections=[("notes", "hello")], facts={"parent": "g0"})
+    text = md.read_text()
+    assert "| a | 0.20" in text and "![success](r.png)" in text and "| parent | g0 |" in text
+    png = (tmp_path / "r.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
