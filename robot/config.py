@@ -85,6 +85,8 @@ class TeleopConfig:
     rate_hz: float = 50.0
     translation_scale: float = 0.1  # m/s at full deflection
     rotation_scale: float = 0.5  # rad/s at full deflection
+    tty_path: str = ""  # keyboard: terminal to read ("" = stdin), e.g. /dev/pts/3 of an SSH session
+    release_after: float = 0.5  # s after the operator's last motion until control returns to the policy
 
 
 @dataclass
