@@ -606,7 +606,12 @@ class EpisodeWriter:
         timestamp: float | None = None,
         **extras: Any,
     ) -> None:
-        """Append one step; raises SpecError (and keeps the episode as it was) on bad input."""
+        """Append one step.
+
+        Bad input raises SpecError and leaves the episode as it was. A failed write (disk
+        full, permissions) raises StoreError but keeps the step in memory: fix the cause and
+        go on; :meth:`commit` writes whatever is still pending.
+        """
         self._check_open()
         store = self.store
         obs_specs = store.spec.observation_specs()
