@@ -1,0 +1,127 @@
+"""Simulated cameras: render a :class:`sim.rig.SimRig`'s cameras at their rates.
+
+One worker thread renders every camera (one GL context, so EGL stays happy),
+each at its own rate, stamping a frame with the host time at which the scene
+was read. A render that misses its slot skips ahead; the skipped slots count
+as dropped frames, reported like a real camera's. With ``lock`` (the franka
+node's physics lock, when the rig is shared in-process) the scene is read
+between physics steps. ``before_render`` lets a camera node running in its
+own process pose its private rig from mirrored ``joint_states`` first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from robot.backends.camera_stream import StreamStats
+from robot.backends.realsense import DropCounter, Frame, Intrinsics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimCamera:
+    name: str
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    depth: bool = False
+
+
+class SimCameraSource:
+    def __init__(
+        self,
+        rig: Any,
+        cameras: list[SimCamera],
+        on_frame: Callable[[str, Frame, float], None],
+        lock: Any = None,
+        before_render: Callable[[], None] | None = None,
+    ):
+        self.rig, self.cameras, self.on_frame = rig, list(cameras), on_frame
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.before_render = before_render
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drops = {c.name: DropCounter(c.fps) for c in self.cameras}
+        self._frames = dict.fromkeys(self._drops, 0)
+        self._last = dict.fromkeys(self._drops, 0.0)
+        self._arrivals: dict[str, list[float]] = {c.name: [] for c in self.cameras}
+        self._error = ""
+        self._stat_lock = threading.Lock()
+
+    def intrinsics(self, cam: SimCamera) -> Intrinsics:
+        """Ideal pinhole from the MuJoCo camera's vertical field of view."""
+        fovy = float(self.rig.model.cam_fovy[self.rig.model.camera(cam.name).id])
+        return Intrinsics.from_fovy(cam.width, cam.height, fovy)
+
+    def check(self) -> None:
+        """Fail early, naming the camera and the ones the model has, if a name is wrong."""
+        names = self.rig.camera_names()
+        missing = [c.name for c in self.cameras if c.name not in names]
+        if missing:
+            raise KeyError(f"sim cameras {missing} are not in the sim rig (it has {list(names)})")
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="sim-cameras", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def stats(self, name: str) -> StreamStats:
+        now = time.monotonic()
+        with self._stat_lock:
+            recent = [t for t in self._arrivals[name] if now - t <= 2.0]
+            rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+            return StreamStats(name, self._thread is not None and not self._error, self._frames[name],
+                               self._drops[name].dropped, 0, 1, rate, self._last[name], self._error)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        slot = dict.fromkeys(self._drops, 0)  # index of the next frame slot per camera
+        while not self._stop.is_set():
+            due = {c.name: t0 + slot[c.name] / c.fps for c in self.cameras}
+            wait = min(due.values()) - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):
+                break
+            now = time.monotonic()
+            ready = [c for c in self.cameras if due[c.name] <= now]
+            try:
+                with self.lock:
+                    if self.before_render is not None:
+                        self.before_render()
+                    stamp = time.time()
+                    shots = [(c, self.rig.render(c.name, c.width, c.height),
+                              self.rig.render(c.name, c.width, c.height, depth=True) if c.depth else None)
+                             for c in ready]
+            except Exception as e:  # a broken scene: report on /diagnostics, try again next slot
+                if str(e) != self._error:
+                    log.exception("sim cameras: rendering failed")
+                self._error = str(e)
+                for c in ready:
+                    slot[c.name] += 1
+                continue
+            self._error = ""
+            for c, rgb, depth in shots:
+                n = slot[c.name]
+                self._drops[c.name].update(n, stamp)
+                with self._stat_lock:
+                    self._frames[c.name] += 1
+                    self._last[c.name] = stamp
+                    arr = self._arrivals[c.name]
+                    arr.append(time.monotonic())
+                    del arr[:-128]
+                self.on_frame(c.name, Frame(rgb, stamp, "system", n, depth), stamp)
+                # the next slot after now: slots missed while rendering are dropped frames
+                slot[c.name] = max(n + 1, int((time.monotonic() - t0) * c.fps))
