@@ -1,0 +1,103 @@
+"""Structured configs of the policy package (hydra group ``policy``).
+
+``register()`` stores them in hydra's ConfigStore; nothing is registered at
+import time. Options of the ``policy`` group:
+
+* ``token_learner`` (default): the iRe-VLA head (TokenLearner + MLP);
+* ``flow``: a flow-matching chunk head (as in pi0 / SmolVLA);
+* ``lora``: ``token_learner`` with LoRA adapters on the backbone;
+* ``frozen``: ``token_learner`` with the backbone frozen (iRe-VLA's RL stage).
+
+The ``policy_node`` group holds the inference node's parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+HEADS = ("token_learner", "flow")
+FINETUNE = ("full", "lora", "frozen")
+
+
+@dataclass
+class PolicyConfig:
+    """What the VLA is made of; saved as ``policy_config.json`` in a checkpoint."""
+
+    backbone: str = ""  # local directory or Hugging Face id (resolved from the local cache)
+    head: str = "token_learner"  # token_learner | flow
+    finetune: str = "full"  # full | lora | frozen
+    # LoRA (finetune=lora)
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # TokenLearner head
+    num_tokens: int = 8  # tokens the TokenLearner pools the hidden states into
+    hidden_dim: int = 256  # width of the head MLP / flow expert
+    head_layers: int = 2
+    # flow-matching head
+    expert_layers: int = 2
+    expert_heads: int = 4
+    flow_steps: int = 10  # Euler steps at inference
+    # text: pad prompts to this many tokens (static shapes for torch.compile); 0 pads to the longest
+    max_text_tokens: int = 0
+    seed: int = 0  # flow-matching noise at inference
+
+    def validate(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"policy.head={self.head!r} is not one of {HEADS}")
+        if self.finetune not in FINETUNE:
+            raise ValueError(f"policy.finetune={self.finetune!r} is not one of {FINETUNE}")
+        if not self.backbone:
+            raise ValueError(
+                "policy.backbone is empty: give a local backbone directory or a Hugging Face id "
+                "(make a tiny one with `python -m policy.tiny --family smolvlm --out DIR`)"
+            )
+
+
+@dataclass
+class TrainConfig:
+    """Supervised fine-tuning (behaviour cloning of action chunks)."""
+
+    out_dir: str = "outputs/policy"
+    steps: int = 1000
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5  # learning rate of the (unfrozen) backbone / LoRA parameters
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume: bool = True
+    seed: int = 0
+
+
+@dataclass
+class PolicyNodeConfig:
+    """Parameters of ``policy-node`` (also ROS parameters of the same names)."""
+
+    checkpoint: str = ""
+    instruction: str = ""  # initial instruction; `policy/instruction` overrides it
+    device: str = ""  # "" -> cuda if available, else cpu
+    compile: bool = False
+    control_hz: float = 0.0  # 0 -> the rig spec's control rate
+    max_obs_age: float = 0.5  # s: older camera/state samples are refused
+    blend_steps: int = 3  # ticks over which a new chunk is blended into the old one
+    gripper_speed: float = 0.1
+    gripper_force: float = 0.0  # > 0: close with a grasp of this force
+
+
+def register() -> None:
+    """Register the ``policy`` and ``policy_node`` groups (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="policy", name="token_learner", node=PolicyConfig())
+    cs.store(group="policy", name="flow", node=PolicyConfig(head="flow"))
+    cs.store(group="policy", name="lora", node=PolicyConfig(finetune="lora"))
+    cs.store(group="policy", name="frozen", node=PolicyConfig(finetune="frozen"))
+    cs.store(group="policy_train", name="default", node=TrainConfig())
+    cs.store(group="policy_node", name="default", node=PolicyNodeConfig())
