@@ -1,0 +1,248 @@
+"""Torch datasets over an episode store: observation history and action-chunk windows.
+
+One sample per committed step ``t`` of the selected episodes (as LeRobot and
+diffusion_policy sample):
+
+* ``obs/<key>``: steps ``t - n_obs_steps + 1 .. t``; steps before the episode's
+  first repeat the first step (padding at the start);
+* ``action``: steps ``t .. t + horizon - 1``; steps past the episode's end repeat
+  the last action and are flagged in ``action_is_pad`` (padding at the end);
+* ``reward``, ``intervention``, ``done`` (last step of the episode), ``index``
+  (global step), ``episode_index``, ``task_index`` at ``t``; ``instruction`` (a
+  list of strings in a batch).
+
+Speed: low-dimensional arrays are read into memory once (they are small); images
+are decoded straight from their JPEG chunk files and kept in an LRU cache of
+decoded frames (per worker). Batches are gathered with vectorised indexing in
+``__getitems__``; use :func:`make_loader`, whose collate passes them through.
+Images come out as uint8 (n_obs, 3, H, W): normalise on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from flywheel.data.store import EpisodeStore
+
+log = logging.getLogger(__name__)
+
+
+class FrameCache:
+    """LRU cache of decoded images, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._d: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        v = self._d.get(key)
+        if v is None:
+            self.misses += 1
+            return None
+        self._d.move_to_end(key)
+        self.hits += 1
+        return v
+
+    def put(self, key: tuple[str, int], value: np.ndarray) -> None:
+        if self.max_bytes <= 0 or value.nbytes > self.max_bytes:
+            return
+        self._d[key] = value
+        self.bytes += value.nbytes
+        while self.bytes > self.max_bytes:
+            _, old = self._d.popitem(last=False)
+            self.bytes -= old.nbytes
+
+
+def split_episodes(
+    episodes: Sequence[int], val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """An episode-level train/validation split (no episode is in both), deterministic in ``seed``."""
+    eps = np.array(sorted(episodes), dtype=np.int64)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n_val = int(round(len(eps) * val_fraction))
+    if val_fraction > 0 and len(eps) > 1:
+        n_val = max(1, n_val)
+    perm = np.random.default_rng(seed).permutation(len(eps))
+    val = sorted(eps[perm[:n_val]].tolist())
+    train = sorted(eps[perm[n_val:]].tolist())
+    return train, val
+
+
+class EpisodeDataset(Dataset):
+    """Windows over an :class:`EpisodeStore` (see the module docstring).
+
+    ``episodes`` picks episodes by index; ``filters`` (e.g. ``success=True``,
+    ``source=["human", "rl"]``, ``task="pick_cube"``) select by record, as
+    :meth:`EpisodeStore.select`.
+    """
+
+    def __init__(
+        self,
+        store: EpisodeStore | str,
+        *,
+        n_obs_steps: int = 1,
+        horizon: int | None = None,
+        obs_keys: Sequence[str] | None = None,
+        episodes: Sequence[int] | None = None,
+        image_cache_mb: float = 1024.0,
+        **filters: Any,
+    ) -> None:
+        self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, "r")
+        self.n_obs_steps = int(n_obs_steps)
+        self.horizon = int(horizon if horizon is not None else self.store.spec.action.chunk_horizon)
+        if self.n_obs_steps < 1 or self.horizon < 1:
+            raise ValueError(f"n_obs_steps and horizon must be >= 1, got {n_obs_steps}, {horizon}")
+        obs_specs = self.store.spec.observation_specs()
+        self.obs_keys = list(obs_keys) if obs_keys is not None else list(obs_specs)
+        unknown = [k for k in self.obs_keys if k not in obs_specs]
+        if unknown:
+            raise KeyError(f"observation keys {unknown} are not in the store's spec: {list(obs_specs)}")
+        self.image_keys = [k for k in self.obs_keys if k.startswith(("images/", "depth/"))]
+        self.lowdim_obs_keys = [k for k in self.obs_keys if k not in self.image_keys]
+        self.filters = dict(filters)
+        self._episode_choice = None if episodes is None else [int(e) for e in episodes]
+        self.cache = FrameCache(int(image_cache_mb * 2**20))
+        self._build()
+
+    # ------------------------------------------------------------- indexing
+    def _build(self) -> None:
+        s = self.store
+        chosen = set(s.select(**self.filters))
+        if self._episode_choice is not None:
+            bad = [e for e in self._episode_choice if not 0 <= e < s.num_episodes]
+            if bad:
+                raise IndexError(f"episodes {bad} are not committed in {s.path} ({s.num_episodes} episodes)")
+            chosen &= set(self._episode_choice)
+        self.episodes = sorted(chosen)
+        recs = [s.record(e) for e in self.episodes]
+        self.tasks = sorted({r.task for r in recs})
+        task_id = {t: i for i, t in enumerate(self.tasks)}
+        lengths = np.array([r.length for r in recs], dtype=np.int64)
+        self._step = np.concatenate([np.arange(r.start, r.end) for r in recs]) if recs else np.zeros(0, np.int64)
+        self._ep_start = np.repeat([r.start for r in recs], lengths).astype(np.int64)
+        self._ep_end = np.repeat([r.end for r in recs], lengths).astype(np.int64)
+        self._ep_index = np.repeat(self.episodes, lengths).astype(np.int64)
+        self._task = np.repeat([task_id[r.task] for r in recs], lengths).astype(np.int64)
+        self._instruction = {r.index: r.instruction or r.task for r in recs}
+        self._source = np.repeat([r.source for r in recs], lengths)
+        # low-dimensional arrays of the whole committed store, in memory
+        keys = [*self.lowdim_obs_keys, "action", "reward", "intervention"]
+        self._low = {k: s.read(k, 0, s.num_steps) for k in keys}
+
+    def refresh(self) -> bool:
+        """Pick up episodes committed since (online training while a writer appends)."""
+        if self.store.refresh():
+            self._build()
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._step)
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The source (human / policy / rl) of every sample, for :class:`MixedBatchSampler`."""
+        return self._source
+
+    def record(self, episode_index: int):
+        return self.store.record(episode_index)
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[EpisodeDataset, EpisodeDataset]:
+        """Train and validation datasets over disjoint episodes."""
+        train, val = split_episodes(self.episodes, val_fraction, seed)
+        kw = dict(n_obs_steps=self.n_obs_steps, horizon=self.horizon, obs_keys=self.obs_keys,
+                  image_cache_mb=self.cache.max_bytes / 2**20, **self.filters)
+        return EpisodeDataset(self.store, episodes=train, **kw), EpisodeDataset(self.store, episodes=val, **kw)
+
+    # -------------------------------------------------------------- reading
+    def _image(self, key: str, step: int) -> np.ndarray:
+        ck = (key, step)
+        img = self.cache.get(ck)
+        if img is None:
+            img = self.store.read_image(key, step)
+            img = np.ascontiguousarray(img.transpose(2, 0, 1)) if img.ndim == 3 else img[None]
+            self.cache.put(ck, img)
+        return img
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"sample index out of range [0, {len(self)})")
+        g = self._step[idx]
+        lo, hi = self._ep_start[idx], self._ep_end[idx]
+        obs_idx = np.clip(g[:, None] + np.arange(1 - self.n_obs_steps, 1)[None], lo[:, None], None)
+        act_raw = g[:, None] + np.arange(self.horizon)[None]
+        act_pad = act_raw >= hi[:, None]
+        act_idx = np.minimum(act_raw, hi[:, None] - 1)
+        out: dict[str, Any] = {}
+        for k in self.lowdim_obs_keys:
+            out[f"obs/{k}"] = torch.from_numpy(self._low[k][obs_idx])
+        for k in self.image_keys:
+            frames = [self._image(k, int(s)) for s in obs_idx.reshape(-1)]
+            arr = np.stack(frames).reshape(*obs_idx.shape, *frames[0].shape)
+            out[f"obs/{k}"] = torch.from_numpy(arr)
+        out["action"] = torch.from_numpy(self._low["action"][act_idx])
+        out["action_is_pad"] = torch.from_numpy(act_pad)
+        out["reward"] = torch.from_numpy(self._low["reward"][g])
+        out["intervention"] = torch.from_numpy(self._low["intervention"][g])
+        out["done"] = torch.from_numpy(g == hi - 1)
+        out["index"] = torch.from_numpy(g)
+        ep = self._ep_index[idx]
+        out["episode_index"] = torch.from_numpy(ep)
+        out["task_index"] = torch.from_numpy(self._task[idx])
+        out["instruction"] = [self._instruction[int(e)] for e in ep]
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        b = self.__getitems__([i])
+        return {k: v[0] for k, v in b.items()}
+
+
+def _passthrough(batch: Any) -> Any:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: EpisodeDataset,
+    batch_size: int = 256,
+    *,
+    shuffle: bool = True,
+    num_workers: int = 2,
+    drop_last: bool = True,
+    batch_sampler: Any = None,
+    seed: int = 0,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
+    """A DataLoader that fetches whole batches through ``dataset.__getitems__``."""
+    kw: dict[str, Any] = {}
+    if num_workers > 0:
+        kw["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        kw["worker_init_fn"] = _worker_init
+        if prefetch_factor is not None:
+            kw["prefetch_factor"] = prefetch_factor
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                          collate_fn=_passthrough, **kw)
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=num_workers, collate_fn=_passthrough, generator=gen, **kw)
+
+
+def batch_to_device(batch: Mapping[str, Any], device: str | torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
