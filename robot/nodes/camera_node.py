@@ -212,6 +212,12 @@ class CameraNode(LifecycleNode):
         self._close_rig()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        # after Ctrl-C rclpy has shut the context down and on_shutdown may not run: release devices here too
+        self._stop()
+        self._close_rig()
+        super().destroy_node()
+
     def _stop(self) -> None:
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)

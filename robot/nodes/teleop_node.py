@@ -118,6 +118,11 @@ class TeleopNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        # after Ctrl-C rclpy has shut the context down and on_shutdown may not run: restore the tty here too
+        self._release()
+        super().destroy_node()
+
     def _release(self) -> None:
         if self._timer is not None:
             self.destroy_timer(self._timer)
