@@ -1,0 +1,314 @@
+"""The safety filter between every command source and the arm (numpy only, no ROS).
+
+Every TCP target the franka node sends (from ``target_pose``, ``target_twist``,
+teleop, or a sim env) goes through :class:`SafetyFilter`, configured by
+:class:`robot.config.SafetyConfig`:
+
+* **rejection** (:class:`CommandRejected`): NaN, Inf, wrong shapes, zero-norm
+  quaternions never reach the backend; the previous target stays in force;
+* **workspace**: a fresh target is clipped into the position box
+  (``workspace_min`` .. ``workspace_max``) and into the orientation cone (at most
+  ``max_tilt`` rad away from ``nominal_quat``);
+* **rate limits**: each tick the applied command moves toward the (clipped) target
+  by at most ``min(max_step_translation, max_linear_velocity * dt)`` metres and
+  ``min(max_step_rotation, max_angular_velocity * dt)`` radians;
+* **watchdog**: with no fresh target for ``watchdog_timeout`` s the filter holds the
+  last applied pose (the arm stops where it is, it does not finish a stale motion);
+* **gripper**: width clipped to ``gripper_min`` .. ``gripper_max``, speed and force to
+  the Franka Hand's ranges, NaN/Inf rejected.
+
+:meth:`SafetyFilter.step` returns the command actually applied; that is what the
+node sends, publishes on ``command_applied`` and the recorder stores.
+
+The filter starts from the measured pose (:meth:`SafetyFilter.reset`) and only
+ever moves by rate-limited steps toward targets clipped into the workspace, so a
+command applied from a pose inside the workspace never leaves it; if the arm
+starts outside the box, holding keeps it still until a target pulls it in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from robot.geometry import quat_conj, quat_mul, quat_to_rotvec, rotvec_to_quat
+
+__all__ = [
+    "CommandRejected",
+    "Applied",
+    "GripperCommand",
+    "SafetyFilter",
+    "validate_safety_config",
+    "apply_twist",
+    "GRIPPER_MAX_SPEED",
+    "GRIPPER_MAX_FORCE",
+]
+
+GRIPPER_MAX_SPEED = 0.1  # m/s, Franka Hand
+GRIPPER_MIN_SPEED = 0.001  # m/s
+GRIPPER_MAX_FORCE = 70.0  # N, Franka Hand continuous grasp force
+
+
+class CommandRejected(ValueError):
+    """A command the filter refuses outright (NaN, Inf, wrong shape); nothing is applied."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The TCP command actually applied at one filter tick."""
+
+    pos: np.ndarray  # (3,) m, base frame
+    quat: np.ndarray  # (4,) x, y, z, w
+    stamp: float  # s, the caller's clock
+    clipped: bool  # the workspace or a rate limit changed the target
+    holding: bool  # watchdog, hold() or no target yet: holding the last applied pose
+    target_stamp: float  # s, when the target in force was received (nan: none)
+
+
+@dataclass(frozen=True)
+class GripperCommand:
+    width: float  # m
+    speed: float  # m/s
+    force: float  # N; > 0 grasps, else a plain move
+    clipped: bool = False
+
+    @property
+    def grasp(self) -> bool:
+        return self.force > 0.0
+
+
+def validate_safety_config(cfg: Any, prefix: str = "safety.") -> None:
+    """Raise ValueError naming the key, its value and the fix, for a bad SafetyConfig."""
+
+    def fail(key: str, value: Any, must: str) -> None:
+        raise ValueError(f"{prefix}{key} = {value!r}: {must}")
+
+    lo = np.asarray(cfg.workspace_min, dtype=float)
+    hi = np.asarray(cfg.workspace_max, dtype=float)
+    if lo.shape != (3,) or not np.all(np.isfinite(lo)):
+        fail("workspace_min", list(cfg.workspace_min), "must be 3 finite numbers [x, y, z] in m")
+    if hi.shape != (3,) or not np.all(np.isfinite(hi)):
+        fail("workspace_max", list(cfg.workspace_max), "must be 3 finite numbers [x, y, z] in m")
+    if not np.all(lo < hi):
+        fail("workspace_min", list(cfg.workspace_min), f"must be below workspace_max {list(cfg.workspace_max)} on every axis")
+    q = np.asarray(cfg.nominal_quat, dtype=float)
+    if q.shape != (4,) or not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-6:
+        fail("nominal_quat", list(cfg.nominal_quat), "must be a non-zero quaternion [x, y, z, w]")
+    for key, upper in (("max_tilt", math.pi / 2), ("max_step_translation", 0.05), ("max_step_rotation", 0.5)):
+        v = float(getattr(cfg, key))
+        if not (0.0 < v <= upper):
+            fail(key, v, f"must be in (0, {upper}]")
+    for key in ("max_linear_velocity", "max_angular_velocity", "watchdog_timeout"):
+        v = float(getattr(cfg, key))
+        if not (math.isfinite(v) and v > 0.0):
+            fail(key, v, "must be a positive number")
+    gmin, gmax = float(cfg.gripper_min), float(cfg.gripper_max)
+    if not (0.0 <= gmin < gmax <= 0.08 + 1e-9):
+        fail("gripper_min", gmin, f"need 0 <= gripper_min < gripper_max ({gmax}) <= 0.08 m")
+
+
+def _vec(name: str, value: Any, n: int) -> np.ndarray:
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CommandRejected(f"{name}: not numeric ({e})") from None
+    if a.shape != (n,):
+        raise CommandRejected(f"{name}: expected shape ({n},), got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise CommandRejected(f"{name}: contains NaN or Inf: {a.tolist()}")
+    return a
+
+
+def _unit_quat(name: str, value: Any) -> np.ndarray:
+    q = _vec(name, value, 4)
+    n = float(np.linalg.norm(q))
+    if n < 1e-6:
+        raise CommandRejected(f"{name}: zero-norm quaternion")
+    q = q / n
+    return q if q[3] >= 0 else -q
+
+
+def _rotvec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation vector r with rotvec_to_quat(r) * b == a (shortest way)."""
+    return quat_to_rotvec(quat_mul(a, quat_conj(b)))
+
+
+class SafetyFilter:
+    """Clips, rate-limits and watches TCP targets; see the module docstring.
+
+    Times are in seconds on any monotonic clock the caller uses consistently.
+    ``dt`` is the nominal tick period (1 / control rate), used when ``step`` is
+    not told the measured one.
+    """
+
+    def __init__(self, cfg: Any, dt: float):
+        validate_safety_config(cfg)
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt = {dt!r}: must be a positive tick period in s")
+        self.cfg = cfg
+        self.dt = float(dt)
+        self._lo = np.asarray(cfg.workspace_min, dtype=np.float64)
+        self._hi = np.asarray(cfg.workspace_max, dtype=np.float64)
+        nq = np.asarray(cfg.nominal_quat, dtype=np.float64)
+        self._nominal = nq / np.linalg.norm(nq)
+        self._pos: np.ndarray | None = None
+        self._quat: np.ndarray | None = None
+        self._target: tuple[np.ndarray, np.ndarray] | None = None  # clipped target in force
+        self._target_clipped = False
+        self._target_time = float("nan")
+        self._hold = False
+        self.rejected = 0  # counters for diagnostics
+        self.clipped = 0
+        self.stale_holds = 0
+        self._stale = False
+
+    # ----------------------------------------------------------------- state
+    @property
+    def ready(self) -> bool:
+        return self._pos is not None
+
+    @property
+    def applied_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pos is None or self._quat is None:
+            raise RuntimeError("SafetyFilter: call reset(measured pose) before use")
+        return self._pos.copy(), self._quat.copy()
+
+    @property
+    def holding(self) -> bool:
+        return self._hold
+
+    @property
+    def stale(self) -> bool:
+        return self._stale
+
+    def reset(self, pos: Any, quat: Any) -> None:
+        """Start from the measured pose; no target is in force (the arm holds still)."""
+        self._pos = _vec("measured position", pos, 3).copy()
+        self._quat = _unit_quat("measured quaternion", quat)
+        self._target = None
+        self._target_time = float("nan")
+        self._stale = False
+
+    def set_hold(self, hold: bool) -> None:
+        """True: hold the current applied pose and ignore targets until released."""
+        self._hold = bool(hold)
+        self._target = None
+
+    # -------------------------------------------------------------- commands
+    def clip_pose(self, pos: np.ndarray, quat: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Project a pose into the workspace box and the orientation cone."""
+        p = np.minimum(np.maximum(pos, self._lo), self._hi)
+        clipped = bool(np.any(p != pos))
+        r = _rotvec_between(quat, self._nominal)
+        angle = float(np.linalg.norm(r))
+        q = quat
+        if angle > self.cfg.max_tilt:
+            q = quat_mul(rotvec_to_quat(r * (self.cfg.max_tilt / angle)), self._nominal)
+            clipped = True
+        return p, q, clipped
+
+    def set_target(self, pos: Any, quat: Any, now: float) -> bool:
+        """Validate and accept an absolute TCP target; returns True when it had to be clipped.
+
+        Raises :class:`CommandRejected` for NaN, Inf, wrong shapes or a zero quaternion
+        (counted in ``rejected``); the previous target stays in force then.
+        """
+        try:
+            p = _vec("target position", pos, 3)
+            q = _unit_quat("target quaternion", quat)
+        except CommandRejected:
+            self.rejected += 1
+            raise
+        if self._hold:
+            return False
+        p, q, clipped = self.clip_pose(p, q)
+        self._target = (p, q)
+        self._target_clipped = clipped
+        self._target_time = float(now)
+        self._stale = False
+        return clipped
+
+    def gripper(self, width: Any, speed: Any, force: Any) -> GripperCommand:
+        """Validate and clip a gripper command (raises :class:`CommandRejected` on NaN/Inf)."""
+        try:
+            w, s, f = (float(_vec(n, [v], 1)[0]) for n, v in (("width", width), ("speed", speed), ("force", force)))
+        except CommandRejected:
+            self.rejected += 1
+            raise
+        cw = min(max(w, float(self.cfg.gripper_min)), float(self.cfg.gripper_max))
+        cs = min(max(s, GRIPPER_MIN_SPEED), GRIPPER_MAX_SPEED)
+        cf = min(max(f, 0.0), GRIPPER_MAX_FORCE)
+        clipped = (cw, cs, cf) != (w, s, f)
+        return GripperCommand(cw, cs, cf, clipped)
+
+    # ------------------------------------------------------------------ tick
+    def step(self, now: float, dt: float | None = None) -> Applied:
+        """Advance one control tick and return the command to apply."""
+        if self._pos is None or self._quat is None:
+            raise RuntimeError("SafetyFilter: call reset(measured pose) before step()")
+        dt = self.dt if dt is None or not (dt > 0) else float(dt)
+        cfg = self.cfg
+        holding = self._hold or self._target is None
+        if not holding and now - self._target_time > cfg.watchdog_timeout:
+            # stale command: stop where we are
+            self._target = None
+            self._stale = True
+            self.stale_holds += 1
+            holding = True
+        if holding:
+            return Applied(self._pos.copy(), self._quat.copy(), now, False, True, self._target_time)
+
+        goal_p, goal_q = self._target  # type: ignore[misc]
+        clipped = self._target_clipped
+        max_t = min(cfg.max_step_translation, cfg.max_linear_velocity * dt)
+        max_r = min(cfg.max_step_rotation, cfg.max_angular_velocity * dt)
+
+        d = goal_p - self._pos
+        n = float(np.linalg.norm(d))
+        if n > max_t:
+            d = d * (max_t / n)
+            clipped = True
+        pos = self._pos + d
+
+        r = _rotvec_between(goal_q, self._quat)
+        a = float(np.linalg.norm(r))
+        if a > max_r:
+            quat = quat_mul(rotvec_to_quat(r * (max_r / a)), self._quat)
+            clipped = True
+        else:
+            quat = goal_q
+        quat = quat / np.linalg.norm(quat)
+        if quat[3] < 0:
+            quat = -quat
+        self._pos, self._quat = pos, quat
+        if clipped:
+            self.clipped += 1
+        return Applied(pos.copy(), quat.copy(), now, clipped, False, self._target_time)
+
+
+def apply_twist(
+    pos: np.ndarray,
+    quat: np.ndarray,
+    linear: Any,
+    angular: Any,
+    scale: float = 1.0,
+    ee_frame: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Displace a pose by a twist times ``scale`` (dt for a velocity, 1 for a per-message delta).
+
+    ``ee_frame``: the twist is expressed in the TCP frame (rotated into the base frame
+    by ``quat``); otherwise in the base frame. Raises :class:`CommandRejected` on NaN/Inf.
+    """
+    v = _vec("twist linear", linear, 3) * scale
+    w = _vec("twist angular", angular, 3) * scale
+    quat = np.asarray(quat, dtype=np.float64)
+    if ee_frame:
+        from robot.geometry import quat_to_matrix
+
+        rot = quat_to_matrix(quat)
+        v, w = rot @ v, rot @ w
+    new_q = quat_mul(rotvec_to_quat(w), quat)
+    return np.asarray(pos, dtype=np.float64) + v, new_q / np.linalg.norm(new_q)
