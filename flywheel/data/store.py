@@ -415,7 +415,8 @@ class EpisodeStore:
             try:
                 return codec.decode_image(f.read_bytes())
             except FileNotFoundError:
-                pass
+                raise StoreError(f"{self.path}: the image chunk of committed step {step} of {key} is missing "
+                                 f"({f}); run `flywheel-data check {self.path}`") from None
         return np.asarray(a[step])
 
     def record(self, i: int) -> EpisodeRecord:

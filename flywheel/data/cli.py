@@ -1,0 +1,88 @@
+"""``flywheel-data info|check|export-lerobot PATH``: look after episode stores.
+
+* ``info PATH [--json]``: episodes per task and source, success rates, steps, size
+  on disk and the compression ratio against raw arrays;
+* ``check PATH [--quick]``: integrity check; exit code 1 and a report on errors
+  (``--quick`` skips decoding every image);
+* ``export-lerobot PATH OUT [--episodes 0 3 5] [--success-only] [--source rl]
+  [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flywheel-data", description="Inspect, check and export episode stores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="summary table of a store")
+    info.add_argument("path")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    chk = sub.add_parser("check", help="integrity check (exit code 1 on errors)")
+    chk.add_argument("path")
+    chk.add_argument("--quick", action="store_true", help="do not decode every image")
+    exp = sub.add_parser("export-lerobot", help="export to the LeRobotDataset v3.0 layout")
+    exp.add_argument("path")
+    exp.add_argument("out")
+    exp.add_argument("--episodes", type=int, nargs="*", help="episode indices (default: all)")
+    exp.add_argument("--success-only", action="store_true")
+    exp.add_argument("--source", choices=["human", "policy", "rl"], nargs="*")
+    exp.add_argument("--task", nargs="*")
+    exp.add_argument("--vcodec", default="libsvtav1", choices=["libsvtav1", "libx264"])
+    exp.add_argument("--robot-type", default="franka_panda")
+    exp.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from flywheel.data.store import StoreError
+
+    try:
+        if args.command == "info":
+            from flywheel.data.integrity import format_summary, summarize, to_json
+
+            s = summarize(args.path)
+            print(to_json(s) if args.json else format_summary(s))
+            return 0
+        if args.command == "check":
+            from flywheel.data.integrity import check_store
+
+            probs = check_store(args.path, decode_images=not args.quick)
+            errors = [p for p in probs if p.severity == "error"]
+            for p in probs:
+                print(p)
+            print(f"{args.path}: {len(errors)} errors, {len(probs) - len(errors)} warnings"
+                  + ("" if errors else " - OK"))
+            return 1 if errors else 0
+        if args.command == "export-lerobot":
+            from flywheel.data.lerobot import export_lerobot
+            from flywheel.data.store import EpisodeStore
+
+            store = EpisodeStore(args.path, "r")
+            filters = {}
+            if args.success_only:
+                filters["success"] = True
+            if args.source:
+                filters["source"] = args.source
+            if args.task:
+                filters["task"] = args.task
+            eps = store.select(**filters)
+            if args.episodes is not None:
+                eps = [e for e in eps if e in set(args.episodes)]
+            out = export_lerobot(store, args.out, episodes=eps, vcodec=args.vcodec,
+                                 robot_type=args.robot_type, overwrite=args.overwrite)
+            print(f"exported {len(eps)} episodes to {out}")
+            return 0
+    except (StoreError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"flywheel-data {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

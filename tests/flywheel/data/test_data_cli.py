@@ -1,0 +1,110 @@
+"""flywheel-data: info, check (finds damage) and export-lerobot (reads back with pyarrow + ffmpeg)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from flywheel_data_helpers import make_episode, small_spec
+
+from flywheel.data import EpisodeStore
+from flywheel.data.cli import main
+
+LENGTHS = [6, 11, 4]
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    spec = small_spec(size=32, depth=False)
+    path = tmp_path / "s.zarr"
+    with EpisodeStore(path, "w", spec) as s:
+        for i, n in enumerate(LENGTHS):
+            s.add_episode(make_episode(spec, n, seed=i), task=f"task{i % 2}", instruction=f"do task {i % 2}",
+                          source=["human", "rl", "rl"][i], success=i != 1)
+    return str(path)
+
+
+def test_info(store_path, capsys):
+    assert main(["info", store_path]) == 0
+    out = capsys.readouterr().out
+    assert "episodes     3   steps 21" in out and "compression" in out
+    assert main(["info", store_path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["by_source"]["rl"] == {"episodes": 2, "steps": 15, "success": 1, "labelled": 2}
+    assert info["by_task"]["task0"]["episodes"] == 2 and info["compression_ratio"] > 1
+
+
+def test_check_passes_then_finds_damage(store_path, capsys):
+    assert main(["check", store_path]) == 0
+    assert "0 errors" in capsys.readouterr().out
+    from pathlib import Path
+
+    chunk = Path(store_path) / "data/images/front/c/7/0/0/0"
+    chunk.write_bytes(b"not a jpeg")
+    (Path(store_path) / "data/images/wrist/c/3/0/0/0").unlink()
+    assert main(["check", store_path]) == 1
+    out = capsys.readouterr().out
+    assert "data/images/front: step 7 does not decode" in out
+    assert "data/images/wrist: 1 image chunks missing, first at step 3" in out
+    assert main(["check", str(Path(store_path).parent / "nope.zarr")]) == 1
+
+
+@pytest.mark.slow
+def test_export_lerobot_reads_back(store_path, tmp_path):
+    import imageio_ffmpeg
+
+    out = tmp_path / "lerobot"
+    # through the console script, as users run it
+    r = subprocess.run([sys.executable, "-m", "flywheel.data.cli", "export-lerobot", store_path, str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    store = EpisodeStore(store_path)
+    spec = store.spec
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 3 and info["total_frames"] == 21
+    assert info["fps"] == 10 and info["features"]["observation.images.front"]["dtype"] == "video"
+    assert info["features"]["observation.images.front"]["shape"] == [32, 40, 3]
+    data = pq.read_table(out / "data/chunk-000/file-000.parquet").to_pydict()
+    state = np.concatenate([np.concatenate([store.episode(i)[k] for k in spec.state_specs()], axis=1)
+                            for i in range(3)])
+    np.testing.assert_array_equal(np.array(data["observation.state"], np.float32), state)
+    np.testing.assert_array_equal(np.array(data["action"], np.float32),
+                                  np.concatenate([store.episode(i)["action"] for i in range(3)]))
+    np.testing.assert_array_equal(np.array(data["next.reward"], np.float32),
+                                  np.concatenate([store.episode(i)["reward"] for i in range(3)]))
+    np.testing.assert_array_equal(data["complementary_info.is_intervention"],
+                                  np.concatenate([store.episode(i)["intervention"] for i in range(3)]))
+    assert data["episode_index"] == [0] * 6 + [1] * 11 + [2] * 4
+    assert data["index"] == list(range(21)) and data["frame_index"][6:8] == [0, 1]
+    assert sum(data["next.done"]) == 3 and data["task_index"][:7] == [0] * 6 + [1]
+    tasks = pq.read_table(out / "meta/tasks.parquet")
+    assert tasks.column("task").to_pylist() == ["do task 0", "do task 1"]
+    assert b"pandas" in tasks.schema.metadata  # pandas.read_parquet restores the task index
+    eps = pq.read_table(out / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["length"] for e in eps] == LENGTHS and eps[1]["dataset_from_index"] == 6
+    assert eps[2]["tasks"] == ["do task 0"]
+    stats = json.loads((out / "meta/stats.json").read_text())
+    assert np.allclose(stats["action"]["mean"], np.array(data["action"]).mean(0), atol=1e-6)
+    assert np.array(stats["observation.images.front"]["mean"]).shape == (3, 1, 1)
+    # videos: every frame, at the episode's from_timestamp, close to the stored JPEG frames (lossy)
+    for cam, (h, w) in (("front", (32, 40)), ("wrist", (32, 32))):
+        vk = f"observation.images.{cam}"
+        gen = imageio_ffmpeg.read_frames(str(out / f"videos/{vk}/chunk-000/file-000.mp4"))
+        meta = next(gen)
+        assert meta["size"] == (w, h)
+        frames = np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in gen])
+        assert len(frames) == 21
+        for e in eps:
+            start = round(e[f"videos/{vk}/from_timestamp"] * 10)
+            want = store.episode(e["episode_index"])[f"images/{cam}"]
+            got = frames[start:start + e["length"]]
+            assert np.abs(got.astype(np.int16) - want.astype(np.int16)).mean() < 8
+    # a second export into the same place needs --overwrite
+    assert main(["export-lerobot", store_path, str(out)]) == 2
+    assert main(["export-lerobot", store_path, str(out), "--overwrite", "--success-only",
+                 "--vcodec", "libx264"]) == 0
+    assert json.loads((out / "meta/info.json").read_text())["total_episodes"] == 2
