@@ -56,6 +56,9 @@ class RobotConfig:
         default_factory=lambda: [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]
     )
     reconnect_period: float = 1.0  # s between reconnection attempts
+    auto_recover: bool = True  # recover from robot errors (reflexes) automatically, at most once per reconnect_period
+    twist_mode: str = "velocity"  # target_twist meaning: velocity (m/s, rad/s) | delta (displacement per message)
+    gripper: bool = True  # drive the Franka Hand (false: arm only)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
