@@ -1,0 +1,247 @@
+"""``rig-up``: the rig's whole ROS 2 node graph, from one hydra config.
+
+:func:`graph` turns the composed config into a list of
+:class:`NodeDescription` (executable, name, namespace, parameters). Two
+front-ends start that same list:
+
+* ``rig-up`` (:func:`main`, a hydra app) builds every node in this process
+  and spins them on one ``SingleThreadedExecutor`` (nodes that block on
+  hardware or render own worker threads). In-process nodes can share objects:
+  with ``rig=sim`` the camera node renders the franka node's ``SimRig``;
+* ``launch/rig.launch.py`` turns each description into a ``launch_ros`` Node
+  (separate processes; the sim camera node then mirrors ``joint_states``).
+
+Examples::
+
+    rig-up                                   # simulated rig, keyboard teleop in this terminal
+    rig-up rig=lab rig.cameras.cameras.0.serial=123 rig.cameras.cameras.1.serial=456
+    rig-up rig.teleop.device=none duration=10  # 10 s, no operator device
+    rig-up policy_checkpoint=ckpt/ instruction="pick up the cube" record_path=data/episodes.zarr
+
+The policy and recorder nodes start when ``policy_checkpoint`` / ``record_path``
+are set; they are imported by module path only then, so ``robot`` never imports
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from robot.config import register
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeDescription:
+    """One node of the graph, as ``ros2 launch`` and ``rig-up`` both need it."""
+
+    executable: str  # console script (pyproject [project.scripts])
+    name: str
+    namespace: str
+    factory: str  # "module:Class" for in-process construction
+    parameters: dict[str, Any] = field(default_factory=dict)  # flat ROS parameters (dotted names)
+    # in-process only: constructor keyword -> "<node name>.<attribute>" of a node built earlier
+    shares: dict[str, str] = field(default_factory=dict)
+    respawn: bool = False
+
+
+@dataclass
+class RigUpConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"rig": "sim"}])
+    rig: Any = MISSING  # the rig group (typed by its options; a typed field would fill MISSING serials)
+    policy_checkpoint: str = ""  # start the policy node with this checkpoint
+    instruction: str = ""  # initial language instruction for the policy
+    record_path: str = ""  # start the recorder node writing episodes to this zarr store
+    duration: float = 0.0  # s to run, 0 = until Ctrl-C
+
+
+def register_app() -> None:
+    """Register the rig groups and the ``rig_up`` app config (explicit, never at import)."""
+    from hydra.core.config_store import ConfigStore
+
+    register()
+    ConfigStore.instance().store(name="rig_up", node=RigUpConfig)
+
+
+def compose_rig(overrides: list[str] | None = None) -> DictConfig:
+    """The ``rig_up`` config with ``overrides`` (for launch files, tests and notebooks)."""
+    from robot.config import compose
+
+    register_app()
+    return compose("rig_up", overrides)
+
+
+# ---------------------------------------------------------------------- graph
+def _plain(cfg: Any) -> Any:
+    """A resolved python container; a missing mandatory value fails naming its key."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> dotted ROS parameter names (``safety.max_tilt``); empty lists are left out."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{name}."))
+        elif isinstance(v, (list, tuple)):
+            if v:
+                out[name] = [float(x) if isinstance(x, int) and any(isinstance(y, float) for y in v) else x
+                             for x in v]
+        else:
+            out[name] = v
+    return out
+
+
+def graph(cfg: Any) -> list[NodeDescription]:
+    """The node list of a composed ``rig_up`` config, in start order."""
+    rig = cfg.rig
+    ns = str(rig.namespace)
+    robot = _plain(rig.robot)
+    cams = _plain(rig.cameras)["cameras"]
+    nodes = [
+        NodeDescription("franka-node", "franka", ns, "robot.nodes.franka_node:FrankaNode", flatten(robot)),
+        NodeDescription(
+            "camera-node", "cameras", ns, "robot.nodes.camera_node:CameraNode",
+            {
+                "backend": str(rig.cameras.backend),
+                "names": [c["name"] for c in cams],
+                "serials": [str(c["serial"]) for c in cams],
+                "widths": [int(c["width"]) for c in cams],
+                "heights": [int(c["height"]) for c in cams],
+                "fps": [float(c["fps"]) for c in cams],
+                "depth": [bool(c["depth"]) for c in cams],
+            },
+            shares={"rig": "franka.sim_rig", "rig_lock": "franka.sim_lock"} if rig.cameras.backend == "sim" else {},
+        ),
+    ]
+    if rig.teleop.device != "none":
+        nodes.append(NodeDescription(
+            "teleop-node", "teleop", ns, "robot.nodes.teleop_node:TeleopNode",
+            {**flatten(_plain(rig.teleop), "teleop."), "gripper_speed": float(rig.robot.gripper_speed),
+             "gripper_force": float(rig.robot.gripper_force)},
+        ))
+    if cfg.get("policy_checkpoint"):
+        nodes.append(NodeDescription(
+            "policy-node", "policy", ns, "policy.node:PolicyNode",
+            {"checkpoint": str(cfg.policy_checkpoint), "instruction": str(cfg.get("instruction", "")),
+             "control_hz": float(rig.control_hz)},
+        ))
+    if cfg.get("record_path"):
+        nodes.append(NodeDescription(
+            "recorder-node", "recorder", ns, "flywheel.data.recorder_node:RecorderNode",
+            {"path": str(cfg.record_path), "rig": str(rig.name), "calibration_id": str(rig.calibration_id),
+             "control_hz": float(rig.control_hz)},
+        ))
+    return nodes
+
+
+def launch_node_kwargs(overrides: list[str] | None = None) -> list[dict[str, Any]]:
+    """Keyword arguments of ``launch_ros.actions.Node`` for each node (what rig.launch.py starts)."""
+    return [
+        dict(executable=d.executable, name=d.name, namespace=d.namespace or None, parameters=[d.parameters],
+             respawn=d.respawn, output="screen", emulate_tty=True)
+        for d in graph(compose_rig(overrides))
+    ]
+
+
+# ------------------------------------------------------------------ in-process
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Graph:
+    """The node graph in this process: build, configure and activate in order, spin, close."""
+
+    def __init__(self, cfg: Any, context: Any = None):
+        self.descriptions = graph(cfg)
+        self._context = context
+        self._own_context = context is None
+        self.nodes: dict[str, Any] = {}
+        self.executor: Any = None
+
+    def start(self) -> Graph:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        if self._own_context:
+            self._context = rclpy.Context()
+            rclpy.init(args=[], context=self._context)
+        self.executor = SingleThreadedExecutor(context=self._context)
+        try:
+            for d in self.descriptions:
+                cls = _import(d.factory)
+                shared = {k: self._resolve(v) for k, v in d.shares.items()}
+                params = [rclpy.Parameter(k, value=v) for k, v in d.parameters.items()]
+                node = cls(d.name, namespace=d.namespace, context=self._context, parameter_overrides=params,
+                           **{k: v for k, v in shared.items() if v is not None})
+                self.nodes[d.name] = node
+                self.executor.add_node(node)
+                if hasattr(node, "trigger_configure"):
+                    for step in (node.trigger_configure, node.trigger_activate):
+                        if step() != TransitionCallbackReturn.SUCCESS:
+                            raise RuntimeError(f"node {d.name!r} ({d.executable}): {step.__name__} failed; "
+                                               "its error is logged above")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _resolve(self, ref: str) -> Any:
+        node, _, attr = ref.partition(".")
+        return getattr(self.nodes.get(node), attr, None)
+
+    def spin(self, duration: float = 0.0) -> None:
+        """Spin until Ctrl-C, or for ``duration`` seconds when > 0."""
+        end = time.monotonic() + duration if duration > 0 else None
+        while self._context.ok() and (end is None or time.monotonic() < end):
+            self.executor.spin_once(timeout_sec=0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
+
+    def close(self) -> None:
+        for node in reversed(list(self.nodes.values())):
+            try:
+                if hasattr(node, "trigger_shutdown"):
+                    node.trigger_shutdown()
+            except Exception:  # the context may already be shut down (Ctrl-C)
+                pass
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=1.0)
+        for node in reversed(list(self.nodes.values())):
+            node.destroy_node()
+        self.nodes.clear()
+        if self._own_context and self._context is not None:
+            self._context.try_shutdown()
+
+
+def run(cfg: Any) -> int:
+    """Bring the rig up and spin (the body of ``rig-up``)."""
+    g = Graph(cfg)
+    try:
+        g.start()
+        log.info("rig %r up: %s", str(cfg.rig.name), ", ".join(f"{d.name} ({d.executable})" for d in g.descriptions))
+        g.spin(float(cfg.duration))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        g.close()
+    return 0
+
+
+def main() -> None:
+    import hydra
+
+    register_app()
+    hydra.main(version_base=None, config_name="rig_up")(run)()
+
+
+if __name__ == "__main__":
+    main()
