@@ -1,0 +1,93 @@
+"""SimulatedIntervener: a simulated human who takes over from a straying policy.
+
+For human-in-the-loop RL in sim (HIL-SERL style). Each tick it asks the
+scripted expert what it would do. It takes over when
+
+* the policy's translation disagrees with the expert's for ``patience`` ticks
+  in a row (``disagreement`` is the distance between the two normalised
+  translation vectors), or
+* the task's dense progress has not improved for ``stall_steps`` ticks, or
+* the TCP leaves the safety workspace box by more than ``margin``;
+
+then it drives with the expert for ``takeover_steps`` ticks (or until the
+episode succeeds) and hands control back. ``intervening`` is what the rig's
+teleop node publishes on ``teleop/intervening``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SimulatedIntervener:
+    def __init__(
+        self,
+        env,
+        expert,
+        *,
+        disagreement: float = 0.9,
+        patience: int = 3,
+        stall_steps: int = 15,
+        takeover_steps: int = 8,
+        margin: float = 0.02,
+        max_interventions: int | None = None,
+    ) -> None:
+        if patience < 1 or takeover_steps < 1 or stall_steps < 1:
+            raise ValueError("patience, stall_steps and takeover_steps must be >= 1")
+        self.env = env.unwrapped
+        self.expert = expert
+        self.disagreement = float(disagreement)
+        self.patience = int(patience)
+        self.stall_steps = int(stall_steps)
+        self.takeover_steps = int(takeover_steps)
+        self.margin = float(margin)
+        self.max_interventions = max_interventions
+        ws = self.env.safety
+        self._lo = np.asarray(ws.workspace_min) - self.margin
+        self._hi = np.asarray(ws.workspace_max) + self.margin
+        self.reset()
+
+    def reset(self) -> None:
+        self.expert.reset()
+        self.intervening = False
+        self.left = 0
+        self.strays = 0
+        self.best = -np.inf
+        self.since_progress = 0
+        self.count = 0  # interventions this episode
+        self.steps_intervened = 0
+
+    def _progress(self) -> None:
+        v = self.env.task.dense_reward()
+        if v > self.best + 1e-3:
+            self.best = v
+            self.since_progress = 0
+        else:
+            self.since_progress += 1
+
+    def step(self, obs: dict, policy_action: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The action to apply this tick and whether the simulated human is in control."""
+        expert_action = self.expert.act(obs)  # always: keeps the expert's plan in step with the scene
+        policy_action = np.asarray(policy_action, dtype=np.float32)
+        self._progress()
+        if self.intervening:
+            self.left -= 1
+            if self.left <= 0 or self.env.task.success():
+                self.intervening = False
+                self.since_progress = 0
+                self.best = self.env.task.dense_reward()
+        else:
+            gap = float(np.linalg.norm(policy_action[:3] - expert_action[:3]))
+            self.strays = self.strays + 1 if gap > self.disagreement else 0
+            ee = np.asarray(obs["state/ee_pos"])
+            outside = bool(np.any(ee < self._lo) or np.any(ee > self._hi))
+            allowed = self.max_interventions is None or self.count < self.max_interventions
+            if allowed and (self.strays >= self.patience or self.since_progress >= self.stall_steps or outside):
+                self.intervening = True
+                self.left = self.takeover_steps
+                self.strays = 0
+                self.count += 1
+        if self.intervening:
+            self.steps_intervened += 1
+            return expert_action, True
+        return policy_action, False
