@@ -1,0 +1,81 @@
+"""``calibrate-handeye`` end to end: board, simulate, solve, intrinsics; failures exit 2 with a message."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pytest
+import yaml
+
+from calibration import extrinsics
+from calibration.cli import main
+
+
+def test_board_pdf_and_png(tmp_path, capsys):
+    assert main(["board", "--out", str(tmp_path / "b.pdf"), "--paper", "A3"]) == 0
+    assert (tmp_path / "b.pdf").read_bytes().startswith(b"%PDF")
+    assert "240 x 180 mm on A3" in capsys.readouterr().out
+    assert main(["board", "--out", str(tmp_path / "b.png"), "--squares", "6x5", "--px-per-mm", "4"]) == 0
+    img = cv2.imread(str(tmp_path / "b.png"), cv2.IMREAD_GRAYSCALE)
+    assert img.shape == (5 * 120 + 80, 6 * 120 + 80)
+    assert main(["board", "--out", str(tmp_path / "x.png"), "--marker-mm", "40"]) == 2
+    assert "smaller than square_length" in capsys.readouterr().err
+
+
+@pytest.mark.render
+def test_solve_writes_the_calibration_yaml(sim_sessions, tmp_path, capsys):
+    out = tmp_path / "wrist.yaml"
+    assert main(["solve", str(sim_sessions["eye_in_hand"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "<- chosen" in printed and "error vs sim ground truth" in printed
+    doc = yaml.safe_load(out.read_text())
+    for key in ("calibration_id", "camera", "parent_frame", "translation", "quaternion_xyzw", "method", "date",
+                "residuals", "methods", "samples"):
+        assert key in doc, key
+    assert doc["parent_frame"] == "panda_hand_tcp" and doc["child_frame"] == "sim_wrist_optical_frame"
+    assert len(doc["residuals"]["per_sample"]) == 16 and doc["samples"]["rejected"] == []
+    assert doc["ground_truth_error"]["translation_mm"] < 2.0 and doc["ground_truth_error"]["rotation_deg"] < 0.2
+    e = extrinsics.load(out)  # what the camera node and configs read
+    assert e.calibration_id == doc["calibration_id"] and e.matrix().shape == (4, 4)
+
+
+@pytest.mark.render
+def test_solve_with_mode_and_method_subset(sim_sessions, tmp_path):
+    out = tmp_path / "front.yaml"
+    assert main(["solve", str(sim_sessions["eye_to_hand"]), "--methods", "tsai,shah", "--out", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert set(doc["methods"]) == {"tsai", "shah"} and doc["parent_frame"] == "panda_link0"
+
+
+@pytest.mark.render
+def test_simulate_then_solve_boardless_exits_2(tmp_path, capsys):
+    d = tmp_path / "empty"
+    assert main(["simulate", str(d), "--mode", "eye_to_hand", "--poses", "4", "--no-board"]) == 0
+    assert main(["solve", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "only 0 of 4 images show the board" in err and "Traceback" not in err
+
+
+def test_solve_missing_session_exits_2(tmp_path, capsys):
+    assert main(["solve", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.render
+def test_intrinsics_from_a_session(sim_sessions, tmp_path):
+    d = tmp_path / "s"
+    shutil.copytree(sim_sessions["eye_in_hand"], d)
+    assert main(["intrinsics", str(d)]) == 0
+    info = yaml.safe_load((d / "intrinsics.yaml").read_text())
+    f_true = 0.5 * 480 / 0.5206  # fovy 55 deg
+    assert abs(info["k"][0] - f_true) / f_true < 0.02 and info["rms_px"] < 0.5
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("calibrate-handeye", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe, "calibrate-handeye console script missing: reinstall the project (pip install -e .)"
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "solve" in r.stdout and "collect" in r.stdout
