@@ -649,6 +649,13 @@ class EpisodeWriter:
         if any(len(v) >= IMAGE_FLUSH for v in self._img.values()):
             self._flush_images()
 
+    def set_reward(self, step: int, reward: float) -> None:
+        """Change the reward of a step not yet committed (e.g. the success reward of the last step)."""
+        self._check_open()
+        if not -self.num_steps <= step < self.num_steps:
+            raise IndexError(f"step {step} outside this episode's {self.num_steps} steps")
+        self._low["reward"][step] = np.float32(reward)
+
     def _extend(self, cols: Mapping[str, np.ndarray]) -> None:
         """Append checked (T, ...) columns (used by add_episode)."""
         n = len(cols["action"])

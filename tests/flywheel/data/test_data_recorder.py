@@ -1,0 +1,102 @@
+"""The recorder core: latest-at-or-before sampling, actions from applied commands, events, drops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flywheel.data import EpisodeStore
+from flywheel.data.recorder import Recorder, RecorderConfig, Stream
+from robot.geometry import quat_mul, rotvec_to_quat
+
+CFG = RecorderConfig(cameras=["front"], image_size=16, control_hz=10.0)
+Q0 = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def test_stream_latest_at_or_before():
+    s = Stream(keep_s=1.0)
+    for t in [0.0, 0.1, 0.2, 0.15]:  # one out of order
+        s.push(t, t)
+    assert s.at(-0.01) is None
+    assert s.at(0.1) == (0.1, 0.1) and s.at(0.17) == (0.15, 0.15) and s.at(9) == (0.2, 0.2)
+    for i in range(1000):
+        s.push(1 + i * 0.002, i)
+    assert len(s.t) < 1000 and s.at(2.998) == (pytest.approx(2.998), 999)
+
+
+def _feed(rec: Recorder, t0: float, n_ticks: int, intervene_from: int = 99, rate: float = 100.0):
+    """State at `rate` Hz, images at 30 Hz, a command 1 cm ahead in x and rotated 0.05 rad about z."""
+    dt = 1.0 / CFG.control_hz
+    ts = np.arange(t0, t0 + n_ticks * dt, 1.0 / rate)
+    for t in ts:
+        x = 0.4 + 0.1 * (t - t0)
+        rec.push("joint_states", t, (np.full(7, t - t0), np.zeros(7)))
+        rec.push("ee_pose", t, (np.array([x, 0.0, 0.3]), Q0))
+        rec.push("ee_wrench", t, np.arange(6.0))
+        rec.push("gripper", t, 0.04)
+        rec.push("command", t, (np.array([x + 0.01, 0.0, 0.3]), quat_mul(rotvec_to_quat([0, 0, 0.05]), Q0)))
+        rec.push("gripper_command", t, 0.08)
+    for t in np.arange(t0, t0 + n_ticks * dt, 1 / 30):
+        rec.push("images/front", t, np.full((48, 64, 3), int((t - t0) * 100) % 255, np.uint8))
+    statuses = []
+    for k in range(n_ticks):
+        rec.push("intervening", t0 + k * dt, k >= intervene_from)
+        statuses.append(rec.tick(t0 + k * dt + 1e-4))
+    return statuses
+
+
+def test_records_an_episode_with_actions_interventions_and_labels(tmp_path):
+    store = EpisodeStore(tmp_path / "s.zarr", "a", CFG.rig_spec())
+    rec = Recorder(store, episode_meta={"task": "push", "source": "policy"}).connect()
+    assert rec.tick(0.0) == "idle"
+    rec.on_event("start", instruction="push it")
+    assert _feed(rec, 100.0, 12, intervene_from=5) == ["recorded"] * 12
+    rec.on_event("success")
+    rec.on_event("start")
+    _feed(rec, 200.0, 4)
+    rec.on_event("abort")  # discarded
+    rec.on_event("start")
+    _feed(rec, 300.0, 3)
+    rec.on_event("failure")
+    assert rec.wait_idle()
+    rec.close()
+    assert store.num_episodes == 2 and rec.counters["episodes"] == 2 and rec.counters["aborted"] == 1
+    ep = store.episode(0)
+    r = ep.record
+    assert (r.task, r.source, r.success, r.instruction, len(ep)) == ("push", "policy", True, "push it", 12)
+    a = ep["action"]
+    np.testing.assert_allclose(a[:, 0], 0.01 / CFG.max_translation, atol=1e-5)  # 1 cm / 2 cm per tick
+    np.testing.assert_allclose(a[:, 5], 0.05 / CFG.max_rotation, atol=1e-5)
+    np.testing.assert_allclose(a[:, 6], 1.0)  # gripper command fully open
+    np.testing.assert_array_equal(ep["intervention"], [False] * 5 + [True] * 7)
+    np.testing.assert_array_equal(ep["reward"], [0] * 11 + [1])  # success reward on the last step
+    # latest-at-or-before: the state at tick k is the 100 Hz sample at k * 0.1 s, not after it
+    np.testing.assert_allclose(ep["state/joint_pos"][:, 0], np.arange(12) * 0.1, atol=1e-4)
+    np.testing.assert_allclose(ep["state/ee_wrench"][3], np.arange(6.0))
+    assert ep["images/front"].shape == (12, 16, 16, 3)  # resized to the spec
+    np.testing.assert_allclose(ep["timestamp"], 100.0 + np.arange(12) * 0.1 + 1e-4)
+    assert store.record(1).success is False and len(store.episode(1)) == 3
+    store.close()
+
+
+def test_missing_or_stale_streams_skip_ticks(tmp_path):
+    store = EpisodeStore(tmp_path / "s.zarr", "a", CFG.rig_spec())
+    rec = Recorder(store, max_age=0.2)
+    rec.start_episode()
+    assert rec.tick(1.0) == "skipped" and rec.last_skip.startswith("missing:")
+    _feed(rec, 0.0, 1)
+    assert rec.tick(5.0) == "skipped" and rec.last_skip.startswith("stale:")
+    assert rec.counters["skipped_missing"] == 1 and rec.counters["skipped_stale"] == 1
+
+
+def test_full_queue_drops_steps_and_counts_them(tmp_path):
+    store = EpisodeStore(tmp_path / "s.zarr", "a", CFG.rig_spec())
+    rec = Recorder(store, queue_size=3)  # the writer thread is not running yet: the queue fills
+    rec.start_episode(task="t")
+    statuses = _feed(rec, 0.0, 6)
+    assert statuses == ["recorded"] * 3 + ["dropped"] * 3 and rec.counters["dropped"] == 3
+    rec.end_episode(True)
+    rec.connect()
+    assert rec.wait_idle()
+    rec.close()
+    assert store.num_episodes == 1 and len(store.episode(0)) == 3
