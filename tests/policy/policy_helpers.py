@@ -1,0 +1,54 @@
+"""Synthetic data and small builders shared by the policy tests (and the DDP worker script)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from robot.spec import RigSpec, default_spec
+
+IMAGE = 32
+
+
+def tiny_spec(**action) -> RigSpec:
+    spec = default_spec(IMAGE)
+    if action:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, action=dataclasses.replace(spec.action, **action))
+    return spec
+
+
+def observation(spec: RigSpec, seed: int = 0, instruction: str = "pick up the red cube") -> dict:
+    rng = np.random.default_rng(seed)
+    obs = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in spec.state_specs().items()}
+    for c in spec.cameras:
+        obs[f"images/{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+    obs["instruction"] = instruction
+    return obs
+
+
+class SyntheticChunks(Dataset):
+    """Samples whose action chunk is a fixed function of the proprioception (learnable)."""
+
+    def __init__(self, spec: RigSpec, n: int = 16, seed: int = 0) -> None:
+        self.spec, self.n, self.seed = spec, n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        obs = observation(self.spec, self.seed * 100_000 + i, instruction=("push", "pick")[i % 2])
+        h = self.spec.action.chunk_horizon
+        base = np.tanh(self.spec.proprio(obs)[:7])
+        obs["actions"] = np.stack([base * (1 - k / h) for k in range(h)]).astype(np.float32)
+        pad = np.zeros(h, bool)
+        pad[h - (i % 3):] = True  # some chunks run past the episode end
+        obs["action_is_pad"] = pad
+        return obs
+
+
+def batch_of(samples: list[dict]) -> dict:
+    out = {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "instruction"}
+    out["instruction"] = [s["instruction"] for s in samples]
+    return out
