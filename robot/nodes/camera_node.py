@@ -66,11 +66,11 @@ BACKENDS = ("sim", "realsense", "replay")
 class CameraNodeParams:
     backend: str = "sim"  # sim | realsense | replay
     names: list[str] = field(default_factory=lambda: ["front", "wrist"])  # camera names (topic namespaces)
-    serials: list[str] = field(default_factory=lambda: ["", ""])  # realsense: serial numbers; replay: .npz paths
-    widths: list[int] = field(default_factory=lambda: [640, 640])  # colour width per camera, px
-    heights: list[int] = field(default_factory=lambda: [480, 480])  # colour height per camera, px
-    fps: list[float] = field(default_factory=lambda: [30.0, 30.0])  # frame rate per camera
-    depth: list[bool] = field(default_factory=lambda: [False, False])  # publish aligned depth per camera
+    serials: list[str] = field(default_factory=lambda: [""])  # realsense: serial numbers; replay: .npz paths
+    widths: list[int] = field(default_factory=lambda: [640])  # colour width per camera (one value: all), px
+    heights: list[int] = field(default_factory=lambda: [480])  # colour height per camera, px
+    fps: list[float] = field(default_factory=lambda: [30.0])  # frame rate per camera
+    depth: list[bool] = field(default_factory=lambda: [False])  # publish aligned depth per camera
     read_timeout: float = 1.0  # s to wait for a frame before counting a timeout
     disconnect_after: int = 3  # consecutive timeouts that count as a disconnect
     reconnect_period: float = 1.0  # s between attempts to (re)open a missing camera

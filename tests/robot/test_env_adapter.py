@@ -1,0 +1,156 @@
+"""The ROS env adapter: tick alignment, stale samples, actions -> targets, episode events."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from _ros_probe import Probe, Spinner, wait_for
+from geometry_msgs.msg import PoseStamped, WrenchStamped
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from robot.backends.realsense import ReplayDevice, synthetic_recording
+from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation, decode_image
+from robot.nodes.camera_node import CameraNode
+from robot.nodes.common import COMMAND_QOS, STATE_QOS, stamp
+from robot.spec import RigSpec, default_spec
+
+
+def test_sample_buffer_picks_the_latest_at_or_before_the_tick():
+    b = SampleBuffer(maxlen=8)
+    for t in (1.0, 2.0, 4.0, 3.0):  # one out of order
+        b.add(t, f"v{t:g}")
+    assert b.at(3.5) == (3.0, "v3") and b.at(4.0) == (4.0, "v4") and b.at(0.5) is None
+    assert b.latest() == (4.0, "v4")
+
+
+def test_decode_image_encodings_and_resize():
+    rgb = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+    msg = Image(height=48, width=64, encoding="rgb8", step=192, data=rgb.tobytes())
+    np.testing.assert_array_equal(decode_image(msg, None), rgb)
+    small = decode_image(msg, (24, 32))
+    assert small.shape == (24, 32, 3) and small.dtype == np.uint8
+    bgr = Image(height=48, width=64, encoding="bgr8", step=192, data=rgb[..., ::-1].tobytes())
+    np.testing.assert_array_equal(decode_image(bgr, None), rgb)
+    d = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)
+    dm = Image(height=48, width=64, encoding="16UC1", step=128, data=d.astype("<u2").tobytes())
+    assert decode_image(dm, (24, 32)).dtype == np.uint16
+    with pytest.raises(ValueError, match="'yuv422' is not supported"):
+        decode_image(Image(height=1, width=1, encoding="yuv422", step=2, data=b"\0\0"), None)
+
+
+class StateSource:
+    """Publishes the franka node's state topics at 100 Hz (a stand-in with controllable staleness)."""
+
+    def __init__(self, spinner: Spinner):
+        self.node = rclpy.create_node("state_source", context=spinner.context)
+        n = self.node
+        self.pubs = {
+            "joint_states": n.create_publisher(JointState, "joint_states", STATE_QOS),
+            "ee_pose": n.create_publisher(PoseStamped, "ee_pose", STATE_QOS),
+            "ee_wrench": n.create_publisher(WrenchStamped, "ee_wrench", STATE_QOS),
+            "gripper": n.create_publisher(JointState, "gripper/state", STATE_QOS),
+        }
+        self.silent: set[str] = set()
+        self.homed = 0
+        self.pos = np.array([0.5, 0.0, 0.3])
+        n.create_service(Trigger, "home", self._home)
+        n.create_timer(0.01, self._tick)
+        spinner.add(n, activate=False)
+
+    def _home(self, req, res):
+        self.homed += 1
+        res.success, res.message = True, "homed"
+        return res
+
+    def _tick(self):
+        t = stamp(time.time())
+        js = JointState(name=[f"panda_joint{i}" for i in range(7, 0, -1)],  # reversed: order by name
+                        position=[float(7 - i) for i in range(7)], velocity=[0.0] * 7, effort=[0.0] * 7)
+        pose = PoseStamped()
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in self.pos)
+        pose.pose.orientation.x, pose.pose.orientation.w = 1.0, 0.0
+        w = WrenchStamped()
+        w.wrench.force.z = -2.0
+        g = JointState(name=["width"], position=[0.05])
+        for key, msg in (("joint_states", js), ("ee_pose", pose), ("ee_wrench", w), ("gripper", g)):
+            if key not in self.silent:
+                msg.header.stamp = t
+                self.pubs[key].publish(msg)
+
+
+@pytest.mark.ros
+def test_env_round_trip_over_dds():
+    spec = RigSpec(cameras=default_spec(32, ("front",)).cameras)
+    nodes = Spinner()
+    state = StateSource(nodes)
+    front = ReplayDevice("front", synthetic_recording(n=30, width=64, height=48), fps=30.0)
+    nodes.add(CameraNode("cameras", devices={"front": front}, context=nodes.context, parameter_overrides=[
+        rclpy.Parameter("backend", value="replay"), rclpy.Parameter("names", value=["front"]),
+        rclpy.Parameter("serials", value=["-"])]))
+    nodes.start()
+    probe = Probe()
+    probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)
+    probe.subscribe("gripper/command", JointState, COMMAND_QOS)
+    probe.subscribe("episode/event", String, COMMAND_QOS)
+    events = probe.publisher("episode/event", String, COMMAND_QOS)
+    classifier_says = [0.0]
+    env = RosRigEnv(spec, RosEnvConfig(max_obs_age=0.2, wait_timeout=0.5, max_episode_steps=50),
+                    reward_fn=None, instruction="lift the cube")
+    try:
+        env.connect()
+        obs, info = env.reset()
+        assert state.homed == 1 and env.observation_space.contains(obs)
+        assert set(obs) == set(spec.observation_specs())
+        np.testing.assert_array_equal(obs["state/joint_pos"], np.arange(1, 8, dtype=np.float32))
+        assert obs["images/front"].shape == (32, 32, 3) and info["obs_age"] <= 0.2
+        assert wait_for(lambda: "start" in [m.data for m in probe.got("episode/event")])
+        # an action becomes the absolute target through the spec
+        a = np.array([1.0, -0.5, 0.0, 0.0, 0.0, 0.2, -1.0], np.float32)
+        obs2, r, term, trunc, info = env.step(a)
+        pos, quat, width = spec.action.to_target(a, obs["state/ee_pos"], obs["state/ee_quat"])
+        tgt = wait_for(lambda: probe.got("target_pose"))[-1].pose
+        np.testing.assert_allclose([tgt.position.x, tgt.position.y, tgt.position.z], pos, atol=1e-6)
+        np.testing.assert_allclose([tgt.orientation.x, tgt.orientation.y, tgt.orientation.z, tgt.orientation.w],
+                                   quat, atol=1e-6)
+        grip = wait_for(lambda: probe.got("gripper/command"))[-1]
+        assert grip.position[0] == pytest.approx(width) == 0.0 and grip.effort[0] > 0  # closed -> grasp
+        assert not term and not trunc and not info["is_success"] and info["obs_age"] <= 0.2
+        assert info["tick"] - env._tick <= 1e-9 and not info["intervening"]
+        # the operator marks success on the teleop device
+        events.publish(String(data="success"))
+        time.sleep(0.2)
+        _, r, term, _, info = env.step(np.zeros(7, np.float32))
+        assert term and info["is_success"] and r == 1.0
+        # a silent topic: the adapter waits, then names the topic and the limit
+        state.silent.add("ee_wrench")
+        time.sleep(0.3)
+        with pytest.raises(StaleObservation, match=r"'ee_wrench'.*max_obs_age=0.2"):
+            env.step(np.zeros(7, np.float32))
+        state.silent.clear()
+        # a reward classifier decides success and the env announces it on episode/event
+        env.reward_fn = lambda o: classifier_says[0]
+        env.reset()
+        assert not env.step(np.zeros(7, np.float32))[2]
+        classifier_says[0] = 0.9
+        probe.clear()
+        _, r, term, _, info = env.step(np.zeros(7, np.float32))
+        assert term and info["is_success"] and r == pytest.approx(0.9)
+        assert wait_for(lambda: "success" in [m.data for m in probe.got("episode/event")])
+    finally:
+        env.close()
+        probe.close()
+        nodes.close()
+
+
+@pytest.mark.ros
+def test_reset_without_a_franka_node_is_a_clear_error():
+    env = RosRigEnv(RigSpec(cameras=()), RosEnvConfig(connect_timeout=0.5))
+    with env, pytest.raises(RuntimeError, match="service 'home' is not available: is franka-node running"):
+        env.reset()
+    with pytest.raises(RuntimeError, match="not connected"):
+        env.step(np.zeros(7, np.float32))
