@@ -3,10 +3,14 @@
 One worker thread renders every camera (one GL context, so EGL stays happy),
 each at its own rate, stamping a frame with the host time at which the scene
 was read. A render that misses its slot skips ahead; the skipped slots count
-as dropped frames, reported like a real camera's. With ``lock`` (the franka
-node's physics lock, when the rig is shared in-process) the scene is read
-between physics steps. ``before_render`` lets a camera node running in its
-own process pose its private rig from mirrored ``joint_states`` first.
+as dropped frames, reported like a real camera's.
+
+The rig may be stepped by another thread (the franka node's physics thread in
+``rig-up``): under ``lock`` the source only copies the poses (``qpos``, mocap)
+into its own ``MjData`` (microseconds), then computes kinematics and renders
+from that snapshot outside the lock, so physics never waits for a render.
+``before_render`` lets a camera node running in its own process pose its
+private rig from mirrored ``joint_states`` first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from robot.backends.camera_stream import StreamStats
 from robot.backends.realsense import DropCounter, Frame, Intrinsics
@@ -54,11 +60,57 @@ class SimCameraSource:
         self._arrivals: dict[str, list[float]] = {c.name: [] for c in self.cameras}
         self._error = ""
         self._stat_lock = threading.Lock()
+        self._snap: Any = None
+        self._renderers: dict[tuple[int, int, bool], Any] = {}
 
     def intrinsics(self, cam: SimCamera) -> Intrinsics:
         """Ideal pinhole from the MuJoCo camera's vertical field of view."""
         fovy = float(self.rig.model.cam_fovy[self.rig.model.camera(cam.name).id])
         return Intrinsics.from_fovy(cam.width, cam.height, fovy)
+
+    def _renderer(self, cam: SimCamera, depth: bool) -> Any:
+        import mujoco
+
+        key = (cam.height, cam.width, depth)
+        r = self._renderers.get(key)
+        if r is None:
+            r = mujoco.Renderer(self.rig.model, height=cam.height, width=cam.width)
+            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
+                         mujoco.mjtRndFlag.mjRND_SKYBOX, mujoco.mjtRndFlag.mjRND_FOG):
+                r.scene.flags[flag] = False
+            if depth:
+                r.enable_depth_rendering()
+            self._renderers[key] = r
+        return r
+
+    def _snapshot(self) -> float:
+        """Copy the scene's poses under the lock; return the host time they belong to."""
+        import mujoco
+
+        m, d = self.rig.model, self.rig.data
+        if self._snap is None:
+            self._snap = mujoco.MjData(m)
+        with self.lock:
+            if self.before_render is not None:
+                self.before_render()
+            self._snap.qpos[:] = d.qpos
+            self._snap.mocap_pos[:] = d.mocap_pos
+            self._snap.mocap_quat[:] = d.mocap_quat
+            t = time.time()
+        mujoco.mj_kinematics(m, self._snap)
+        mujoco.mj_camlight(m, self._snap)
+        return t
+
+    def _render(self, cam: SimCamera) -> tuple[Any, Any]:
+        r = self._renderer(cam, False)
+        r.update_scene(self._snap, camera=cam.name)
+        rgb = r.render().copy()
+        depth = None
+        if cam.depth:
+            rd = self._renderer(cam, True)
+            rd.update_scene(self._snap, camera=cam.name)
+            depth = np.clip(rd.render() * 1000.0, 0, 65535).astype(np.uint16)  # m -> mm
+        return rgb, depth
 
     def check(self) -> None:
         """Fail early, naming the camera and the ones the model has, if a name is wrong."""
@@ -98,13 +150,8 @@ class SimCameraSource:
             now = time.monotonic()
             ready = [c for c in self.cameras if due[c.name] <= now]
             try:
-                with self.lock:
-                    if self.before_render is not None:
-                        self.before_render()
-                    stamp = time.time()
-                    shots = [(c, self.rig.render(c.name, c.width, c.height),
-                              self.rig.render(c.name, c.width, c.height, depth=True) if c.depth else None)
-                             for c in ready]
+                stamp = self._snapshot()
+                shots = [(c, *self._render(c)) for c in ready]
             except Exception as e:  # a broken scene: report on /diagnostics, try again next slot
                 if str(e) != self._error:
                     log.exception("sim cameras: rendering failed")
@@ -125,3 +172,6 @@ class SimCameraSource:
                 self.on_frame(c.name, Frame(rgb, stamp, "system", n, depth), stamp)
                 # the next slot after now: slots missed while rendering are dropped frames
                 slot[c.name] = max(n + 1, int((time.monotonic() - t0) * c.fps))
+        for r in self._renderers.values():  # GL resources belong to this thread
+            r.close()
+        self._renderers.clear()

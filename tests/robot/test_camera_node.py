@@ -91,13 +91,13 @@ def test_sim_backend_renders_at_the_rate_and_mirrors_joint_states():
     nodes.add(node)
     nodes.start()
     try:
-        t0 = time.time()
-        assert wait_for(lambda: len(probe.got("cameras/front/image_raw")) >= 1)
+        assert wait_for(lambda: len(probe.got("cameras/front/image_raw")) >= 1, timeout=20)
         time.sleep(2.0)
         msgs = probe.got("cameras/front/image_raw")
-        span = time.time() - t0
-        # about the requested 10 Hz (loose bounds: the machine is shared)
-        assert 0.5 * 10 * span <= len(msgs) <= 1.3 * 10 * span + 2, (len(msgs), span)
+        stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in msgs]
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        # about the requested 10 Hz (loose bounds: the machine is shared), evenly stamped
+        assert 5.0 <= rate <= 12.0, rate
         m = msgs[-1]
         assert (m.encoding, m.height, m.width) == ("rgb8", 48, 64)
         info = probe.got("cameras/wrist/camera_info")[-1]
