@@ -213,7 +213,7 @@ class BoardScene:
         return self._renderer.render().copy()
 
 
-def _perturb(pos: np.ndarray, quat: np.ndarray, mm: float, deg: float,
+def perturb_pose(pos: np.ndarray, quat: np.ndarray, mm: float, deg: float,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     p = pos + rng.normal(0.0, mm * 1e-3, 3)
     q = quat_mul(quat, rotvec_to_quat(rng.normal(0.0, np.radians(deg), 3)))
@@ -248,7 +248,7 @@ def simulate_session(out_dir: str | Path, cfg: SimConfig, overwrite: bool = Fals
             img = scene.render(pos, quat)
             if cfg.image_noise > 0:
                 img = np.clip(img + rng.normal(0.0, cfg.image_noise, img.shape), 0, 255).astype(np.uint8)
-            rp, rq = _perturb(pos, quat, cfg.pose_noise_mm, cfg.pose_noise_deg, rng)
+            rp, rq = perturb_pose(pos, quat, cfg.pose_noise_mm, cfg.pose_noise_deg, rng)
             writer.add(img, rp, rq)
     log.info("wrote sim session %s (%d images, %s)", out_dir, len(poses), cfg.mode)
     return session
