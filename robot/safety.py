@@ -181,6 +181,11 @@ class SafetyFilter:
         return self._hold
 
     @property
+    def target(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (clipped) target in force, or None while holding."""
+        return None if self._target is None else (self._target[0].copy(), self._target[1].copy())
+
+    @property
     def stale(self) -> bool:
         return self._stale
 

@@ -1,0 +1,687 @@
+"""``franka-node``: the arm and hand on ROS 2 (a lifecycle node), behind the safety filter.
+
+Backends (parameter ``backend``): ``franky`` (the real FCI at ``host``, or
+franka-sim on loopback) and ``sim`` (the MuJoCo :class:`sim.rig.SimRig`,
+in-process, physics stepped in real time in its own thread).
+
+Threads: the executor (main) thread runs subscriptions and services; a control
+thread runs at ``state_rate_hz`` (500 Hz default): read the backend state, step
+the :class:`robot.safety.SafetyFilter` on the latest command, stream the
+applied TCP target to the backend (franky's ``CartesianImpedanceTracker``), and
+publish ``joint_states``, ``ee_pose``, ``ee_wrench``, ``gripper/state`` and
+``command_applied``; a supervisor thread connects and reconnects the backend
+(every ``reconnect_period``), recovers from robot errors when ``auto_recover``
+is set, and publishes health on ``/diagnostics``. The gripper runs in the
+backend's own worker so the control loop never waits for it.
+
+Commands in (relative names): ``target_pose`` (absolute TCP pose, base frame),
+``target_twist`` (``twist_mode`` velocity: m/s and rad/s, integrated each tick;
+delta: a displacement per message; ``frame_id`` ``panda_link0``/empty for the
+base frame, ``panda_hand_tcp`` for the TCP frame), ``gripper/command``
+(sensor_msgs/JointState: width, speed, force; force > 0 grasps). While
+``teleop/intervening`` is True the node applies ``teleop/twist`` (base-frame
+velocity) and ``teleop/gripper`` and ignores the other command topics.
+Services: ``recover``, ``home`` (std_srvs/Trigger), ``hold`` (std_srvs/SetBool).
+
+Lifecycle: ``configure`` validates parameters (a bad value fails with a message
+naming it) and builds the backend (the sim backend starts here, so a camera node
+can share :attr:`FrankaNode.sim_rig` / :attr:`FrankaNode.sim_lock`);
+``activate`` starts the control and supervisor threads (the franky backend
+connects there, retrying until the FCI answers); ``deactivate`` stops them
+(the arm holds); ``cleanup`` closes the backend.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
+
+from robot.backends.base import Backend, ConnectionLost
+from robot.config import RobotConfig
+from robot.nodes.common import (
+    COMMAND_QOS,
+    ERROR,
+    OK,
+    STATE_QOS,
+    WARN,
+    Diagnostics,
+    ParameterError,
+    PeriodStats,
+    declare_dataclass,
+    read_dataclass,
+    require,
+    run_lifecycle_node,
+    stamp,
+)
+from robot.safety import CommandRejected, SafetyFilter, apply_twist, validate_safety_config
+
+__all__ = ["FrankaNode", "validate_robot_config", "make_backend", "main"]
+
+JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)]
+BASE_FRAME = "panda_link0"
+TCP_FRAME = "panda_hand_tcp"
+
+
+def validate_robot_config(cfg: RobotConfig) -> None:
+    """Raise :class:`ParameterError` naming the parameter, its value and the fix."""
+    require(cfg.backend in ("sim", "franky"), "backend", cfg.backend, "must be 'sim' or 'franky'")
+    require(cfg.backend != "franky" or bool(cfg.host.strip()), "host", cfg.host,
+            "must be the FCI address (e.g. 172.16.0.2, or 127.0.0.1 for franka-sim)")
+    require(math.isfinite(cfg.state_rate_hz) and 1.0 <= cfg.state_rate_hz <= 2000.0, "state_rate_hz",
+            cfg.state_rate_hz, "must be in [1, 2000] Hz")
+    require(math.isfinite(cfg.translational_stiffness) and 0.0 < cfg.translational_stiffness <= 5000.0,
+            "translational_stiffness", cfg.translational_stiffness, "must be in (0, 5000] N/m")
+    require(math.isfinite(cfg.rotational_stiffness) and 0.0 < cfg.rotational_stiffness <= 500.0,
+            "rotational_stiffness", cfg.rotational_stiffness, "must be in (0, 500] N m/rad")
+    require(math.isfinite(cfg.damping_ratio) and 0.0 < cfg.damping_ratio <= 3.0, "damping_ratio",
+            cfg.damping_ratio, "must be in (0, 3] (1 = critical damping)")
+    require(math.isfinite(cfg.gripper_speed) and 0.0 < cfg.gripper_speed <= 0.1, "gripper_speed",
+            cfg.gripper_speed, "must be in (0, 0.1] m/s")
+    require(math.isfinite(cfg.gripper_force) and 0.0 <= cfg.gripper_force <= 70.0, "gripper_force",
+            cfg.gripper_force, "must be in [0, 70] N")
+    require(len(cfg.home_joints) == 7 and all(math.isfinite(x) for x in cfg.home_joints), "home_joints",
+            list(cfg.home_joints), "must be 7 finite joint angles in rad")
+    require(math.isfinite(cfg.reconnect_period) and cfg.reconnect_period > 0.0, "reconnect_period",
+            cfg.reconnect_period, "must be a positive number of seconds")
+    require(cfg.twist_mode in ("velocity", "delta"), "twist_mode", cfg.twist_mode, "must be 'velocity' or 'delta'")
+    try:
+        validate_safety_config(cfg.safety, prefix="safety.")
+    except ValueError as e:
+        raise ParameterError(f"parameter {e}") from None
+
+
+def make_backend(cfg: RobotConfig) -> Backend:
+    """The backend a (validated) RobotConfig names; nothing connects yet."""
+    if cfg.backend == "franky":
+        from robot.backends.franky_backend import FrankyBackend
+
+        return FrankyBackend(
+            cfg.host,
+            realtime=cfg.realtime,
+            translational_stiffness=cfg.translational_stiffness,
+            rotational_stiffness=cfg.rotational_stiffness,
+            damping_ratio=cfg.damping_ratio,
+            gripper=cfg.gripper,
+        )
+    from robot.backends.sim_backend import SimBackend
+
+    return SimBackend(
+        translational_stiffness=cfg.translational_stiffness,
+        rotational_stiffness=cfg.rotational_stiffness,
+        damping_ratio=cfg.damping_ratio,
+        home_joints=cfg.home_joints,
+    )
+
+
+def _t(msg_stamp: Any) -> float:
+    return msg_stamp.sec + msg_stamp.nanosec * 1e-9
+
+
+class _Latency:
+    """Rolling command-to-backend latencies (s)."""
+
+    def __init__(self, n: int = 2000):
+        self._d: deque[float] = deque(maxlen=n)
+
+    def add(self, v: float) -> None:
+        self._d.append(v)
+
+    def summary(self) -> dict[str, float]:
+        if not self._d:
+            return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+        a = np.fromiter(self._d, float)
+        return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
+
+
+class FrankaNode(LifecycleNode):
+    """See the module docstring. ``backend_factory(cfg) -> Backend`` overrides :func:`make_backend`."""
+
+    def __init__(self, node_name: str = "franka", *, backend_factory=None, **kwargs: Any):
+        super().__init__(node_name, **kwargs)
+        declare_dataclass(self, RobotConfig())
+        self.declare_parameter("autostart", True, ParameterDescriptor(
+            description="configure and activate at start (false: wait for a lifecycle manager)"))
+        self._backend_factory = backend_factory or make_backend
+        self.cfg: RobotConfig | None = None
+        self.backend: Backend | None = None
+        self.filter: SafetyFilter | None = None
+        #: the sim backend's rig and its lock, for a camera node sharing the scene (None otherwise)
+        self.sim_rig: Any = None
+        self.sim_lock: Any = None
+        self._pubs: dict[str, Any] = {}
+        self._subs: list[Any] = []
+        self._srvs: list[Any] = []
+        self.diag: Diagnostics | None = None
+        self._lock = threading.Lock()  # filter + command state
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.stats = PeriodStats()
+        self.latency = _Latency()
+        self._intervening = False
+        self._twist: tuple[np.ndarray, np.ndarray, bool, float] | None = None  # lin, ang, ee_frame, t
+        self._pending_stamp: float | None = None
+        self._busy = ""  # "homing" / "recovering": the control loop only publishes state
+        self._connected = False
+        self._lost_reason = "not connected yet"
+        self._robot_error = ""
+        self._last_connect_try = -1e9
+        self._last_recover_try = -1e9
+        self.reconnects = 0
+        self.recoveries = 0
+        self.ignored = 0  # commands dropped by the arbitration rule or a hold
+        self.state: Any = None  # latest ArmState
+        self._need_reset = True
+
+    # ---------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            cfg = read_dataclass(self, RobotConfig)
+            validate_robot_config(cfg)
+        except ParameterError as e:
+            self.get_logger().error(f"bad parameter: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.cfg = cfg
+        self._reset_state()
+        self.filter = SafetyFilter(cfg.safety, 1.0 / cfg.state_rate_hz)
+        try:
+            self.backend = self._backend_factory(cfg)
+        except Exception as e:
+            self.get_logger().error(f"cannot build the {cfg.backend!r} backend: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        if cfg.backend == "sim":
+            try:
+                self.backend.connect()
+                self._connected = True
+            except Exception as e:
+                self.get_logger().error(f"cannot start the sim rig: {type(e).__name__}: {e}")
+                return TransitionCallbackReturn.FAILURE
+            self.sim_rig = getattr(self.backend, "rig", None)
+            self.sim_lock = getattr(self.backend, "lock", None)
+
+        p = self.create_publisher
+        self._pubs = {
+            "joint_states": p(JointState, "joint_states", STATE_QOS),
+            "ee_pose": p(PoseStamped, "ee_pose", STATE_QOS),
+            "ee_wrench": p(WrenchStamped, "ee_wrench", STATE_QOS),
+            "gripper_state": p(JointState, "gripper/state", STATE_QOS),
+            "command_applied": p(PoseStamped, "command_applied", STATE_QOS),
+            "gripper_applied": p(JointState, "gripper/command_applied", STATE_QOS),
+        }
+        s = self.create_subscription
+        self._subs = [
+            s(PoseStamped, "target_pose", self._on_target_pose, COMMAND_QOS),
+            s(TwistStamped, "target_twist", self._on_target_twist, COMMAND_QOS),
+            s(JointState, "gripper/command", self._on_gripper, COMMAND_QOS),
+            s(Bool, "teleop/intervening", self._on_intervening, COMMAND_QOS),
+            s(TwistStamped, "teleop/twist", self._on_teleop_twist, COMMAND_QOS),
+            s(JointState, "teleop/gripper", self._on_teleop_gripper, COMMAND_QOS),
+        ]
+        self._srvs = [
+            self.create_service(Trigger, "recover", self._srv_recover),
+            self.create_service(Trigger, "home", self._srv_home),
+            self.create_service(SetBool, "hold", self._srv_hold),
+        ]
+        self.diag = Diagnostics(self, "franka", hardware_id=f"{cfg.backend}:{cfg.host}", period=0.5)
+        self.diag.set(WARN, "configured", backend=cfg.backend)
+        self._make_msgs()
+        self.get_logger().info(f"configured: backend={cfg.backend} rate={cfg.state_rate_hz:g} Hz")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop.clear()
+        self._need_reset = True
+        self._threads = [
+            threading.Thread(target=self._control_loop, name="franka-control", daemon=True),
+            threading.Thread(target=self._supervise, name="franka-supervisor", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_threads()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_threads(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10.0)
+        self._threads = []
+
+    def _teardown(self) -> None:
+        if self.backend is not None:
+            try:
+                self.backend.close()
+            except Exception as e:
+                self.get_logger().warning(f"closing the backend: {e}")
+            self.backend = None
+        self.sim_rig = self.sim_lock = None
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for srv in self._srvs:
+            self.destroy_service(srv)
+        self._pubs, self._subs, self._srvs = {}, [], []
+        if self.diag is not None:
+            self.diag.destroy()
+            self.diag = None
+
+    def destroy_node(self) -> None:
+        self._stop_threads()
+        self._teardown()
+        super().destroy_node()
+
+    # ----------------------------------------------------------------- commands
+    def _on_intervening(self, msg: Bool) -> None:
+        with self._lock:
+            if bool(msg.data) != self._intervening:
+                self._intervening = bool(msg.data)
+                self._twist = None
+                self._pending_stamp = None
+                # the new command source starts from a still arm where it is now
+                if self.filter is not None and self.filter.ready:
+                    p, q = self.filter.applied_pose
+                    self.filter.set_target(p, q, time.monotonic())
+
+    def _frame_is_ee(self, frame_id: str) -> bool | None:
+        f = frame_id.lstrip("/")
+        if f in ("", BASE_FRAME):
+            return False
+        if f == TCP_FRAME:
+            return True
+        return None
+
+    def _reject(self, what: str, why: str) -> None:
+        if self.filter is not None:
+            self.filter.rejected += 1
+        self.get_logger().warning(f"{what} rejected: {why}", throttle_duration_sec=1.0)
+
+    def _on_target_pose(self, msg: PoseStamped) -> None:
+        if self._intervening:
+            self.ignored += 1
+            return
+        if msg.header.frame_id.lstrip("/") not in ("", BASE_FRAME):
+            self._reject("target_pose", f"frame_id {msg.header.frame_id!r}: send targets in {BASE_FRAME!r}")
+            return
+        p, o = msg.pose.position, msg.pose.orientation
+        self._set_target([p.x, p.y, p.z], [o.x, o.y, o.z, o.w], msg.header.stamp)
+
+    def _set_target(self, pos: Any, quat: Any, msg_stamp: Any) -> None:
+        f = self.filter
+        if f is None or not f.ready:
+            self.ignored += 1
+            return
+        with self._lock:
+            if f.holding:
+                self.ignored += 1
+                return
+            try:
+                f.set_target(pos, quat, time.monotonic())
+            except CommandRejected as e:
+                self.get_logger().warning(f"target rejected: {e}", throttle_duration_sec=1.0)
+                return
+            self._twist = None
+            t = _t(msg_stamp)
+            self._pending_stamp = t if t > 0 else time.time()
+
+    def _twist_of(self, msg: TwistStamped, what: str) -> tuple[np.ndarray, np.ndarray, bool] | None:
+        ee = self._frame_is_ee(msg.header.frame_id)
+        if ee is None:
+            self._reject(what, f"frame_id {msg.header.frame_id!r}: use {BASE_FRAME!r} or {TCP_FRAME!r}")
+            return None
+        lin = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z])
+        ang = np.array([msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z])
+        if not (np.all(np.isfinite(lin)) and np.all(np.isfinite(ang))):
+            self._reject(what, "NaN or Inf")
+            return None
+        return lin, ang, ee
+
+    def _on_target_twist(self, msg: TwistStamped) -> None:
+        if self._intervening:
+            self.ignored += 1
+            return
+        tw = self._twist_of(msg, "target_twist")
+        if tw is None:
+            return
+        if self.cfg is not None and self.cfg.twist_mode == "delta":
+            self._apply_delta(*tw, msg.header.stamp)
+        else:
+            self._set_velocity(*tw, msg.header.stamp)
+
+    def _on_teleop_twist(self, msg: TwistStamped) -> None:
+        if not self._intervening:
+            return
+        tw = self._twist_of(msg, "teleop/twist")
+        if tw is not None:
+            self._set_velocity(*tw, msg.header.stamp)
+
+    def _set_velocity(self, lin: np.ndarray, ang: np.ndarray, ee: bool, msg_stamp: Any) -> None:
+        with self._lock:
+            if self.filter is None or self.filter.holding:
+                self.ignored += 1
+                return
+            self._twist = (lin, ang, ee, time.monotonic())
+            t = _t(msg_stamp)
+            self._pending_stamp = t if t > 0 else time.time()
+
+    def _apply_delta(self, lin: np.ndarray, ang: np.ndarray, ee: bool, msg_stamp: Any) -> None:
+        f = self.filter
+        if f is None or not f.ready:
+            return
+        with self._lock:
+            if f.holding:
+                self.ignored += 1
+                return
+            base = f.target if f.target is not None else f.applied_pose
+            pos, quat = apply_twist(base[0], base[1], lin, ang, 1.0, ee)
+            f.set_target(pos, quat, time.monotonic())
+            self._twist = None
+            t = _t(msg_stamp)
+            self._pending_stamp = t if t > 0 else time.time()
+
+    def _on_gripper(self, msg: JointState) -> None:
+        if self._intervening:
+            self.ignored += 1
+            return
+        self._gripper(msg, "gripper/command")
+
+    def _on_teleop_gripper(self, msg: JointState) -> None:
+        if self._intervening:
+            self._gripper(msg, "teleop/gripper")
+
+    def _gripper(self, msg: JointState, what: str) -> None:
+        if self.filter is None or self.backend is None or self.cfg is None:
+            return
+        if not msg.position:
+            self._reject(what, "position[0] (the width in m) is missing")
+            return
+        speed = msg.velocity[0] if msg.velocity else self.cfg.gripper_speed
+        force = msg.effort[0] if msg.effort else 0.0
+        try:
+            cmd = self.filter.gripper(msg.position[0], speed, force)
+        except CommandRejected as e:
+            self.get_logger().warning(f"{what} rejected: {e}", throttle_duration_sec=1.0)
+            return
+        if self.filter.holding:
+            self.ignored += 1
+            return
+        self.backend.gripper_command(cmd)
+        out = self._gripper_applied_msg
+        out.header.stamp = self.get_clock().now().to_msg()
+        out.position, out.velocity, out.effort = [cmd.width], [cmd.speed], [cmd.force]
+        self._pubs["gripper_applied"].publish(out)
+
+    # ----------------------------------------------------------------- services
+    def _srv_hold(self, req: SetBool.Request, res: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            if self.filter is not None:
+                self.filter.set_hold(bool(req.data))
+            self._twist = None
+        res.success = True
+        res.message = "holding the current pose" if req.data else "released: following targets"
+        self.get_logger().info(res.message)
+        return res
+
+    def _srv_recover(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        res.success, res.message = self._recover("requested")
+        return res
+
+    def _srv_home(self, req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        b, cfg = self.backend, self.cfg
+        if b is None or cfg is None or not self._connected:
+            res.success, res.message = False, f"not connected: {self._lost_reason}"
+            return res
+        self._busy = "homing"
+        self._publish_diag()
+        try:
+            ok = b.home(np.asarray(cfg.home_joints))
+        finally:
+            self._need_reset = True
+            self._busy = ""
+        res.success = bool(ok)
+        res.message = "homed" if ok else f"homing failed: {b.error() or 'timeout'}"
+        return res
+
+    def _recover(self, why: str) -> tuple[bool, str]:
+        b = self.backend
+        if b is None or not self._connected:
+            return False, f"not connected: {self._lost_reason}"
+        self._busy = "recovering"
+        try:
+            ok = b.recover()
+        finally:
+            self._need_reset = True
+            self._busy = ""
+        self.recoveries += int(ok)
+        msg = "recovered" if ok else f"recovery failed: {b.error()}"
+        (self.get_logger().info if ok else self.get_logger().error)(f"{msg} ({why})")
+        if ok:
+            self._robot_error = ""
+        return ok, msg
+
+    # -------------------------------------------------------------- control loop
+    def _make_msgs(self) -> None:
+        self._js = JointState(name=list(JOINT_NAMES))
+        self._pose = PoseStamped()
+        self._pose.header.frame_id = BASE_FRAME
+        self._wrench = WrenchStamped()
+        self._wrench.header.frame_id = BASE_FRAME
+        self._gs = JointState(name=["width"])
+        self._applied = PoseStamped()
+        self._applied.header.frame_id = BASE_FRAME
+        self._gripper_applied_msg = JointState(name=["width"])
+
+    def _control_loop(self) -> None:
+        assert self.cfg is not None
+        period = 1.0 / self.cfg.state_rate_hz
+        next_t = time.monotonic()
+        last = None
+        while not self._stop.is_set():
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = time.monotonic()
+            next_t += period
+            if now - next_t > 0.05:  # stalled (e.g. a long GC or a suspended process): resynchronise
+                next_t = now + period
+            dt = now - last if last is not None else period
+            last = now
+            try:
+                self._tick(now, dt)
+            except Exception as e:  # never let the loop die; report and carry on
+                self._robot_error = f"control loop: {type(e).__name__}: {e}"
+                self.get_logger().error(self._robot_error, throttle_duration_sec=1.0)
+            self.stats.tick(now)
+
+    def _tick(self, now: float, dt: float) -> None:
+        b, f = self.backend, self.filter
+        if b is None or f is None or not self._connected:
+            return
+        try:
+            s = b.read()
+        except ConnectionLost as e:
+            self._on_lost(str(e))
+            return
+        self.state = s
+        err = "" if self._busy else b.error()
+        if err and err != self._robot_error:
+            self._robot_error = err
+            self.get_logger().error(f"robot error: {err}")
+            self._publish_diag()
+        applied = None
+        if not self._busy and not err:
+            with self._lock:
+                if self._need_reset:
+                    f.reset(s.ee_pos, s.ee_quat)
+                    self._need_reset = False
+                    self._twist = None
+                tw = self._twist
+                if tw is not None:
+                    if now - tw[3] <= f.cfg.watchdog_timeout:
+                        p, q = f.applied_pose
+                        pos, quat = apply_twist(p, q, tw[0], tw[1], dt, tw[2])
+                        f.set_target(pos, quat, tw[3])
+                    else:
+                        self._twist = None
+                applied = f.step(now, dt)
+                pending, self._pending_stamp = self._pending_stamp, None
+            b.command(applied.pos, applied.quat)
+            if pending is not None:
+                self.latency.add(time.time() - pending)
+        elif err:
+            self._need_reset = True
+        self._publish_state(s, applied)
+
+    def _publish_state(self, s: Any, applied: Any) -> None:
+        t = stamp(s.stamp)
+        js = self._js
+        js.header.stamp = t
+        js.position = s.joint_pos.tolist()
+        js.velocity = s.joint_vel.tolist()
+        js.effort = s.joint_effort.tolist()
+        self._pubs["joint_states"].publish(js)
+        ps = self._pose
+        ps.header.stamp = t
+        p, o = ps.pose.position, ps.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in s.ee_pos)
+        o.x, o.y, o.z, o.w = (float(v) for v in s.ee_quat)
+        self._pubs["ee_pose"].publish(ps)
+        w = self._wrench
+        w.header.stamp = t
+        fw, tw = w.wrench.force, w.wrench.torque
+        fw.x, fw.y, fw.z, tw.x, tw.y, tw.z = (float(v) for v in s.ee_wrench)
+        self._pubs["ee_wrench"].publish(w)
+        g = self.backend.gripper_state() if self.backend is not None else None
+        if g is not None and g.stamp > 0:
+            gs = self._gs
+            gs.header.stamp = stamp(g.stamp)
+            gs.position, gs.velocity, gs.effort = [g.width], [g.speed], [g.force]
+            self._pubs["gripper_state"].publish(gs)
+        if applied is not None:
+            a = self._applied
+            a.header.stamp = t
+            p, o = a.pose.position, a.pose.orientation
+            p.x, p.y, p.z = (float(v) for v in applied.pos)
+            o.x, o.y, o.z, o.w = (float(v) for v in applied.quat)
+            self._pubs["command_applied"].publish(a)
+
+    def _on_lost(self, why: str) -> None:
+        if self._connected:
+            self._connected = False
+            self._lost_reason = why
+            self.get_logger().error(f"backend lost: {why}; reconnecting every {self.cfg.reconnect_period:g} s")
+            self._publish_diag()
+
+    # ---------------------------------------------------------------- supervisor
+    def _supervise(self) -> None:
+        cfg = self.cfg
+        assert cfg is not None
+        next_diag = 0.0
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            b = self.backend
+            if b is None:
+                continue
+            if not self._connected and now - self._last_connect_try >= cfg.reconnect_period:
+                self._last_connect_try = now
+                self._try_connect(b)
+            elif (self._connected and self._robot_error and cfg.auto_recover and not self._busy
+                  and now - self._last_recover_try >= cfg.reconnect_period):
+                self._last_recover_try = now
+                self._recover("auto_recover")
+            if now >= next_diag:
+                next_diag = now + 0.5
+                self._publish_diag()
+
+    def _try_connect(self, b: Backend) -> None:
+        try:
+            b.close()
+            b.connect()
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}" if not isinstance(e, ConnectionLost) else str(e)
+            if why != self._lost_reason:
+                self.get_logger().warning(f"connect failed: {why}")
+            self._lost_reason = why
+            return
+        self.sim_rig = getattr(b, "rig", None)
+        self.sim_lock = getattr(b, "lock", None)
+        with self._lock:
+            self._need_reset = True
+            self._twist = None
+        self._robot_error = ""
+        self._connected = True
+        self.reconnects += 1
+        self.get_logger().info(f"connected to the {b.name} backend")
+        self._publish_diag()
+
+    def _publish_diag(self) -> None:
+        d, f, cfg = self.diag, self.filter, self.cfg
+        if d is None or f is None or cfg is None:
+            return
+        st = self.stats.summary()
+        lat = self.latency.summary()
+        if not self._connected:
+            level, msg = ERROR, f"disconnected: {self._lost_reason}"
+        elif self._robot_error:
+            level, msg = ERROR, f"robot error: {self._robot_error}"
+        elif self._busy:
+            level, msg = WARN, self._busy
+        elif f.holding:
+            level, msg = OK, "holding (hold service)"
+        elif f.stale:
+            level, msg = OK, "holding (no fresh command)"
+        else:
+            level, msg = OK, "running"
+        g = self.backend.gripper_state() if self.backend is not None else None
+        d.set(
+            level, msg,
+            backend=cfg.backend, connected=self._connected, requested_rate_hz=cfg.state_rate_hz,
+            rate_hz=st["rate_hz"], period_p50_ms=st["p50_ms"], period_p99_ms=st["p99_ms"],
+            period_max_ms=st["max_ms"], cmd_latency_p50_ms=lat["p50_ms"], cmd_latency_p99_ms=lat["p99_ms"],
+            rejected=f.rejected, clipped=f.clipped, stale_holds=f.stale_holds, ignored=self.ignored,
+            intervening=self._intervening, hold=f.holding, reconnects=self.reconnects,
+            recoveries=self.recoveries, robot_error=self._robot_error,
+            last_disconnect=self._lost_reason if not self._connected else "",
+            gripper_width=g.width if g is not None else float("nan"),
+            gripper_error=g.error if g is not None else "",
+        )
+        d.publish_now()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``franka-node`` (``ros2 run``-style: ``franka-node --ros-args -p backend:=franky``)."""
+    return run_lifecycle_node(lambda: FrankaNode(), args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
