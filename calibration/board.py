@@ -143,7 +143,7 @@ def write_pdf(board: BoardConfig, path: str | Path, paper: str = "A4") -> dict[s
     x0 = (pw - bw) / 2
     y0 = (ph - bh + text_mm) / 2  # board above the text block
     ax = fig.add_axes((x0 / pw, y0 / ph, bw / pw, bh / ph))
-    ax.imshow(board.image(px_per_m=8000.0), cmap="gray", vmin=0, vmax=255, interpolation="none",
+    ax.imshow(board.image(px_per_m=4000.0), cmap="gray", vmin=0, vmax=255, interpolation="none",
               extent=(0, bw, bh, 0), aspect="auto")
     ax.set_axis_off()
     # 100 mm check bar and the description under the board
