@@ -140,6 +140,12 @@ class SimCameraSource:
                                self._drops[name].dropped, 0, 1, rate, self._last[name], self._error)
 
     def _run(self) -> None:
+        try:  # warm up (GL context, renderers) before the schedule starts, so start-up is not a drop
+            self._snapshot()
+            for c in self.cameras:
+                self._render(c)
+        except Exception as e:
+            self._error = str(e)
         t0 = time.monotonic()
         slot = dict.fromkeys(self._drops, 0)  # index of the next frame slot per camera
         while not self._stop.is_set():
