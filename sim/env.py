@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from robot.config import SafetyConfig
+from robot.geometry import matrix_to_quat
 from robot.spec import ActionSpec, CameraSpec, RigSpec
 from sim import registry
 from sim.config import RandomizationConfig
@@ -179,8 +180,7 @@ class PandaRigEnv(gym.Env):
                 m.geom_rgba[g, :3] = np.clip(m.geom_rgba[g, :3] + rng.uniform(-j, j, 3), 0.0, 1.0)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        st = self.rig.state()
-        st.pop("time")
+        st = {k: v for k, v in self.rig.state().items() if k.startswith("state/")}
         for c in self.spec_rig.cameras:
             st[f"images/{c.name}"] = self.rig.render(c.name, c.width, c.height)
             if c.depth:
@@ -217,7 +217,7 @@ class PandaRigEnv(gym.Env):
     def step(self, action: np.ndarray):
         a = self.spec_rig.action.check(np.asarray(action, dtype=np.float32))
         ee_pos = self.rig.ee_pos
-        ee_quat = self.rig.state()["state/ee_quat"].astype(np.float64)
+        ee_quat = matrix_to_quat(self.rig.ee_rot)
         pos, quat, width = self.spec_rig.action.to_target(a, ee_pos, ee_quat)
         pos = np.clip(pos, self._ws_lo, self._ws_hi)
         self.rig.set_cartesian_target(pos, quat)

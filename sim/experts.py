@@ -51,14 +51,14 @@ class ScriptedExpert:
         self.t = 0
         self.speed = 1.0 / (1.0 + 0.6 * n)
         self._new_aim()
-        if n > 0 and self.rng.random() < min(0.5 * n, 0.8):
+        if n > 0 and self.rng.random() < min(0.6 * n, 0.9):
             self.detour = np.array([self.rng.uniform(0.35, 0.6), self.rng.uniform(-0.2, 0.2),
                                     self.rng.uniform(0.15, 0.3)])
 
     def _new_aim(self) -> None:
         """Per-attempt aim errors of a human operator (re-drawn after each miss)."""
         n = self.noise
-        self.aim = self.rng.normal(0.0, 0.007 * n, 2) if n > 0 else np.zeros(2)
+        self.aim = self.rng.normal(0.0, 0.011 * n, 2) if n > 0 else np.zeros(2)
         self.yaw_err = float(self.rng.normal(0.0, 0.12 * n)) if n > 0 else 0.0
 
     # ------------------------------------------------------------- acting
@@ -67,6 +67,7 @@ class ScriptedExpert:
         ee_quat = np.asarray(obs["state/ee_quat"], np.float64)
         width = float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0])
         self.t += 1
+        self.fine = False  # skills set it in precision phases, where a human is steadier
         if isinstance(self.task, InsertTask):
             goal, yaw, g = self._insert(ee)
         elif isinstance(self.task, PushTask):
@@ -97,9 +98,9 @@ class ScriptedExpert:
         if self.pause > 0:
             self.pause -= 1
             a[:6] = 0.0
-        elif self.rng.random() < 0.04 * n:
-            self.pause = int(self.rng.integers(2, 6))
-        a[:6] += self.rng.normal(0.0, 0.12 * n, 6)
+        elif self.rng.random() < 0.055 * n:
+            self.pause = int(self.rng.integers(2, 8))
+        a[:6] += self.rng.normal(0.0, (0.04 if self.fine else 0.12) * n, 6)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------ skills
@@ -200,6 +201,7 @@ class ScriptedExpert:
         h = t.hole_pos()
         xy_err = h[:2] + self.aim * 0.3 - peg[:2]
         top = 2 * t.block_hz
+        self.fine = b[2] < top + 0.02
         if np.linalg.norm(xy_err) > 0.0015 and b[2] > top - 0.002:
             dz = (top + 0.01) - b[2]
             if np.linalg.norm(xy_err) < 0.004:  # nearly aligned: fine adjustments, stay just above

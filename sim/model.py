@@ -111,8 +111,8 @@ def _look_at(pos: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> str:
     return " ".join(f"{v:.5f}" for v in (*x, *y))
 
 
-FRONT_CAMERA_POS = np.array([1.25, 0.0, 0.6])
-FRONT_CAMERA_TARGET = np.array([0.45, 0.0, 0.05])
+FRONT_CAMERA_POS = np.array([1.0, 0.0, 0.5])
+FRONT_CAMERA_TARGET = np.array([0.42, 0.0, 0.1])
 
 
 def _arm_xml(visual: str, with_hand: bool = True) -> str:
@@ -270,7 +270,7 @@ def build_mjcf(
   <light name="side" pos="0.4 -1.0 1.0" dir="0 0.7 -0.7" diffuse="0.3 0.3 0.3" castshadow="false"/>
   <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 -0.75" material="floor" contype="0" conaffinity="0"/>
   <geom name="table" type="box" size="0.6 0.8 0.02" pos="0.45 0 -0.02" material="table" condim="3"/>
-  <camera name="front" pos="{fp}" xyaxes="{cam_axes}" fovy="45"/>
+  <camera name="front" pos="{fp}" xyaxes="{cam_axes}" fovy="55"/>
   {_arm_xml(visual)}
   {objs}
 </worldbody>

@@ -21,7 +21,9 @@ hand's 70 N.
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering unless the user chose otherwise
 
@@ -42,6 +44,14 @@ from sim.model import (  # noqa: E402
 )
 
 _MAX_FORCE = 70.0  # N, Franka Hand continuous force
+_LIVE_RIGS: weakref.WeakSet = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_renderers_at_exit() -> None:
+    """Free GL contexts before the interpreter tears EGL down (avoids noisy errors at exit)."""
+    for rig in list(_LIVE_RIGS):
+        rig._close_renderers()
 
 
 def _rot_error(r: np.ndarray, r_d: np.ndarray) -> np.ndarray:
@@ -143,11 +153,14 @@ class SimRig:
         self.reset()
         return self
 
-    def close(self) -> None:
+    def _close_renderers(self) -> None:
         for r in (*self._renderers.values(), *self._depth_renderers.values()):
             r.close()
         self._renderers.clear()
         self._depth_renderers.clear()
+
+    def close(self) -> None:
+        self._close_renderers()
         self.model = None
         self.data = None
 
@@ -270,12 +283,18 @@ class SimRig:
         d.ctrl[self._grip_act] = g if abs(g - c) <= dmax else c + (dmax if g > c else -dmax)
 
     def step(self, n: int = 1) -> None:
-        """Advance ``n`` physics steps, running the controller before each."""
+        """Advance ``n`` physics steps, running the controller inside each.
+
+        ``mj_step1`` computes kinematics and bias forces for the current state,
+        the controller reads them, ``mj_step2`` applies the torques and
+        integrates: the controller never sees stale kinematics.
+        """
         self._need()
         m, d = self.model, self.data
         for _ in range(int(n)):
+            mujoco.mj_step1(m, d)
             self._control()
-            mujoco.mj_step(m, d)
+            mujoco.mj_step2(m, d)
 
     # ------------------------------------------------------------------ state
     @property
@@ -318,17 +337,25 @@ class SimRig:
         return w
 
     def state(self) -> dict[str, np.ndarray]:
-        """Spec state keys (fresh float32 arrays) plus ``time``."""
+        """Spec state keys (``state/*``, fresh float32 arrays) plus rig extras.
+
+        Extras for the ROS backends: ``time`` (s, sim time), ``gripper_velocity``
+        (m/s, opening rate), ``gripper_force`` (N, squeeze), ``joint_torque``
+        (N m, commanded arm torques without gravity, like libfranka's tau_J_d).
+        """
         self._need()
         d = self.data
         return {
             "state/ee_pos": self.ee_pos.astype(np.float32),
             "state/ee_quat": matrix_to_quat(self.ee_rot).astype(np.float32),
             "state/gripper_width": np.array([self.gripper_width], dtype=np.float32),
-            "state/joint_pos": d.qpos[self._qadr].astype(np.float32),
-            "state/joint_vel": d.qvel[self._dadr].astype(np.float32),
+            "state/joint_pos": d.qpos[:7].astype(np.float32),
+            "state/joint_vel": d.qvel[:7].astype(np.float32),
             "state/ee_wrench": self.ee_wrench().astype(np.float32),
             "time": np.array([d.time], dtype=np.float64),
+            "gripper_velocity": np.array([d.qvel[self._fdadr].sum()], dtype=np.float32),
+            "gripper_force": np.array([abs(d.actuator_force[self._grip_act])], dtype=np.float32),
+            "joint_torque": self._tau_prev.astype(np.float32),
         }
 
     # -------------------------------------------------------------- kinematics
@@ -381,6 +408,11 @@ class SimRig:
         r = cache.get(key)
         if r is None:
             r = mujoco.Renderer(self.model, height=key[0], width=key[1])
+            global _ATEXIT_REGISTERED
+            if not _ATEXIT_REGISTERED:  # after the first GL context: runs before MuJoCo's eglTerminate
+                atexit.register(_close_renderers_at_exit)
+                _ATEXIT_REGISTERED = True
+            _LIVE_RIGS.add(self)
             for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                          mujoco.mjtRndFlag.mjRND_SKYBOX, mujoco.mjtRndFlag.mjRND_FOG):
                 r.scene.flags[flag] = False
