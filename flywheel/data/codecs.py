@@ -62,6 +62,10 @@ class _ImageCodec(ArrayBytesCodec):
         return bytes(self._codec().encode(np.ascontiguousarray(img)))
 
     def decode_image(self, data: bytes) -> np.ndarray:
+        if self.fmt == "jpeg":  # the hot path of the loaders: skip the numcodecs wrapper
+            import imagecodecs
+
+            return imagecodecs.jpeg8_decode(data)
         return np.asarray(self._codec().decode(data))
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: Any) -> NDBuffer:

@@ -15,7 +15,8 @@ Speed: low-dimensional arrays are read into memory once (they are small); images
 are decoded straight from their JPEG chunk files and kept in an LRU cache of
 decoded frames (per worker). Batches are gathered with vectorised indexing in
 ``__getitems__``; use :func:`make_loader`, whose collate passes them through.
-Images come out as uint8 (n_obs, 3, H, W): normalise on the device.
+Images come out as uint8 (n_obs, C, H, W) views of channel-last memory:
+move them to the device, then ``.float() / 255`` there.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ class EpisodeDataset(Dataset):
         img = self.cache.get(ck)
         if img is None:
             img = self.store.read_image(key, step)
-            img = np.ascontiguousarray(img.transpose(2, 0, 1)) if img.ndim == 3 else img[None]
+            if img.ndim == 2:
+                img = img[..., None]
             self.cache.put(ck, img)
         return img
 
@@ -189,9 +191,10 @@ class EpisodeDataset(Dataset):
         for k in self.lowdim_obs_keys:
             out[f"obs/{k}"] = torch.from_numpy(self._low[k][obs_idx])
         for k in self.image_keys:
-            frames = [self._image(k, int(s)) for s in obs_idx.reshape(-1)]
+            frames = [self._image(k, int(s)) for s in obs_idx.reshape(-1).tolist()]
             arr = np.stack(frames).reshape(*obs_idx.shape, *frames[0].shape)
-            out[f"obs/{k}"] = torch.from_numpy(arr)
+            # (B, n_obs, H, W, C) -> a (B, n_obs, C, H, W) view; .contiguous() happens on the device
+            out[f"obs/{k}"] = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
         out["action"] = torch.from_numpy(self._low["action"][act_idx])
         out["action_is_pad"] = torch.from_numpy(act_pad)
         out["reward"] = torch.from_numpy(self._low["reward"][g])

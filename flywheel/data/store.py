@@ -34,7 +34,9 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,8 @@ ROOT_ATTR = "flywheel_store"
 SOURCES = ("human", "policy", "rl")
 STEP_KEYS = ("reward", "intervention", "timestamp")
 LOWDIM_CHUNK = 4096  # steps per chunk of low-dimensional arrays
-IMAGE_FLUSH = 16  # images buffered per camera before they are encoded and written
+IMAGE_FLUSH = 16  # images buffered per camera before they are written (zarr path: remote stores, depth)
+MAX_PENDING_IMAGES = 64  # images being encoded at once (direct path) before add() waits
 
 
 class StoreError(RuntimeError):
@@ -178,6 +181,9 @@ class EpisodeStore:
         self.path = str(path)
         self.mode = mode
         self._lock_fd: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._read_codecs: dict[str, Any] = {}
+        self._local_root = str(_local_path(path)) if _is_local(path) else ""
         self._arrays: dict[str, Any] = {}
         self._writer: EpisodeWriter | None = None
         self._records: list[EpisodeRecord] = []
@@ -325,9 +331,54 @@ class EpisodeStore:
             for tmp in _local_path(self.path).rglob("*.partial"):
                 tmp.unlink(missing_ok=True)
                 dropped = True
+            self._delete_chunks_beyond(t)
         if dropped:
             log.warning("%s: dropped the uncommitted tail a previous writer left behind", self.path)
         self._arrays.clear()
+
+    def _direct_codec(self, key: str) -> Any:
+        """The image codec of ``key`` when its chunks can be written as plain local files."""
+        if not _is_local(self.path) or not key.startswith("images/"):
+            return None
+        from flywheel.data.codecs import codec_from_metadata
+
+        return codec_from_metadata(self._array(key).metadata.codecs)
+
+    def _chunk_path(self, key: str, step: int) -> Path:
+        return _local_path(self.path) / "data" / key / "c" / str(step) / "0" / "0" / "0"
+
+    def _write_chunk(self, key: str, step: int, codec: Any, img: np.ndarray) -> None:
+        """Encode one image and write its chunk file atomically (temporary file, then rename)."""
+        data = codec.encode_image(img)
+        path = self._chunk_path(key, step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                                thread_name_prefix="store-encode")
+        return self._executor
+
+    def _delete_chunks_beyond(self, t: int) -> None:
+        """Remove image chunk files at steps >= t (left by an aborted or crashed writer)."""
+        if not _is_local(self.path):
+            return
+        import shutil
+
+        for key in self.image_keys:
+            root = _local_path(self.path) / "data" / key / "c"
+            if root.is_dir():
+                for d in root.iterdir():
+                    if d.name.isdigit() and int(d.name) >= t:
+                        shutil.rmtree(d, ignore_errors=True)
 
     # ---------------------------------------------------------------- access
     @property
@@ -406,18 +457,18 @@ class EpisodeStore:
         """One image by global step index; decodes the chunk file directly when the store is local."""
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} outside the committed range [0, {self.num_steps})")
-        a = self._array(key)
-        from flywheel.data.codecs import codec_from_metadata
-
-        codec = codec_from_metadata(a.metadata.codecs)
-        if codec is not None and _is_local(self.path):
-            f = _local_path(self.path) / "data" / key / "c" / str(step) / "0" / "0" / "0"
+        codec = self._read_codecs.get(key, False)
+        if codec is False:
+            codec = self._read_codecs[key] = self._direct_codec(key)
+        if codec is not None:
+            f = f"{self._local_root}/data/{key}/c/{step}/0/0/0"  # str, not pathlib: this is the hot path
             try:
-                return codec.decode_image(f.read_bytes())
+                with open(f, "rb") as fh:
+                    return codec.decode_image(fh.read())
             except FileNotFoundError:
                 raise StoreError(f"{self.path}: the image chunk of committed step {step} of {key} is missing "
                                  f"({f}); run `flywheel-data check {self.path}`") from None
-        return np.asarray(a[step])
+        return np.asarray(self._array(key)[step])
 
     def record(self, i: int) -> EpisodeRecord:
         if not -self.num_episodes <= i < self.num_episodes:
@@ -541,6 +592,9 @@ class EpisodeStore:
         if self._writer is not None and not self._writer.closed:
             log.warning("%s: closing with an uncommitted episode; it is dropped", self.path)
             self._writer.abort()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self._release_lock()
         self._arrays.clear()
         self.root = None
@@ -576,11 +630,19 @@ def _check_steps(s: ArraySpec, arr: np.ndarray, spec: RigSpec) -> None:
                         "the spec's action is normalised, see ActionSpec.from_target")
 
 
+def _done_future() -> Future:
+    f: Future = Future()
+    f.set_exception(OSError("image write pending a retry"))
+    return f
+
+
 class EpisodeWriter:
     """Appends steps of one episode; images are encoded and written as they come in.
 
     Low-dimensional steps are buffered in memory and written at :meth:`commit`;
-    images are flushed every ``IMAGE_FLUSH`` frames beyond the committed end.
+    images are encoded and written beyond the committed end as they come (local stores:
+    on a thread pool, at most ``MAX_PENDING_IMAGES`` in flight; otherwise through zarr
+    every ``IMAGE_FLUSH`` frames).
     """
 
     def __init__(self, store: EpisodeStore, meta: dict[str, Any]) -> None:
@@ -595,6 +657,10 @@ class EpisodeWriter:
         self._low: dict[str, list[np.ndarray]] = {k: [] for k in self._lowdim_keys}
         self._img: dict[str, list[np.ndarray]] = {k: [] for k in self._image_keys}
         self._img_written: dict[str, int] = dict.fromkeys(self._image_keys, 0)
+        # local stores: JPEG/PNG chunks are encoded on a thread pool and written straight to their
+        # chunk files (atomically, as zarr does), ~3x faster than zarr's per-chunk pipeline
+        self._direct = {k: c for k in self._image_keys if (c := store._direct_codec(k)) is not None}
+        self._jobs: dict[tuple[str, int], tuple[np.ndarray, Future]] = {}
         self.num_steps = 0
 
     # ------------------------------------------------------------------ add
@@ -646,8 +712,7 @@ class EpisodeWriter:
         for k in self._image_keys:
             self._img[k].append(step[k])
         self.num_steps += 1
-        if any(len(v) >= IMAGE_FLUSH for v in self._img.values()):
-            self._flush_images()
+        self._flush_images(force=False)
 
     def set_reward(self, step: int, reward: float) -> None:
         """Change the reward of a step not yet committed (e.g. the success reward of the last step)."""
@@ -664,12 +729,21 @@ class EpisodeWriter:
         for k in self._image_keys:
             self._img[k].extend(list(cols[k]))
         self.num_steps += n
-        self._flush_images()
+        self._flush_images(force=False)
 
-    def _flush_images(self) -> None:
+    def _flush_images(self, force: bool = True) -> None:
+        """Hand buffered images to the encoders; ``force`` waits until every image is on disk."""
+        for k, codec in self._direct.items():
+            for img in self._img[k]:
+                step = self.start + self._img_written[k]
+                fut = self.store._pool().submit(self.store._write_chunk, k, step, codec, img)
+                self._jobs[(k, step)] = (img, fut)
+                self._img_written[k] += 1
+            self._img[k] = []
+        self._wait_jobs(0 if force else MAX_PENDING_IMAGES)
         for k in self._image_keys:
             frames = self._img[k]
-            if not frames:
+            if k in self._direct or not frames or (not force and len(frames) < IMAGE_FLUSH):
                 continue
             arr = self.store._array(k)
             lo = self.start + self._img_written[k]
@@ -682,6 +756,27 @@ class EpisodeWriter:
                 raise StoreError(self._io_message(e)) from e
             self._img_written[k] += len(frames)
             self._img[k] = []
+
+    def _wait_jobs(self, keep: int) -> None:
+        """Wait until at most ``keep`` image writes are in flight; failed ones are retried once
+        here and otherwise kept (with their image) for the next call, and raise StoreError."""
+        error: OSError | None = None
+        for key in list(self._jobs):  # oldest first
+            img, fut = self._jobs[key]
+            if not fut.done() and len(self._jobs) <= keep:
+                continue  # still encoding, and within the in-flight budget
+            try:
+                fut.result()
+                del self._jobs[key]
+            except OSError:
+                try:  # one synchronous retry (the cause may be gone)
+                    self.store._write_chunk(key[0], key[1], self._direct[key[0]], img)
+                    del self._jobs[key]
+                except OSError as e:
+                    error = e
+                    self._jobs[key] = (img, _done_future())
+        if error is not None:
+            raise StoreError(self._io_message(error)) from error
 
     def _io_message(self, e: OSError) -> str:
         return (f"writing episode {self.store.num_episodes} to {self.store.path} failed: {e}. "
@@ -703,6 +798,10 @@ class EpisodeWriter:
                             committed_at=time.time(), **record_meta)
         try:
             self._flush_images()
+            for k in self._direct:  # their chunks are on disk: publish the array's new length
+                arr = store._array(k)
+                if arr.shape[0] < end:
+                    arr.resize((end, *arr.shape[1:]))
             for k in self._lowdim_keys:
                 arr = store._array(k)
                 if arr.shape[0] < end:
@@ -728,11 +827,18 @@ class EpisodeWriter:
         if self.closed:
             return
         self.closed = True
+        for _, fut in self._jobs.values():
+            try:
+                fut.result()
+            except OSError:
+                pass
+        self._jobs.clear()
         try:
             for k in self._image_keys:
                 arr = self.store._array(k)
                 if arr.shape[0] > self.store.num_steps:
                     arr.resize((self.store.num_steps, *arr.shape[1:]))
+            self.store._delete_chunks_beyond(self.store.num_steps)
         except OSError as e:  # the next writer truncates
             log.warning("%s: could not truncate the aborted episode: %s", self.store.path, e)
 

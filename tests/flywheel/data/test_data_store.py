@@ -319,3 +319,9 @@ def test_write_error_is_clear_and_commits_nothing_by_halves(tmp_path):
     assert lines[2] == "retry 1"
     r = EpisodeStore(path)
     assert [x.task for x in r.records] == ["before", "big"] and len(r.episode(1)) == 20
+
+
+def test_import_is_light():
+    code = "import sys, flywheel.data; print(sorted(m for m in ('torch', 'zarr', 'rclpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
