@@ -325,3 +325,14 @@ def test_import_is_light():
     code = "import sys, flywheel.data; print(sorted(m for m in ('torch', 'zarr', 'rclpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_fsspec_url_store(spec):
+    """Any fsspec URL zarr supports (here the in-memory filesystem) holds a store too."""
+    ep = make_episode(spec, 4)
+    with EpisodeStore("memory://flywheel-test/s.zarr", "w", spec) as s:
+        s.add_episode(ep, task="remote")
+    r = EpisodeStore("memory://flywheel-test/s.zarr")
+    assert r.record(0).task == "remote"
+    _assert_episode_equal(r.episode(0), ep)
+    np.testing.assert_array_equal(r.read_image("images/wrist", 2), r.episode(0)["images/wrist"][2])
