@@ -1,0 +1,383 @@
+"""``policy-node``: the VLA on the GPU, closing the loop at control rate with asynchronous chunks.
+
+Subscribes (relative names): ``cameras/<name>/image_raw`` for every camera of
+the checkpoint's rig spec (sensor QoS; resized to the spec's resolution),
+``ee_pose``, ``gripper/state``, ``joint_states`` and ``policy/instruction``.
+Publishes ``target_pose`` (absolute TCP target from
+:meth:`robot.spec.ActionSpec.to_target`) and ``gripper/command`` for the franka
+node, and its health and latency on ``/diagnostics``.
+
+A worker thread runs inference while a control timer (``control_hz``) executes
+the current chunk; :class:`policy.chunking.ChunkScheduler` aligns each new chunk
+to the time passed since its observation and blends it into the plan. The
+next inference starts early enough (from the measured latency) for its chunk to
+arrive before the plan runs out.
+
+Safety behaviour: observations older than ``max_obs_age`` are refused (no new
+inference, and no target while the robot state is stale); if inference fails,
+hangs or the plan runs out, the node publishes nothing, so the franka node's
+watchdog holds the arm. ``rclpy`` is imported only here in the policy package.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from policy.chunking import ChunkScheduler
+from policy.config import PolicyNodeConfig
+from robot.nodes.common import (
+    COMMAND_QOS,
+    ERROR,
+    OK,
+    SENSOR_QOS,
+    STATE_QOS,
+    WARN,
+    Diagnostics,
+    ParameterError,
+    declare_dataclass,
+    read_dataclass,
+    require,
+    run_lifecycle_node,
+    stamp,
+)
+from robot.spec import RigSpec, check_compatible
+
+
+@dataclass
+class PolicyNodeParams(PolicyNodeConfig):
+    rig_spec: str = ""  # path to the rig's spec.json; when set, the checkpoint's spec must match it
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image (rgb8 or bgr8) -> (H, W, 3) uint8 RGB."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding {msg.encoding!r}: expected rgb8 (or bgr8)")
+    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
+    arr = arr.reshape(msg.height, msg.width, 3)
+    return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr.copy()
+
+
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    if img.shape[:2] == (h, w):
+        return img
+    import cv2
+
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+class _Latest:
+    """The newest sample of one input, with its measurement time (wall clock, s)."""
+
+    __slots__ = ("value", "t")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.t = 0.0
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, name: str = "policy", policy: Any = None, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        declare_dataclass(self, PolicyNodeParams())
+        self._policy = policy  # injected (tests) or loaded in configure
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inputs: dict[str, _Latest] = {}
+        self._instruction = ""
+        self._request: tuple[dict[str, Any], int] | None = None
+        self._result: tuple[np.ndarray, int, float] | None = None
+        self._busy = False
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._timer = None
+        self._subs: list[Any] = []
+        self._pubs: list[Any] = []
+        self.diag: Diagnostics | None = None
+        self.latencies: list[float] = []
+        self.stale_refused = 0
+        self.failures = 0
+        self.published = 0
+        self._last_gripper: float | None = None
+        self._failing = False
+
+    # ------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            p: PolicyNodeParams = read_dataclass(self, PolicyNodeParams)
+            require(p.max_obs_age > 0, "max_obs_age", p.max_obs_age, "must be > 0 s")
+            require(p.blend_steps >= 0, "blend_steps", p.blend_steps, "must be >= 0")
+            require(p.control_hz >= 0, "control_hz", p.control_hz, "must be >= 0 (0: the spec's rate)")
+            if self._policy is None:
+                require(bool(p.checkpoint), "checkpoint", p.checkpoint, "give a policy checkpoint directory")
+                from policy.inference import load
+
+                rig = RigSpec.from_json(open(p.rig_spec).read()) if p.rig_spec else None
+                self._policy = load(p.checkpoint, spec=rig, device=p.device or None, compile=p.compile)
+            elif p.rig_spec:
+                check_compatible(RigSpec.from_json(open(p.rig_spec).read()), self._policy.spec)
+        except Exception as e:  # bad parameters, a missing checkpoint, a spec mismatch
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.p = p
+        self.spec: RigSpec = self._policy.spec
+        self.hz = p.control_hz or self.spec.action.control_hz
+        self._instruction = p.instruction
+        self.scheduler = ChunkScheduler(self.spec.action.dim, blend_steps=p.blend_steps,
+                                        max_delay=max(1, int(p.max_obs_age * self.hz)))
+        self.diag = Diagnostics(self, "policy", hardware_id=str(getattr(self._policy, "device", "")))
+        self.diag.set(WARN, "configured, waiting for observations and an instruction")
+        self._target_pub = self.create_publisher(PoseStamped, "target_pose", COMMAND_QOS)
+        self._gripper_pub = self.create_publisher(JointState, "gripper/command", COMMAND_QOS)
+        self._pubs = [self._target_pub, self._gripper_pub]
+        for cam in self.spec.cameras:
+            self._inputs[f"images/{cam.name}"] = _Latest()
+            self._subs.append(self.create_subscription(
+                Image, f"cameras/{cam.name}/image_raw",
+                lambda m, c=cam: self._on_image(m, c.name, c.height, c.width), SENSOR_QOS))
+        for key in ("ee_pose", "gripper", "joints"):
+            self._inputs[key] = _Latest()
+        self._subs += [
+            self.create_subscription(PoseStamped, "ee_pose", self._on_pose, STATE_QOS),
+            self.create_subscription(JointState, "gripper/state", self._on_gripper, STATE_QOS),
+            self.create_subscription(JointState, "joint_states", self._on_joints, STATE_QOS),
+            self.create_subscription(String, "policy/instruction", self._on_instruction, 10),
+        ]
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._running = True
+        self.scheduler.reset()
+        self._t0 = time.monotonic()
+        self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
+        self._worker.start()
+        self._timer = self.create_timer(1.0 / self.hz, self._tick)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop(self) -> None:
+        with self._lock:
+            self._running = False
+            self._wake.notify_all()
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+
+    def _teardown(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        for pub in self._pubs:
+            self.destroy_publisher(pub)
+        self._subs, self._pubs = [], []
+        if self.diag is not None:
+            self.diag.destroy()
+            self.diag = None
+
+    # --------------------------------------------------------------- inputs
+    @staticmethod
+    def _stamp(msg: Any) -> float:
+        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        return t if t > 0 else time.time()
+
+    def _store(self, key: str, value: Any, t: float) -> None:
+        with self._lock:
+            self._inputs[key].value, self._inputs[key].t = value, t
+
+    def _on_image(self, msg: Image, name: str, h: int, w: int) -> None:
+        try:
+            img = _resize(image_to_array(msg), h, w)
+        except ValueError as e:
+            self.diag.set(ERROR, f"camera {name}: {e}")
+            return
+        self._store(f"images/{name}", img, self._stamp(msg))
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        pose = (np.array([p.x, p.y, p.z], np.float32), np.array([q.x, q.y, q.z, q.w], np.float32))
+        self._store("ee_pose", pose, self._stamp(msg))
+
+    def _on_gripper(self, msg: JointState) -> None:
+        if msg.position:
+            self._store("gripper", np.array([msg.position[0]], np.float32), self._stamp(msg))
+
+    def _on_joints(self, msg: JointState) -> None:
+        pos = np.zeros(7, np.float32)
+        vel = np.zeros(7, np.float32)
+        pos[: min(7, len(msg.position))] = msg.position[:7]
+        vel[: min(7, len(msg.velocity))] = msg.velocity[:7]
+        self._store("joints", (pos, vel), self._stamp(msg))
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._lock:
+            changed = msg.data != self._instruction
+            self._instruction = msg.data
+        if changed:
+            self.get_logger().info(f"instruction: {msg.data!r}")
+            self.scheduler.reset()  # a new task: do not finish the old plan
+
+    def _observation(self, now_wall: float) -> tuple[dict[str, Any] | None, float, str]:
+        """(obs, oldest sample time, why not) from the newest inputs, or None when incomplete/stale."""
+        with self._lock:
+            if not self._instruction:
+                return None, 0.0, "no instruction (publish one on policy/instruction)"
+            need = [f"images/{c}" for c in self.spec.camera_names] + ["ee_pose", "gripper"]
+            missing = [k for k in need if self._inputs[k].value is None]
+            if missing:
+                return None, 0.0, f"waiting for {missing}"
+            oldest = min(self._inputs[k].t for k in need)
+            stale = [k for k in need if now_wall - self._inputs[k].t > self.p.max_obs_age]
+            if stale:
+                return None, oldest, f"stale inputs {stale} (older than max_obs_age={self.p.max_obs_age} s)"
+            pos, quat = self._inputs["ee_pose"].value
+            obs: dict[str, Any] = {f"images/{c}": self._inputs[f"images/{c}"].value for c in self.spec.camera_names}
+            obs.update({"state/ee_pos": pos, "state/ee_quat": quat,
+                        "state/gripper_width": self._inputs["gripper"].value, "instruction": self._instruction})
+            joints = self._inputs["joints"].value
+            obs["state/joint_pos"], obs["state/joint_vel"] = joints if joints else (np.zeros(7, np.float32),) * 2
+            obs["state/ee_wrench"] = np.zeros(6, np.float32)
+            return obs, oldest, ""
+
+    # --------------------------------------------------------------- worker
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and self._request is None:
+                    self._wake.wait(0.5)
+                if not self._running:
+                    return
+                obs, obs_tick = self._request
+                self._request = None
+            t0 = time.perf_counter()
+            try:
+                chunk = np.asarray(self._policy.infer(obs)["actions"], np.float32)
+            except Exception as e:  # a failed inference: stay silent, the franka watchdog holds the arm
+                self.failures += 1
+                self.get_logger().error(f"inference failed: {type(e).__name__}: {e}")
+                self.diag.set(ERROR, f"inference failed: {type(e).__name__}: {e}", failures=self.failures)
+                self.diag.publish_now()
+                with self._lock:
+                    self._busy = False
+                    self._failing = True
+                continue
+            with self._lock:
+                self._result = (chunk, obs_tick, time.perf_counter() - t0)
+                self._busy = False
+                self._failing = False
+
+    # ---------------------------------------------------------- control tick
+    def _expected_delay(self) -> int:
+        if not self.latencies:
+            return 1
+        recent = np.asarray(self.latencies[-20:])
+        return max(1, math.ceil(float(np.percentile(recent, 90)) * self.hz))
+
+    def _tick(self) -> None:
+        now_mono, now_wall = time.monotonic(), time.time()
+        now = int(round((now_mono - self._t0) * self.hz))
+        with self._lock:
+            result, self._result = self._result, None
+        if self._failing:
+            self.scheduler.reset()  # inference failed: drop the plan and stay silent
+        if result is not None:
+            chunk, obs_tick, latency = result
+            self.latencies.append(latency)
+            if not self.scheduler.add(chunk, obs_tick, now):
+                self.stale_refused += 1
+        if not self._busy and self.scheduler.should_request(now, self._expected_delay()):
+            obs, oldest, why = self._observation(now_wall)
+            if obs is None:
+                if oldest:
+                    self.stale_refused += 1
+                self.diag.set(WARN, why)
+            else:
+                obs_tick = now - int(round((now_wall - oldest) * self.hz))
+                with self._lock:
+                    self._request, self._busy = (obs, obs_tick), True
+                    self._wake.notify()
+        with self._lock:
+            pose = self._inputs["ee_pose"]
+            pose_ok = pose.value is not None and now_wall - pose.t <= self.p.max_obs_age
+            cur = pose.value
+        action = self.scheduler.next_action(now)
+        sent = action is not None and pose_ok
+        if sent:
+            self._publish(action, cur[0], cur[1])
+        elif action is not None:
+            self.scheduler.reset()  # robot state went stale: drop the plan, stay silent
+        self._diagnose(sent)
+
+    def _publish(self, action: np.ndarray, ee_pos: np.ndarray, ee_quat: np.ndarray) -> None:
+        pos, quat, width = self.spec.action.to_target(action, ee_pos, ee_quat)
+        t = stamp(time.time())
+        msg = PoseStamped()
+        msg.header.stamp, msg.header.frame_id = t, "panda_link0"
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
+        o = msg.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        self._target_pub.publish(msg)
+        if self._last_gripper is None or abs(width - self._last_gripper) > 0.002:
+            closing = self._last_gripper is not None and width < self._last_gripper
+            g = JointState()
+            g.header.stamp = t
+            g.name = ["width"]
+            g.position, g.velocity = [float(width)], [float(self.p.gripper_speed)]
+            g.effort = [float(self.p.gripper_force) if closing else 0.0]
+            self._gripper_pub.publish(g)
+            self._last_gripper = width
+        self.published += 1
+
+    def _diagnose(self, action_sent: bool) -> None:
+        if self.diag is None:
+            return
+        lat = np.asarray(self.latencies[-200:]) * 1e3
+        values = {
+            "latency_p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+            "latency_p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+            "chunks": self.scheduler.chunks_added, "missed_ticks": self.scheduler.missed_ticks,
+            "stale_refused": self.stale_refused, "failures": self.failures, "published": self.published,
+            "control_hz": self.hz,
+        }
+        if self._failing:
+            self.diag.update(**values)
+        elif action_sent:
+            self.diag.set(OK, "running", **values)
+        elif self.scheduler.executed_ticks:
+            self.diag.set(WARN, "no action for this tick (inference late or inputs stale): holding", **values)
+        else:
+            self.diag.update(**values)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_lifecycle_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["PolicyNode", "PolicyNodeParams", "ParameterError", "image_to_array", "main"]
