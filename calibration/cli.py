@@ -63,13 +63,15 @@ def _pose_args(p: argparse.ArgumentParser, defaults: PoseSetConfig) -> None:
     g.add_argument("--distance", type=_floats(2), default=None, help="eye_in_hand: min,max distance (m)")
     g.add_argument("--center", type=_floats(3), default=None, help="eye_to_hand: centre of the TCP positions")
     g.add_argument("--spread", type=_floats(3), default=None, help="eye_to_hand: +- extent x,y,z (m)")
+    g.add_argument("--base-quat", type=_floats(4), default=None,
+                   help="eye_to_hand: TCP orientation x,y,z,w that shows the held board to the camera")
     g.add_argument("--max-tilt-deg", type=float, default=None)
     g.add_argument("--yaw-range-deg", type=float, default=None)
 
 
 def _pose_cfg(a: argparse.Namespace, base: PoseSetConfig) -> PoseSetConfig:
     cfg = PoseSetConfig(**{**base.__dict__, "n": a.poses, "seed": a.seed})
-    for key in ("look_at", "distance", "center", "spread", "max_tilt_deg", "yaw_range_deg"):
+    for key in ("look_at", "distance", "center", "spread", "base_quat", "max_tilt_deg", "yaw_range_deg"):
         v = getattr(a, key)
         if v is not None:
             setattr(cfg, key, v)
