@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance-deg", type=float, default=0.5, help="ee_pose convergence, rotation")
     c.add_argument("--settle-s", type=float, default=0.5, help="time to stay converged before capturing")
     c.add_argument("--move-timeout-s", type=float, default=20.0)
+    c.add_argument("--input-timeout-s", type=float, default=10.0,
+                   help="wait this long for the first ee_pose, image and camera_info")
     c.add_argument("--no-home", action="store_true", help="do not call the home service first and last")
     c.add_argument("--no-solve", action="store_true")
     c.add_argument("--calibration-out", default=None, help="result YAML (default SESSION/calibration.yaml)")
@@ -222,7 +224,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
     cfg = CollectConfig(camera=a.camera, mode=a.mode, namespace=a.namespace, board=_board(a),
                         poses=_pose_cfg(a, base), tolerance_mm=a.tolerance_mm,
                         tolerance_deg=a.tolerance_deg, settle_s=a.settle_s, move_timeout_s=a.move_timeout_s,
-                        home=not a.no_home)
+                        input_timeout_s=a.input_timeout_s, home=not a.no_home)
     try:
         session = collect(a.out, cfg)
     except CollectError as e:

@@ -36,6 +36,18 @@ def test_board_round_trips_and_refuses_unknown_keys():
         BoardConfig.from_dict({**b.to_dict(), "square_size": 1})
 
 
+def test_board_is_a_hydra_structured_config():
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from calibration.board import register
+
+    register()
+    node = ConfigStore.instance().load("calibration/board/default.yaml").node
+    cfg = OmegaConf.merge(node, {"squares_x": 6, "dictionary": "DICT_5X5_100"})
+    assert BoardConfig.from_dict(OmegaConf.to_container(cfg)) == BoardConfig(squares_x=6, dictionary="DICT_5X5_100")
+
+
 def _pdf_streams(data: bytes) -> list[bytes]:
     out = []
     for m in re.finditer(rb"stream\r?\n(.*?)endstream", data, re.S):

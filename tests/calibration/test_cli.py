@@ -59,6 +59,22 @@ def test_simulate_then_solve_boardless_exits_2(tmp_path, capsys):
     assert "only 0 of 4 images show the board" in err and "Traceback" not in err
 
 
+@pytest.mark.render
+def test_degenerate_session_exits_2(tmp_path, capsys):
+    d = tmp_path / "yaw_only"
+    assert main(["simulate", str(d), "--poses", "6", "--max-tilt-deg", "0", "--yaw-range-deg", "30"]) == 0
+    assert main(["solve", str(d)]) == 2
+    assert "degenerate motion" in capsys.readouterr().err
+
+
+@pytest.mark.ros
+def test_collect_without_a_rig_exits_2(tmp_path, capsys):
+    argv = ["collect", str(tmp_path / "s"), "--camera", "wrist", "--mode", "eye_in_hand", "--no-home",
+            "--input-timeout-s", "0.5"]
+    assert main(argv) == 2
+    assert "no ee_pose within 0.5 s" in capsys.readouterr().err
+
+
 def test_solve_missing_session_exits_2(tmp_path, capsys):
     assert main(["solve", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
