@@ -2,8 +2,9 @@
 
 For each generated safe pose the collector publishes ``target_pose`` (so the
 franka node's safety filter applies) at ``publish_hz`` until ``ee_pose`` has
-stayed within the tolerance for ``settle_s``, then takes the first
-``cameras/<name>/image_raw`` frame stamped after the arm settled, and records
+stayed within the tolerance and still (``still_mm``, ``still_deg``: images and
+poses in sync, no motion blur) for ``settle_s``, then takes the first
+``cameras/<name>/image_raw`` frame received after the arm settled, and records
 it with the ``ee_pose`` measured at that time into a session directory (see
 :mod:`calibration.session`). Intrinsics come from ``cameras/<name>/camera_info``.
 A pose the arm does not reach within ``move_timeout_s`` is skipped with a
@@ -46,6 +47,8 @@ class CollectConfig:
     tolerance_mm: float = 2.0
     tolerance_deg: float = 0.5
     settle_s: float = 0.5
+    still_mm: float = 0.2  # ee_pose must stay this still over settle_s (images and poses in sync, no blur)
+    still_deg: float = 0.05
     move_timeout_s: float = 20.0
     input_timeout_s: float = 10.0  # waiting for the first ee_pose / camera_info / image
     image_timeout_s: float = 3.0  # waiting for a fresh image after settling
@@ -192,24 +195,30 @@ class Collector:
         self._pub.publish(msg)
 
     def move_to(self, pos: np.ndarray, quat: np.ndarray) -> bool:
-        """Stream the target until ee_pose has been within tolerance for settle_s; False on timeout."""
+        """Stream the target until ee_pose has been within tolerance and still for settle_s; False on timeout."""
         cfg = self.cfg
         start = time.monotonic()
-        settled_since = None
+        window: list[tuple[float, np.ndarray, np.ndarray]] = []
         period = 1.0 / cfg.publish_hz
         while time.monotonic() - start < cfg.move_timeout_s:
             self._publish(pos, quat)
             with self._cond:
                 ee = self._ee
-            ok = ee is not None and (np.linalg.norm(ee[1] - pos) * 1e3 <= cfg.tolerance_mm
-                                     and np.degrees(quat_angle(ee[2], quat)) <= cfg.tolerance_deg)
             now = time.monotonic()
-            if ok:
-                settled_since = settled_since or now
-                if now - settled_since >= cfg.settle_s:
-                    return True
+            near = ee is not None and (np.linalg.norm(ee[1] - pos) * 1e3 <= cfg.tolerance_mm
+                                       and np.degrees(quat_angle(ee[2], quat)) <= cfg.tolerance_deg)
+            if not near:
+                window.clear()
             else:
-                settled_since = None
+                window.append((now, ee[1], ee[2]))
+                while window and now - window[0][0] > cfg.settle_s:
+                    window.pop(0)
+                still = all(np.linalg.norm(p - ee[1]) * 1e3 <= cfg.still_mm
+                            and np.degrees(quat_angle(q, ee[2])) <= cfg.still_deg for _, p, q in window)
+                if not still:
+                    window = window[-1:]
+                elif now - window[0][0] >= cfg.settle_s * 0.9:
+                    return True
             time.sleep(period)
         return False
 
