@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flywheel.rl.sac import GRIP_NAMES, SACAgent, compose_action, gripper_label
+from flywheel.rl.sac import GRIP_NAMES, GRIP_STAY, SACAgent, compose_action, gripper_label
 from robot.spec import ActionSpec
 
 RewardFn = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], float]
@@ -97,9 +97,10 @@ class Actor:
         obs = self._obs
         assert obs is not None
         if random_action:
-            grip = int(self.rng.integers(3)) if self.agent.cfg.gripper else 0
-            arm = self.rng.uniform(-1, 1, len(self.agent.cfg.arm_dims))
-            action = compose_action(arm, self.agent.cfg.arm_dims, grip, self._grip)
+            cfg = self.agent.cfg
+            grip = int(self.rng.integers(3)) if cfg.gripper else GRIP_STAY
+            arm = self.rng.uniform(-1, 1, len(cfg.arm_dims))
+            action = compose_action(arm, cfg.arm_dims, grip, self._grip if cfg.gripper else cfg.gripper_fixed)
         else:
             action, grip = self.agent.act(obs, self._grip, deterministic=False, rng=self.rng)
         intervened = False

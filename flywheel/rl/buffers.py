@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,3 +146,38 @@ def stack_transitions(transitions: list[Mapping[str, np.ndarray]]) -> dict[str, 
     if not transitions:
         raise ValueError("no transitions to stack")
     return {k: np.stack([np.asarray(t[k]) for t in transitions]) for k in transitions[0]}
+
+
+def episodes_to_transitions(
+    episodes: list[Any], obs_keys: list[str], initial_gripper: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Recorded episodes (episode-store ``Episode`` objects or dicts of (T, ...) arrays) -> transitions.
+
+    Each step t gives (obs_t, action_t, reward_t, obs_{t+1}); the last step of a
+    successful episode is terminal. Demos count as intervened (they join the demo buffer).
+    """
+    from flywheel.rl.sac import gripper_label
+
+    out: list[dict[str, np.ndarray]] = []
+    for ep in episodes:
+        missing = [k for k in [*obs_keys, "action"] if k not in ep.keys()]
+        if missing:
+            raise KeyError(f"a recorded episode misses {missing}; record them or change the agent's keys")
+        obs = {k: np.asarray(ep[k]) for k in obs_keys}
+        act = np.asarray(ep["action"], np.float32)
+        n = len(act)
+        if n < 2:
+            continue
+        rew = np.asarray(ep["reward"], np.float32) if "reward" in ep.keys() else np.zeros(n, np.float32)
+        success = bool(getattr(getattr(ep, "record", None), "success", rew[-1] > 0))
+        prev = initial_gripper
+        for t in range(n - 1):
+            last = t == n - 2
+            tr = {f"obs/{k}": obs[k][t] for k in obs_keys}
+            tr.update({f"next_obs/{k}": obs[k][t + 1] for k in obs_keys})
+            r = float(rew[t + 1] > 0) if not last else float(success)
+            tr.update(action=np.clip(act[t], -1, 1), grip=np.int64(gripper_label(act[t][6], prev)),
+                      reward=np.float32(r), terminated=np.bool_(last and success), intervened=np.bool_(True))
+            prev = float(act[t][6])
+            out.append(tr)
+    return stack_transitions(out)

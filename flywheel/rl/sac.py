@@ -64,7 +64,8 @@ class SACConfig:
     batch_size: int = 256
     # which of the 6 arm dims SAC controls; the others are held at 0
     arm_dims: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
-    gripper: bool = True  # discrete gripper critic; False -> gripper held open (+1)
+    gripper: bool = True  # discrete gripper critic; False -> gripper held at gripper_fixed
+    gripper_fixed: float = 1.0  # the gripper command when gripper=False (-1 closed .. +1 open)
     gripper_penalty: float = 0.0  # subtracted from the gripper critic's reward on open/close
     gripper_epsilon: float = 0.05  # epsilon-greedy exploration of the gripper while training
     # observation encoding
@@ -210,11 +211,19 @@ class Encoder(nn.Module):
                     raise ValueError("encoder='latent' needs latent_encoder=<callable images -> features>")
                 self.cams[name] = LatentEncoder(latent_fn, shape, cfg.feature_dim)
         self.out_dim = state_dim + cfg.feature_dim * len(self.cams)
+        # state normalisation (identity until set_state_stats; saved with the weights)
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    def set_state_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.state_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
 
     def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         parts = [enc(obs[k.replace("__", "/")], self.shift_pad if augment else 0) for k, enc in self.cams.items()]
         if self.state_keys:
-            parts.append(torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1))
+            x = torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1)
+            parts.append((x - self.state_mean) / self.state_std)
         return torch.cat(parts, -1)
 
 
@@ -386,8 +395,8 @@ class SACAgent(nn.Module):
         feat = self.encoder(t)
         arm, _ = self.actor(feat, deterministic=deterministic)
         if not self.cfg.gripper:
-            grip = GRIP_OPEN
-        elif not deterministic and rng is not None and rng.random() < self.cfg.gripper_epsilon:
+            return compose_action(arm[0].cpu().numpy(), self.cfg.arm_dims, GRIP_STAY, self.cfg.gripper_fixed), GRIP_STAY
+        if not deterministic and rng is not None and rng.random() < self.cfg.gripper_epsilon:
             grip = int(rng.integers(3))
         else:
             grip = int(self.grip_critic(feat).mean(0).argmax(-1).item())
@@ -432,12 +441,12 @@ class SACAgent(nn.Module):
                 q_next = q_next - self.alpha * next_logp
             not_done = 1.0 - b["terminated"]
             target = b["reward"] + cfg.discount * not_done * q_next
-            # gripper (double DQN: online argmax, min over the target pair)
-            g_next = self.grip_critic(next_feat).mean(0).argmax(-1)
-            gq_next = self.grip_target(next_feat).gather(-1, g_next.view(1, -1, 1).expand(2, -1, 1))
-            gq_next = gq_next.squeeze(-1).min(0).values
-            g_reward = b["reward"] - cfg.gripper_penalty * (b["grip"] != GRIP_STAY).float()
-            g_target = g_reward + cfg.discount * not_done * gq_next
+            if cfg.gripper:  # double DQN: online argmax, min over the target pair
+                g_next = self.grip_critic(next_feat).mean(0).argmax(-1)
+                gq_next = self.grip_target(next_feat).gather(-1, g_next.view(1, -1, 1).expand(2, -1, 1))
+                gq_next = gq_next.squeeze(-1).min(0).values
+                g_reward = b["reward"] - cfg.gripper_penalty * (b["grip"] != GRIP_STAY).float()
+                g_target = g_reward + cfg.discount * not_done * gq_next
         q = self.critic(torch.cat([feat, self.arm_action(b["action"])], -1)).squeeze(-1)
         critic_loss = ((q - target.unsqueeze(0)) ** 2).mean()
         loss = critic_loss
@@ -453,7 +462,8 @@ class SACAgent(nn.Module):
         )
         self.critic_opt.step()
         with torch.no_grad():
-            for net, tgt in ((self.critic, self.critic_target), (self.grip_critic, self.grip_target)):
+            pairs = [(self.critic, self.critic_target)] + ([(self.grip_critic, self.grip_target)] if cfg.gripper else [])
+            for net, tgt in pairs:
                 for p, pt in zip(net.parameters(), tgt.parameters(), strict=True):
                     pt.lerp_(p, cfg.tau)
         info.update(critic_loss=critic_loss.item(), q_mean=q.mean().item(), q_target=target.mean().item())
@@ -494,6 +504,14 @@ class SACAgent(nn.Module):
         loss.backward()
         self._bc_opt.step()
         return {"bc_loss": loss.item()}
+
+    def fit_state_normalizer(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Normalise state inputs with the mean/std of ``batch`` (e.g. the demos); frozen afterwards."""
+        if not self.state_keys:
+            return
+        x = np.concatenate([np.asarray(batch[f"obs/{k}"], np.float32).reshape(len(batch["reward"]), -1)
+                            for k in self.state_keys], -1)
+        self.encoder.set_state_stats(x.mean(0), x.std(0))
 
     # ---------------------------------------------------------- training state
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -1,0 +1,329 @@
+"""``flywheel-rl``: HIL-SERL training as a hydra app (``role=local|learner|actor``).
+
+Examples::
+
+    flywheel-rl rl_task=peg_insert total_steps=20000                 # actor + learner in one process
+    FLYWHEEL_RL_TOKEN=... flywheel-rl role=learner transport.bind_host=0.0.0.0   # on the GPU machine
+    FLYWHEEL_RL_TOKEN=... flywheel-rl role=actor transport.host=gpu-box actor_name=rig0  # on the rig
+    flywheel-rl rl_task=lift_cube demos.num=0 intervention.enabled=false      # an ablation
+    flywheel-rl rl_task=lift_cube algo=bc                                      # the BC baseline
+
+Outputs under ``out_dir``: ``checkpoint/`` (resumed automatically), ``tb/``
+(TensorBoard), ``learning_curve.png``, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.rl.learner import LearnerConfig
+from flywheel.rl.sac import SACConfig
+from flywheel.rl.transport import TransportConfig
+
+log = logging.getLogger("flywheel.rl")
+
+
+@dataclass
+class EnvConfig:
+    task: str = "PegInsert"  # a sim task id or short name (sim.list_tasks())
+    cameras: list[str] = field(default_factory=list)  # [] -> state-only observations
+    image_size: int = 64
+    privileged_state: bool = True  # sim only: object poses in state/privileged (state-only runs)
+    factory: str = ""  # "module:function" returning the env instead of sim.make (e.g. the ROS env adapter)
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoConfig:
+    num: int = 20  # successful demo episodes (0: none)
+    noise: float = 1.0  # sim.expert noise (>0: human-like)
+    store: str = ""  # an EpisodeStore path: take source=human episodes of the task instead of the sim expert
+    max_attempts: int = 200
+
+
+@dataclass
+class InterventionConfig:
+    enabled: bool = True
+    noise: float = 0.3  # the simulated operator's expert noise
+    disagreement: float = 0.9
+    patience: int = 3
+    stall_steps: int = 15
+    takeover_steps: int = 8
+
+
+@dataclass
+class RLAppConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"rl_task": "peg_insert"}])
+    role: str = "local"  # local | learner | actor
+    algo: str = "hil_serl"  # hil_serl | bc
+    seed: int = 0
+    total_steps: int = 20_000  # env steps (all actors together for the learner)
+    bc_steps: int = 5_000  # gradient steps of the BC baseline
+    out_dir: str = "outputs/rl"
+    resume: bool = True
+    torch_threads: int = 1
+    device: str = "cpu"
+    reward: str = "success"  # success | env | classifier
+    classifier: str = ""  # reward classifier .safetensors (reward=classifier)
+    final_eval_episodes: int = 100
+    actor_name: str = "actor0"
+    send_every: int = 50  # actor: transitions per message
+    progress: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: SACConfig = field(default_factory=SACConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+
+
+# Per-task settings (discount, controlled arm dims, state keys, gripper), hydra group ``rl_task``.
+TASK_PRESETS: dict[str, dict[str, Any]] = {
+    "peg_insert": {
+        "env": {"task": "PegInsert"},
+        "agent": {"discount": 0.95, "hidden_dims": [128, 128], "arm_dims": [0, 1, 2], "gripper": False, "gripper_fixed": -1.0,
+                  "state_keys": ["state/ee_pos", "state/privileged"]},
+    },
+    "lift_cube": {
+        "env": {"task": "LiftCube-Blue"},
+        "agent": {"discount": 0.97, "hidden_dims": [128, 128], "arm_dims": [0, 1, 2], "gripper": True,
+                  "state_keys": ["state/ee_pos", "state/gripper_width", "state/privileged"]},
+    },
+}
+
+
+def register() -> None:
+    """Register the app config and the ``rl_task`` presets in hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="flywheel_rl", node=RLAppConfig)
+    for name, preset in TASK_PRESETS.items():
+        cs.store(group="rl_task", name=name, node=preset, package="_global_")
+    cs.store(group="rl_task", name="none", node={}, package="_global_")
+
+
+# ---------------------------------------------------------------- building
+def make_env(cfg: Any) -> Any:
+    e = cfg.env
+    if e.factory:
+        mod, _, fn = e.factory.partition(":")
+        if not fn:
+            raise ValueError(f"env.factory={e.factory!r}: write it as 'package.module:function'")
+        return getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
+    import sim
+
+    return sim.make(e.task, cameras=tuple(e.cameras), image_size=int(e.image_size),
+                    privileged_state=bool(e.privileged_state))
+
+
+def _sac_config(cfg: Any) -> SACConfig:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cfg.agent, resolve=True)
+    return SACConfig(**d)
+
+
+def build_agent(cfg: Any, env: Any) -> Any:
+    import torch
+
+    from flywheel.rl.sac import SACAgent, obs_shapes_of
+
+    torch.manual_seed(int(cfg.seed))
+    latent = None
+    if cfg.agent.encoder == "latent":
+        latent = _latent_encoder(cfg)
+    return SACAgent(_sac_config(cfg), obs_shapes_of(env.observation_space), latent_encoder=latent,
+                    device=cfg.device)
+
+
+def _latent_encoder(cfg: Any) -> Any:
+    """The generalist's frozen backbone features (``agent.latent_encoder_factory`` or policy's helper)."""
+    from policy import backbone_features  # type: ignore[attr-defined]
+
+    return backbone_features()
+
+
+def make_intervener(cfg: Any, env: Any) -> Any:
+    if not cfg.intervention.enabled:
+        return None
+    import sim
+
+    i = cfg.intervention
+    expert = sim.expert(env, noise=float(i.noise), seed=int(cfg.seed) + 1)
+    return sim.SimulatedIntervener(env, expert, disagreement=i.disagreement, patience=i.patience,
+                                   stall_steps=i.stall_steps, takeover_steps=i.takeover_steps)
+
+
+def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+    if int(cfg.demos.num) <= 0:
+        return None, {}
+    if cfg.demos.store:
+        from flywheel.data import EpisodeStore
+        from flywheel.rl.buffers import episodes_to_transitions
+
+        store = EpisodeStore(cfg.demos.store, mode="r")
+        eps = store.episodes(source="human", success=True)[: int(cfg.demos.num)]
+        if not eps:
+            raise ValueError(f"{cfg.demos.store}: no successful source=human episodes to use as demos")
+        batch = episodes_to_transitions(eps, agent.obs_keys, agent.cfg.gripper_fixed)
+        return batch, {"demo_episodes": float(len(eps)), "demo_transitions": float(len(batch["reward"]))}
+    import sim
+    from flywheel.rl.actor import collect_demos
+
+    expert = sim.expert(env, noise=float(cfg.demos.noise), seed=int(cfg.seed) + 2)
+    return collect_demos(env, expert, int(cfg.demos.num), agent.obs_keys, seed=int(cfg.seed) + 3,
+                         max_attempts=int(cfg.demos.max_attempts))
+
+
+def _reward_fn(cfg: Any) -> Any:
+    if cfg.reward != "classifier":
+        return None
+    from flywheel.rl.reward_classifier import RewardClassifier
+
+    if not cfg.classifier:
+        raise ValueError("reward=classifier needs classifier=<path to the reward classifier .safetensors>")
+    return RewardClassifier.load(cfg.classifier).reward
+
+
+def _learner_config(cfg: Any) -> LearnerConfig:
+    from omegaconf import OmegaConf
+
+    return LearnerConfig(**OmegaConf.to_container(cfg.learner, resolve=True))
+
+
+def _transport_config(cfg: Any) -> TransportConfig:
+    from omegaconf import OmegaConf
+
+    return TransportConfig(**OmegaConf.to_container(cfg.transport, resolve=True))
+
+
+# ------------------------------------------------------------------- roles
+def run(cfg: Any) -> dict[str, Any]:
+    """Run one role of the app with a composed config; returns the results written to results.json."""
+    import torch
+
+    from flywheel.rl.actor import Actor
+    from flywheel.rl.learner import Learner, run_actor, serve, train_local
+
+    if cfg.role not in ("local", "learner", "actor"):
+        raise ValueError(f"role={cfg.role!r}: use local, learner or actor")
+    if cfg.algo not in ("hil_serl", "bc"):
+        raise ValueError(f"algo={cfg.algo!r}: use hil_serl or bc")
+    torch.set_num_threads(int(cfg.torch_threads))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = make_env(cfg)
+    agent = build_agent(cfg, env)
+    rng_seed = int(cfg.seed)
+    results: dict[str, Any] = {"role": cfg.role, "algo": cfg.algo, "task": cfg.env.task, "seed": rng_seed}
+
+    if cfg.role == "actor":
+        from flywheel.rl.transport import ActorEndpoint
+
+        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
+                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name)
+        t0 = time.time()
+        with ActorEndpoint(_transport_config(cfg), cfg.actor_name) as ep:
+            run_actor(actor, ep, int(cfg.total_steps), send_every=int(cfg.send_every), progress=cfg.progress,
+                      random_steps=int(cfg.learner.random_steps))
+            results.update(sent=ep.sent, dropped=ep.dropped, rejected=ep.rejected)
+        results.update(env_steps=actor.env_steps, episodes=actor.episodes,
+                       steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))
+        _write_results(out / f"results_{cfg.actor_name}.json", results)
+        return results
+
+    learner = Learner(agent, _learner_config(cfg), logdir=out, seed=rng_seed)
+    ckpt = out / "checkpoint"
+    resumed = False
+    if cfg.resume and (ckpt / "state.json").exists():
+        learner.load(ckpt)
+        resumed = True
+        log.info("resumed from %s at env step %d", ckpt, learner.env_steps)
+    if not resumed:
+        demos, demo_stats = load_demos(cfg, env, agent)
+        results.update(demo_stats)
+        if demos is not None:
+            agent.fit_state_normalizer(demos)
+            learner.add_demos(demos)
+    eval_env = make_env(cfg)
+    eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
+    t0 = time.time()
+    if cfg.algo == "bc":
+        if len(learner.demo) == 0:
+            raise ValueError("algo=bc needs demos (demos.num > 0)")
+        from tqdm import trange
+
+        for _ in trange(int(cfg.bc_steps), disable=not cfg.progress, desc="BC steps"):
+            agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))
+    elif cfg.role == "local":
+        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
+                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name)
+        train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
+                    progress=cfg.progress)
+    else:  # learner
+        from flywheel.rl.transport import LearnerEndpoint
+
+        tcfg = _transport_config(cfg)
+        with LearnerEndpoint(tcfg) as ep:
+            serve(learner, ep, int(cfg.total_steps), weights_period_s=tcfg.weights_period_s,
+                  checkpoint_dir=ckpt, eval_actor=eval_actor, progress=cfg.progress)
+            results.update(received=ep.received, rejected=ep.rejected)
+    train_s = time.time() - t0
+    final = eval_actor.evaluate(int(cfg.final_eval_episodes), seed=1_000_000)
+    learner.log_eval(final)
+    eps = [h for h in learner.history if h["kind"] == "episode"]
+    results.update(
+        final_eval=final, env_steps=learner.env_steps, update_calls=learner.update_calls,
+        critic_updates=learner.critic_updates, episodes=learner.episodes,
+        intervention_rate=learner.intervened_steps / max(learner.env_steps, 1),
+        train_success_last20=float(np.mean([h["success"] for h in eps[-20:]])) if eps else None,
+        train_seconds=train_s, demo_buffer=len(learner.demo), online_buffer=len(learner.online),
+        resumed=resumed, config=_plain(cfg),
+    )
+    learner.plot(out / "learning_curve.png", title=f"{cfg.env.task} {cfg.algo}")
+    learner.close()
+    _write_results(out / "results.json", results)
+    env.close()
+    eval_env.close()
+    return results
+
+
+def _plain(cfg: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    except ValueError:
+        return asdict(cfg)
+
+
+def _write_results(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def main() -> None:
+    import hydra
+
+    register()
+
+    @hydra.main(version_base=None, config_name="flywheel_rl")
+    def _app(cfg: Any) -> None:
+        logging.basicConfig(level=logging.INFO)
+        res = run(cfg)
+        printable = {k: v for k, v in res.items() if k != "config"}
+        print(json.dumps(printable, indent=2, default=str))
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()
