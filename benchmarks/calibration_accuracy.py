@@ -124,7 +124,7 @@ extrinsics. Noise: Gaussian sensor noise on the images (σ in gray levels) and
 on the recorded robot poses (σ per axis, mm and degrees). Each cell is the
 error of the recovered camera pose (translation mm / rotation deg), mean of
 {trials} trial(s), every method solved on all samples; "auto" is the full
-pipeline (method chosen by 5-fold hold-out reprojection error, outlier
+pipeline (method chosen by 5-fold hold-out error: reprojection, translation and rotation; outlier
 rejection) with the method it chose most often.
 
 - Date: 2026-11-21; machine: 2-core CPU ({platform.machine()}), no GPU, shared with

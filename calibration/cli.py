@@ -171,13 +171,14 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def _print_result(doc: dict, result) -> None:
-    print(f"{'method':11s} {'hold-out px':>11s} {'mm':>7s} {'deg':>7s}")
+    print(f"{'method':11s} {'score':>6s} {'hold-out px':>11s} {'mm':>7s} {'deg':>7s}")
     for m, s in doc["methods"].items():
         mark = " <- chosen" if m == result.method else ""
         if s["error"]:
             print(f"{m:11s} failed: {s['error']}")
         else:
-            print(f"{m:11s} {s['holdout_reprojection_px']:11.3f} {s['holdout_translation_mm']:7.2f} "
+            print(f"{m:11s} {s['holdout_score']:6.2f} {s['holdout_reprojection_px']:11.3f} "
+                  f"{s['holdout_translation_mm']:7.2f} "
                   f"{s['holdout_rotation_deg']:7.3f}{mark}")
     print(f"\n{'sample':>6s} {'corners':>7s} {'mm':>7s} {'deg':>7s} {'px':>6s} {'hold-out mm':>11s} {'deg':>7s}")
     for s in result.per_sample:

@@ -93,8 +93,8 @@ def result_document(result: HandEyeResult, session: Session, date: str | None = 
         "method": result.method,
         "date": date,
         "residuals": {**result.summary(), "per_sample": result.per_sample},
-        "methods": {m: {k: getattr(s, k) for k in ("holdout_reprojection_px", "holdout_translation_mm",
-                                                   "holdout_rotation_deg", "error")}
+        "methods": {m: {k: getattr(s, k) for k in ("holdout_score", "holdout_reprojection_px",
+                                                   "holdout_translation_mm", "holdout_rotation_deg", "error")}
                     for m, s in result.scores.items()},
         "samples": {"total": len(session.samples), "used": len(result.per_sample), "rejected": result.rejected},
         "motion": result.motion,

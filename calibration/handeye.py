@@ -16,8 +16,12 @@ Horaud, Andreff, Daniilidis), ``calibrateRobotWorldHandEye`` (Shah, Li) and
 ``lm``, a Levenberg-Marquardt refinement of X and Y jointly over the corner
 reprojection error of all images, started from Park's solution. The method is
 chosen by k-fold hold-out: each sample is left out once, the method is solved
-on the others, and the left-out sample's corners are predicted through the
-robot pose; the method with the smallest hold-out reprojection RMS wins.
+on the others, and the left-out sample is predicted through the robot pose
+(its corners in px, and the camera pose it implies in mm and degrees). The
+winner has the smallest sum of its hold-out reprojection RMS, median
+translation and median rotation error, each relative to the median over the
+methods. (Reprojection alone favours ``lm``, which treats the robot poses as
+exact and, with pose noise, bends the rotation to fit them.)
 
 Per-sample residuals: the camera pose each sample implies (``H_i Y C_i^-1``)
 against the solution, as translation (mm) and rotation (degrees), and the
@@ -92,6 +96,7 @@ class MethodScore:
     holdout_reprojection_px: float = float("inf")  # RMS over all held-out corners
     holdout_translation_mm: float = float("inf")  # median over samples
     holdout_rotation_deg: float = float("inf")  # median over samples
+    holdout_score: float = float("inf")  # the three above, each relative to the median over methods, summed
     error: str | None = None
 
 
@@ -372,6 +377,14 @@ def cross_validate(method: str, obs: list[Observation], intr: Intrinsics, mode: 
     return score, res
 
 
+def _score(scores: dict[str, MethodScore], ok: list[str]) -> None:
+    """Fill ``holdout_score``: hold-out px, mm and degrees, each relative to its median over the methods."""
+    keys = ("holdout_reprojection_px", "holdout_translation_mm", "holdout_rotation_deg")
+    med = {k: max(float(np.median([getattr(scores[m], k) for m in ok])), 1e-12) for k in keys}
+    for m in ok:
+        scores[m].holdout_score = sum(getattr(scores[m], k) / med[k] for k in keys)
+
+
 def calibrate(obs: list[Observation], intr: Intrinsics, mode: str, methods: tuple[str, ...] = METHODS,
               th: Thresholds | None = None, folds: int = 5, seed: int = 0,
               rejected: list[dict[str, Any]] | None = None) -> HandEyeResult:
@@ -383,7 +396,8 @@ def calibrate(obs: list[Observation], intr: Intrinsics, mode: str, methods: tupl
     if unknown or not methods:
         raise CalibrationError(f"unknown methods {unknown}; choose from {METHODS}")
     obs = list(obs)
-    for _ in range(2):  # a second pass after dropping outliers
+    passes = 4  # up to three rounds of dropping outliers (a gross one inflates the median and hides the next)
+    for attempt in range(passes):
         if len(obs) < MIN_SAMPLES:
             raise CalibrationError(
                 f"only {len(obs)} usable samples (need >= {MIN_SAMPLES}, 15+ recommended); "
@@ -399,11 +413,12 @@ def calibrate(obs: list[Observation], intr: Intrinsics, mode: str, methods: tupl
         if not ok:
             raise CalibrationError(
                 "every method failed: " + "; ".join(f"{m}: {scores[m].error}" for m in methods))
-        best = min(ok, key=lambda m: scores[m].holdout_reprojection_px)
+        _score(scores, ok)
+        best = min(ok, key=lambda m: scores[m].holdout_score)
         px = np.array([r[2] for r in holdout[best]])
         limit = max(th.outlier_px, th.outlier_factor * float(np.median(px)))
         bad = [i for i in range(len(obs)) if px[i] > limit]
-        if not bad or len(obs) - len(bad) < MIN_SAMPLES:
+        if attempt == passes - 1 or not bad or len(obs) - len(bad) < MIN_SAMPLES:
             break
         for i in bad:
             rejected.append({"index": obs[i].index, "reason": f"outlier: hold-out reprojection {px[i]:.2f} px "
