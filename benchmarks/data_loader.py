@@ -46,12 +46,13 @@ def time_loader(ds: EpisodeDataset, batch: int, workers: int, batches: int) -> l
     loader = make_loader(ds, batch, num_workers=workers, persistent_workers=workers > 0, seed=0)
     rates = []
     for _ in range(2):  # cold (decode) then warm (cache)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         for i, b in enumerate(loader):
             n += len(b["action"])
             if i + 1 >= batches:
                 break
         rates.append(n / (time.perf_counter() - t0))
+        rates.append(n / max(time.process_time() - c0, 1e-9))  # per CPU second (meaningful with 0 workers)
     return rates
 
 
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--batches", type=int, default=15)
     ap.add_argument("--workers", type=int, nargs="*", default=[0, 2])
+    ap.add_argument("--decode-threads", type=int, default=2, help="decode threads when workers=0")
     ap.add_argument("--n-obs", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -78,10 +80,15 @@ def main() -> None:
         store.close()
         for n_obs in args.n_obs:
             for w in args.workers:
-                ds = EpisodeDataset(os.path.join(tmp, "s.zarr"), n_obs_steps=n_obs, horizon=8)
-                cold, warm = time_loader(ds, args.batch, w, args.batches)
-                print(json.dumps({"n_obs_steps": n_obs, "workers": w, "batch": args.batch,
-                                  "cold_samples_per_s": round(cold), "warm_samples_per_s": round(warm)}))
+                threads = args.decode_threads if w == 0 else 0
+                ds = EpisodeDataset(os.path.join(tmp, "s.zarr"), n_obs_steps=n_obs, horizon=8,
+                                    decode_threads=threads)
+                cold, cold_cpu, warm, warm_cpu = time_loader(ds, args.batch, w, args.batches)
+                row = {"n_obs_steps": n_obs, "workers": w, "decode_threads": threads, "batch": args.batch,
+                       "cold_samples_per_s": round(cold), "warm_samples_per_s": round(warm)}
+                if w == 0:  # in-process: all the CPU time is counted
+                    row.update(cold_per_cpu_s=round(cold_cpu), warm_per_cpu_s=round(warm_cpu))
+                print(json.dumps(row))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average: {os.getloadavg()}")

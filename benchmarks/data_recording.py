@@ -9,7 +9,9 @@ simulated time: state samples at 500 Hz, camera frames at 30 fps, control ticks 
 * ``max``: the producer waits whenever the queue is full (no drops by construction):
   the sustained real-time factor (recorded seconds per wall second).
 
-Also reports the compression ratio of the written store against raw arrays.
+Also reports the compression ratio of the written store against raw arrays, and the CPU
+time used per recorded second (all threads), since a shared machine's wall-clock rate
+depends on the other jobs; ``rtf_2_idle_cores_from_cpu`` = 2 / that.
 
     .venv/bin/python benchmarks/data_recording.py [--seconds 10] [--quick]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -58,6 +61,7 @@ def run(store_path: str, seconds: float, speed: float | None, imgs: list[np.ndar
     state_dt, tick_dt = 1 / 500, 1 / 30
     n_state = int(seconds * 500)
     rec.start_episode()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
     next_tick, frame_i, waited = 0.0, 0, 0.0
     for i in range(n_state):
@@ -87,6 +91,8 @@ def run(store_path: str, seconds: float, speed: float | None, imgs: list[np.ndar
     rec.end_episode(True)
     assert rec.wait_idle(600)
     wall = time.perf_counter() - wall0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     rec.close()
     stored, raw = store.nbytes_stored(), store.nbytes_raw()
     steps = store.num_steps
@@ -96,6 +102,9 @@ def run(store_path: str, seconds: float, speed: float | None, imgs: list[np.ndar
         "recorded_s": seconds,
         "wall_s": round(wall, 2),
         "real_time_factor": round(seconds / wall, 2),
+        "cpu_s_per_recorded_s": round(cpu / seconds, 2),
+        # what 2 idle cores would sustain, from the CPU time actually used (the machine is shared)
+        "rtf_2_idle_cores_from_cpu": round(2 * seconds / cpu, 1),
         "frames_per_camera": frame_i,
         "steps_written": steps,
         "dropped_steps": rec.counters["dropped"],

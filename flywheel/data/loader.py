@@ -13,7 +13,9 @@ diffusion_policy sample):
 
 Speed: low-dimensional arrays are read into memory once (they are small); images
 are decoded straight from their JPEG chunk files and kept in an LRU cache of
-decoded frames (per worker). Batches are gathered with vectorised indexing in
+decoded frames (per process). ``decode_threads`` decodes a batch's images on a
+thread pool (libjpeg-turbo releases the GIL): on few cores, ``num_workers=0``
+with ``decode_threads=2`` avoids worker processes' copies and split caches. Batches are gathered with vectorised indexing in
 ``__getitems__``; use :func:`make_loader`, whose collate passes them through.
 Images come out as uint8 (n_obs, C, H, W) views of channel-last memory:
 move them to the device, then ``.float() / 255`` there.
@@ -44,6 +46,9 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
         self._d: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._d
 
     def get(self, key: tuple[str, int]) -> np.ndarray | None:
         v = self._d.get(key)
@@ -97,6 +102,7 @@ class EpisodeDataset(Dataset):
         obs_keys: Sequence[str] | None = None,
         episodes: Sequence[int] | None = None,
         image_cache_mb: float = 1024.0,
+        decode_threads: int = 0,
         **filters: Any,
     ) -> None:
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, "r")
@@ -114,6 +120,8 @@ class EpisodeDataset(Dataset):
         self.filters = dict(filters)
         self._episode_choice = None if episodes is None else [int(e) for e in episodes]
         self.cache = FrameCache(int(image_cache_mb * 2**20))
+        self.decode_threads = int(decode_threads)
+        self._decoder: Any = None  # a thread pool, made lazily (after a worker fork)
         self._build()
 
     # ------------------------------------------------------------- indexing
@@ -163,10 +171,32 @@ class EpisodeDataset(Dataset):
         """Train and validation datasets over disjoint episodes."""
         train, val = split_episodes(self.episodes, val_fraction, seed)
         kw = dict(n_obs_steps=self.n_obs_steps, horizon=self.horizon, obs_keys=self.obs_keys,
-                  image_cache_mb=self.cache.max_bytes / 2**20, **self.filters)
+                  image_cache_mb=self.cache.max_bytes / 2**20, decode_threads=self.decode_threads,
+                  **self.filters)
         return EpisodeDataset(self.store, episodes=train, **kw), EpisodeDataset(self.store, episodes=val, **kw)
 
     # -------------------------------------------------------------- reading
+    def _prefetch(self, key: str, steps: Sequence[int]) -> dict[int, np.ndarray]:
+        """Decode the uncached ``steps`` on the decode threads (JPEG decoding releases the GIL)."""
+        missing = sorted({s for s in steps if (key, s) not in self.cache})
+        if len(missing) < 8:
+            return {}
+        if self._decoder is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._decoder = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+        out = {}
+        for s, img in zip(missing, self._decoder.map(lambda s: self.store.read_image(key, s), missing),
+                          strict=True):
+            out[s] = img[..., None] if img.ndim == 2 else img
+            self.cache.put((key, s), out[s])
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["_decoder"] = None  # thread pools do not cross process boundaries
+        return d
+
     def _image(self, key: str, step: int) -> np.ndarray:
         ck = (key, step)
         img = self.cache.get(ck)
@@ -191,7 +221,9 @@ class EpisodeDataset(Dataset):
         for k in self.lowdim_obs_keys:
             out[f"obs/{k}"] = torch.from_numpy(self._low[k][obs_idx])
         for k in self.image_keys:
-            frames = [self._image(k, int(s)) for s in obs_idx.reshape(-1).tolist()]
+            steps = obs_idx.reshape(-1).tolist()
+            pre = self._prefetch(k, steps) if self.decode_threads > 1 else {}
+            frames = [pre[s] if s in pre else self._image(k, s) for s in steps]
             arr = np.stack(frames).reshape(*obs_idx.shape, *frames[0].shape)
             # (B, n_obs, H, W, C) -> a (B, n_obs, C, H, W) view; .contiguous() happens on the device
             out[f"obs/{k}"] = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)

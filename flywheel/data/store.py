@@ -599,6 +599,10 @@ class EpisodeStore:
         self._arrays.clear()
         self.root = None
 
+    def __reduce__(self) -> tuple:
+        """Pickled (e.g. to spawned loader workers), a store reopens read-only at the same path."""
+        return (EpisodeStore, (self.path, "r"))
+
     def __enter__(self) -> EpisodeStore:
         return self
 

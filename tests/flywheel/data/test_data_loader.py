@@ -121,3 +121,16 @@ def test_loader_with_workers(store):
         assert batch["action"].shape == (8, 4, 7) and len(batch["instruction"]) == 8
         seen.extend(batch["index"].tolist())
     assert len(seen) == (len(ds) // 8) * 8 and len(set(seen)) == len(seen)
+
+
+def test_decode_threads_give_the_same_batches(store):
+    plain = EpisodeDataset(store, n_obs_steps=2, image_cache_mb=0)
+    threaded = EpisodeDataset(store, n_obs_steps=2, image_cache_mb=0, decode_threads=2)
+    idx = list(range(0, len(plain), 2))
+    a, b = plain.__getitems__(idx), threaded.__getitems__(idx)
+    for k in a:
+        if torch.is_tensor(a[k]):
+            assert torch.equal(a[k], b[k]), k
+    import pickle
+
+    assert pickle.loads(pickle.dumps(threaded))._decoder is None  # picklable for worker processes
