@@ -202,9 +202,14 @@ class Graph:
 
     def spin(self, duration: float = 0.0) -> None:
         """Spin until Ctrl-C, or for ``duration`` seconds when > 0."""
+        from rclpy.executors import ExternalShutdownException
+
         end = time.monotonic() + duration if duration > 0 else None
-        while self._context.ok() and (end is None or time.monotonic() < end):
-            self.executor.spin_once(timeout_sec=0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
+        try:
+            while self._context.ok() and (end is None or time.monotonic() < end):
+                self.executor.spin_once(timeout_sec=0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
+        except ExternalShutdownException:  # Ctrl-C or the context shut down by its owner
+            pass
 
     def close(self) -> None:
         for node in reversed(list(self.nodes.values())):

@@ -325,6 +325,7 @@ class RosRigEnv(gym.Env):
         super().reset(seed=seed)
         self._need()
         self._call_home()
+        self._wait_for_subscribers()
         if self.task_reset is not None:
             self.task_reset(self)
         if self.instruction:
@@ -419,6 +420,16 @@ class RosRigEnv(gym.Env):
                 obs["state/ee_pos"], obs["state/ee_quat"],
             )
         return out
+
+    def _wait_for_subscribers(self) -> None:
+        """Targets published before DDS matched the franka node's subscriptions would be lost."""
+        end = time.time() + self.cfg.connect_timeout
+        for pub in (self._pub_target, self._pub_gripper):
+            while pub.get_subscription_count() == 0:
+                if time.time() > end:
+                    raise RuntimeError(f"nobody subscribes to {pub.topic_name!r}: is franka-node running "
+                                       f"(namespace {self.cfg.namespace or '/'!r})?")
+                time.sleep(0.01)
 
     def _call_home(self) -> None:
         from std_srvs.srv import Trigger

@@ -7,6 +7,7 @@ import pty
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,22 +112,24 @@ def test_env_adapter_round_trip_against_the_sim_graph():
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     graph = Graph(compose_rig(["rig.teleop.device=none", *SMALL_CAMERAS]), context=ctx).start()
-    import threading
-
+    # in one process the camera node renders the franka node's SimRig (no second physics copy)
+    assert graph.nodes["cameras"].sim.rig is graph.nodes["franka"].sim_rig is not None
     spinner = threading.Thread(target=graph.spin, daemon=True)
     spinner.start()
     spec = default_spec(32)
-    env = RosRigEnv(spec, RosEnvConfig(max_obs_age=0.3, wait_timeout=5.0, max_episode_steps=5))
+    env = RosRigEnv(spec, RosEnvConfig(max_obs_age=0.3, wait_timeout=5.0, max_episode_steps=8))
     try:
         with env:
             obs, info = env.reset()
             assert env.observation_space.contains(obs) and obs["images/front"].shape == (32, 32, 3)
             x0 = obs["state/ee_pos"].copy()
-            for _ in range(5):
+            for _ in range(8):
                 obs, r, term, trunc, info = env.step(np.array([1.0, 0, 0, 0, 0, 0, 1.0], np.float32))
                 assert info["obs_age"] <= 0.3
             assert trunc and not term  # max_episode_steps
-            assert obs["state/ee_pos"][0] - x0[0] > 0.03  # 5 ticks of +2 cm commanded
+            # 8 ticks of +2 cm along x commanded (the impedance controller lags, more so on a loaded machine)
+            dx, dy, dz = obs["state/ee_pos"] - x0
+            assert dx > 0.01 and dx > 3 * max(abs(dy), abs(dz)), (dx, dy, dz)
             # the observation is the spec's: the same keys, shapes and dtypes the sim envs give
             spec.check_observation(obs)
             obs, _ = env.reset()
