@@ -56,9 +56,9 @@ class SACConfig:
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     temp_lr: float = 3e-4
-    init_temperature: float = 0.1
+    init_temperature: float = 0.01
     target_entropy: float | None = None  # None -> -len(arm_dims) / 2
-    backup_entropy: bool = True
+    backup_entropy: bool = False  # HIL-SERL: no entropy term in the critic target
     utd_ratio: int = 1  # critic updates per update() call
     actor_update_period: int = 1  # actor/temperature update every N update() calls
     batch_size: int = 256
