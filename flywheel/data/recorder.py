@@ -321,3 +321,10 @@ class Recorder:
         done = threading.Event()
         self._q.put(("noop", done))
         return done.wait(timeout)
+
+
+def register() -> None:
+    """Register ``RecorderConfig`` as hydra config group ``recorder`` (option ``default``); idempotent."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="recorder", name="default", node=RecorderConfig)
