@@ -144,7 +144,7 @@ reprojection refinement (`lm`) is the most accurate (about 0.03 mm / 0.004°);
 it stays best with image noise alone. `lm` treats the robot poses as exact, so
 with pose noise it bends the rotation to fit the noisy poses (several tenths
 of a degree); the 5-fold hold-out then picks a closed-form method instead
-(Shah, Daniilidis, Park), whose error grows about linearly with the pose noise
+(Shah or Daniilidis here), whose error grows about linearly with the pose noise
 (about 1 mm / 0.1° at 1 mm / 0.1° per axis). Andreff and Li are the least
 accurate in translation on these sessions.
 """
