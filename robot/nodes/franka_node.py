@@ -169,7 +169,8 @@ class FrankaNode(LifecycleNode):
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self.stats = PeriodStats()
+        rate = self.cfg.state_rate_hz if self.cfg is not None else 500.0
+        self.stats = PeriodStats(window=max(1000, int(rate * 10)))  # the last 10 s of control ticks
         self.latency = _Latency()
         self._intervening = False
         self._twist: tuple[np.ndarray, np.ndarray, bool, float] | None = None  # lin, ang, ee_frame, t
@@ -512,7 +513,7 @@ class FrankaNode(LifecycleNode):
                 time.sleep(delay)
             now = time.monotonic()
             next_t += period
-            if now - next_t > 0.05:  # stalled (e.g. a long GC or a suspended process): resynchronise
+            if now > next_t:  # over a period late: drop the missed ticks rather than burst to catch up
                 next_t = now + period
             dt = now - last if last is not None else period
             last = now
