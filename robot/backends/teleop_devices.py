@@ -140,7 +140,7 @@ class SpaceMouseDevice:
                 fix = "install the HID library: sudo apt-get install libhidapi-hidraw0"
             else:
                 fix = ("plug in the SpaceMouse and allow access to /dev/hidraw* (a udev rule: "
-                       'KERNEL=="hidraw*", ATTRS{idVendor}=="256f", MODE="0666"), '
+                       'KERNEL=="hidraw*", ATTRS{idVendor}=="256f", MODE="0666"; 046d on older models), '
                        "or use teleop.device=keyboard (works over SSH)")
             raise TeleopDeviceError(f"SpaceMouse not available ({e}): {fix}") from e
         if not self._dev:
