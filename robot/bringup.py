@@ -16,7 +16,7 @@ Examples::
     rig-up                                   # simulated rig, keyboard teleop in this terminal
     rig-up rig=lab rig.cameras.cameras.0.serial=123 rig.cameras.cameras.1.serial=456
     rig-up rig.teleop.device=none duration=10  # 10 s, no operator device
-    rig-up policy_checkpoint=ckpt/ instruction="pick up the cube" record_path=data/episodes.zarr
+    rig-up policy_checkpoint=ckpt/ instruction="pick up the cube" record_path=data/episodes.zarr task=pick_cube
 
 The policy and recorder nodes start when ``policy_checkpoint`` / ``record_path``
 are set; they are imported by module path only then, so ``robot`` never imports
@@ -59,6 +59,7 @@ class RigUpConfig:
     policy_checkpoint: str = ""  # start the policy node with this checkpoint
     instruction: str = ""  # initial language instruction for the policy
     record_path: str = ""  # start the recorder node writing episodes to this zarr store
+    task: str = ""  # task name the recorder stores with every episode
     duration: float = 0.0  # s to run, 0 = until Ctrl-C
 
 
@@ -132,13 +133,26 @@ def graph(cfg: Any) -> list[NodeDescription]:
         nodes.append(NodeDescription(
             "policy-node", "policy", ns, "policy.node:PolicyNode",
             {"checkpoint": str(cfg.policy_checkpoint), "instruction": str(cfg.get("instruction", "")),
-             "control_hz": float(rig.control_hz)},
+             "control_hz": float(rig.control_hz), "gripper_speed": float(rig.robot.gripper_speed)},
         ))
     if cfg.get("record_path"):
         nodes.append(NodeDescription(
             "recorder-node", "recorder", ns, "flywheel.data.recorder_node:RecorderNode",
-            {"path": str(cfg.record_path), "rig": str(rig.name), "calibration_id": str(rig.calibration_id),
-             "control_hz": float(rig.control_hz)},
+            {
+                "store": str(cfg.record_path),
+                "control_hz": float(rig.control_hz),
+                "cameras": [c["name"] for c in cams],
+                "image_size": int(rig.cameras.policy_image_size),
+                "max_translation": float(rig.max_translation),
+                "max_rotation": float(rig.max_rotation),
+                "chunk_horizon": int(rig.chunk_horizon),
+                "task": str(cfg.get("task", "")),
+                "source": "policy" if cfg.get("policy_checkpoint") else "human",
+                "policy_version": str(cfg.get("policy_checkpoint", "")),
+                "rig_id": str(rig.name),
+                "calibration_id": str(rig.calibration_id),
+                "camera_ids": [f"{c['name']}={c['serial']}" for c in cams if c["serial"]],
+            },
         ))
     return nodes
 

@@ -46,6 +46,9 @@ def test_lab_graph_uses_hardware_backends_and_serials():
 def test_lab_graph_without_serials_names_the_missing_key():
     with pytest.raises(Exception, match="serial"):
         graph(compose_rig(["rig=lab"]))
+    lab = _by_name(graph(compose_rig([*LAB, "record_path=/d.zarr"])))
+    assert lab["recorder"].parameters["camera_ids"] == ["front=111", "wrist=222"]
+    assert lab["recorder"].parameters["source"] == "human"
 
 
 def test_optional_nodes_start_when_configured():
@@ -56,7 +59,9 @@ def test_optional_nodes_start_when_configured():
     assert nodes["policy"].parameters["checkpoint"] == "/ckpt"
     assert nodes["policy"].parameters["instruction"] == "pick it"
     assert nodes["recorder"].factory == "flywheel.data.recorder_node:RecorderNode"
-    assert nodes["recorder"].parameters["path"] == "/data/ep.zarr"
+    rec = nodes["recorder"].parameters
+    assert rec["store"] == "/data/ep.zarr" and rec["cameras"] == ["front", "wrist"] and rec["image_size"] == 128
+    assert rec["source"] == "policy" and rec["policy_version"] == "/ckpt"
 
 
 @pytest.mark.ros
@@ -68,14 +73,9 @@ def test_every_graph_parameter_is_declared_by_its_node():
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     try:
-        for overrides in ([], LAB):
+        for overrides in ([], [*LAB, "policy_checkpoint=/ckpt", "record_path=/d.zarr", "task=t"]):
             for d in graph(compose_rig(overrides)):
-                if not d.factory.startswith("robot."):
-                    continue
-                try:
-                    cls = _import(d.factory)
-                except ImportError:  # a node another change is still building
-                    continue
+                cls = _import(d.factory)
                 node = cls(d.name, context=ctx, parameter_overrides=[
                     rclpy.Parameter(k, value=v) for k, v in d.parameters.items()])
                 try:
