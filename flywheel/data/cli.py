@@ -4,7 +4,7 @@
   on disk and the compression ratio against raw arrays;
 * ``check PATH [--quick]``: integrity check; exit code 1 and a report on errors
   (``--quick`` skips decoding every image);
-* ``export-lerobot PATH OUT [--episodes 0 3 5] [--success-only] [--source rl]
+* ``export-lerobot PATH [OUT] [--episodes 0 3 5] [--success-only] [--source rl]
   [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0.
 """
 
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--quick", action="store_true", help="do not decode every image")
     exp = sub.add_parser("export-lerobot", help="export to the LeRobotDataset v3.0 layout")
     exp.add_argument("path")
-    exp.add_argument("out")
+    exp.add_argument("out", nargs="?", help="output directory (default: PATH without .zarr + _lerobot)")
     exp.add_argument("--episodes", type=int, nargs="*", help="episode indices (default: all)")
     exp.add_argument("--success-only", action="store_true")
     exp.add_argument("--source", choices=["human", "policy", "rl"], nargs="*")
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             eps = store.select(**filters)
             if args.episodes is not None:
                 eps = [e for e in eps if e in set(args.episodes)]
-            out = export_lerobot(store, args.out, episodes=eps, vcodec=args.vcodec,
+            dest = args.out or (args.path.rstrip("/").removesuffix(".zarr") + "_lerobot")
+            out = export_lerobot(store, dest, episodes=eps, vcodec=args.vcodec,
                                  robot_type=args.robot_type, overwrite=args.overwrite)
             print(f"exported {len(eps)} episodes to {out}")
             return 0
