@@ -63,7 +63,8 @@ class SimBackend(Backend):
     # --------------------------------------------------------------- life cycle
     @property
     def connected(self) -> bool:
-        return self._running and self._thread is not None and self._thread.is_alive()
+        """Connected from connect() to close(); a dead physics thread shows in error() instead."""
+        return self.rig is not None
 
     def connect(self) -> None:
         from sim.rig import SimRig
@@ -77,6 +78,9 @@ class SimBackend(Backend):
                      damping_ratio=zeta, **kw)
         rig.connect()
         self.rig = rig
+        self._start()
+
+    def _start(self) -> None:
         self._error = ""
         with self.lock:
             self._snap()
@@ -150,7 +154,7 @@ class SimBackend(Backend):
     def read(self) -> ArmState:
         snap = self._snapshot
         if not self.connected or snap is None:
-            raise ConnectionLost(self._error or "sim backend not connected")
+            raise ConnectionLost("sim backend not connected")
         return snap
 
     def command(self, pos: np.ndarray, quat: np.ndarray) -> None:
@@ -172,18 +176,27 @@ class SimBackend(Backend):
         return self._error
 
     def recover(self) -> bool:
-        """Nothing to recover in the sim unless the physics thread died: then restart it."""
-        if self.connected:
+        """After the physics thread died (e.g. an unstable step): reset the arm home and restart it.
+
+        The rig object stays the same, so a camera source sharing it keeps working.
+        """
+        if self.rig is None:
+            return False
+        if self._thread is not None and self._thread.is_alive():
             return True
         try:
-            self.connect()
+            self._thread = None
+            with self.lock:
+                self.rig.reset()
+            self._pending_target = None
+            self._start()
             return True
         except Exception as e:
             self._error = f"sim restart failed: {type(e).__name__}: {e}"
             return False
 
     def home(self, joints: np.ndarray, timeout: float = 20.0) -> bool:
-        if not self.connected:
+        if not self.connected or self._error:
             return False
         import mujoco
 
@@ -202,13 +215,13 @@ class SimBackend(Backend):
         duration = max(dist / self.home_speed, float(quat_angle(goal_q, start.ee_quat)) / 1.0, 0.2)
         r = quat_to_rotvec(quat_mul(goal_q, quat_conj(start.ee_quat)))
         t0 = time.monotonic()
-        while (t := time.monotonic() - t0) < duration and self.connected:
+        while (t := time.monotonic() - t0) < duration and not self._error:
             a = t / duration
             s = a * a * (3 - 2 * a)  # smoothstep
             self.command(start.ee_pos + s * (goal_p - start.ee_pos), quat_mul(rotvec_to_quat(s * r), start.ee_quat))
             time.sleep(0.01)
         self.command(goal_p, goal_q)
-        while time.monotonic() - t0 < timeout and self.connected:
+        while time.monotonic() - t0 < timeout and not self._error:
             st = self.read()
             if (np.linalg.norm(st.ee_pos - goal_p) < 0.005 and np.max(np.abs(st.joint_pos - joints)) < 0.1
                     and np.linalg.norm(st.joint_vel) < 0.05):

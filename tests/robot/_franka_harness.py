@@ -143,13 +143,28 @@ class Harness:
                 with self._lock:
                     self.diags.append(s)
 
+    @staticmethod
+    def _unpack(s: Any) -> tuple[int, str, dict[str, str]]:
+        level = s.level[0] if isinstance(s.level, bytes) else int(s.level)
+        return level, s.message, {kv.key: kv.value for kv in s.values}
+
     def diag(self) -> tuple[int, str, dict[str, str]] | None:
+        """The node's latest /diagnostics status as (level, message, values)."""
         with self._lock:
             if not self.diags:
                 return None
             s = self.diags[-1]
-        level = s.level[0] if isinstance(s.level, bytes) else int(s.level)
-        return level, s.message, {kv.key: kv.value for kv in s.values}
+        return self._unpack(s)
+
+    def diag_seen(self, pred: Callable[[int, str, dict[str, str]], bool]) -> tuple | None:
+        """The first status received so far that satisfies ``pred(level, message, values)``."""
+        with self._lock:
+            history = list(self.diags)
+        for s in history:
+            d = self._unpack(s)
+            if pred(*d):
+                return d
+        return None
 
     def ee(self) -> tuple[np.ndarray, np.ndarray]:
         m = self.last["ee_pose"].pose

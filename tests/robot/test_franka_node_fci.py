@@ -112,7 +112,7 @@ def test_fci_server_killed_mid_motion_node_survives_and_reconnects(franka_sim):
         assert h.wait_for(lambda: h.last["ee_pose"], 15.0)
         h.stream(lambda: h.send_pose([0.40, 0.10, 0.40]), 0.3)  # mid-motion
         franka_sim.kill()
-        d = h.wait_for(lambda: (d := h.diag()) and d[0] == 2 and "disconnected" in d[1] and d, 10.0)
+        d = h.wait_for(lambda: h.diag_seen(lambda lvl, msg, v: lvl == 2 and "disconnected" in msg), 10.0)
         assert d, f"no ERROR on /diagnostics after the FCI went away: {h.diag()}"
         assert d[2]["connected"] == "False"
         n = h.counts["joint_states"]
@@ -141,3 +141,15 @@ def test_hold_home_and_recover_services(node):
     np.testing.assert_allclose(js, [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785], atol=0.02)
     assert node.call(Trigger, "recover", Trigger.Request()).success
     assert move_to(node, np.array([0.40, 0.0, 0.45])), "no motion after home + recover"
+
+
+def test_robot_error_is_reported_and_auto_recovered(franka_sim):
+    with Harness(franky_params(franka_sim, reconnect_period=0.5)) as h:
+        assert h.wait_for(lambda: h.last["ee_pose"], 15.0)
+        assert move_to(h, np.array([0.42, 0.0, 0.42]))
+        h.node.backend._robot.stop()  # aborts the running motion, as a reflex does
+        err = h.wait_for(lambda: h.diag_seen(lambda lvl, msg, v: lvl == 2 and "robot error" in msg), 10.0)
+        assert err, f"motion abort not reported: {h.diag()}"
+        ok = h.wait_for(lambda: (d := h.diag()) and d[0] == 0 and int(d[2]["recoveries"]) >= 1, 15.0)
+        assert ok, f"not auto-recovered: {h.diag()}"
+        assert move_to(h, np.array([0.42, 0.08, 0.40])), "no motion after recovery"

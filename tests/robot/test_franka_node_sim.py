@@ -140,3 +140,24 @@ def test_wrong_parameter_type_is_a_clear_error():
 def test_quaternion_down_constant_matches_sim_home(sim):
     _, quat = sim.ee()
     assert abs(abs(float(np.dot(quat, DOWN))) - 1.0) < 1e-3
+
+
+def test_physics_fault_is_reported_on_diagnostics_and_auto_recovered():
+    with Harness({**SIM, "reconnect_period": 0.5}) as h:
+        assert h.wait_for(lambda: h.last["ee_pose"], 10.0)
+        rig = h.node.sim_rig
+        step = rig.step
+
+        def unstable(n: int = 1) -> None:
+            rig.step = step
+            raise RuntimeError("simulated instability")
+
+        rig.step = unstable  # the physics thread dies on its next step
+        err = h.wait_for(lambda: h.diag_seen(lambda lvl, msg, v: lvl == 2 and "simulated instability" in msg), 10.0)
+        assert err, f"fault not reported: {h.diag()}"
+        ok = h.wait_for(lambda: (d := h.diag()) and d[0] == 0 and d[2]["recoveries"] == "1", 10.0)
+        assert ok, f"not auto-recovered: {h.diag()}"
+        assert h.node.sim_rig is rig  # the same rig: a camera node sharing it keeps working
+        here, _ = h.ee()
+        goal = here + np.array([0.0, 0.05, 0.0])
+        assert h.wait_for(lambda: np.linalg.norm(h.ee()[0] - goal) < 0.005, 8.0, every=lambda: h.send_pose(goal))
