@@ -162,13 +162,13 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     assert (r.task, r.source, r.success, r.instruction, r.rig_id) == ("wipe", "human", True, "wipe the table",
                                                                       "test-rig")
     assert r.camera_ids == {"front": "cam123"}
-    assert 18 <= len(ep) <= 26, len(ep)  # ~2.2 s at 10 Hz
+    assert 12 <= len(ep) <= 28, len(ep)  # ~2.2 s at 10 Hz (a loaded machine may skip a few ticks)
     inter = ep["intervention"]
-    assert not inter[:5].any() and inter.sum() >= 4 and not inter[-3:].any()
+    assert not inter[:4].any() and inter.sum() >= 3 and not inter[-2:].any()
     a = ep["action"]
     np.testing.assert_allclose(a[:, 0], 0.5, atol=0.05)  # 1 cm / (2 cm per unit)
     np.testing.assert_allclose(a[:, 6], -1.0)  # gripper commanded closed
     np.testing.assert_allclose(ep["state/ee_wrench"][:, 2], -2.0)
     assert ep["images/front"].shape == (len(ep), 16, 16, 3)
     assert ep["reward"][-1] == 1.0 and ep["reward"][:-1].sum() == 0
-    assert np.all(np.diff(ep["timestamp"]) > 0.05)
+    assert np.all(np.diff(ep["timestamp"]) > 0) and np.median(np.diff(ep["timestamp"])) == pytest.approx(0.1, abs=0.02)
