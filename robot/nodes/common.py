@@ -19,7 +19,9 @@ Every node of the rig is a ``rclpy.lifecycle`` node built the same way:
 * :func:`run_lifecycle_node` is the body of every node's ``main()``: it configures
   and activates the node (unless ``autostart`` is false, for a lifecycle manager),
   spins a single-threaded executor (which holds ~1 kHz here, unlike the
-  multi-threaded one) and shuts down cleanly on Ctrl-C / SIGTERM.
+  multi-threaded one) and shuts down cleanly on Ctrl-C / SIGTERM (nodes should
+  release threads and devices in ``destroy_node()`` as well as in ``on_shutdown``:
+  after Ctrl-C the context is gone and no transition can run).
 
 Only ``rclpy`` and standard message packages are imported; nothing runs at import.
 """
@@ -405,10 +407,13 @@ def run_lifecycle_node(
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        try:
-            node.trigger_shutdown()
-        except Exception:
-            pass
+        # After Ctrl-C rclpy has already shut the context down and a lifecycle transition can no
+        # longer be published: nodes must also release their resources in destroy_node().
+        if node.context.ok():
+            try:
+                node.trigger_shutdown()
+            except Exception:
+                pass
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()

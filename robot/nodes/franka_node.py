@@ -520,6 +520,8 @@ class FrankaNode(LifecycleNode):
             try:
                 self._tick(now, dt)
             except Exception as e:  # never let the loop die; report and carry on
+                if not self.context.ok():  # shutting down (Ctrl-C): stop quietly
+                    return
                 self._robot_error = f"control loop: {type(e).__name__}: {e}"
                 self.get_logger().error(self._robot_error, throttle_duration_sec=1.0)
             self.stats.tick(now)
