@@ -195,30 +195,36 @@ class Collector:
         self._pub.publish(msg)
 
     def move_to(self, pos: np.ndarray, quat: np.ndarray) -> bool:
-        """Stream the target until ee_pose has been within tolerance and still for settle_s; False on timeout."""
+        """Stream the target until ee_pose has been within tolerance and still for settle_s; False on timeout.
+
+        ``self.last_move`` keeps how far the arm was from the target and how much it moved at the end.
+        """
         cfg = self.cfg
         start = time.monotonic()
         window: list[tuple[float, np.ndarray, np.ndarray]] = []
         period = 1.0 / cfg.publish_hz
+        self.last_move = "no ee_pose"
         while time.monotonic() - start < cfg.move_timeout_s:
             self._publish(pos, quat)
             with self._cond:
                 ee = self._ee
             now = time.monotonic()
-            near = ee is not None and (np.linalg.norm(ee[1] - pos) * 1e3 <= cfg.tolerance_mm
-                                       and np.degrees(quat_angle(ee[2], quat)) <= cfg.tolerance_deg)
-            if not near:
-                window.clear()
-            else:
-                window.append((now, ee[1], ee[2]))
-                while window and now - window[0][0] > cfg.settle_s:
-                    window.pop(0)
-                still = all(np.linalg.norm(p - ee[1]) * 1e3 <= cfg.still_mm
-                            and np.degrees(quat_angle(q, ee[2])) <= cfg.still_deg for _, p, q in window)
-                if not still:
-                    window = window[-1:]
-                elif now - window[0][0] >= cfg.settle_s * 0.9:
-                    return True
+            if ee is not None:
+                d_mm, d_deg = np.linalg.norm(ee[1] - pos) * 1e3, np.degrees(quat_angle(ee[2], quat))
+                self.last_move = f"ee_pose {d_mm:.2f} mm / {d_deg:.3f} deg from the target"
+                if d_mm > cfg.tolerance_mm or d_deg > cfg.tolerance_deg:
+                    window.clear()
+                else:
+                    window.append((now, ee[1], ee[2]))
+                    while len(window) > 1 and now - window[1][0] >= cfg.settle_s:
+                        window.pop(0)  # keep one sample at least settle_s old: slow loops still settle
+                    m_mm = max(np.linalg.norm(p - ee[1]) * 1e3 for _, p, _ in window)
+                    m_deg = max(np.degrees(quat_angle(q, ee[2])) for _, _, q in window)
+                    self.last_move += f", moving {m_mm:.2f} mm / {m_deg:.3f} deg within {cfg.settle_s} s"
+                    if m_mm > cfg.still_mm or m_deg > cfg.still_deg:
+                        window = window[-1:]
+                    elif now - window[0][0] >= cfg.settle_s:
+                        return True
             time.sleep(period)
         return False
 
@@ -252,8 +258,8 @@ class Collector:
         try:
             for i, (pos, quat) in enumerate(it):
                 if not self.move_to(pos, quat):
-                    log.warning("pose %d not reached within %.0f s (clipped by the safety filter?): skipped",
-                                i, cfg.move_timeout_s)
+                    log.warning("pose %d not reached and still within %.0f s (%s; clipped by the safety "
+                                "filter?): skipped", i, cfg.move_timeout_s, self.last_move)
                     continue
                 img, p, q = self.capture(pos, quat)
                 if img.shape[:2] != (intr.height, intr.width):
