@@ -1,0 +1,388 @@
+"""iRe-VLA (Guo et al. 2025): alternate online RL with the VLM frozen and supervised learning of the whole model.
+
+* Stage 0: supervised fine-tuning on expert demonstrations (the pretrained generalist).
+* Stage 1, per new task: online RL with the backbone **frozen**. Only the action
+  head and a critic head train, on **cached backbone latents**: every recorded
+  step is encoded once by the frozen backbone (``latents/<episode>.npz``), and all
+  head/critic updates run on the cache (no backbone forward, so CPU-cheap). The
+  RL update is advantage-weighted regression (AWR, Peng et al. 2019): the critic
+  head regresses the discounted sparse success return, the action head regresses
+  the executed action chunks weighted by ``exp(advantage / beta)``. Rollouts use
+  Gaussian exploration noise and, like HIL-SERL on the rig, an optional
+  (simulated) operator who corrects the policy; every rollout is recorded in the
+  store with ``source="rl"``.
+* Stage 2: supervised learning of the whole model (full or LoRA) on the expert
+  demos plus every RL success so far.
+
+Repeat task by task (:func:`run` builds the resumable job); success on expert,
+RL-trained and unseen tasks is evaluated after every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.distill import collect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IReVLAConfig:
+    rl_tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0"])
+    rl_iterations: int = 3  # collect -> update rounds of stage 1 per task
+    episodes_per_iteration: int = 20
+    exploration_noise: float = 0.15  # Gaussian std on the arm dims of executed actions
+    intervene: bool = True  # simulated operator corrections during stage-1 rollouts (HIL)
+    max_interventions: int = 2
+    discount: float = 0.95
+    beta: float = 0.1  # AWR temperature
+    max_weight: float = 20.0
+    head_updates: int = 300  # gradient steps on the heads per iteration
+    batch_size: int = 64
+    head_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    stage2_finetune: str = "full"  # full | lora
+
+
+class CriticHead:
+    """A value head V(latent, proprio) on the frozen backbone's hidden states (TokenLearner pooling + MLP)."""
+
+    def __init__(self, dim: int, proprio_dim: int, hidden: int = 128, num_tokens: int = 4):
+        import torch
+        from torch import nn
+
+        from policy.heads import TokenLearner
+
+        self.pool = TokenLearner(dim, num_tokens, hidden)
+        self.mlp = nn.Sequential(nn.Linear(num_tokens * dim + proprio_dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.module = nn.ModuleDict({"pool": self.pool, "mlp": self.mlp})
+        self._torch = torch
+
+    def __call__(self, hidden: Any, mask: Any, proprio: Any) -> Any:
+        z = self.pool(hidden, mask).flatten(1)
+        return self.mlp(self._torch.cat([z, proprio], -1)).squeeze(-1)
+
+
+def discounted_returns(success: bool, length: int, discount: float) -> np.ndarray:
+    """Return-to-go of a sparse terminal success reward."""
+    if not success:
+        return np.zeros(length, np.float32)
+    return (discount ** np.arange(length - 1, -1, -1)).astype(np.float32)
+
+
+def cache_latents(model: Any, store: Any, episodes: Sequence[int], cache_dir: Path, batch: int = 64) -> None:
+    """Encode every step of ``episodes`` once with the frozen backbone (skips episodes already cached)."""
+    import torch
+
+    from robot.spec import PROPRIO_KEYS
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    keys = [f"images/{c}" for c in model.spec.camera_names] + list(PROPRIO_KEYS)
+    h = model.spec.action.chunk_horizon
+    for e in episodes:
+        f = cache_dir / f"{e:06d}.npz"
+        if f.exists():
+            continue
+        r = store.record(e)
+        arrays = {k: store.read(k, r.start, r.end) for k in keys}
+        acts = store.read("action", r.start, r.end)
+        hid, msk, pro = [], [], []
+        with torch.no_grad():
+            for s in range(0, r.length, batch):
+                b = {k: v[s: s + batch] for k, v in arrays.items()}
+                b["instruction"] = [r.instruction] * len(b[keys[0]])
+                feat = model.features(b)
+                hid.append(feat["hidden"].numpy())
+                msk.append(feat["mask"].numpy())
+                pro.append(feat["proprio"].numpy())
+        idx = np.minimum(np.arange(r.length)[:, None] + np.arange(h)[None], r.length - 1)
+        pad = (np.arange(r.length)[:, None] + np.arange(h)[None]) >= r.length
+        tmp = f.with_suffix(".tmp.npz")
+        np.savez(tmp, hidden=np.concatenate(hid), mask=np.concatenate(msk), proprio=np.concatenate(pro),
+                 actions=model.normalizer.normalize("actions", acts[idx].astype(np.float32)), is_pad=pad,
+                 success=np.bool_(bool(r.success)))
+        tmp.rename(f)
+
+
+def load_cache(cache_dir: Path, episodes: Sequence[int], discount: float) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("hidden", "mask", "proprio", "actions", "is_pad", "ret")}
+    for e in episodes:
+        z = np.load(cache_dir / f"{e:06d}.npz")
+        n = len(z["proprio"])
+        for k in ("hidden", "mask", "proprio", "actions", "is_pad"):
+            parts[k].append(z[k])
+        parts["ret"].append(discounted_returns(bool(z["success"]), n, discount))
+    width = max(p.shape[1] for p in parts["hidden"])  # token counts differ between instructions: pad
+    parts["hidden"] = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts["hidden"]]
+    parts["mask"] = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts["mask"]]
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def awr_update(model: Any, critic: CriticHead, data: dict[str, np.ndarray], cfg: Any, seed: int = 0) -> dict[str, float]:
+    """Critic regression then advantage-weighted regression of the action head, on cached latents."""
+    import torch
+
+    from policy.heads import masked_mse
+
+    t = {k: torch.as_tensor(v) for k, v in data.items()}
+    t["mask"] = t["mask"].bool()
+    n = len(t["ret"])
+    g = torch.Generator().manual_seed(seed)
+    copt = torch.optim.Adam(critic.module.parameters(), lr=cfg.critic_lr)
+    aopt = torch.optim.Adam([p for p in model.head.parameters() if p.requires_grad], lr=cfg.head_lr)
+    model.head.train()
+    closs = aloss = 0.0
+    for _ in range(int(cfg.head_updates)):
+        i = torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)
+        v = critic(t["hidden"][i], t["mask"][i], t["proprio"][i])
+        lc = torch.nn.functional.mse_loss(v, t["ret"][i])
+        copt.zero_grad()
+        lc.backward()
+        copt.step()
+        with torch.no_grad():
+            adv = t["ret"][i] - critic(t["hidden"][i], t["mask"][i], t["proprio"][i])
+            w = torch.exp(adv / cfg.beta).clamp(max=cfg.max_weight)
+        pred = model.head(t["hidden"][i], t["mask"][i], t["proprio"][i])
+        per = torch.stack([masked_mse(pred[j: j + 1], t["actions"][i][j: j + 1], t["is_pad"][i][j: j + 1])
+                           for j in range(len(i))])
+        la = (w * per).sum() / w.sum().clamp_min(1e-6)
+        aopt.zero_grad()
+        la.backward()
+        aopt.step()
+        closs, aloss = float(lc), float(la)
+    model.head.eval()
+    return {"critic_loss": closs, "actor_loss": aloss, "samples": n, "mean_return": float(t["ret"].mean())}
+
+
+class NoisyVLAAgent:
+    """The VLA acting through chunks with Gaussian exploration noise on the arm dims."""
+
+    def __init__(self, model: Any, instruction: str, execute: int, noise: float, seed: int = 0):
+        from policy.inference import Policy
+
+        self.policy = Policy(model, device="cpu")
+        self.instruction, self.execute, self.noise = instruction, int(execute), float(noise)
+        self.rng = np.random.default_rng(seed)
+        self._chunk: np.ndarray | None = None
+        self._i = 0
+
+    def reset(self) -> None:
+        self._chunk, self._i = None, 0
+
+    def act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self._chunk is None or self._i >= self.execute:
+            self._chunk = self.policy.infer({**obs, "instruction": self.instruction})["actions"]
+            self._i = 0
+        a = self._chunk[min(self._i, len(self._chunk) - 1)].copy()
+        self._i += 1
+        a[:6] += self.rng.normal(0.0, self.noise, 6).astype(np.float32)
+        return np.clip(a, -1.0, 1.0)
+
+
+def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any, g: Any, seed: int = 0,
+             progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Stage 1 on ``task``: frozen backbone; rollouts -> latents cache -> AWR on the heads. Resumable."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import sim
+    from flywheel.distill.generalist import env_kwargs
+    from policy.model import VLA
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "policy"
+    summary_file = out_dir / "rl_stage.json"
+    if summary_file.exists() and (final / "policy_config.json").exists():
+        return final, json.loads(summary_file.read_text())
+    state_file = out_dir / "rl_state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"iteration": 0, "history": []}
+    start = out_dir / "iter_latest"
+    model = VLA.from_checkpoint(start if (start / "policy_config.json").exists() else parent)
+    model.freeze_backbone()
+    critic = CriticHead(int(model.backbone.config.get_text_config().hidden_size), model.spec.proprio_dim)
+    if (out_dir / "critic.safetensors").exists():
+        critic.module.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
+    torch.manual_seed(seed)
+    env = collect.make_env(task, privileged_state=False, **env_kwargs(g))
+    try:
+        inst = env.unwrapped.instruction
+        for it in range(int(state["iteration"]), int(cfg.rl_iterations)):
+            name = f"ire/{out_dir.name}/{task}/iter{it}"
+            agent = NoisyVLAAgent(model, inst, g.execute, cfg.exploration_noise, seed=seed + it)
+            interv = None
+            if cfg.intervene:
+                interv = sim.SimulatedIntervener(env, sim.expert(env, noise=0.3, seed=seed + it),
+                                                 max_interventions=int(cfg.max_interventions))
+            seeds = range(seed * 100_000 + it * 1000, seed * 100_000 + it * 1000 + int(cfg.episodes_per_iteration))
+            st = collect.record_rollouts(store, env, agent, seeds, source="rl", collection=name,
+                                         policy_version=f"{out_dir.name}/iter{it}", intervener=interv,
+                                         progress=progress)
+            model.to(torch.float32)
+            eps = collect.select(store, task=task, source="rl", success=None,
+                                 collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(it + 1)])
+            cache_latents(model, store, eps, out_dir / "latents")
+            m = awr_update(model, critic, load_cache(out_dir / "latents", eps, cfg.discount), cfg, seed=seed + it)
+            rec = {"iteration": it, "rollout_success": st.success_rate, "interventions": st.intervened_steps,
+                   "episodes": len(eps), **m}
+            log.info("iRe-VLA stage 1 %s: %s", task, rec)
+            tmp = out_dir / "iter_tmp"
+            model.save_pretrained(tmp)
+            save_file({k: v.contiguous() for k, v in critic.module.state_dict().items()},
+                      str(out_dir / "critic.safetensors"))
+            import shutil
+
+            shutil.rmtree(start, ignore_errors=True)
+            tmp.rename(start)
+            state = {"iteration": it + 1, "history": [*state["history"], rec]}
+            state_file.write_text(json.dumps(state, indent=2))
+    finally:
+        env.close()
+    model.unfreeze_backbone()  # the checkpoint is a normal (trainable) generalist again
+    model.save_pretrained(final)
+    rl_eps = collect.select(store, task=task, source="rl", success=None,
+                            collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(int(cfg.rl_iterations))])
+    summary = {"task": task, "history": state["history"], "episodes": rl_eps,
+               "successes": [i for i in rl_eps if store.record(i).success]}
+    summary_file.write_text(json.dumps(summary, indent=2))
+    return final, summary
+
+
+def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_eps: list[int], out_dir: Path,
+             sft: Any, cfg: Any) -> Path:
+    """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step)."""
+    from flywheel.distill.generalist import finetune
+
+    sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
+    return finetune(parent, store, list(expert_eps) + list(rl_success_eps), out_dir, sft)
+
+
+def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) -> Any:
+    """The resumable iRe-VLA job: expert demos, stage 0, then (stage 1, stage 2) per RL task, with evaluations."""
+    from flywheel.data import EpisodeStore
+    from flywheel.distill.generalist import (
+        SFTConfig,
+        ensure_backbone,
+        env_kwargs,
+        evaluate,
+        final_checkpoint,
+        finetune,
+        new_generalist,
+        store_stats,
+    )
+    from flywheel.evaluate import HELDOUT_SEED, load_results, save_results
+    from flywheel.job import Stage
+
+    g, ire = cfg.generalist, cfg.ire
+    groups = {"expert": list(cfg.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(cfg.unseen_tasks)}
+    eval_tasks = [t for ts in groups.values() for t in ts]
+    spec_holder: dict[str, Any] = {}
+
+    def spec() -> Any:
+        if "spec" not in spec_holder:
+            env = collect.make_env(eval_tasks[0], privileged_state=False, **env_kwargs(g))
+            spec_holder["spec"] = env.unwrapped.rig_spec
+            env.close()
+        return spec_holder["spec"]
+
+    def store(mode: str = "a") -> Any:
+        return EpisodeStore(store_path, mode, spec=spec(), image_codec="png")
+
+    def sft_cfg(steps: int) -> SFTConfig:
+        from omegaconf import OmegaConf
+
+        d = OmegaConf.to_container(cfg.sft) if OmegaConf.is_config(cfg.sft) else dict(cfg.sft.__dict__)
+        return SFTConfig(**{**d, "steps": int(steps)})
+
+    def expert_eps(s: Any) -> list[int]:
+        return collect.select(s, task=groups["expert"], source="human",
+                              collection=[f"human/{t}" for t in groups["expert"]])
+
+    def demos(ctx: Any) -> dict[str, Any]:
+        out = {}
+        with store() as s:
+            for t in groups["expert"]:
+                env = collect.make_env(t, privileged_state=False, **env_kwargs(g))
+                try:
+                    st = collect.record_rollouts(s, env, collect.ExpertAgent(env, cfg.human_noise, cfg.seed),
+                                                 range(int(cfg.expert_demos)), source="human",
+                                                 collection=f"human/{t}", progress=progress)
+                finally:
+                    env.close()
+                out[t] = st.to_dict()
+        return out
+
+    def stage0(ctx: Any) -> dict[str, Any]:
+        if cfg.parent:
+            return {"checkpoint": str(cfg.parent)}
+        d = ctx.stage_dir("stage0") / "sft"
+        with store("r") as s:
+            eps = expert_eps(s)
+            parent = final_checkpoint(d) or new_generalist(g, s.spec, ensure_backbone(g, workdir), store_stats(s, eps))
+            ckpt = finetune(parent, s, eps, d, sft_cfg(cfg.stage0_steps))
+        return {"checkpoint": str(ckpt), "episodes": len(eps)}
+
+    def evaluation(prev: str) -> Any:
+        def run(ctx: Any) -> dict[str, Any]:
+            out = ctx.stage_dir(f"eval_{prev}")
+            f = out / "results.json"
+            ckpt = ctx.output(prev)["checkpoint"]
+            if not f.exists():
+                save_results(evaluate(ckpt, eval_tasks, int(cfg.eval_episodes), g, seed=HELDOUT_SEED,
+                                      progress=progress), f)
+            res = load_results(f)
+            return {"results": str(f), "checkpoint": ckpt,
+                    **{grp: float(np.mean([res[t].rate for t in ts])) if ts else None for grp, ts in groups.items()}}
+        return run
+
+    stages = [Stage("expert_demos", demos), Stage("stage0", stage0), Stage("eval_stage0", evaluation("stage0"))]
+    prev = "stage0"
+    for r, task in enumerate(groups["rl"], start=1):
+        rl_name, sl_name = f"round{r}_rl", f"round{r}_sl"
+
+        def rl(ctx: Any, prev: str = prev, task: str = task, rl_name: str = rl_name, r: int = r) -> dict[str, Any]:
+            with store() as s:
+                ckpt, summary = rl_stage(ctx.output(prev)["checkpoint"], s, task, ctx.stage_dir(rl_name), ire, g,
+                                         seed=cfg.seed + r, progress=progress)
+            return {"checkpoint": str(ckpt), "task": task, "rl_successes": len(summary["successes"]),
+                    "rl_episodes": len(summary["episodes"]), "history": summary["history"]}
+
+        def sl(ctx: Any, rl_name: str = rl_name, sl_name: str = sl_name, r: int = r) -> dict[str, Any]:
+            with store("r") as s:
+                names = [f"ire/round{i}_rl/{t}/iter{k}" for i, t in enumerate(groups["rl"][:r], start=1)
+                         for k in range(int(ire.rl_iterations))]
+                rl_ok = collect.select(s, source="rl", success=True, collection=names)
+                ckpt = sl_stage(ctx.output(rl_name)["checkpoint"], s, expert_eps(s), rl_ok,
+                                ctx.stage_dir(sl_name) / "sft", sft_cfg(cfg.stage2_steps), ire)
+            return {"checkpoint": str(ckpt), "rl_successes": len(rl_ok)}
+
+        stages += [Stage(rl_name, rl), Stage(f"eval_{rl_name}", evaluation(rl_name)),
+                   Stage(sl_name, sl), Stage(f"eval_{sl_name}", evaluation(sl_name))]
+        prev = sl_name
+
+    def report(ctx: Any) -> dict[str, Any]:
+        from flywheel.report import write_report
+
+        evals = [s.name for s in stages if s.name.startswith("eval_")]
+        results = {e[len("eval_"):]: load_results(ctx.output(e)["results"]) for e in evals}
+        lines = ["| after | expert tasks | RL tasks | unseen tasks |", "| --- | --- | --- | --- |"]
+        for e in evals:
+            o = ctx.output(e)
+            cells = [f"{o[k]:.2f}" if o[k] is not None else "-" for k in ("expert", "rl", "unseen")]
+            lines.append(f"| {e[len('eval_'):]} | " + " | ".join(cells) + " |")
+        groups_md = "\n".join(f"- {k}: {', '.join(v)}" for k, v in groups.items())
+        md = write_report(workdir / "report.md", "iRe-VLA", results,
+                          [("Mean success per task group", "\n".join(lines)), ("Task groups", groups_md)],
+                          {"eval episodes per task": cfg.eval_episodes, "held-out seeds from": HELDOUT_SEED})
+        return {"report": str(md), "table": lines}
+
+    stages.append(Stage("report", report))
+    return stages

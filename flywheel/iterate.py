@@ -1,0 +1,405 @@
+"""`flywheel-iterate`: one flywheel iteration as a resumable job.
+
+Stages (each recorded in ``<iteration dir>/job_state.json``; a killed job, re-run
+with the same command, skips finished stages and resumes the running one):
+
+1. ``bootstrap``  -- only while the registry has no generalist: record human-like
+   demos on ``pretrain_tasks`` and pretrain the first generalist on them;
+2. ``evaluate_current`` -- the current generalist on held-out seeds;
+3. ``collect`` -- roll the generalist out with a (simulated) operator who
+   intervenes; the episodes go to the store as ``source=policy``;
+4. ``specialists`` -- train an RL specialist on each task where it fails
+   (success below ``fail_below``), at most ``budget.max_specialists``;
+5. ``collect_specialists`` -- roll the specialists out with cameras on
+   (``source=rl``);
+6. ``distill`` -- RLDG: fine-tune the generalist on the specialists' successes
+   (plus a replay of earlier data);
+7. ``evaluate_candidate`` -- the candidate on the same held-out seeds;
+8. ``promote`` -- register the candidate with its lineage (parent, data, metrics)
+   and promote it only if its mean success beats the parent's by ``promote_margin``;
+9. ``report`` -- ``report.md`` + ``report.png`` with the before/after table.
+
+    flywheel-iterate workdir=outputs/flywheel budget=demo
+    flywheel-iterate workdir=outputs/flywheel budget=full tasks=[PandaRig/PegInsert-v0]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.distill.generalist import GeneralistConfig, SFTConfig
+from flywheel.distill.rldg import RLDGConfig
+from flywheel.distill.specialist import SpecialistConfig
+from flywheel.evaluate import HELDOUT_SEED, TaskResult, load_results, save_results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BudgetConfig:
+    """How much work each stage does (hydra group ``budget``: tiny | demo | full)."""
+
+    name: str = "demo"
+    pretrain_demos: int = 30  # human-like demos per pretraining task
+    pretrain_steps: int = 600  # SFT steps of the first generalist
+    eval_episodes: int = 20  # held-out episodes per task and evaluation
+    policy_rollouts: int = 4  # generalist rollouts (with interventions) per task in `collect`
+    max_specialists: int = 1
+    specialist_generations: int = 6  # specialist.algo=sil: rollout -> refit generations
+    specialist_env_steps: int = 3000  # specialist.algo=sac: online env steps
+    rollouts: int = 30  # specialist rollouts per task
+    distill_steps: int = 300  # SFT steps of the distillation
+
+
+BUDGETS = {
+    "tiny": BudgetConfig(name="tiny", pretrain_demos=2, pretrain_steps=4, eval_episodes=2, policy_rollouts=1,
+                         specialist_generations=1, specialist_env_steps=20, rollouts=2, distill_steps=4),
+    "demo": BudgetConfig(),
+    "full": BudgetConfig(name="full", pretrain_demos=100, pretrain_steps=3000, eval_episodes=100, policy_rollouts=20,
+                         max_specialists=3, specialist_generations=12, specialist_env_steps=20_000, rollouts=100,
+                         distill_steps=1500),
+}
+
+
+@dataclass
+class IterateConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"budget": "demo"}])
+    workdir: str = "outputs/flywheel"
+    registry: str = ""  # "" -> <workdir>/registry
+    tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0"])  # tasks this iteration targets
+    pretrain_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Red-v0", "PandaRig/PegInsert-v0"])
+    eval_tasks: list[str] = field(default_factory=list)  # [] -> tasks + pretrain_tasks
+    fail_below: float = 0.9  # train a specialist where the generalist's success is below this
+    promote_margin: float = 0.0  # the candidate's mean success must beat the parent's by more than this
+    human_noise: float = 1.0  # the scripted operator's noise (~1: human-like)
+    seed: int = 0
+    progress: bool = True
+    generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
+    specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rldg: RLDGConfig = field(default_factory=RLDGConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+
+def register() -> None:
+    """Register ``flywheel_iterate`` and the ``budget`` group in hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, b in BUDGETS.items():
+        cs.store(group="budget", name=name, node=b)
+    cs.store(name="flywheel_iterate", node=IterateConfig)
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in ("defaults", "progress")}
+    return json.loads(json.dumps(d, default=str))
+
+
+class Iteration:
+    """The stages of one iteration over a workdir (store, registry, iteration directories)."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.root = Path(cfg.workdir)
+        self.store_path = self.root / "store"
+        from flywheel.registry import ModelRegistry
+
+        self.registry = ModelRegistry(cfg.registry or self.root / "registry")
+        self.eval_tasks = list(dict.fromkeys(list(cfg.eval_tasks) or [*cfg.tasks, *cfg.pretrain_tasks]))
+        self._spec = None
+
+    # ------------------------------------------------------------ helpers
+    def iteration_dir(self) -> Path:
+        """The unfinished iteration's directory, or a new one."""
+        its = sorted((self.root / "iterations").glob("iter_*"))
+        for d in its:
+            state = d / "job_state.json"
+            if state.exists() and "report" not in json.loads(state.read_text())["stages"]:
+                return d
+            if not state.exists():
+                return d
+        return self.root / "iterations" / f"iter_{len(its) + 1:03d}"
+
+    def spec(self) -> Any:
+        if self._spec is None:
+            from flywheel.distill.collect import make_env
+            from flywheel.distill.generalist import env_kwargs
+
+            env = make_env(self.cfg.tasks[0], privileged_state=False, **env_kwargs(self.cfg.generalist))
+            self._spec = env.unwrapped.rig_spec
+            env.close()
+        return self._spec
+
+    def store(self, mode: str = "a") -> Any:
+        from flywheel.data import EpisodeStore
+
+        return EpisodeStore(self.store_path, mode, spec=self.spec(), image_codec="png")
+
+    def _eval(self, ckpt: str, out: Path) -> dict[str, Any]:
+        from flywheel.distill.generalist import evaluate
+
+        f = out / "results.json"
+        if not f.exists():
+            res = evaluate(ckpt, self.eval_tasks, int(self.cfg.budget.eval_episodes), self.cfg.generalist,
+                           seed=HELDOUT_SEED, progress=self.cfg.progress)
+            save_results(res, f)
+        res = load_results(f)
+        return {"results": str(f), "success": {t: r.rate for t, r in res.items()},
+                "mean_success": float(np.mean([r.rate for r in res.values()]))}
+
+    # ------------------------------------------------------------- stages
+    def bootstrap(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.distill import collect
+        from flywheel.distill.generalist import (
+            ensure_backbone,
+            env_kwargs,
+            finetune,
+            new_generalist,
+            store_stats,
+        )
+        from flywheel.registry import ModelRecord
+
+        cur = self.registry.current
+        if cur is not None:
+            return {"model": cur.id, "path": cur.path, "pretrained": False}
+        cfg, d = self.cfg, ctx.stage_dir("bootstrap")
+        with self.store() as store:
+            for t in cfg.pretrain_tasks:
+                env = collect.make_env(t, privileged_state=False, **env_kwargs(cfg.generalist))
+                try:
+                    collect.record_rollouts(store, env, collect.ExpertAgent(env, cfg.human_noise, cfg.seed),
+                                            range(int(cfg.budget.pretrain_demos)), source="human",
+                                            collection=f"human/{t}", progress=cfg.progress)
+                finally:
+                    env.close()
+            eps = collect.select(store, task=list(cfg.pretrain_tasks), source="human",
+                                 collection=[f"human/{t}" for t in cfg.pretrain_tasks])
+            if not eps:
+                raise RuntimeError(f"no successful human demos of {list(cfg.pretrain_tasks)}: raise budget.pretrain_demos")
+            backbone = ensure_backbone(cfg.generalist, self.root)
+            out = d / "sft"
+            parent: Any = out if (out / "checkpoints").exists() else None
+            if parent is None or not any((out / "checkpoints").glob("step_*")):
+                parent = new_generalist(cfg.generalist, store.spec, backbone, store_stats(store, eps))
+            else:
+                from flywheel.distill.generalist import final_checkpoint
+
+                parent = final_checkpoint(out)
+            sft = SFTConfig(**{**_plain(cfg.sft), "steps": int(cfg.budget.pretrain_steps)})
+            ckpt = finetune(parent, store, eps, out, sft)
+        model_id = "g0"
+        self.registry.register(ModelRecord(model_id, str(ckpt), None, data={
+            "human_episodes": len(eps), "tasks": list(cfg.pretrain_tasks), "sft_steps": sft.steps,
+            "collections": [f"human/{t}" for t in cfg.pretrain_tasks]}, notes="pretrained on human-like demos"))
+        self.registry.promote(model_id, "first generalist")
+        return {"model": model_id, "path": str(ckpt), "pretrained": True, "human_episodes": len(eps)}
+
+    def evaluate_current(self, ctx: Any) -> dict[str, Any]:
+        cur = self.registry.current
+        assert cur is not None
+        return {"model": cur.id, "path": cur.path, **self._eval(cur.path, ctx.stage_dir("evaluate_current"))}
+
+    def collect_policy(self, ctx: Any) -> dict[str, Any]:
+        import policy
+        import sim
+        from flywheel.distill import collect
+        from flywheel.distill.generalist import env_kwargs
+        from flywheel.evaluate import ChunkedPolicy
+
+        cfg, cur = self.cfg, ctx.output("evaluate_current")
+        n = int(cfg.budget.policy_rollouts)
+        out: dict[str, Any] = {}
+        if n <= 0:
+            return out
+        pol = policy.load(cur["path"], device="cpu")
+        with self.store() as store:
+            for t in cfg.tasks:
+                env = collect.make_env(t, privileged_state=False, **env_kwargs(cfg.generalist))
+                try:
+                    interv = sim.SimulatedIntervener(env, sim.expert(env, noise=0.3, seed=cfg.seed))
+                    st = collect.record_rollouts(
+                        store, env, ChunkedPolicy(pol, env.unwrapped.instruction, cfg.generalist.execute),
+                        range(10_000, 10_000 + n), source="policy", collection=f"{ctx.workdir.name}/policy/{t}",
+                        policy_version=cur["model"], intervener=interv, progress=cfg.progress)
+                finally:
+                    env.close()
+                out[t] = st.to_dict()
+        return out
+
+    def specialists(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.distill.specialist import train
+
+        cfg = self.cfg
+        before = ctx.output("evaluate_current")["success"]
+        failing = sorted([t for t in cfg.tasks if before.get(t, 0.0) < cfg.fail_below], key=lambda t: before.get(t, 0.0))
+        chosen = failing[: int(cfg.budget.max_specialists)]
+        out = {}
+        for t in chosen:
+            scfg = SpecialistConfig(**{**_plain(cfg.specialist), "env_steps": int(cfg.budget.specialist_env_steps),
+                                       "generations": int(cfg.budget.specialist_generations)})
+            out[t] = train(t, scfg, ctx.stage_dir("specialists") / t.replace("/", "_"), progress=cfg.progress)
+        return {"tasks": chosen, "specialists": out}
+
+    def collect_specialists(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.distill import collect
+        from flywheel.distill.generalist import env_kwargs
+        from flywheel.distill.specialist import load_agent
+
+        cfg = self.cfg
+        spec = ctx.output("specialists")["specialists"]
+        out = {}
+        with self.store() as store:
+            for t, info in spec.items():
+                agent = load_agent(t, info)
+                env = collect.make_env(t, privileged_state=True, **env_kwargs(cfg.generalist))
+                if hasattr(agent, "bind"):
+                    agent.bind(env)
+                try:
+                    st = collect.record_rollouts(store, env, agent, range(20_000, 20_000 + int(cfg.budget.rollouts)),
+                                                 source="rl", collection=f"{ctx.workdir.name}/specialist/{t}",
+                                                 policy_version=f"specialist/{t}", progress=cfg.progress)
+                finally:
+                    env.close()
+                out[t] = st.to_dict()
+        return out
+
+    def distill(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.distill import collect, rldg
+
+        cfg, cur = self.cfg, ctx.output("evaluate_current")
+        tasks = [t for t, s in ctx.output("collect_specialists").items() if s["successes"] > 0]
+        if not tasks:
+            return {"skipped": "no specialist succeeded: nothing to distil"}
+        with self.store("r") as store:
+            parent = self.registry.get(cur["model"])
+            replay = collect.select(store, source="human", collection=parent.data.get("collections"))
+            sft = SFTConfig(**{**_plain(cfg.sft), "steps": int(cfg.budget.distill_steps)})
+            rcfg = RLDGConfig(**{**_plain(cfg.rldg), "episodes_per_task": int(cfg.budget.rollouts)})
+            ckpt, data = rldg.distill(cur["path"], store, tasks, ctx.stage_dir("distill") / "sft", sft, rcfg,
+                                      source="rl", replay_episodes=replay,
+                                      collection=[f"{ctx.workdir.name}/specialist/{t}" for t in tasks])
+        data["collections"] = list(parent.data.get("collections", [])) + [
+            f"{ctx.workdir.name}/specialist/{t}" for t in tasks]
+        return {"checkpoint": str(ckpt), "data": data}
+
+    def evaluate_candidate(self, ctx: Any) -> dict[str, Any]:
+        d = ctx.output("distill")
+        if "checkpoint" not in d:
+            return {"skipped": d.get("skipped", "no candidate")}
+        return {"path": d["checkpoint"], **self._eval(d["checkpoint"], ctx.stage_dir("evaluate_candidate"))}
+
+    def promote(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.registry import ModelRecord
+
+        cfg, before, after = self.cfg, ctx.output("evaluate_current"), ctx.output("evaluate_candidate")
+        if "path" not in after:
+            return {"promoted": False, "reason": after.get("skipped", "no candidate")}
+        cand_id = f"{ctx.workdir.name}-rldg"
+        better = after["mean_success"] > before["mean_success"] + cfg.promote_margin
+        reason = (f"mean held-out success {after['mean_success']:.3f} vs parent {before['mean_success']:.3f} "
+                  f"(margin {cfg.promote_margin})")
+        if cand_id not in self.registry:
+            self.registry.register(ModelRecord(
+                cand_id, after["path"], parent=before["model"], data=ctx.output("distill")["data"],
+                metrics={"success": after["success"], "mean_success": after["mean_success"],
+                         "parent_success": before["success"], "eval_episodes": int(cfg.budget.eval_episodes),
+                         "eval_seed": HELDOUT_SEED}, notes="RLDG distillation"))
+        cur = self.registry.current
+        if better and (cur is None or cur.id != cand_id):
+            self.registry.promote(cand_id, reason)
+        return {"candidate": cand_id, "promoted": bool(better), "reason": reason}
+
+    def report(self, ctx: Any) -> dict[str, Any]:
+        from flywheel.report import write_report
+
+        before, after, prom = ctx.output("evaluate_current"), ctx.output("evaluate_candidate"), ctx.output("promote")
+        results: dict[str, dict[str, TaskResult]] = {f"before ({before['model']})": load_results(before["results"])}
+        if "results" in after:
+            results[f"after ({prom['candidate']})"] = load_results(after["results"])
+        spec = ctx.output("specialists")
+        coll = ctx.output("collect_specialists")
+        lines = ["| task | algorithm | specialist eval success (state-only) | training env steps | rollouts recorded "
+                 "| successes |", "| --- | --- | --- | --- | --- | --- |"]
+        for t, s in spec["specialists"].items():
+            c = coll.get(t, {})
+            lines.append(f"| {t} | {s['config']['algo']} | {_rate(s)} | "
+                         f"{s['env_steps']} | {c.get('episodes', 0)} | {c.get('successes', 0)} |")
+        if not spec["specialists"]:
+            lines.append("| (none: the generalist did not fail any target task) | | | | | |")
+        stages = json.loads((ctx.workdir / "job_state.json").read_text())["stages"]
+        timing = "\n".join(f"- {k}: {v['seconds']:.0f} s" for k, v in stages.items())
+        lineage = " <- ".join(r.id for r in self.registry.lineage(self.registry.current.id))
+        facts = {"iteration": ctx.workdir.name, "parent": before["model"], "candidate": prom.get("candidate", "-"),
+                 "promoted": prom["promoted"], "decision": prom["reason"], "current model": self.registry.current.id,
+                 "lineage": lineage, "budget": self.cfg.budget.name,
+                 "eval": f"{self.cfg.budget.eval_episodes} held-out episodes per task (seeds from {HELDOUT_SEED})"}
+        sections = [("Specialists", "\n".join(lines)),
+                    ("Distillation data", "```json\n" + json.dumps(ctx.output("distill"), indent=1)[:3000] + "\n```"),
+                    ("Stage times", timing or "-")]
+        md = write_report(ctx.workdir / "report.md", f"Flywheel iteration {ctx.workdir.name}", results, sections, facts)
+        return {"report": str(md)}
+
+    def stages(self) -> list[Any]:
+        from flywheel.job import Stage
+
+        return [Stage("bootstrap", self.bootstrap), Stage("evaluate_current", self.evaluate_current),
+                Stage("collect", self.collect_policy), Stage("specialists", self.specialists),
+                Stage("collect_specialists", self.collect_specialists), Stage("distill", self.distill),
+                Stage("evaluate_candidate", self.evaluate_candidate), Stage("promote", self.promote),
+                Stage("report", self.report)]
+
+
+def _rate(s: dict[str, Any]) -> str:
+    if not s.get("eval_episodes"):
+        return "- (not evaluated)"
+    return f"{s['eval_success_rate']:.2f} (n={s['eval_episodes']})"
+
+
+def run_iteration(cfg: Any, stop_after: str | None = None) -> dict[str, Any]:
+    """Run (or resume) one iteration; returns the job state."""
+    from flywheel.job import ResumableJob
+
+    it = Iteration(cfg)
+    d = it.iteration_dir()
+    _file_log(d)
+    log.info("flywheel iteration in %s", d)
+    return ResumableJob(d, it.stages(), config=_plain(cfg)).run(stop_after=stop_after) | {"workdir": str(d)}
+
+
+def _file_log(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (d / "job.log").resolve()
+               for h in root.handlers):
+        h = logging.FileHandler(d / "job.log")
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def _app(cfg: Any) -> None:
+    state = run_iteration(cfg)
+    rep = state["stages"].get("report", {}).get("output", {}).get("report")
+    print(f"iteration finished: {state['workdir']}; report: {rep}")
+
+
+def main() -> None:
+    import hydra
+
+    register()
+    hydra.main(version_base=None, config_name="flywheel_iterate")(_app)()
+
+
+if __name__ == "__main__":
+    main()

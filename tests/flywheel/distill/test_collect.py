@@ -1,0 +1,76 @@
+"""Collection: every rollout in the store tagged by source, resumable by seed, successes selectable."""
+
+import numpy as np
+import pytest
+
+from flywheel.data import EpisodeStore
+from flywheel.distill import collect
+
+
+class _Agent:
+    """Acts from the privileged state only (like a state-based specialist)."""
+
+    def __init__(self):
+        self.seen_privileged = False
+
+    def reset(self):
+        pass
+
+    def act(self, obs):
+        self.seen_privileged |= "state/privileged" in obs
+        return np.zeros(7, np.float32)
+
+
+@pytest.fixture
+def env():
+    e = collect.make_env("PandaRig/PegInsert-v0", cameras=("wrist",), image_size=16, privileged_state=True,
+                         max_episode_steps=3)
+    yield e
+    e.close()
+
+
+def test_rollouts_keep_images_not_privileged_state_and_resume(tmp_path, env):
+    store = EpisodeStore(tmp_path / "s", "a", spec=env.unwrapped.rig_spec)
+    agent = _Agent()
+    st = collect.record_rollouts(store, env, agent, [0, 1], source="rl", collection="c1", progress=False)
+    assert st.episodes == 2 and st.skipped == 0 and agent.seen_privileged
+    assert "state/privileged" not in store.keys and "images/wrist" in store.keys
+    rec = store.record(0)
+    assert rec.source == "rl" and rec.task == "PandaRig/PegInsert-v0" and rec.extra == {"collection": "c1", "seed": 0}
+    assert rec.length == 3 and rec.success is False
+    assert store.read("images/wrist", rec.start, rec.end).shape == (3, 16, 16, 3)
+    # re-running the same collection skips the recorded seeds
+    st2 = collect.record_rollouts(store, env, agent, [0, 1, 2], source="rl", collection="c1", progress=False)
+    assert st2.skipped == 2 and st2.episodes == 1 and store.num_episodes == 3
+    assert collect.recorded_seeds(store, "c1") == {0, 1, 2}
+    store.close()
+
+
+def test_select_filters_source_success_and_collection(tmp_path, env):
+    store = EpisodeStore(tmp_path / "s", "a", spec=env.unwrapped.rig_spec)
+    collect.record_rollouts(store, env, collect.ExpertAgent(env, noise=0.0), [0], source="human", collection="h",
+                            progress=False)
+    collect.record_rollouts(store, env, _Agent(), [0], source="rl", collection="r", progress=False)
+    assert collect.select(store, source="rl") == []  # the zero-action agent did not succeed in 3 steps
+    assert collect.select(store, source="rl", success=None) == [1]
+    assert collect.select(store, collection="h", success=None) == [0]
+    assert collect.select(store, task="PandaRig/LiftCube-Red-v0", success=None) == []
+    store.close()
+
+
+def test_intervened_steps_are_flagged(tmp_path, env):
+    class AlwaysIntervene:
+        def reset(self):
+            pass
+
+        def step(self, obs, action):
+            return np.full(7, 0.5, np.float32), True
+
+    store = EpisodeStore(tmp_path / "s", "a", spec=env.unwrapped.rig_spec)
+    st = collect.record_rollouts(store, env, _Agent(), [5], source="policy", collection="p",
+                                 intervener=AlwaysIntervene(), progress=False)
+    r = store.record(0)
+    assert st.intervened_steps == 3
+    assert store.read("intervention", r.start, r.end).all()
+    np.testing.assert_allclose(store.read("action", r.start, r.end), 0.5)
+    store.close()
