@@ -26,11 +26,15 @@ import numpy as np
 class ChunkScheduler:
     """The plan of future actions, one per control tick."""
 
-    def __init__(self, action_dim: int = 7, *, blend_steps: int = 3, max_delay: int | None = None) -> None:
+    def __init__(self, action_dim: int = 7, *, blend_steps: int = 3, max_delay: int | None = None,
+                 switch_dims: tuple[int, ...] = (6,)) -> None:
         if blend_steps < 0:
             raise ValueError(f"blend_steps must be >= 0, got {blend_steps}")
         self.action_dim = action_dim
         self.blend_steps = blend_steps
+        # dimensions taken from the new chunk at once, never blended: the gripper (a half-closed
+        # gripper is a failed grasp, not a compromise)
+        self.switch_dims = tuple(d for d in switch_dims if d < action_dim)
         self.max_delay = max_delay  # chunks older than this many ticks are refused
         self._start = 0  # tick of self._plan[0]
         self._plan = np.zeros((0, action_dim), np.float32)
@@ -82,6 +86,7 @@ class ChunkScheduler:
         if n:
             w = (np.arange(1, n + 1, dtype=np.float32) / (n + 1))[:, None]
             merged[:n] = (1.0 - w) * old[:n] + w * new[:n]
+            merged[:n, self.switch_dims] = new[:n, self.switch_dims]
         self._start, self._plan = now, merged
         self.chunks_added += 1
         return True

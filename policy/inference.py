@@ -46,9 +46,17 @@ class Policy:
         self.compiled = compile
         self.last_latency = float("nan")
         if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            model.backbone.forward = torch.compile(model.backbone.forward, mode=mode, dynamic=False)
-            model.head.forward = torch.compile(model.head.forward, mode=mode, dynamic=False)
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile the backbone encoder and the head's hot functions (in place)."""
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        enc = self.model.encoder
+        enc.forward = torch.compile(enc.forward, mode=mode, dynamic=False)
+        head = self.model.head
+        for name in ("forward", "velocity"):
+            if hasattr(head, name):
+                setattr(head, name, torch.compile(getattr(head, name), mode=mode, dynamic=False))
 
     @property
     def horizon(self) -> int:

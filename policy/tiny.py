@@ -131,14 +131,19 @@ def build_backbone_config(family: str) -> tuple[Any, Any]:
     raise ValueError(f"unknown backbone family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def make_tiny_backbone(family: str, out: str | Path, *, seed: int = 0) -> Path:
-    """Write a random backbone of ``family`` (model + processor) to ``out`` and return the path."""
+def random_backbone(family: str, *, seed: int = 0) -> tuple[Any, Any]:
+    """(random-weight ``AutoModelForImageTextToText``, its processor) of ``family``, in memory."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     cfg, proc = build_backbone_config(family)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(cfg)
+    return AutoModelForImageTextToText.from_config(cfg, dtype=torch.float32), proc
+
+
+def make_tiny_backbone(family: str, out: str | Path, *, seed: int = 0) -> Path:
+    """Write a random backbone of ``family`` (model + processor) to ``out`` and return the path."""
+    model, proc = random_backbone(family, seed=seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

@@ -26,7 +26,7 @@ def test_blending_bounds_the_jump_at_chunk_boundaries():
     h, delay, blend, offset, slope = 8, 2, 3, 0.4, 0.01
     jumps = {}
     for b in (0, blend):
-        s = ChunkScheduler(blend_steps=b)
+        s = ChunkScheduler(blend_steps=b, switch_dims=())
         s.add(ramp(0, h), obs_tick=0, now=0)
         now, k = 0, 0
         pending = None
@@ -65,3 +65,17 @@ def test_stale_chunks_are_refused_and_change_nothing():
         s.add(np.zeros((8, 6), np.float32), obs_tick=0, now=0)
     with pytest.raises(ValueError, match="before it was observed"):
         s.add(ramp(0, 8), obs_tick=5, now=4)
+
+
+def test_gripper_switches_to_the_new_chunk_without_blending():
+    s = ChunkScheduler(blend_steps=3)
+    old = np.zeros((8, 7), np.float32)
+    old[:, 6] = 1.0  # open
+    s.add(old, obs_tick=0, now=0)
+    s.next_action(0)
+    new = np.ones((8, 7), np.float32)
+    new[:, 6] = -1.0  # close
+    s.add(new, obs_tick=0, now=1)
+    a = s.next_action(1)
+    assert a[6] == -1.0  # a half-closed gripper would be a failed grasp
+    assert 0.0 < a[0] < 1.0  # the arm is blended
