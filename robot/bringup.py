@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,9 +152,11 @@ def graph(cfg: Any) -> list[NodeDescription]:
                 "policy_version": str(cfg.get("policy_checkpoint", "")),
                 "rig_id": str(rig.name),
                 "calibration_id": str(rig.calibration_id),
-                "camera_ids": [f"{c['name']}={c['serial']}" for c in cams if c["serial"]],
+                "camera_ids": [f"{c['name']}={c['serial'] or rig.cameras.backend}" for c in cams],
             },
         ))
+    for d in nodes:  # an empty list has no ROS parameter type: leave it to the node's default
+        d.parameters = {k: v for k, v in d.parameters.items() if not (isinstance(v, list) and not v)}
     return nodes
 
 
@@ -167,6 +170,22 @@ def launch_node_kwargs(overrides: list[str] | None = None) -> list[dict[str, Any
 
 
 # ------------------------------------------------------------------ in-process
+def _log_transition_errors(node: Any) -> None:
+    """rclpy turns an exception in a lifecycle callback into a bare ERROR: log its traceback first."""
+    callbacks = getattr(node, "_callbacks", None)
+    if not isinstance(callbacks, dict):
+        return
+    for state_id, cb in list(callbacks.items()):
+        def logged(previous_state: Any, cb: Any = cb) -> Any:
+            try:
+                return cb(previous_state)
+            except Exception:
+                node.get_logger().error(f"{getattr(cb, '__name__', 'transition')} raised:\n{traceback.format_exc()}")
+                raise
+
+        callbacks[state_id] = logged
+
+
 def _import(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -200,9 +219,11 @@ class Graph:
                            **{k: v for k, v in shared.items() if v is not None})
                 self.nodes[d.name] = node
                 self.executor.add_node(node)
+                _log_transition_errors(node)
                 if hasattr(node, "trigger_configure"):
                     for step in (node.trigger_configure, node.trigger_activate):
-                        if step() != TransitionCallbackReturn.SUCCESS:
+                        ret = step()
+                        if ret != TransitionCallbackReturn.SUCCESS:
                             raise RuntimeError(f"node {d.name!r} ({d.executable}): {step.__name__} failed; "
                                                "its error is logged above")
         except BaseException:

@@ -14,9 +14,11 @@ and the node to check.
 Episodes: :meth:`reset` calls the franka node's ``home`` service, then the
 task's reset callback, and publishes ``episode/event`` ``start``. An episode
 ends on ``episode/event`` success / failure (from the operator's teleop
-device) or when the optional ``reward_fn`` (a learned reward classifier,
-``obs -> probability``) crosses ``success_threshold``; ``info["is_success"]``
-says which. ``info["intervening"]`` and ``info["intervene_action"]`` (the
+device), when the optional ``reward_fn`` (a learned reward classifier,
+``obs -> probability``) crosses ``success_threshold`` (the env then publishes
+``success``), or after ``max_episode_steps`` (truncated; the env publishes
+``failure``); ``info["is_success"]`` says which. A recorder node on the graph
+therefore labels every episode the env runs. ``info["intervening"]`` and ``info["intervene_action"]`` (the
 operator's applied command as a spec action) feed HIL-SERL.
 
 The env owns its own rclpy context and a single-threaded executor in a
@@ -369,8 +371,10 @@ class RosRigEnv(gym.Env):
         elif success:
             reward = 1.0
         terminated = success or "failure" in events
-        truncated = not terminated and (self._steps >= self.cfg.max_episode_steps
-                                        or "reset" in events or "abort" in events)
+        timeout = not terminated and self._steps >= self.cfg.max_episode_steps
+        truncated = timeout or (not terminated and ("reset" in events or "abort" in events))
+        if timeout:
+            self._publish_event("failure")  # out of time: a failed attempt (the recorder labels it so)
         info = {"is_success": success, "events": events, "late": max(0.0, late), **oinfo,
                 **self._intervention(obs)}
         self._obs = obs

@@ -175,7 +175,12 @@ class SimCameraSource:
                     arr = self._arrivals[c.name]
                     arr.append(time.monotonic())
                     del arr[:-128]
-                self.on_frame(c.name, Frame(rgb, stamp, "system", n, depth), stamp)
+                try:
+                    self.on_frame(c.name, Frame(rgb, stamp, "system", n, depth), stamp)
+                except Exception as e:  # e.g. the ROS context went away during shutdown
+                    if self._stop.is_set():
+                        return
+                    log.warning("sim cameras: publishing %s failed: %s", c.name, e)
                 # the next slot after now: slots missed while rendering are dropped frames
                 slot[c.name] = max(n + 1, int((time.monotonic() - t0) * c.fps))
         for r in self._renderers.values():  # GL resources belong to this thread

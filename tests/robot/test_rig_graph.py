@@ -106,12 +106,14 @@ def test_rig_up_in_a_terminal_publishes_the_graph_and_moves_the_arm(tmp_path: Pa
         os.close(slave)
 
 
-def test_env_adapter_round_trip_against_the_sim_graph():
+def test_env_adapter_round_trip_against_the_sim_graph(tmp_path: Path):
     import rclpy
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    graph = Graph(compose_rig(["rig.teleop.device=none", *SMALL_CAMERAS]), context=ctx).start()
+    store = tmp_path / "episodes.zarr"
+    graph = Graph(compose_rig(["rig.teleop.device=none", *SMALL_CAMERAS, f"record_path={store}", "task=reach"]),
+                  context=ctx).start()
     # in one process the camera node renders the franka node's SimRig (no second physics copy)
     assert graph.nodes["cameras"].sim.rig is graph.nodes["franka"].sim_rig is not None
     spinner = threading.Thread(target=graph.spin, daemon=True)
@@ -134,6 +136,20 @@ def test_env_adapter_round_trip_against_the_sim_graph():
             spec.check_observation(obs)
             obs, _ = env.reset()
             assert np.linalg.norm(obs["state/ee_pos"] - x0) < 0.02  # home brought it back
+            # a reward classifier says success on the 3rd tick: the env announces it
+            ticks = iter(range(100))
+            env.reward_fn = lambda o: 1.0 if next(ticks) >= 2 else 0.0
+            for _ in range(3):
+                obs, r, term, trunc, info = env.step(np.zeros(7, np.float32))
+            assert term and info["is_success"]
+        # the recorder on the graph labelled both episodes from the env's events
+        from flywheel.data import EpisodeStore
+
+        def records():
+            return EpisodeStore(store, "r").records
+
+        assert wait_for(lambda: len(records()) == 2, timeout=10), records()
+        assert [(rec.success, rec.task) for rec in records()] == [(False, "reach"), (True, "reach")]
     finally:
         ctx.try_shutdown()
         spinner.join(timeout=5)
