@@ -3,7 +3,10 @@
 Works on any gymnasium env whose observations are spec observation dicts and
 whose actions are 7-d spec actions. Each step the agent proposes an action; an
 optional intervener (the operator, or ``sim.SimulatedIntervener``) may override
-it; the executed action is what is stored, labelled ``intervened``. Rewards come
+it; the executed action is what is stored, labelled ``intervened``. On the rig the
+franka node arbitrates (a human always wins) and the ROS env adapter reports it
+in ``info["intervening"]`` / ``info["intervene_action"]``, which the actor stores
+the same way. Rewards come
 from the env's success test (``reward_source="success"``, sparse, terminal on
 success), the env's own reward (``"env"``), or a reward function such as the
 learned classifier (``"classifier"``, pass ``reward_fn``).
@@ -62,6 +65,7 @@ class Actor:
         action_spec: ActionSpec | None = None,
         seed: int = 0,
         name: str = "actor0",
+        recorder: RolloutRecorder | None = None,
     ):
         if reward_source not in ("success", "env", "classifier"):
             raise ValueError(f"reward_source={reward_source!r}: use success, env or classifier")
@@ -76,6 +80,7 @@ class Actor:
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         self.name = name
+        self.recorder = recorder
         self.env_steps = 0
         self.episodes = 0
         self._obs: dict[str, np.ndarray] | None = None
@@ -88,6 +93,8 @@ class Actor:
         self._obs = obs
         self._grip = self.action_spec.width_to_gripper(float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0]))
         self._len, self._ret, self._n_int = 0, 0.0, 0
+        if self.recorder is not None:
+            self.recorder.begin(self)
         return obs
 
     def step(self, random_action: bool = False) -> tuple[dict[str, np.ndarray], EpisodeStats | None]:
@@ -110,6 +117,11 @@ class Actor:
                 action = np.clip(np.asarray(exec_action, np.float32), -1.0, 1.0)
                 grip = gripper_label(action[6], self._grip)
         next_obs, env_reward, terminated, truncated, info = self.env.step(action)
+        if not intervened and info.get("intervening") and info.get("intervene_action") is not None:
+            # the rig's arbitration applied the operator's command (ROS env adapter): store that
+            intervened = True
+            action = np.clip(np.asarray(info["intervene_action"], np.float32), -1.0, 1.0)
+            grip = gripper_label(action[6], self._grip)
         reward, terminated = self._reward(next_obs, info, float(env_reward), bool(terminated))
         self._grip = float(action[6])
         keys = self.agent.obs_keys
@@ -119,6 +131,8 @@ class Actor:
             action=np.asarray(action, np.float32), grip=np.int64(grip), reward=np.float32(reward),
             terminated=np.bool_(terminated), intervened=np.bool_(intervened),
         )
+        if self.recorder is not None:
+            self.recorder.add(obs, action, reward, intervened)
         self.env_steps += 1
         self._len += 1
         self._ret += reward
@@ -133,6 +147,8 @@ class Actor:
             )
             self.episodes += 1
             self._obs = None
+            if self.recorder is not None:
+                self.recorder.end(success)
         return tr, stats
 
     def _reward(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any], r: float, term: bool) -> tuple[float, bool]:
@@ -166,6 +182,32 @@ class Actor:
             rets.append(ret)
             lens.append(n)
         return {"success_rate": float(np.mean(succ)), "return": float(np.mean(rets)), "length": float(np.mean(lens))}
+
+
+class RolloutRecorder:
+    """Writes the actor's episodes to an episode store, tagged ``source="rl"`` (interventions included).
+
+    Only the keys of the store's rig spec are written (e.g. ``state/privileged`` is not).
+    """
+
+    def __init__(self, store: Any, task: str = "", instruction: str = "", policy_version: str = ""):
+        self.store = store
+        self.meta = {"task": task, "instruction": instruction, "policy_version": policy_version, "source": "rl"}
+        self._keys = list(store.spec.observation_specs())
+        self._writer: Any = None
+
+    def begin(self, actor: Actor) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        self._writer = self.store.begin_episode(**self.meta, extra={"actor": actor.name})
+
+    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float, intervened: bool) -> None:
+        self._writer.add({k: obs[k] for k in self._keys}, np.asarray(action, np.float32), reward=float(reward),
+                         intervention=bool(intervened))
+
+    def end(self, success: bool) -> None:
+        self._writer.commit(success=bool(success))
+        self._writer = None
 
 
 def collect_demos(

@@ -77,6 +77,7 @@ class RLAppConfig:
     actor_name: str = "actor0"
     send_every: int = 50  # actor: transitions per message
     progress: bool = True
+    record_to: str = ""  # an EpisodeStore path: write the actor's episodes there (source=rl)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: SACConfig = field(default_factory=SACConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -194,6 +195,19 @@ def _reward_fn(cfg: Any) -> Any:
     return RewardClassifier.load(cfg.classifier).reward
 
 
+def make_recorder(cfg: Any, env: Any) -> Any:
+    if not cfg.record_to:
+        return None
+    from flywheel.data import EpisodeStore
+    from flywheel.rl.actor import RolloutRecorder
+
+    u = env.unwrapped
+    spec = getattr(u, "rig_spec", None)
+    store = EpisodeStore(cfg.record_to, mode="a", spec=spec)
+    return RolloutRecorder(store, task=str(getattr(u, "task_id", cfg.env.task)),
+                           instruction=str(getattr(u, "instruction", "")), policy_version=f"rl:{cfg.out_dir}")
+
+
 def _learner_config(cfg: Any) -> LearnerConfig:
     from omegaconf import OmegaConf
 
@@ -230,7 +244,8 @@ def run(cfg: Any) -> dict[str, Any]:
         from flywheel.rl.transport import ActorEndpoint
 
         actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
-                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name)
+                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name,
+                      recorder=make_recorder(cfg, env))
         t0 = time.time()
         with ActorEndpoint(_transport_config(cfg), cfg.actor_name) as ep:
             run_actor(actor, ep, int(cfg.total_steps), send_every=int(cfg.send_every), progress=cfg.progress,
@@ -266,7 +281,8 @@ def run(cfg: Any) -> dict[str, Any]:
             agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))
     elif cfg.role == "local":
         actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
-                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name)
+                      reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name,
+                      recorder=make_recorder(cfg, env))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)
     else:  # learner

@@ -59,9 +59,15 @@ def test_recorded_episodes_become_demo_transitions():
 
 @pytest.mark.slow
 def test_local_role_on_the_sim_insertion_task(tmp_path):
-    res = run(_cfg(tmp_path, "rl_task=peg_insert", "total_steps=40", "demos.num=1", "demos.noise=0.0",
+    res = run(_cfg(tmp_path, "rl_task=peg_insert", "total_steps=60", "demos.num=1", "demos.noise=0.0",
                    "learner.eval_every=0", "final_eval_episodes=1", "agent.hidden_dims=[32]",
-                   "agent.batch_size=32"))
-    assert res["demo_episodes"] == 1 and res["env_steps"] == 40
+                   "agent.batch_size=32", f"record_to={tmp_path / 'store'}"))
+    assert res["demo_episodes"] == 1 and res["env_steps"] == 60
     assert res["demo_buffer"] >= res["demo_transitions"]  # demos plus intervened steps
     assert 0.0 <= res["intervention_rate"] <= 1.0
+    from flywheel.data import EpisodeStore
+
+    store = EpisodeStore(tmp_path / "store", mode="r")
+    assert res["episodes"] >= 1 and store.num_episodes == res["episodes"]
+    rec = store.record(0)
+    assert rec.source == "rl" and rec.task == "PandaRig/PegInsert-v0"
