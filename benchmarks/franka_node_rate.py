@@ -89,7 +89,8 @@ def camera_load(ns: str, role: str, seconds: float) -> None:
 
 
 # ------------------------------------------------------------------- one run
-def run_one(backend: str, rate: float, duration: float, cameras: bool, warmup: float = 4.0) -> dict:
+def run_one(backend: str, rate: float, duration: float, cameras: bool, rt_priority: int = 0,
+            warmup: float = 4.0) -> dict:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
@@ -103,7 +104,7 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, warmup: f
     py = sys.executable
     env = dict(os.environ)
     try:
-        params = ["-p", f"backend:={backend}", "-p", f"state_rate_hz:={float(rate)}"]
+        params = ["-p", f"backend:={backend}", "-p", f"state_rate_hz:={float(rate)}", "-p", f"rt_priority:={rt_priority}"]
         if backend == "franky":
             from robot.backends.franka_sim_process import FrankaSimProcess, free_loopback_host
 
@@ -192,6 +193,7 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, warmup: f
             "latency_p99_ms": float(diag.get("cmd_latency_p99_ms", "nan")),
             "node_status": diag.get("_message", "no diagnostics"),
             "cameras": cameras,
+            "rt_priority": rt_priority,
             "loadavg": os.getloadavg()[0],
         }
         return out
@@ -210,12 +212,12 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, warmup: f
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| backend | requested Hz | achieved Hz | node period p50 / p99 / max ms | arrival period p50 / p99 ms "
+    head = ("| backend | rt_priority | requested Hz | achieved Hz | node period p50 / p99 / max ms | arrival period p50 / p99 ms "
             "| cmd->backend latency p50 / p99 ms | load avg |")
-    lines = [head, "|" + " --- |" * 7]
+    lines = [head, "|" + " --- |" * 8]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['requested_hz']:.0f} | {r['achieved_hz']:.1f} "
+            f"| {r['backend']} | {r['rt_priority']} | {r['requested_hz']:.0f} | {r['achieved_hz']:.1f} "
             f"| {r['node_p50_ms']:.2f} / {r['node_p99_ms']:.2f} / {r['node_max_ms']:.1f} "
             f"| {r['arrival_p50_ms']:.2f} / {r['arrival_p99_ms']:.2f} "
             f"| {r['latency_p50_ms']:.2f} / {r['latency_p99_ms']:.2f} | {r['loadavg']:.1f} |"
@@ -229,6 +231,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, nargs="+", default=[500.0], help="requested state rates (Hz)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
     ap.add_argument("--no-cameras", action="store_true", help="without the two-camera image load")
+    ap.add_argument("--rt-priority", type=int, nargs="+", default=[0],
+                    help="node parameter rt_priority (0: normal scheduling; N: SCHED_FIFO control thread)")
     ap.add_argument("--quick", action="store_true", help="3 s, sim backend only")
     ap.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     ap.add_argument("--role", default="bench", help=argparse.SUPPRESS)
@@ -243,10 +247,11 @@ def main() -> None:
     duration = 3.0 if args.quick else args.duration
     rows = []
     for backend in backends:
-        for rate in args.rate:
-            r = run_one(backend, rate, duration, cameras=not args.no_cameras)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+        for rt in args.rt_priority:
+            for rate in args.rate:
+                r = run_one(backend, rate, duration, cameras=not args.no_cameras, rt_priority=rt)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
     print()
     print(table(rows))
     if args.json:

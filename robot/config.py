@@ -59,6 +59,7 @@ class RobotConfig:
     auto_recover: bool = True  # recover from robot errors (reflexes) automatically, at most once per reconnect_period
     twist_mode: str = "velocity"  # target_twist meaning: velocity (m/s, rad/s) | delta (displacement per message)
     gripper: bool = True  # drive the Franka Hand (false: arm only)
+    rt_priority: int = 0  # > 0: run the node's control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 

@@ -15,6 +15,7 @@ move, instead of teleporting.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -41,12 +42,14 @@ class SimBackend(Backend):
         objects: tuple = (),
         rig_kwargs: dict[str, Any] | None = None,
         home_speed: float = 0.25,
+        rt_priority: int = 0,
     ):
         self._gains = (float(translational_stiffness), float(rotational_stiffness), float(damping_ratio))
         self._home_joints = None if home_joints is None else np.asarray(home_joints, dtype=np.float64)
         self._objects = tuple(objects)
         self._rig_kwargs = dict(rig_kwargs or {})
         self.home_speed = home_speed
+        self.rt_priority = rt_priority  # > 0: the physics thread runs SCHED_FIFO (best effort)
         self.rig: Any = None
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -123,6 +126,11 @@ class SimBackend(Backend):
                                      abs(speed) > 1e-3, "", cmd)
 
     def _run(self) -> None:
+        if self.rt_priority > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.rt_priority))
+            except (OSError, AttributeError):
+                pass  # normal scheduling; the node logs the same failure for its control thread
         rig = self.rig
         dt = rig.timestep
         next_t = time.monotonic()

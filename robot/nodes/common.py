@@ -270,11 +270,12 @@ class Diagnostics:
     """Publishes one node's health on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
 
     ``set(level, message, **values)`` records the current status (thread-safe; cheap,
-    callable from a control loop); a timer publishes it every ``period`` seconds, and
-    :meth:`publish_now` sends it at once (use on errors so they are seen immediately).
+    callable from a control loop); a timer publishes it every ``period`` seconds (none
+    with ``period=None``), and :meth:`publish_now` sends it at once (use on errors so
+    they are seen immediately).
     """
 
-    def __init__(self, node: Node, name: str, hardware_id: str = "", period: float = 1.0):
+    def __init__(self, node: Node, name: str, hardware_id: str = "", period: float | None = 1.0):
         self._node = node
         self._name = name
         self._hardware_id = hardware_id
@@ -283,7 +284,8 @@ class Diagnostics:
         self._message = "starting"
         self._values: dict[str, str] = {}
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = node.create_timer(period, self.publish_now)
+        # period None: no timer; the owner calls publish_now() itself (e.g. from a supervisor thread)
+        self._timer = node.create_timer(period, self.publish_now) if period else None
 
     @property
     def level(self) -> int:
@@ -320,7 +322,8 @@ class Diagnostics:
             pass
 
     def destroy(self) -> None:
-        self._node.destroy_timer(self._timer)
+        if self._timer is not None:
+            self._node.destroy_timer(self._timer)
         self._node.destroy_publisher(self._pub)
 
 

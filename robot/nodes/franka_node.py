@@ -34,6 +34,7 @@ connects there, retrying until the FCI answers); ``deactivate`` stops them
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -95,6 +96,8 @@ def validate_robot_config(cfg: RobotConfig) -> None:
     require(math.isfinite(cfg.reconnect_period) and cfg.reconnect_period > 0.0, "reconnect_period",
             cfg.reconnect_period, "must be a positive number of seconds")
     require(cfg.twist_mode in ("velocity", "delta"), "twist_mode", cfg.twist_mode, "must be 'velocity' or 'delta'")
+    require(0 <= cfg.rt_priority <= 98, "rt_priority", cfg.rt_priority,
+            "must be 0 (normal scheduling) or a SCHED_FIFO priority in 1..98")
     try:
         validate_safety_config(cfg.safety, prefix="safety.")
     except ValueError as e:
@@ -121,7 +124,20 @@ def make_backend(cfg: RobotConfig) -> Backend:
         rotational_stiffness=cfg.rotational_stiffness,
         damping_ratio=cfg.damping_ratio,
         home_joints=cfg.home_joints,
+        rt_priority=max(0, cfg.rt_priority - 1),
     )
+
+
+def set_thread_priority(priority: int) -> str:
+    """Make the calling thread SCHED_FIFO at ``priority`` (0: leave it); returns '' or why it failed."""
+    if priority <= 0:
+        return ""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return ""
+    except (OSError, AttributeError) as e:
+        return f"cannot run the control thread SCHED_FIFO at priority {priority} ({e}); needs CAP_SYS_NICE " \
+               "or an rtprio limit (/etc/security/limits.conf); running with normal scheduling"
 
 
 def _t(msg_stamp: Any) -> float:
@@ -236,7 +252,8 @@ class FrankaNode(LifecycleNode):
             self.create_service(Trigger, "home", self._srv_home),
             self.create_service(SetBool, "hold", self._srv_hold),
         ]
-        self.diag = Diagnostics(self, "franka", hardware_id=f"{cfg.backend}:{cfg.host}", period=0.5)
+        # published by the supervisor thread (every 0.5 s and at once on errors), not by an executor timer
+        self.diag = Diagnostics(self, "franka", hardware_id=f"{cfg.backend}:{cfg.host}", period=None)
         self.diag.set(WARN, "configured", backend=cfg.backend)
         self._make_msgs()
         self.get_logger().info(f"configured: backend={cfg.backend} rate={cfg.state_rate_hz:g} Hz")
@@ -504,6 +521,9 @@ class FrankaNode(LifecycleNode):
 
     def _control_loop(self) -> None:
         assert self.cfg is not None
+        why = set_thread_priority(self.cfg.rt_priority)
+        if why:
+            self.get_logger().warning(why)
         period = 1.0 / self.cfg.state_rate_hz
         next_t = time.monotonic()
         last = None
