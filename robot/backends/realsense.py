@@ -425,6 +425,20 @@ class ReplayDevice:
         self.opened = False
 
 
+def record(device: CameraDevice, n: int, timeout: float = 2.0) -> Recording:
+    """Capture ``n`` frames of a device (e.g. a RealSense on the rig) for later replay.
+
+    ``record(RealSenseDevice("front", "123456"), 90).save("front.npz")``, then
+    ``camera-node --ros-args -p backend:=replay -p names:=[front] -p serials:=[front.npz]``.
+    """
+    device.open()
+    try:
+        frames = [device.read(timeout) for _ in range(int(n))]
+        return Recording(device.intrinsics, frames)
+    finally:
+        device.close()
+
+
 def synthetic_recording(
     n: int = 30,
     width: int = 64,

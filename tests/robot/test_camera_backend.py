@@ -19,6 +19,7 @@ from robot.backends.realsense import (
     ReplayDevice,
     TimestampMapper,
     camera_info_fields,
+    record,
     synthetic_recording,
 )
 
@@ -71,7 +72,9 @@ def test_drop_counter_from_numbers_and_times():
 
 
 def test_recording_roundtrip(tmp_path):
-    rec = synthetic_recording(n=5, depth=True, skip=(2,))
+    src = synthetic_recording(n=5, depth=True, skip=(2,))
+    rec = record(ReplayDevice("front", src, realtime=False), 4)  # capture a (replayed) device
+    assert [f.number for f in rec.frames] == [0, 1, 3, 4] and rec.intrinsics == src.intrinsics
     rec.save(tmp_path / "cam.npz")
     back = Recording.load(tmp_path / "cam.npz")
     assert back.intrinsics == rec.intrinsics

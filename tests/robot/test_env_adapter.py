@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from robot.backends.realsense import ReplayDevice, synthetic_recording
+from robot.backends.realsense import synthetic_recording
 from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation, decode_image
 from robot.nodes.camera_node import CameraNode
 from robot.nodes.common import COMMAND_QOS, STATE_QOS, stamp
@@ -84,14 +84,14 @@ class StateSource:
 
 
 @pytest.mark.ros
-def test_env_round_trip_over_dds():
+def test_env_round_trip_over_dds(tmp_path):
     spec = RigSpec(cameras=default_spec(32, ("front",)).cameras)
     nodes = Spinner()
     state = StateSource(nodes)
-    front = ReplayDevice("front", synthetic_recording(n=30, width=64, height=48), fps=30.0)
-    nodes.add(CameraNode("cameras", devices={"front": front}, context=nodes.context, parameter_overrides=[
+    synthetic_recording(n=30, width=64, height=48).save(tmp_path / "front.npz")  # a recorded camera
+    nodes.add(CameraNode("cameras", context=nodes.context, parameter_overrides=[
         rclpy.Parameter("backend", value="replay"), rclpy.Parameter("names", value=["front"]),
-        rclpy.Parameter("serials", value=["-"])]))
+        rclpy.Parameter("serials", value=[str(tmp_path / "front.npz")])]))
     nodes.start()
     probe = Probe()
     probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)
