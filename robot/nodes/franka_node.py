@@ -23,6 +23,10 @@ base frame, ``panda_hand_tcp`` for the TCP frame), ``gripper/command``
 velocity) and ``teleop/gripper`` and ignores the other command topics.
 Services: ``recover``, ``home`` (std_srvs/Trigger), ``hold`` (std_srvs/SetBool).
 
+Parameters: one per field of :class:`robot.config.RobotConfig` (``safety.*`` for
+the filter), plus ``autostart``; the impedance gains change live, the rest at the
+next ``configure``.
+
 Lifecycle: ``configure`` validates parameters (a bad value fails with a message
 naming it) and builds the backend (the sim backend starts here, so a camera node
 can share :attr:`FrankaNode.sim_rig` / :attr:`FrankaNode.sim_lock`);
@@ -33,6 +37,7 @@ connects there, retrying until the FCI answers); ``deactivate`` stops them
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -42,7 +47,7 @@ from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -168,6 +173,7 @@ class FrankaNode(LifecycleNode):
         declare_dataclass(self, RobotConfig())
         self.declare_parameter("autostart", True, ParameterDescriptor(
             description="configure and activate at start (false: wait for a lifecycle manager)"))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._backend_factory = backend_factory or make_backend
         self.cfg: RobotConfig | None = None
         self.backend: Backend | None = None
@@ -318,6 +324,25 @@ class FrankaNode(LifecycleNode):
         self._stop_threads()
         self._teardown()
         super().destroy_node()
+
+    LIVE_PARAMETERS = ("translational_stiffness", "rotational_stiffness", "damping_ratio")
+
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        """Gains change live (validated); every other parameter applies at the next configure."""
+        live = {p.name: p.value for p in params if p.name in self.LIVE_PARAMETERS}
+        if self.cfg is None or not live:
+            return SetParametersResult(successful=True)
+        try:
+            new = dataclasses.replace(self.cfg, **{k: float(v) for k, v in live.items()})
+            validate_robot_config(new)
+        except (ParameterError, TypeError, ValueError) as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        self.cfg = new
+        if self.backend is not None:
+            self.backend.set_impedance(new.translational_stiffness, new.rotational_stiffness, new.damping_ratio)
+        self.get_logger().info(f"impedance: {new.translational_stiffness:g} N/m, {new.rotational_stiffness:g} "
+                               f"N m/rad, damping ratio {new.damping_ratio:g}")
+        return SetParametersResult(successful=True)
 
     # ----------------------------------------------------------------- commands
     def _on_intervening(self, msg: Bool) -> None:

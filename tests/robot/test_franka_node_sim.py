@@ -161,3 +161,14 @@ def test_physics_fault_is_reported_on_diagnostics_and_auto_recovered():
         here, _ = h.ee()
         goal = here + np.array([0.0, 0.05, 0.0])
         assert h.wait_for(lambda: np.linalg.norm(h.ee()[0] - goal) < 0.005, 8.0, every=lambda: h.send_pose(goal))
+
+
+def test_impedance_gains_change_live_and_are_validated(sim):
+    from rclpy.parameter import Parameter
+
+    res = sim.node.set_parameters([Parameter("translational_stiffness", value=900.0)])
+    assert res[0].successful
+    assert sim.node.sim_rig.k_t == pytest.approx(900.0)
+    res = sim.node.set_parameters([Parameter("rotational_stiffness", value=-5.0)])
+    assert not res[0].successful and "rotational_stiffness" in res[0].reason
+    assert sim.node.sim_rig.k_r == pytest.approx(150.0)
