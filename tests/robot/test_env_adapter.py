@@ -156,3 +156,17 @@ def test_reset_without_a_franka_node_is_a_clear_error():
         env.reset()
     with pytest.raises(RuntimeError, match="not connected"):
         env.step(np.zeros(7, np.float32))
+
+
+def test_spaces_match_the_sim_envs():
+    """RL actors and evaluation see the same observation and action on the rig as in sim."""
+    import sim
+
+    task = sim.list_tasks()[0]
+    sim_env = sim.make(task, image_size=32)
+    rig_env = RosRigEnv(default_spec(32))
+    try:
+        assert rig_env.observation_space == sim_env.observation_space
+        assert rig_env.action_space == sim_env.action_space
+    finally:
+        sim_env.close()
