@@ -8,6 +8,7 @@ Modules (import what you need; nothing heavy or ROS-related runs at import):
 * :mod:`calibration.poses` -- generated safe calibration poses;
 * :mod:`calibration.handeye` -- eye-in-hand / eye-to-hand solving, method choice by hold-out;
 * :mod:`calibration.extrinsics` -- the result YAML the camera node and configs read;
+* :mod:`calibration.drift` -- has a stored calibration drifted? (fresh solve vs stored);
 * :mod:`calibration.simulate` -- MuJoCo-rendered sessions with ground truth;
 * :mod:`calibration.collect_ros` -- on-rig collection over ROS 2 (the only rclpy user);
 * :mod:`calibration.cli` -- the ``calibrate-handeye`` command.

@@ -3,11 +3,12 @@
     calibrate-handeye board --out board.pdf [--paper A4]
     calibrate-handeye simulate SESSION_DIR --mode eye_in_hand [--poses 20] [--pose-noise-mm 0.5]
     calibrate-handeye solve SESSION_DIR [--mode eye_to_hand] [--out calib.yaml]
+    calibrate-handeye check NEW_SESSION_DIR --calibration calib.yaml   # exit 3 when drifted
     calibrate-handeye collect SESSION_DIR --camera wrist --mode eye_in_hand [--look-at 0.5,0,0]
     calibrate-handeye intrinsics SESSION_OR_IMAGE_DIR [--out intrinsics.yaml]
 
 Exit status 0 on success, 2 on a session or setting that cannot work (the
-message says why and what to change).
+message says why and what to change), 3 when ``check`` finds drift.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--min-corners", type=int, default=12)
     v.add_argument("--max-reproj-px", type=float, default=1.0, help="reject board poses with a worse fit")
     v.add_argument("--folds", type=int, default=5, help="hold-out folds for choosing the method")
+
+    k = sub.add_parser("check", help="has a stored calibration drifted? (solve a new session and compare)")
+    k.add_argument("session", help="a new session of the same camera and mode (8-10 poses are enough)")
+    k.add_argument("--calibration", required=True, help="the stored calibration YAML")
+    k.add_argument("--max-mm", type=float, default=2.0, help="translation drift that fails the check")
+    k.add_argument("--max-deg", type=float, default=0.2, help="rotation drift that fails the check")
 
     c = sub.add_parser("collect", help="on the rig: move through safe poses, record a session, solve it")
     c.add_argument("out", help="session directory to write")
@@ -218,6 +225,17 @@ def cmd_solve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(a: argparse.Namespace) -> int:
+    from calibration import extrinsics
+    from calibration.drift import check_drift
+
+    report = check_drift(extrinsics.load(a.calibration), Session.load(a.session), a.max_mm, a.max_deg)
+    for w in report.fresh.warnings:
+        print(f"WARNING: {w}")
+    print(report.describe())
+    return 3 if report.drifted else 0
+
+
 def cmd_collect(a: argparse.Namespace) -> int:
     from calibration.collect_ros import CollectConfig, CollectError, collect  # rclpy only here
 
@@ -263,8 +281,8 @@ def cmd_intrinsics(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"board": cmd_board, "simulate": cmd_simulate, "solve": cmd_solve, "collect": cmd_collect,
-            "intrinsics": cmd_intrinsics}
+COMMANDS = {"board": cmd_board, "simulate": cmd_simulate, "solve": cmd_solve, "check": cmd_check,
+            "collect": cmd_collect, "intrinsics": cmd_intrinsics}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -218,6 +218,11 @@ def _estimate_y(x: np.ndarray, hs: np.ndarray, cs: np.ndarray) -> np.ndarray:
     return _rt(_project_so3(ys[:, :3, :3].mean(axis=0)), ys[:, :3, 3].mean(axis=0))
 
 
+def estimate_board(x: np.ndarray, obs: list[Observation], mode: str) -> np.ndarray:
+    """The board pose Y (in base or gripper) that extrinsics X imply, averaged over the observations."""
+    return _estimate_y(x, _hs(obs, mode), np.stack([o.board for o in obs]))
+
+
 def _closed_form(method: str, hs: np.ndarray, cs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if method in HANDEYE_METHODS:
         a = inv(hs)

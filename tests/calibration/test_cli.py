@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,28 @@ def test_collect_without_a_rig_exits_2(tmp_path, capsys):
             "--input-timeout-s", "0.5"]
     assert main(argv) == 2
     assert "no ee_pose within 0.5 s" in capsys.readouterr().err
+
+
+@pytest.mark.render
+def test_check_passes_a_good_calibration_and_flags_drift(sim_sessions, tmp_path, capsys):
+    session = sim_sessions["eye_in_hand"]
+    good = tmp_path / "good.yaml"
+    assert main(["solve", str(session), "--out", str(good)]) == 0
+    assert main(["check", str(session), "--calibration", str(good)]) == 0
+    assert "ok: stored vs fresh" in capsys.readouterr().out
+    doc = yaml.safe_load(good.read_text())
+    doc["translation"][0] += 0.004  # the camera mount slipped by 4 mm
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["check", str(session), "--calibration", str(bad)]) == 3
+    out = capsys.readouterr().out
+    assert "DRIFTED" in out
+    stored_px, fresh_px = (float(v) for v in re.findall(r"stored ([\d.]+) px, fresh ([\d.]+) px", out)[0])
+    assert stored_px > 5 * fresh_px  # the stored calibration no longer predicts the images
+    doc["camera"] = "front"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["check", str(session), "--calibration", str(bad)]) == 2
+    assert "is for camera 'front'" in capsys.readouterr().err
 
 
 def test_solve_missing_session_exits_2(tmp_path, capsys):
