@@ -166,6 +166,9 @@ def cmd_board(a: argparse.Namespace) -> int:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; set MUJOCO_GL=osmesa/glfw to override
     from calibration.simulate import SimConfig, default_poses, simulate_session
 
     cfg = SimConfig(mode=a.mode, n_poses=a.poses, seed=a.seed, width=a.width, height=a.height,
