@@ -15,8 +15,10 @@ import collections
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from robot.backends.realsense import (
     CameraDevice,
@@ -55,8 +57,11 @@ class CameraStream:
         read_timeout: float = 1.0,
         disconnect_after: int = 3,
         reconnect_period: float = 1.0,
+        logger: Any = None,
     ):
+        """``logger``: anything with info/warning/error(str) (a ROS node's logger); default: python logging."""
         self.device = device
+        self.log = logger if logger is not None else log
         self.on_frame = on_frame
         self.read_timeout = float(read_timeout)
         self.disconnect_after = int(disconnect_after)
@@ -72,6 +77,7 @@ class CameraStream:
         self._opens = 0
         self._last_stamp = 0.0
         self._last_error = ""
+        self._open_error = ""
         self._arrivals: collections.deque[float] = collections.deque(maxlen=256)
 
     # ---------------------------------------------------------- life cycle
@@ -132,28 +138,30 @@ class CameraStream:
             try:
                 self.on_frame(frame, stamp)
             except Exception:
-                log.exception("camera %s: publishing a frame failed", self.device.name)
+                self.log.error(f"camera {self.device.name}: publishing a frame failed:\n{traceback.format_exc()}")
 
     def _try_open(self) -> bool:
         try:
             self.device.open()
-        except CameraError as e:
-            self._set_error(str(e))
+        except Exception as e:  # missing device or a driver error while opening: report, retry later
+            msg = str(e) if isinstance(e, CameraError) else f"{type(e).__name__}: {e}"
+            if msg != self._open_error:  # once per distinct error, not every retry
+                self.log.error(f"{msg} (retrying every {self.reconnect_period:g} s)")
+                self._open_error = msg
+            self._set_error(msg)
             return False
-        except Exception as e:  # driver errors while opening: retry later
-            self._set_error(f"{type(e).__name__}: {e}")
-            return False
+        self._open_error = ""
         self.mapper.reset()
         self.drops.reset()
         with self._lock:
             self._connected = True
             self._opens += 1
             self._last_error = ""
-        log.info("camera %s: streaming", self.device.name)
+        self.log.info(f"camera {self.device.name}: streaming")
         return True
 
     def _disconnect(self, why: str) -> None:
-        log.warning("camera %s: disconnected (%s); reconnecting", self.device.name, why)
+        self.log.warning(f"camera {self.device.name}: disconnected ({why}); reconnecting")
         with self._lock:
             self._disconnects += 1
             self._last_error = why
@@ -167,7 +175,7 @@ class CameraStream:
             try:
                 self.device.close()
             except Exception as e:  # closing an unplugged device may fail; nothing to recover
-                log.debug("camera %s: close failed: %s", self.device.name, e)
+                self.log.warning(f"camera {self.device.name}: close failed: {e}")
 
     def _set_error(self, msg: str) -> None:
         with self._lock:

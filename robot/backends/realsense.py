@@ -231,7 +231,8 @@ class RealSenseDevice:
             listed = ", ".join(serials) if serials else "none"
             raise CameraNotFound(
                 f"camera {self.name!r}: RealSense serial {self.serial!r} is not connected "
-                f"(connected serials: {listed}); set rig.cameras.cameras.<i>.serial to one of them "
+                f"(connected serials: {listed}); set it to one of them (rig.cameras.cameras.<i>.serial, or "
+                "-p serials:=[...] for camera-node) "
                 "or check the USB 3 cable"
             )
         cfg = rs.config()

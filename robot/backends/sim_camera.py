@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,12 @@ class SimCameraSource:
         on_frame: Callable[[str, Frame, float], None],
         lock: Any = None,
         before_render: Callable[[], None] | None = None,
+        logger: Any = None,
     ):
         self.rig, self.cameras, self.on_frame = rig, list(cameras), on_frame
         self.lock = lock if lock is not None else contextlib.nullcontext()
         self.before_render = before_render
+        self.log = logger if logger is not None else log
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._drops = {c.name: DropCounter(c.fps) for c in self.cameras}
@@ -160,7 +163,7 @@ class SimCameraSource:
                 shots = [(c, *self._render(c)) for c in ready]
             except Exception as e:  # a broken scene: report on /diagnostics, try again next slot
                 if str(e) != self._error:
-                    log.exception("sim cameras: rendering failed")
+                    self.log.error(f"sim cameras: rendering failed:\n{traceback.format_exc()}")
                 self._error = str(e)
                 for c in ready:
                     slot[c.name] += 1
@@ -180,7 +183,7 @@ class SimCameraSource:
                 except Exception as e:  # e.g. the ROS context went away during shutdown
                     if self._stop.is_set():
                         return
-                    log.warning("sim cameras: publishing %s failed: %s", c.name, e)
+                    self.log.warning(f"sim cameras: publishing {c.name} failed: {e}")
                 # the next slot after now: slots missed while rendering are dropped frames
                 slot[c.name] = max(n + 1, int((time.monotonic() - t0) * c.fps))
         for r in self._renderers.values():  # GL resources belong to this thread

@@ -174,6 +174,7 @@ class CameraNode(LifecycleNode):
                 rig, [SimCamera(c.name, c.width, c.height, c.fps, c.depth) for c in self.cams],
                 self._publish, lock=self._rig_lock,
                 before_render=self._apply_mirror if self._own_rig is not None else None,
+                logger=self.get_logger(),
             )
             self.sim.check()
             return
@@ -187,7 +188,7 @@ class CameraNode(LifecycleNode):
             self.streams[c.name] = CameraStream(
                 dev, lambda f, s, n=c.name: self._publish(n, f, s), fps=c.fps,
                 read_timeout=p.read_timeout, disconnect_after=p.disconnect_after,
-                reconnect_period=p.reconnect_period,
+                reconnect_period=p.reconnect_period, logger=self.get_logger(),
             )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
