@@ -2,7 +2,9 @@
 
 The stats dict is ``{"proprio": {"mean": [...], "std": [...]}, "actions":
 {"mean": [...], "std": [...]}}``; missing entries default to the identity
-(mean 0, std 1). :func:`compute_stats` derives it from arrays.
+(mean 0, std 1). :func:`compute_stats` derives it from arrays. Per-key stats as
+the episode store computes them (``state/ee_pos``, ``state/ee_quat``,
+``state/gripper_width``, ``action``; extra keys ignored) are accepted too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class Normalizer:
     """z-scores proprio and actions with fixed statistics."""
 
     def __init__(self, stats: Mapping[str, Any] | None, dims: Mapping[str, int]) -> None:
-        stats = dict(stats or {})
+        stats = from_per_key(dict(stats or {}))
         unknown = set(stats) - set(KEYS)
         if unknown:
             raise ValueError(f"normalisation stats: unknown keys {sorted(unknown)}; expected {list(KEYS)}")
@@ -56,6 +58,23 @@ class Normalizer:
     @staticmethod
     def read(path: str | Path) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
+
+
+def from_per_key(stats: dict[str, Any]) -> dict[str, Any]:
+    """Per-key store stats (``state/...``, ``action``) -> ``{"proprio", "actions"}``; others unchanged."""
+    from robot.spec import PROPRIO_KEYS
+
+    if not any(k in stats for k in (*PROPRIO_KEYS, "action")):
+        return stats
+    out: dict[str, Any] = {}
+    if all(k in stats for k in PROPRIO_KEYS):
+        out["proprio"] = {
+            m: np.concatenate([np.asarray(stats[k][m], np.float32).reshape(-1) for k in PROPRIO_KEYS])
+            for m in ("mean", "std")
+        }
+    if "action" in stats:
+        out["actions"] = {m: np.asarray(stats["action"][m], np.float32).reshape(-1) for m in ("mean", "std")}
+    return out
 
 
 def _like(arr: np.ndarray, x: Any) -> Any:

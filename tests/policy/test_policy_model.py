@@ -126,3 +126,20 @@ def test_hydra_group_composes():
     assert cfg.policy.head == "flow"
     with pytest.raises(ValueError, match="policy.head"):
         PolicyConfig(backbone="x", head="bogus").validate()
+
+
+def test_episode_store_loader_format_and_per_key_stats_are_accepted(tiny_backbones):
+    per_key = {"state/ee_pos": {"mean": [1.0] * 3, "std": [2.0] * 3}, "state/ee_quat": {"mean": [0.0] * 4,
+               "std": [1.0] * 4}, "state/gripper_width": {"mean": [0.04], "std": [0.02]},
+               "action": {"mean": [0.0] * 7, "std": [0.5] * 7}, "state/joint_pos": {"mean": [0] * 7, "std": [1] * 7}}
+    m = make(tiny_backbones, "smolvlm", stats=per_key)
+    assert m.normalizer.mean["proprio"][0] == 1.0 and m.normalizer.std["actions"][0] == 0.5
+    b = batch(m.spec)
+    loader = {f"obs/{k}": (np.stack([v, v], 1) if not k.startswith("images/")
+                           else np.stack([v, v], 1).transpose(0, 1, 4, 2, 3))
+              for k, v in b.items() if k.startswith(("state/", "images/"))}
+    loader.update(action=b["actions"], action_is_pad=b["action_is_pad"], instruction=b["instruction"])
+    a, c = m.prepare(b), m.prepare(loader)
+    for k in a["inputs"]:
+        assert torch.equal(a["inputs"][k], c["inputs"][k]), k
+    assert torch.equal(a["proprio"], c["proprio"]) and torch.equal(a["actions"], c["actions"])
