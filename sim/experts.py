@@ -100,7 +100,7 @@ class ScriptedExpert:
             a[:6] = 0.0
         elif self.rng.random() < 0.055 * n:
             self.pause = int(self.rng.integers(2, 8))
-        a[:6] += self.rng.normal(0.0, (0.04 if self.fine else 0.12) * n, 6)
+        a[:6] += self.rng.normal(0.0, (0.02 if self.fine else 0.12) * n, 6)
         return np.clip(a, -1.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------ skills
@@ -196,22 +196,22 @@ class ScriptedExpert:
 
     def _insert(self, ee):
         t = self.task
-        peg = t.body_pos("peg")
         b = t.peg_bottom()
         h = t.hole_pos()
-        xy_err = h[:2] + self.aim * 0.3 - peg[:2]
+        xy_err = h[:2] + self.aim * 0.05 - b[:2]
+        err = float(np.linalg.norm(xy_err))
         top = 2 * t.block_hz
         self.fine = b[2] < top + 0.02
-        if np.linalg.norm(xy_err) > 0.0015 and b[2] > top - 0.002:
-            dz = (top + 0.01) - b[2]
-            if np.linalg.norm(xy_err) < 0.004:  # nearly aligned: fine adjustments, stay just above
-                dz = (top + 0.004) - b[2]
-            elif b[2] < top + 0.006:  # touching the block off the hole: up a little first
-                return np.array([ee[0], ee[1], ee[2] + 0.01]), 0.0, CLOSED
-            return np.array([ee[0] + xy_err[0], ee[1] + xy_err[1], ee[2] + dz]), 0.0, CLOSED
-        if self.noise > 0 and self.rng.random() < 0.3 * self.noise:
-            self.aim = self.rng.normal(0.0, 0.002 * self.noise, 2)  # a human re-aims while pushing in
-        return np.array([ee[0] + xy_err[0], ee[1] + xy_err[1], ee[2] - 0.008]), 0.0, CLOSED
+        corr = np.array([ee[0] + xy_err[0], ee[1] + xy_err[1]])
+        if b[2] < top - 0.003 and err < 0.0015:  # in the hole: push down
+            return np.array([*corr, ee[2] - 0.008]), 0.0, CLOSED
+        if b[2] < top + 0.003 and err >= 0.0008:  # on the block (or on the hole's edge): up, re-aim
+            self._new_aim()
+            return np.array([*corr, ee[2] + 0.01]), 0.0, CLOSED
+        if err >= 0.0008:  # align above the hole, closer as the error shrinks
+            above = top + (0.006 if err < 0.004 else 0.012)
+            return np.array([*corr, ee[2] + above - b[2]]), 0.0, CLOSED
+        return np.array([*corr, ee[2] - 0.008]), 0.0, CLOSED  # aligned: go in
 
 
 def t_stable(expert: ScriptedExpert, width: float) -> bool:

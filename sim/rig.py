@@ -78,7 +78,9 @@ class SimRig:
 
     Life cycle: ``SimRig(...)`` stores the configuration only; ``connect()``
     compiles the model; ``close()`` frees renderers. ``model``/``data`` are the
-    MuJoCo objects (tasks read object poses from them).
+    MuJoCo objects (tasks read object poses from them). Not thread-safe:
+    callers that step and render from several threads hold one lock (as the
+    ROS sim backend does).
     """
 
     def __init__(
@@ -146,10 +148,6 @@ class SimRig:
         self._tau_lo = -self._tau_lim
         self._dtau = self.max_delta_tau * self.timestep / 0.001
         self._ns_d = 2.0 * np.sqrt(self.nullspace_stiffness)
-        self._default_geom_friction = m.geom_friction.copy()
-        self._default_geom_rgba = m.geom_rgba.copy()
-        self._default_light_diffuse = m.light_diffuse.copy()
-        self._default_cam_pos = m.cam_pos.copy()
         self.reset()
         return self
 
@@ -220,6 +218,7 @@ class SimRig:
 
     def set_gripper(self, width: float, speed: float = 0.1, force: float = 0.0) -> None:
         """Move the opening to ``width`` (m) at ``speed`` (m/s); ``force > 0`` grasps with that force (N)."""
+        self._need()
         if not np.isfinite(width) or not np.isfinite(speed) or speed <= 0:
             raise ValueError(f"gripper command width={width}, speed={speed}: need finite width and speed > 0")
         self.gripper_target = float(np.clip(width, 0.0, GRIPPER_MAX_WIDTH))

@@ -275,12 +275,12 @@ class InsertTask(Task):
 
     def reset(self, rng: np.random.Generator, randomize: bool = True) -> None:
         hole = np.array([*(rng.uniform((0.45, -0.08), (0.55, 0.08)) if randomize else (0.5, 0.0)), 0.0])
-        self.set_mocap("hole", hole)
         off = rng.uniform(-0.03, 0.03, 2) if randomize else np.array([0.02, -0.02])
         lift = rng.uniform(0.03, 0.05) if randomize else 0.04
         tcp = np.array([hole[0] + off[0], hole[1] + off[1],
                         2 * self.block_hz + lift + self.peg_len_half + self.grasp_offset])
         self.rig.reset_to_pose(tcp, NOMINAL_QUAT, gripper_width=2 * self.peg_half + 0.002)
+        self.set_mocap("hole", hole)  # after the rig reset (mj_resetData puts mocap bodies back)
         self.set_free("peg", tcp - np.array([0.0, 0.0, self.grasp_offset]))
         self.rig.set_gripper(0.0, speed=0.1, force=20.0)
         self.set_color("peg", np.array(COLORS[self.tdef.color]))
@@ -289,7 +289,9 @@ class InsertTask(Task):
         return None
 
     def peg_bottom(self) -> np.ndarray:
-        return self.body_pos("peg") - np.array([0.0, 0.0, self.peg_len_half])
+        """Centre of the peg's bottom face (follows the peg's tilt)."""
+        body = self.rig.data.body("peg")
+        return body.xpos - body.xmat.reshape(3, 3)[:, 2] * self.peg_len_half
 
     def success(self) -> bool:
         b, h = self.peg_bottom(), self.hole_pos()
