@@ -81,9 +81,22 @@ def compose_rig(overrides: list[str] | None = None) -> DictConfig:
 
 
 # ---------------------------------------------------------------------- graph
+class GraphConfigError(ValueError):
+    """The rig config cannot make a graph; the message names the key and the fix."""
+
+
 def _plain(cfg: Any) -> Any:
     """A resolved python container; a missing mandatory value fails naming its key."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else cfg
+    from omegaconf.errors import MissingMandatoryValue
+
+    if not OmegaConf.is_config(cfg):
+        return cfg
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = str(e.full_key).replace('[', '.').replace(']', '')
+        hint = (" (the RealSense serial number: rs-enumerate-devices lists them)" if key.endswith("serial") else "")
+        raise GraphConfigError(f"{key} is not set{hint}: add {key}=... to the command line") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -264,7 +277,11 @@ class Graph:
 
 def run(cfg: Any) -> int:
     """Bring the rig up and spin (the body of ``rig-up``)."""
-    g = Graph(cfg)
+    try:
+        g = Graph(cfg)
+    except GraphConfigError as e:
+        log.error(str(e))
+        raise SystemExit(2) from None
     try:
         g.start()
         log.info("rig %r up: %s", str(cfg.rig.name), ", ".join(f"{d.name} ({d.executable})" for d in g.descriptions))
