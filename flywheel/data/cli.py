@@ -1,9 +1,11 @@
-"""``flywheel-data info|check|export-lerobot PATH``: look after episode stores.
+"""``flywheel-data info|check|stats|export-lerobot PATH``: look after episode stores.
 
 * ``info PATH [--json]``: episodes per task and source, success rates, steps, size
   on disk and the compression ratio against raw arrays;
 * ``check PATH [--quick]``: integrity check; exit code 1 and a report on errors
   (``--quick`` skips decoding every image);
+* ``stats PATH OUT [--keys ...] [--success-only] [--source ...]``: normalisation
+  statistics saved as ``OUT/stats.json`` and ``OUT/stats.safetensors``;
 * ``export-lerobot PATH [OUT] [--episodes 0 3 5] [--success-only] [--source rl]
   [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0.
 """
@@ -24,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="integrity check (exit code 1 on errors)")
     chk.add_argument("path")
     chk.add_argument("--quick", action="store_true", help="do not decode every image")
+    st = sub.add_parser("stats", help="normalisation statistics -> OUT/stats.json + OUT/stats.safetensors")
+    st.add_argument("path")
+    st.add_argument("out", help="directory (e.g. the checkpoint directory)")
+    st.add_argument("--keys", nargs="*", help="keys (default: every state key and the action)")
+    st.add_argument("--success-only", action="store_true")
+    st.add_argument("--source", choices=["human", "policy", "rl"], nargs="*")
     exp = sub.add_parser("export-lerobot", help="export to the LeRobotDataset v3.0 layout")
     exp.add_argument("path")
     exp.add_argument("out", nargs="?", help="output directory (default: PATH without .zarr + _lerobot)")
@@ -59,6 +67,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.path}: {len(errors)} errors, {len(probs) - len(errors)} warnings"
                   + ("" if errors else " - OK"))
             return 1 if errors else 0
+        if args.command == "stats":
+            from flywheel.data.stats import compute_stats, save_stats
+            from flywheel.data.store import EpisodeStore
+
+            store = EpisodeStore(args.path, "r")
+            filters = {"success": True} if args.success_only else {}
+            if args.source:
+                filters["source"] = args.source
+            paths = save_stats(compute_stats(store, args.keys, store.select(**filters)), args.out)
+            print("wrote " + ", ".join(map(str, paths)))
+            return 0
         if args.command == "export-lerobot":
             from flywheel.data.lerobot import export_lerobot
             from flywheel.data.store import EpisodeStore

@@ -53,6 +53,17 @@ def test_check_passes_then_finds_damage(store_path, capsys):
     assert main(["check", str(Path(store_path).parent / "nope.zarr")]) == 1
 
 
+def test_stats_command(store_path, tmp_path, capsys):
+    from flywheel.data.stats import load_stats
+
+    assert main(["stats", store_path, str(tmp_path / "ckpt"), "--success-only"]) == 0
+    stats = load_stats(tmp_path / "ckpt")
+    s = EpisodeStore(store_path)
+    act = np.concatenate([s.episode(i)["action"] for i in (0, 2)])  # the successful episodes
+    np.testing.assert_allclose(stats["action"]["mean"], act.mean(0), rtol=1e-6)
+    assert set(stats) == {*s.spec.state_specs(), "action"}
+
+
 @pytest.mark.slow
 def test_export_lerobot_reads_back(store_path, tmp_path):
     import imageio_ffmpeg
