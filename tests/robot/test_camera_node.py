@@ -83,11 +83,12 @@ def test_sim_backend_renders_at_the_rate_and_mirrors_joint_states():
     probe = Probe()
     probe.subscribe("cameras/front/image_raw", Image, SENSOR_QOS)
     probe.subscribe("cameras/wrist/camera_info", CameraInfo, SENSOR_QOS)
+    probe.subscribe("cameras/wrist/depth/image_raw", Image, SENSOR_QOS)
     joints = probe.publisher("joint_states", JointState)
     nodes = Spinner()
     node = CameraNode("cameras", context=nodes.context, parameter_overrides=_params(
         backend="sim", names=["front", "wrist"], serials=[""], widths=[64], heights=[48], fps=[10.0],
-        depth=[False]))
+        depth=[False, True]))
     nodes.add(node)
     nodes.start()
     try:
@@ -102,6 +103,10 @@ def test_sim_backend_renders_at_the_rate_and_mirrors_joint_states():
         assert (m.encoding, m.height, m.width) == ("rgb8", 48, 64)
         info = probe.got("cameras/wrist/camera_info")[-1]
         assert info.width == 64 and info.k[0] > 0 and info.k[2] == pytest.approx(31.5)
+        depth = wait_for(lambda: probe.got("cameras/wrist/depth/image_raw"))[-1]
+        d = np.frombuffer(depth.data, "<u2").reshape(48, 64)
+        assert (depth.encoding, depth.header.frame_id) == ("16UC1", "wrist_optical_frame")
+        assert 10 < np.median(d) < 3000  # mm: the wrist camera looks at the fingers / table
         before = np.frombuffer(m.data, np.uint8).reshape(48, 64, 3).astype(int)
         # mirror: a different arm pose shows up in the front image
         q = JointState(name=[f"panda_joint{i}" for i in range(1, 8)],
