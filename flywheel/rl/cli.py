@@ -77,6 +77,8 @@ class RLAppConfig:
     actor_name: str = "actor0"
     send_every: int = 50  # actor: transitions per message
     progress: bool = True
+    latent_policy: str = ""  # generalist checkpoint whose frozen backbone is the encoder (agent.encoder=latent)
+    latent_instruction: str = ""
     record_to: str = ""  # an EpisodeStore path: write the actor's episodes there (source=rl)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: SACConfig = field(default_factory=SACConfig)
@@ -147,10 +149,37 @@ def build_agent(cfg: Any, env: Any) -> Any:
 
 
 def _latent_encoder(cfg: Any) -> Any:
-    """The generalist's frozen backbone features (``agent.latent_encoder_factory`` or policy's helper)."""
-    from policy import backbone_features  # type: ignore[attr-defined]
+    """The generalist's frozen backbone features (iRe-VLA latent RL) from ``latent_policy=PATH``."""
+    if not cfg.latent_policy:
+        raise ValueError("agent.encoder=latent needs latent_policy=<generalist checkpoint dir>")
+    import policy
 
-    return backbone_features()
+    return latent_encoder_from_policy(policy.load(cfg.latent_policy, device=cfg.device), cfg.latent_instruction)
+
+
+def latent_encoder_from_policy(pol: Any, instruction: str = "") -> Any:
+    """A frozen image encoder from a loaded generalist: uint8 images (B, H, W, 3) -> (B, D).
+
+    The backbone sees the image in each of its camera slots with zero proprioception and
+    the task instruction; its last hidden states are mean-pooled over the attention mask.
+    """
+    import torch
+
+    model = pol.model
+    cams = model.spec.camera_names
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        imgs = images.cpu().numpy()
+        b = imgs.shape[0]
+        batch: dict[str, Any] = {f"images/{c}": imgs for c in cams}
+        batch.update({"state/ee_pos": np.zeros((b, 3), np.float32), "state/ee_quat": np.tile([1, 0, 0, 0], (b, 1)).astype(
+            np.float32), "state/gripper_width": np.zeros((b, 1), np.float32), "instruction": [instruction] * b})
+        f = model.features(batch, device=pol.device)
+        m = f["mask"].unsqueeze(-1).float()
+        return ((f["hidden"].float() * m).sum(1) / m.sum(1).clamp(min=1.0)).to(images.device)
+
+    return encode
 
 
 def make_intervener(cfg: Any, env: Any) -> Any:
