@@ -53,11 +53,24 @@ def _ros_env() -> None:
 def camera_load(ns: str, role: str, seconds: float) -> None:
     """Publish (role=pub) or consume (role=sink) two 640x480 rgb8 streams at 30 Hz."""
     import rclpy
+
+
+    rclpy.init()
+    try:
+        _camera_load(ns, role, seconds)
+    except Exception:  # terminated by the benchmark (rclpy shuts the context down on SIGTERM)
+        if rclpy.ok():
+            raise
+    finally:
+        rclpy.try_shutdown()
+
+
+def _camera_load(ns: str, role: str, seconds: float) -> None:
+    import rclpy
     from sensor_msgs.msg import Image
 
     from robot.nodes.common import SENSOR_QOS
 
-    rclpy.init()
     node = rclpy.create_node(f"camera_load_{role}", namespace=ns)
     topics = [f"cameras/{c}/image_raw" for c in ("front", "wrist")]
     if role == "pub":
@@ -85,7 +98,6 @@ def camera_load(ns: str, role: str, seconds: float) -> None:
             rclpy.spin_once(node, timeout_sec=0.1)
         print(json.dumps({"images_received": count[0]}))
     node.destroy_node()
-    rclpy.shutdown()
 
 
 # ------------------------------------------------------------------- one run
@@ -121,6 +133,10 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, rt_priori
         procs.append(subprocess.Popen([node_exe, "--ros-args", "-r", f"__ns:={ns}", *params], env=env,
                                       stdout=log, stderr=subprocess.STDOUT))
 
+        if rt_priority > 0:  # the consumer runs like the node: SCHED_FIFO, below the node's threads
+            from robot.nodes.franka_node import set_thread_priority
+
+            set_thread_priority(max(1, rt_priority - 5))
         rclpy.init()
         cli = rclpy.create_node("bench_client", namespace=ns)
         arrivals: list[float] = []
@@ -198,6 +214,8 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, rt_priori
         }
         return out
     finally:
+        if rt_priority > 0:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         for p in reversed(procs):
             if p.poll() is None:
                 p.terminate()

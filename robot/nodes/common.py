@@ -377,12 +377,15 @@ def run_lifecycle_node(
     factory: Callable[[], LifecycleNode],
     args: list[str] | None = None,
     autostart: bool | None = None,
+    before_spin: Callable[[LifecycleNode], None] | None = None,
 ) -> int:
     """Body of a node executable's ``main()``: init, configure+activate, spin, shut down.
 
     ``autostart`` defaults to the node's ``autostart`` parameter when it declares one
     (else True); with it false the node waits in ``unconfigured`` for a lifecycle
-    manager. Returns a process exit code (1 when configure or activate fails).
+    manager. ``before_spin(node)`` runs in the executor thread just before spinning
+    (e.g. to raise that thread's scheduling priority). Returns a process exit code
+    (1 when configure or activate fails).
     """
     rclpy.init(args=args if args is not None else sys.argv)
     node = factory()
@@ -406,6 +409,8 @@ def run_lifecycle_node(
                     code = 1
                     break
         if code == 0:
+            if before_spin is not None:
+                before_spin(node)
             executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

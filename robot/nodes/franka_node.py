@@ -654,6 +654,7 @@ class FrankaNode(LifecycleNode):
     def _supervise(self) -> None:
         cfg = self.cfg
         assert cfg is not None
+        set_thread_priority(max(0, cfg.rt_priority - 1))  # light work; must not hold the GIL for long
         next_diag = 0.0
         while not self._stop.wait(0.05):
             now = time.monotonic()
@@ -727,8 +728,18 @@ class FrankaNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``franka-node`` (``ros2 run``-style: ``franka-node --ros-args -p backend:=franky``)."""
-    return run_lifecycle_node(lambda: FrankaNode(), args)
+    """Entry point of ``franka-node`` (``ros2 run``-style: ``franka-node --ros-args -p backend:=franky``).
+
+    With ``rt_priority`` > 0 the executor thread (subscriptions, services) runs SCHED_FIFO one level
+    below the control thread too: in this process it serves only this node, and a normal-priority
+    thread holding the GIL would otherwise stall the control thread whenever the machine is busy.
+    """
+
+    def raise_executor_priority(node: FrankaNode) -> None:
+        if node.cfg is not None and node.cfg.rt_priority > 1:
+            set_thread_priority(node.cfg.rt_priority - 1)
+
+    return run_lifecycle_node(lambda: FrankaNode(), args, before_spin=raise_executor_priority)
 
 
 if __name__ == "__main__":
