@@ -183,6 +183,10 @@ def launch_node_kwargs(overrides: list[str] | None = None) -> list[dict[str, Any
 
 
 # ------------------------------------------------------------------ in-process
+class NodeStartError(RuntimeError):
+    """A node of the graph failed to configure or activate."""
+
+
 def _log_transition_errors(node: Any) -> None:
     """rclpy turns an exception in a lifecycle callback into a bare ERROR: log its traceback first."""
     callbacks = getattr(node, "_callbacks", None)
@@ -237,8 +241,8 @@ class Graph:
                     for step in (node.trigger_configure, node.trigger_activate):
                         ret = step()
                         if ret != TransitionCallbackReturn.SUCCESS:
-                            raise RuntimeError(f"node {d.name!r} ({d.executable}): {step.__name__} failed; "
-                                               "its error is logged above")
+                            raise NodeStartError(f"node {d.name!r} ({d.executable}): {step.__name__} failed; "
+                                                 "its error is logged above")
         except BaseException:
             self.close()
             raise
@@ -288,6 +292,9 @@ def run(cfg: Any) -> int:
         g.spin(float(cfg.duration))
     except KeyboardInterrupt:
         pass
+    except NodeStartError as e:  # the node's own error is logged above it
+        log.error(str(e))
+        raise SystemExit(1) from None
     finally:
         g.close()
     return 0
