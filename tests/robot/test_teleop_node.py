@@ -49,17 +49,16 @@ def test_keyboard_teleop_node_in_a_pty_publishes_operator_commands():
         for _ in range(15):
             os.write(master, b"w")
             time.sleep(0.03)
-        moving = [m for m in probe.got("teleop/twist") if m.twist.linear.x > 0]
+        moving = wait_for(lambda: [m for m in probe.got("teleop/twist") if m.twist.linear.x > 0])
         assert moving and moving[-1].twist.linear.x == pytest.approx(0.2)
         assert moving[-1].header.frame_id == "panda_link0"
-        assert probe.got("teleop/intervening")[-1].data
+        assert wait_for(lambda: any(m.data for m in probe.got("teleop/intervening")))
         os.write(master, b"cy")
         grip = wait_for(lambda: probe.got("teleop/gripper"))
         assert list(grip[-1].position) == [0.0] and grip[-1].effort[0] > 0  # a grasp
         assert wait_for(lambda: [m.data for m in probe.got("episode/event")]) == ["success"]
         # released: the twist stops, and control returns to the policy after release_after
-        time.sleep(0.3)
-        assert probe.got("teleop/twist")[-1].twist.linear.x == 0.0
+        assert wait_for(lambda: probe.got("teleop/twist")[-1].twist.linear.x == 0.0, timeout=3)
         assert wait_for(lambda: not probe.got("teleop/intervening")[-1].data, timeout=3)
         # Ctrl-C (SIGINT): a clean exit that gives the terminal back as it was
         proc.send_signal(signal.SIGINT)
