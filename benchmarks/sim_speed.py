@@ -63,8 +63,9 @@ def bench_single(make, hil: bool, steps: int) -> float:
 
 
 def bench_vec(env_id: str, kwargs: dict, hil: bool, mode: str, n: int, steps: int) -> float:
-    if hil:
-        venv = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
+    if hil:  # spawned workers: forking after EGL was initialised deadlocks on render
+        vk = {"context": "spawn"} if mode == "async" else {}
+        venv = gym.make_vec(env_id, num_envs=n, vectorization_mode=mode, vector_kwargs=vk, **kwargs)
     else:
         venv = sim.make_vec(env_id, num_envs=n, vectorization_mode=mode, **kwargs)
     rng = np.random.default_rng(0)

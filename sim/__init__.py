@@ -2,7 +2,7 @@
 
 Public API (imports are lazy so ``import sim`` stays cheap and side-effect free)::
 
-    sim.list_tasks(group=None) -> list[str]
+    sim.list_tasks(group=None) -> list[str]      (also registers the gymnasium ids)
     sim.make(task_id, **overrides) -> gymnasium.Env
     sim.make_vec(task_id, num_envs, vectorization_mode="sync", **overrides)
     sim.expert(env, noise=0.0, seed=None) -> ScriptedExpert (reset(), act(obs))
@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["list_tasks", "make", "make_vec", "expert", "SimulatedIntervener", "task_info"]
+__all__ = ["list_tasks", "make", "make_vec", "expert", "SimulatedIntervener", "task_info", "register_envs"]
+
+
+def register_envs() -> None:
+    """Register the ``PandaRig/*`` gymnasium ids (for plain ``gymnasium.make``; ``sim.make`` does it)."""
+    from sim.registry import register_envs as _re
+
+    _re()
 
 
 def list_tasks(group: str | None = None) -> list[str]:
@@ -47,15 +54,23 @@ def make(task_id: str, **overrides: Any):
     return gym.make(get(task_id).task_id, **overrides)
 
 
-def make_vec(task_id: str, num_envs: int = 2, vectorization_mode: str = "sync", **overrides: Any):
-    """A gymnasium vector env (``sync`` or ``async``) of ``num_envs`` copies of the task."""
+def make_vec(task_id: str, num_envs: int = 2, vectorization_mode: str = "sync",
+             vector_kwargs: dict | None = None, **overrides: Any):
+    """A gymnasium vector env (``sync`` or ``async``) of ``num_envs`` copies of the task.
+
+    ``async`` workers start with the ``spawn`` context by default: a process
+    forked after the parent made an EGL context deadlocks when it renders.
+    """
     import gymnasium as gym
 
     from sim.registry import get, register_envs
 
     register_envs()
+    vk = dict(vector_kwargs or {})
+    if vectorization_mode == "async":
+        vk.setdefault("context", "spawn")
     return gym.make_vec(get(task_id).task_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
-                        **overrides)
+                        vector_kwargs=vk, **overrides)
 
 
 def expert(env, noise: float = 0.0, seed: int | None = None):

@@ -70,6 +70,23 @@ def test_domain_randomisation_changes_scene_per_seed_and_nominal_is_fixed():
         env.close()
 
 
+@pytest.mark.render
+def test_async_vector_env_renders_after_the_parent_rendered():
+    """Workers are spawned: a fork after the parent's EGL context would deadlock on render."""
+    env = sim.make("LiftCube-Red", cameras=("front",), image_size=16)
+    env.reset(seed=0)  # the parent now holds an EGL context
+    venv = sim.make_vec("LiftCube-Red", num_envs=2, vectorization_mode="async", cameras=("wrist",),
+                        image_size=16)
+    try:
+        obs, _ = venv.reset(seed=[0, 1])
+        assert obs["images/wrist"].shape == (2, 16, 16, 3)
+        obs, *_ = venv.step(np.zeros((2, 7), np.float32))
+        assert obs["images/wrist"].any()
+    finally:
+        venv.close()
+        env.close()
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_vector_env(mode):
     venv = sim.make_vec("LiftCube-Red", num_envs=2, vectorization_mode=mode, cameras=())
