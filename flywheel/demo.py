@@ -51,12 +51,6 @@ def register() -> None:
 
 def run(cfg: Any) -> Path | None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
     done = sorted(Path(cfg.workdir).glob("iterations/iter_*/report.md"))
     if done:
         print(f"the demo has finished already: {done[-1]}\n(delete {cfg.workdir} to run it again)\n")

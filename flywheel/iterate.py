@@ -79,6 +79,7 @@ class IterateConfig:
     promote_margin: float = 0.0  # the candidate's mean success must beat the parent's by more than this
     human_noise: float = 1.0  # the scripted operator's noise (~1: human-like)
     seed: int = 0
+    threads: int = 1  # torch CPU threads (1 is fastest on a shared/loaded CPU; raise it on a quiet machine)
     progress: bool = True
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
     specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
@@ -101,7 +102,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    d = {k: v for k, v in d.items() if k not in ("defaults", "progress")}
+    d = {k: v for k, v in d.items() if k not in ("defaults", "progress", "threads")}
     return json.loads(json.dumps(d, default=str))
 
 
@@ -367,8 +368,11 @@ def _rate(s: dict[str, Any]) -> str:
 
 def run_iteration(cfg: Any, stop_after: str | None = None) -> dict[str, Any]:
     """Run (or resume) one iteration; returns the job state."""
+    import torch
+
     from flywheel.job import ResumableJob
 
+    torch.set_num_threads(max(1, int(cfg.threads)))
     it = Iteration(cfg)
     d = it.iteration_dir()
     _file_log(d)

@@ -131,8 +131,6 @@ def awr_update(model: Any, critic: CriticHead, data: dict[str, np.ndarray], cfg:
     """Critic regression then advantage-weighted regression of the action head, on cached latents."""
     import torch
 
-    from policy.heads import masked_mse
-
     t = {k: torch.as_tensor(v) for k, v in data.items()}
     t["mask"] = t["mask"].bool()
     n = len(t["ret"])
@@ -152,13 +150,13 @@ def awr_update(model: Any, critic: CriticHead, data: dict[str, np.ndarray], cfg:
             adv = t["ret"][i] - critic(t["hidden"][i], t["mask"][i], t["proprio"][i])
             w = torch.exp(adv / cfg.beta).clamp(max=cfg.max_weight)
         pred = model.head(t["hidden"][i], t["mask"][i], t["proprio"][i])
-        per = torch.stack([masked_mse(pred[j: j + 1], t["actions"][i][j: j + 1], t["is_pad"][i][j: j + 1])
-                           for j in range(len(i))])
+        keep = (~t["is_pad"][i]).unsqueeze(-1).float()  # per-sample masked MSE over the chunk
+        per = (((pred.float() - t["actions"][i]) ** 2) * keep).sum((1, 2)) / (keep.sum((1, 2)) * pred.shape[-1]).clamp_min(1.0)
         la = (w * per).sum() / w.sum().clamp_min(1e-6)
         aopt.zero_grad()
         la.backward()
         aopt.step()
-        closs, aloss = float(lc), float(la)
+        closs, aloss = float(lc.detach()), float(la.detach())
     model.head.eval()
     return {"critic_loss": closs, "actor_loss": aloss, "samples": n, "mean_return": float(t["ret"].mean())}
 

@@ -1,0 +1,51 @@
+"""iRe-VLA over two rounds in sim: success on expert, RL-trained and unseen tasks after every stage.
+
+Runs ``flywheel-distill method=ire_vla`` (a resumable job) with a CPU-sized budget and prints its
+table (mean held-out success per task group after each stage). Re-run the same command after a kill.
+
+    .venv/bin/python benchmarks/distill_ire_vla.py           # ~30-40 min on a loaded 2-core CPU
+    .venv/bin/python benchmarks/distill_ire_vla.py --quick   # a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="outputs/bench/distill_ire_vla")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    args, extra = ap.parse_known_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import logging
+
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from flywheel.distill.cli import register, run
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    q = args.quick
+    overrides = [
+        "method=ire_vla", f"workdir={args.workdir}",
+        "expert_tasks=[PandaRig/LiftCube-Red-v0,PandaRig/LiftCube-Green-v0]",
+        "ire.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]",
+        "unseen_tasks=[PandaRig/LiftCube-Yellow-v0]",
+        f"expert_demos={4 if q else 30}", f"stage0_steps={20 if q else 800}", f"stage2_steps={10 if q else 300}",
+        f"eval_episodes={2 if q else 10}", f"ire.rl_iterations={1 if q else 2}",
+        f"ire.episodes_per_iteration={2 if q else 16}", f"ire.head_updates={10 if q else 200}", "ire.max_interventions=4",
+        *extra,
+    ]
+    register()
+    with initialize_config_dir(config_dir=os.path.abspath(os.path.dirname(__file__)), version_base=None):
+        cfg = compose("flywheel_distill", overrides)
+    run(cfg)
+    print("command: .venv/bin/python benchmarks/distill_ire_vla.py " + " ".join(os.sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
