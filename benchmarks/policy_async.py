@@ -96,17 +96,27 @@ _RIG_STATE = ("target_pos", "target_rot", "gripper_target", "gripper_speed", "_t
 
 
 class DelayedInference:
-    """A worker thread: plans the chunk, then sleeps so that inference takes ``delay_s`` in all."""
+    """Inference that takes ``delay`` control periods.
 
-    def __init__(self, policy: ScriptedChunkPolicy, delay_s: float) -> None:
+    ``real``: a worker thread plans the chunk, then sleeps so that inference takes ``delay_s`` of wall
+    time in all (the injected sleep), while the control loop keeps running in real time.
+    ``virtual``: the chunk is planned at once and handed over exactly ``delay`` ticks later
+    (deterministic; what the real mode approaches on an idle machine)."""
+
+    def __init__(self, policy: ScriptedChunkPolicy, delay: int, delay_s: float, clock: str) -> None:
         self.policy = policy
-        self.delay_s = delay_s
+        self.delay, self.delay_s, self.clock = delay, delay_s, clock
         self.result = None
         self.busy = False
+        self._due = 0
+        self._pending = None
         self._lock = threading.Lock()
 
     def request(self, snap, obs_tick: int) -> None:
         self.busy = True
+        if self.clock == "virtual":
+            self._pending, self._due = (self.policy.plan(snap), obs_tick), obs_tick + self.delay
+            return
 
         def run():
             t0 = time.monotonic()
@@ -118,18 +128,21 @@ class DelayedInference:
 
         threading.Thread(target=run, daemon=True).start()
 
-    def take(self):
+    def take(self, tick: int):
+        if self.clock == "virtual" and self._pending is not None and tick >= self._due:
+            self.result, self._pending, self.busy = self._pending, None, False
         with self._lock:
             r, self.result = self.result, None
         return r
 
 
 def episode(env, policy: ScriptedChunkPolicy, mode: str, delay: int, n_exec: int, seed: int, hz: float,
-            blend: int, max_ticks: int, time_scale: float) -> dict:
+            blend: int, max_ticks: int, time_scale: float, clock: str) -> dict:
     period = time_scale / hz  # wall seconds per control tick
     obs, info = env.reset(seed=seed)
     policy.reset(seed)
-    inf = DelayedInference(policy, delay * period * 0.9)  # a little under, so a result is due at its tick
+    # real clock: a little under the delay, so a result is due at its tick
+    inf = DelayedInference(policy, delay, delay * period * 0.9, clock)
     delays: list[int] = []
     started = False
     sched = ChunkScheduler(7, blend_steps=blend)
@@ -147,21 +160,21 @@ def episode(env, policy: ScriptedChunkPolicy, mode: str, delay: int, n_exec: int
     for tick in range(max_ticks):
         # real-time pacing
         wait = t0 + tick * period - time.monotonic()
-        if wait > 0:
+        if wait > 0 and clock == "real":
             time.sleep(wait)
         policy.observe(obs)
         if mode.startswith("async"):
-            r = inf.take()
+            r = inf.take(tick)
             if r is not None:
                 delays.append(tick - r[1])
                 boundary = sched.add(r[0], r[1], tick) or boundary
             expect = max(delay, int(np.ceil(np.percentile(delays[-10:], 90)))) if delays else delay
             if not inf.busy and inf.result is None and sched.should_request(tick, expect):
-                prefix = sched.plan(tick)[:expect] if mode == "async+prefix" else None
+                prefix = sched.committed(tick, tick, expect) if mode == "async+prefix" else None
                 inf.request(policy.snapshot(obs, prefix), tick)
             action = sched.next_action(tick)
         else:
-            r = inf.take()
+            r = inf.take(tick)
             if r is not None:
                 delays.append(tick - r[1])
                 queue = list(r[0][:n_exec])
@@ -186,7 +199,7 @@ def episode(env, policy: ScriptedChunkPolicy, mode: str, delay: int, n_exec: int
         if term or trunc:
             break
     # let a pending worker finish before the next episode
-    while inf.busy:
+    while inf.busy and clock == "real":
         time.sleep(0.01)
     return {"success": success, "ticks": tick + 1, "missed": missed, "delay_ticks": delays,
             "max_boundary_jump": max(boundary_jumps) if boundary_jumps else 0.0,
@@ -203,6 +216,8 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=1.0,
                     help="wall seconds per control period / nominal (>1 runs slower than real time, e.g. on a "
                          "loaded machine; delays scale with it)")
+    ap.add_argument("--clock", choices=("real", "virtual"), default="real",
+                    help="real: worker thread + injected sleep at control rate; virtual: delays counted in ticks")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -216,7 +231,8 @@ def main() -> None:
     rows = []
     for d in (int(x) for x in args.delays.split(",")):
         for mode, n_exec in settings:
-            eps = [episode(env, policy, mode, d, n_exec, 1000 + i, hz, args.blend, args.max_ticks, args.time_scale)
+            eps = [episode(env, policy, mode, d, n_exec, 1000 + i, hz, args.blend, args.max_ticks, args.time_scale,
+                           args.clock)
                    for i in range(args.episodes)]
             ok = [e for e in eps if e["success"]]
             row = {"mode": mode if mode.startswith("async") else f"sync (exec {n_exec}/{h})", "delay": d,
@@ -229,7 +245,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     env.close()
-    print(f"\ntask {args.task}, H={h}, {hz:g} Hz, {args.episodes} episodes per row, blend {args.blend} ticks\n")
+    print(f"\ntask {args.task}, H={h}, {hz:g} Hz, {args.episodes} episodes per row, blend {args.blend} ticks, "
+          f"clock {args.clock}, time scale {args.time_scale}\n")
     print("| delay (periods) | achieved | mode | success | completion time s | sync / async, / async+prefix "
           "| missed ticks / ep | max jump at boundary | max jump inside chunks |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -44,6 +44,7 @@ class ChunkScheduler:
         self.executed_ticks = 0
         self.last_action: np.ndarray | None = None
         self.max_jump = 0.0  # largest |a_t - a_{t-1}| (inf-norm) between consecutive executed actions
+        self._history: dict[int, np.ndarray] = {}  # executed actions of the last ticks, by tick
 
     # --------------------------------------------------------------- state
     def remaining(self, now: int) -> int:
@@ -54,6 +55,18 @@ class ChunkScheduler:
         """The actions planned for ticks ``now, now + 1, ...`` (a copy)."""
         return self._plan[max(0, now - self._start):].copy()
 
+    def committed(self, obs_tick: int, now: int, ahead: int) -> np.ndarray:
+        """The actions a chunk observed at ``obs_tick`` and arriving ``ahead`` ticks after ``now`` cannot
+        change: those executed since ``obs_tick`` plus the next ``ahead`` planned ones (the prefix
+        for real-time chunking; stops at the first gap)."""
+        out = []
+        for t in range(obs_tick, now):
+            if t not in self._history:
+                return np.asarray(out, np.float32).reshape(-1, self.action_dim)
+            out.append(self._history[t])
+        out.extend(self.plan(now)[:ahead])
+        return np.asarray(out, np.float32).reshape(-1, self.action_dim)
+
     def should_request(self, now: int, expected_delay: int) -> bool:
         """True when a chunk requested now would arrive with ``max(blend_steps, 1)`` planned actions left
         (enough to blend over, and no missed tick)."""
@@ -62,6 +75,7 @@ class ChunkScheduler:
     def reset(self) -> None:
         self._start, self._plan = 0, np.zeros((0, self.action_dim), np.float32)
         self.last_action = None
+        self._history.clear()
 
     # ------------------------------------------------------------- updates
     def add(self, chunk: np.ndarray, obs_tick: int, now: int) -> bool:
@@ -102,4 +116,6 @@ class ChunkScheduler:
             self.max_jump = max(self.max_jump, float(np.max(np.abs(a - self.last_action))))
         self.last_action = a
         self.executed_ticks += 1
+        self._history[now] = a
+        self._history.pop(now - 64, None)
         return a

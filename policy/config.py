@@ -86,6 +86,7 @@ class PolicyNodeConfig:
     control_hz: float = 0.0  # 0 -> the rig spec's control rate
     max_obs_age: float = 0.5  # s: older camera/state samples are refused
     blend_steps: int = 3  # ticks over which a new chunk is blended into the old one
+    rtc: bool = True  # pass the committed actions to the policy as a prefix (real-time chunking)
     gripper_speed: float = 0.1
     gripper_force: float = 0.0  # > 0: close with a grasp of this force
 

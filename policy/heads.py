@@ -78,8 +78,13 @@ class TokenLearnerHead(nn.Module):
     def loss(self, hidden, mask, proprio, actions, is_pad=None) -> torch.Tensor:
         return masked_mse(self(hidden, mask, proprio), actions, is_pad)
 
-    def sample(self, hidden, mask, proprio, generator=None) -> torch.Tensor:
-        return self(hidden, mask, proprio)
+    def sample(self, hidden, mask, proprio, generator=None, prefix=None) -> torch.Tensor:
+        """The chunk; a regression head cannot condition on a committed ``prefix``: it only overwrites it."""
+        out = self(hidden, mask, proprio)
+        if prefix is not None and prefix.shape[1]:
+            out = out.clone()
+            out[:, : prefix.shape[1]] = prefix.to(out.dtype)
+        return out
 
 
 class _ExpertBlock(nn.Module):
@@ -164,15 +169,31 @@ class FlowMatchingHead(nn.Module):
         return masked_mse(self.velocity(x_t, t, kvs, mem_mask), noise - actions.float(), is_pad)
 
     @torch.no_grad()
-    def sample(self, hidden, mask, proprio, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, hidden, mask, proprio, generator: torch.Generator | None = None,
+               prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Euler integration from noise (t=1) to actions (t=0).
+
+        ``prefix`` (B, P, A): actions already committed for the chunk's first P steps (they execute
+        while this chunk is computed). They are inpainted: at every step the first P positions are
+        set to the noisy prefix of the current time, so the rest of the chunk continues them
+        (real-time chunking, the hard-inpainting variant)."""
         b = hidden.shape[0]
-        x = torch.randn(
+        noise = torch.randn(
             (b, self.horizon, self.action_dim), generator=generator, device="cpu" if generator is None
             else generator.device, dtype=torch.float32,
         ).to(hidden.device)
+        p = 0 if prefix is None else min(int(prefix.shape[1]), self.horizon)
+        known = None if not p else prefix[:, :p].float().to(hidden.device)
+        x = noise
         kvs, mem_mask = self.prefix(hidden, mask, proprio)
         dt = -1.0 / self.steps
         for i in range(self.steps):
-            t = torch.full((b,), 1.0 + i * dt, device=hidden.device)
+            tau = 1.0 + i * dt
+            if p:
+                x = x.clone()
+                x[:, :p] = tau * noise[:, :p] + (1.0 - tau) * known
+            t = torch.full((b,), tau, device=hidden.device)
             x = x + dt * self.velocity(x, t, kvs, mem_mask).float()
+        if p:
+            x[:, :p] = known
         return x

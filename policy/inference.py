@@ -74,8 +74,13 @@ class Policy:
             specs[k].check(obs[k])
 
     @torch.inference_mode()
-    def infer(self, obs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """One observation -> ``{"actions": (H, A) float32}`` in [-1, 1]."""
+    def infer(self, obs: Mapping[str, Any], prefix: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One observation -> ``{"actions": (H, A) float32}`` in [-1, 1].
+
+        ``prefix`` (P, A): actions already committed for the chunk's first P ticks (those executed
+        between the observation and the chunk's arrival). The flow-matching head inpaints them so the
+        chunk continues what the robot is doing (real-time chunking); other heads only copy them.
+        """
         self.check(obs)
         t0 = time.perf_counter()
         batch = {k: np.asarray(v)[None] for k, v in obs.items() if k != "instruction"}
@@ -83,8 +88,12 @@ class Policy:
         prep = self.model.prepare(batch, self.device)
         prep["inputs"] = {k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in prep["inputs"].items()}
         prep["proprio"] = prep["proprio"].to(self.dtype)
+        known = None
+        if prefix is not None and len(prefix):
+            known = np.asarray(prefix, np.float32).reshape(-1, self.spec.action.dim)[: self.horizon]
+            known = torch.as_tensor(self.model.normalizer.normalize("actions", known), device=self.device)[None]
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.device.type == "cuda"):
-            act = self.model.predict(prep, generator=self.generator)[0].float()
+            act = self.model.predict(prep, generator=self.generator, prefix=known)[0].float()
         act = self.model.normalizer.unnormalize("actions", act).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
         self.last_latency = time.perf_counter() - t0

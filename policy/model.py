@@ -235,10 +235,11 @@ class VLA(nn.Module):
         return self.head.loss(hidden, mask, proprio, actions, is_pad)
 
     @torch.no_grad()
-    def predict(self, prep: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalised action chunks (B, H, A)."""
+    def predict(self, prep: Mapping[str, Any], generator: torch.Generator | None = None,
+                prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised action chunks (B, H, A); ``prefix`` (B, P, A): committed first actions (normalised)."""
         hidden, mask = self.encode(prep["inputs"])
-        return self.head.sample(hidden, mask, prep["proprio"], generator=generator)
+        return self.head.sample(hidden, mask, prep["proprio"], generator=generator, prefix=prefix)
 
     # ---------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path) -> Path:

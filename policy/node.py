@@ -11,7 +11,10 @@ A worker thread runs inference while a control timer (``control_hz``) executes
 the current chunk; :class:`policy.chunking.ChunkScheduler` aligns each new chunk
 to the time passed since its observation and blends it into the plan. The
 next inference starts early enough (from the measured latency) for its chunk to
-arrive before the plan runs out.
+arrive before the plan runs out. With ``rtc`` (default) the actions that will
+execute while the chunk is computed are passed to the policy as a committed
+prefix, which the flow-matching head inpaints (real-time chunking), so the new
+chunk continues the motion instead of contradicting it.
 
 Safety behaviour: observations older than ``max_obs_age`` are refused (no new
 inference, and no target while the robot state is stale); if inference fails,
@@ -94,7 +97,7 @@ class PolicyNode(LifecycleNode):
         self._wake = threading.Condition(self._lock)
         self._inputs: dict[str, _Latest] = {}
         self._instruction = ""
-        self._request: tuple[dict[str, Any], int] | None = None
+        self._request: tuple[dict[str, Any], int, np.ndarray | None] | None = None
         self._result: tuple[np.ndarray, int, float] | None = None
         self._busy = False
         self._running = False
@@ -270,11 +273,12 @@ class PolicyNode(LifecycleNode):
                     self._wake.wait(0.5)
                 if not self._running:
                     return
-                obs, obs_tick = self._request
+                obs, obs_tick, prefix = self._request
                 self._request = None
             t0 = time.perf_counter()
             try:
-                chunk = np.asarray(self._policy.infer(obs)["actions"], np.float32)
+                out = self._policy.infer(obs, prefix=prefix) if prefix is not None else self._policy.infer(obs)
+                chunk = np.asarray(out["actions"], np.float32)
             except Exception as e:  # a failed inference: stay silent, the franka watchdog holds the arm
                 self.failures += 1
                 self.get_logger().error(f"inference failed: {type(e).__name__}: {e}")
@@ -316,8 +320,9 @@ class PolicyNode(LifecycleNode):
                 self.diag.set(WARN, why)
             else:
                 obs_tick = now - int(round((now_wall - oldest) * self.hz))
+                prefix = self.scheduler.committed(obs_tick, now, self._expected_delay()) if self.p.rtc else None
                 with self._lock:
-                    self._request, self._busy = (obs, obs_tick), True
+                    self._request, self._busy = (obs, obs_tick, prefix), True
                     self._wake.notify()
         with self._lock:
             pose = self._inputs["ee_pose"]

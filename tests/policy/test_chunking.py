@@ -79,3 +79,14 @@ def test_gripper_switches_to_the_new_chunk_without_blending():
     a = s.next_action(1)
     assert a[6] == -1.0  # a half-closed gripper would be a failed grasp
     assert 0.0 < a[0] < 1.0  # the arm is blended
+
+
+def test_committed_prefix_is_what_executes_while_the_next_chunk_is_computed():
+    s = ChunkScheduler(blend_steps=0)
+    s.add(ramp(0, 8), obs_tick=0, now=0)
+    executed = [s.next_action(t) for t in range(3)]
+    pre = s.committed(obs_tick=1, now=3, ahead=2)  # observed at tick 1, 2 more ticks of inference
+    np.testing.assert_array_equal(pre, np.stack([executed[1], executed[2], *ramp(3, 2)]))
+    assert s.committed(obs_tick=1, now=3, ahead=0).shape == (2, 7)
+    s.reset()
+    assert s.committed(obs_tick=1, now=3, ahead=2).shape == (0, 7)  # nothing known after a reset

@@ -143,3 +143,14 @@ def test_episode_store_loader_format_and_per_key_stats_are_accepted(tiny_backbon
     for k in a["inputs"]:
         assert torch.equal(a["inputs"][k], c["inputs"][k]), k
     assert torch.equal(a["proprio"], c["proprio"]) and torch.equal(a["actions"], c["actions"])
+
+
+def test_flow_head_inpaints_a_committed_prefix(tiny_backbones):
+    p = policy.Policy(make(tiny_backbones, "paligemma", head="flow"))
+    obs = observation(p.spec)
+    free = p.infer(obs)["actions"]
+    prefix = np.full((3, 7), 0.5, np.float32)
+    p.generator.manual_seed(0)
+    inpainted = p.infer(obs, prefix=prefix)["actions"]
+    np.testing.assert_allclose(inpainted[:3], prefix, atol=1e-6)
+    assert not np.allclose(inpainted[3:], free[3:]), "the rest of the chunk must depend on the prefix"

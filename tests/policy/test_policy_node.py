@@ -161,7 +161,7 @@ def test_node_stays_silent_when_inference_fails(checkpoint):
         def __init__(self, inner):
             self.inner, self.spec, self.device = inner, inner.spec, inner.device
 
-        def infer(self, obs):
+        def infer(self, obs, **kwargs):
             raise RuntimeError("CUDA error: device lost")
 
     probe, instr, String = _probe()
