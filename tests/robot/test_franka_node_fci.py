@@ -120,7 +120,7 @@ def test_fci_server_killed_mid_motion_node_survives_and_reconnects(franka_sim):
         assert h.counts["joint_states"] - n < 5, "stale state published while disconnected"
         assert h.node.context.ok() and h.node._threads and all(t.is_alive() for t in h.node._threads)
         franka_sim.start()
-        assert h.wait_for(lambda: (d := h.diag()) and d[2]["connected"] == "True" and d[2]["reconnects"] == "2",
+        assert h.wait_for(lambda: (d := h.diag()) and d[2]["connected"] == "True" and int(d[2]["reconnects"]) >= 2,
                           30.0), f"did not reconnect: {h.diag()}"
         n = h.counts["joint_states"]
         assert h.wait_for(lambda: h.counts["joint_states"] > n + 50, 5.0)
