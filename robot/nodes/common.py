@@ -185,12 +185,17 @@ def declare_dataclass(
     prefix: str = "",
     descriptions: Mapping[str, str] | None = None,
     read_only: tuple[str, ...] = (),
+    constraints: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Declare one parameter per (nested) field of dataclass instance ``cfg``, its value the default.
 
     Floats are declared with dynamic typing so ``-p rate:=500`` (an int) is accepted and
-    coerced by :func:`read_dataclass`. Returns the declared names.
+    coerced by :func:`read_dataclass`. Descriptions come from ``descriptions`` (name -> text),
+    else from the fields' trailing comments. ``constraints`` (name -> text, e.g. ``"in [1, 2000]"``)
+    fill the descriptors' ``additional_constraints`` shown by ``ros2 param describe``.
+    Returns the declared names.
     """
+    constraints = constraints or {}
     names = []
     descriptions = descriptions or {}
     for name, value, kind, comment in _flat_fields(cfg, prefix):
@@ -204,8 +209,9 @@ def declare_dataclass(
             }.get(kind, rclpy.Parameter.Type.STRING_ARRAY)
         desc = ParameterDescriptor(
             name=name,
-            description=descriptions.get(name, comment),
+            description=descriptions.get(name) or comment,
             read_only=name in read_only,
+            additional_constraints=constraints.get(name, ""),
             dynamic_typing=kind in ("float", "list[float]"),
         )
         node.declare_parameter(name, value, desc)

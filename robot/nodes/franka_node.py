@@ -79,6 +79,37 @@ BASE_FRAME = "panda_link0"
 TCP_FRAME = "panda_hand_tcp"
 
 
+#: what validate_robot_config() accepts, shown by ``ros2 param describe``
+CONSTRAINTS = {
+    "backend": "sim | franky",
+    "state_rate_hz": "in [1, 2000] Hz",
+    "translational_stiffness": "in (0, 5000] N/m",
+    "rotational_stiffness": "in (0, 500] N m/rad",
+    "damping_ratio": "in (0, 3]; 1 = critical",
+    "gripper_speed": "in (0, 0.1] m/s",
+    "gripper_force": "in [0, 70] N",
+    "home_joints": "7 joint angles, rad",
+    "reconnect_period": "> 0 s",
+    "twist_mode": "velocity | delta",
+    "rt_priority": "0, or a SCHED_FIFO priority in 1..98",
+    "safety.workspace_min": "[x, y, z] m, below workspace_max",
+    "safety.max_tilt": "in (0, pi/2] rad",
+    "safety.max_step_translation": "in (0, 0.05] m per tick",
+    "safety.max_step_rotation": "in (0, 0.5] rad per tick",
+    "safety.gripper_min": "0 <= gripper_min < gripper_max <= 0.08 m",
+}
+
+
+#: descriptions of the RobotConfig fields that carry no trailing comment in robot/config.py
+DESCRIPTIONS = {
+    "state_rate_hz": "control loop rate: state publishing, safety filter and target streaming (Hz)",
+    "home_joints": "joint angles the home service moves to (rad)",
+    "safety.workspace_max": "workspace box of the TCP position, upper corner [x, y, z] (m, base frame)",
+    "safety.gripper_min": "smallest gripper width commanded (m)",
+    "safety.gripper_max": "largest gripper width commanded (m)",
+}
+
+
 def validate_robot_config(cfg: RobotConfig) -> None:
     """Raise :class:`ParameterError` naming the parameter, its value and the fix."""
     require(cfg.backend in ("sim", "franky"), "backend", cfg.backend, "must be 'sim' or 'franky'")
@@ -170,7 +201,7 @@ class FrankaNode(LifecycleNode):
 
     def __init__(self, node_name: str = "franka", *, backend_factory=None, **kwargs: Any):
         super().__init__(node_name, **kwargs)
-        declare_dataclass(self, RobotConfig())
+        declare_dataclass(self, RobotConfig(), descriptions=DESCRIPTIONS, constraints=CONSTRAINTS)
         self.declare_parameter("autostart", True, ParameterDescriptor(
             description="configure and activate at start (false: wait for a lifecycle manager)"))
         self.add_on_set_parameters_callback(self._on_set_parameters)
