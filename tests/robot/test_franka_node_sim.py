@@ -172,3 +172,45 @@ def test_impedance_gains_change_live_and_are_validated(sim):
     res = sim.node.set_parameters([Parameter("rotational_stiffness", value=-5.0)])
     assert not res[0].successful and "rotational_stiffness" in res[0].reason
     assert sim.node.sim_rig.k_r == pytest.approx(150.0)
+
+
+def test_franka_node_executable_publishes_and_exits_cleanly_on_ctrl_c():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import rclpy
+    from sensor_msgs.msg import JointState
+
+    exe = Path(sys.executable).with_name("franka-node")
+    ns = "/exe_test"
+    proc = subprocess.Popen([str(exe), "--ros-args", "-r", f"__ns:={ns}", "-p", "state_rate_hz:=100.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = rclpy.create_node("probe", namespace=ns, context=ctx)
+        got = []
+        node.create_subscription(JointState, "joint_states", got.append, 10)
+        from rclpy.executors import SingleThreadedExecutor
+
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        deadline = time.monotonic() + 60.0
+        while len(got) < 20 and time.monotonic() < deadline and proc.poll() is None:
+            ex.spin_once(timeout_sec=0.1)
+        assert len(got) >= 20, f"no joint_states from franka-node: {proc.poll()}"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "Traceback" not in out and "context is invalid" not in out, out
+        ex.shutdown()
+        node.destroy_node()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ctx.try_shutdown()
