@@ -500,6 +500,8 @@ class FrankaNode(LifecycleNode):
             self._reject(what, "position[0] (the width in m) is missing")
             return
         speed = msg.velocity[0] if msg.velocity else self.cfg.gripper_speed
+        if math.isfinite(speed) and speed <= 0.0:  # unset (0): the configured speed; NaN is rejected below
+            speed = self.cfg.gripper_speed
         force = msg.effort[0] if msg.effort else 0.0
         try:
             cmd = self.filter.gripper(msg.position[0], speed, force)
