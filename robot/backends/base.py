@@ -110,6 +110,10 @@ class Backend(ABC):
         """The current robot error ('' when fine)."""
         return ""
 
+    def diagnostics(self) -> dict[str, object]:
+        """Backend-specific health values for /diagnostics (cheap to call)."""
+        return {}
+
 
 class GripperWorker:
     """Runs gripper commands off the control loop, the latest command wins.

@@ -85,6 +85,7 @@ class FrankyBackend(Backend):
         self._error = ""
         self._lost = ""
         self.gripper_error = ""
+        self._success_rate = float("nan")  # libfranka's share of commands that arrived in time
 
     # --------------------------------------------------------------- life cycle
     @property
@@ -209,6 +210,7 @@ class FrankyBackend(Backend):
             self._lost = f"connection to {self.host} lost: {type(e).__name__}: {e}"
             raise ConnectionLost(self._lost) from e
         now = time.time()
+        self._success_rate = s.control_command_success_rate
         if not self._busy and not self._error and not robot.is_in_control:
             self._check_motion(robot)  # sets error() (a reflex) or raises ConnectionLost
         ee = s.O_T_EE
@@ -241,6 +243,11 @@ class FrankyBackend(Backend):
 
     def error(self) -> str:
         return self._lost or self._error
+
+    def diagnostics(self) -> dict[str, object]:
+        w = self._worker
+        return {"control_command_success_rate": self._success_rate,
+                "gripper_commands": w.commands_sent if w is not None else 0}
 
     # ------------------------------------------------------------ recover / home
     def recover(self) -> bool:

@@ -62,6 +62,7 @@ class SimBackend(Backend):
         self._error = ""
         self.overruns = 0  # physics steps that ran late by more than 20 ms (resynchronised)
         self.steps = 0
+        self._t0: tuple[float, int] | None = (time.monotonic(), 0)  # for the real-time factor
 
     # --------------------------------------------------------------- life cycle
     @property
@@ -182,6 +183,14 @@ class SimBackend(Backend):
 
     def error(self) -> str:
         return self._error
+
+    def diagnostics(self) -> dict[str, object]:
+        now = time.monotonic()
+        rtf = float("nan")
+        if self.rig is not None and self._t0 is not None and now > self._t0[0]:
+            rtf = (self.steps - self._t0[1]) * self.rig.timestep / (now - self._t0[0])
+        self._t0 = (now, self.steps)
+        return {"sim_steps": self.steps, "sim_overruns": self.overruns, "sim_realtime_factor": rtf}
 
     def recover(self) -> bool:
         """After the physics thread died (e.g. an unstable step): reset the arm home and restart it.

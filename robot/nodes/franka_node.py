@@ -756,6 +756,7 @@ class FrankaNode(LifecycleNode):
             last_disconnect=self._lost_reason if not self._connected else "",
             gripper_width=g.width if g is not None else float("nan"),
             gripper_error=g.error if g is not None else "",
+            **(self.backend.diagnostics() if self.backend is not None else {}),
         )
         d.publish_now()
 

@@ -43,6 +43,8 @@ def test_targets_move_the_end_effector(node):
     js = node.last["joint_states"]
     assert len(js.position) == 7 and len(js.velocity) == 7 and len(js.effort) == 7
     assert node.last["ee_pose"].header.frame_id == "panda_link0"
+    _, _, values = node.wait_for(node.diag, 5.0)
+    assert 0.0 < float(values["control_command_success_rate"]) <= 1.0
 
 
 def test_gripper_moves_and_grasps(node):

@@ -41,6 +41,7 @@ def test_sim_node_moves_the_arm_to_a_commanded_target(sim):
     assert sim.node.sim_rig is not None and sim.node.sim_lock is not None
     level, msg, values = sim.wait_for(sim.diag, 5.0)
     assert values["backend"] == "sim" and values["connected"] == "True"
+    assert int(values["sim_steps"]) > 0 and "sim_realtime_factor" in values
 
 
 def test_teleop_intervention_wins_over_the_policy(sim):
