@@ -123,7 +123,7 @@ def rig_spec_from_config(rig: Any) -> RigSpec:
 def _lab_rig() -> RigConfig:
     return RigConfig(
         name="lab",
-        robot=RobotConfig(backend="franky"),
+        robot=RobotConfig(backend="franky", rt_priority=50),
         cameras=CamerasConfig(
             backend="realsense",
             cameras=[

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import rclpy.exceptions
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -258,7 +259,10 @@ def read_dataclass(node: Node, cls: type, prefix: str = "") -> Any:
             sub = tp if dataclasses.is_dataclass(tp) else type(getattr(cls(), f.name))
             kwargs[f.name] = read_dataclass(node, sub, f"{name}.")
             continue
-        value = node.get_parameter(name).value
+        try:
+            value = node.get_parameter(name).value
+        except rclpy.exceptions.ParameterUninitializedException:
+            value = []  # declared by type (an empty-list default) and never set
         kwargs[f.name] = _coerce(name, value, _kind(tp))
     return cls(**kwargs)
 
