@@ -7,8 +7,11 @@ What it does, all for real and from scratch (nothing is downloaded or cached):
    plus the iRe-VLA action head) on them;
 2. evaluates it on held-out seeds; rolls it out with a simulated operator who
    intervenes;
-3. trains a state-based specialist where the generalist fails, rolls it out with
-   the cameras on, and keeps its successes;
+3. picks a specialist where the generalist fails -- by default the scripted
+   operator at noise 0, a labelled stand-in for a converged RL specialist (a
+   learned one, ``specialist.algo=sil`` or ``sac``, needs more CPU than a demo
+   has to become reliable) -- rolls it out with the cameras on, and keeps its
+   successes;
 4. distils them into the generalist (RLDG), evaluates the candidate on the same
    held-out seeds, and promotes it only if it is better;
 5. writes ``outputs/demo/iterations/iter_001/report.md`` (+ ``report.png``) with the
@@ -28,16 +31,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel.distill.specialist import SpecialistConfig
 from flywheel.iterate import IterateConfig, run_iteration
 
 
 @dataclass
 class DemoConfig(IterateConfig):
     workdir: str = "outputs/demo"
+    specialist: SpecialistConfig = field(default_factory=lambda: SpecialistConfig(algo="scripted"))
 
 
 def register() -> None:

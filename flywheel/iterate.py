@@ -46,14 +46,14 @@ class BudgetConfig:
     """How much work each stage does (hydra group ``budget``: tiny | demo | full)."""
 
     name: str = "demo"
-    pretrain_demos: int = 30  # human-like demos per pretraining task
-    pretrain_steps: int = 600  # SFT steps of the first generalist
-    eval_episodes: int = 20  # held-out episodes per task and evaluation
-    policy_rollouts: int = 4  # generalist rollouts (with interventions) per task in `collect`
+    pretrain_demos: int = 24  # human-like demos per pretraining task
+    pretrain_steps: int = 500  # SFT steps of the first generalist
+    eval_episodes: int = 16  # held-out episodes per task and evaluation
+    policy_rollouts: int = 2  # generalist rollouts (with interventions) per task in `collect`
     max_specialists: int = 1
     specialist_generations: int = 6  # specialist.algo=sil: rollout -> refit generations
     specialist_env_steps: int = 3000  # specialist.algo=sac: online env steps
-    rollouts: int = 30  # specialist rollouts per task
+    rollouts: int = 24  # specialist rollouts per task
     distill_steps: int = 300  # SFT steps of the distillation
 
 
@@ -266,9 +266,11 @@ class Iteration:
                 if hasattr(agent, "bind"):
                     agent.bind(env)
                 try:
+                    # a scripted stand-in is no RL: its rollouts are tagged source=policy, not rl
+                    source = "policy" if info["algo"] == "scripted" else "rl"
                     st = collect.record_rollouts(store, env, agent, range(20_000, 20_000 + int(cfg.budget.rollouts)),
-                                                 source="rl", collection=f"{ctx.workdir.name}/specialist/{t}",
-                                                 policy_version=f"specialist/{t}", progress=cfg.progress)
+                                                 source=source, collection=f"{ctx.workdir.name}/specialist/{t}",
+                                                 policy_version=f"specialist/{info['algo']}/{t}", progress=cfg.progress)
                 finally:
                     env.close()
                 out[t] = st.to_dict()
@@ -283,11 +285,11 @@ class Iteration:
             return {"skipped": "no specialist succeeded: nothing to distil"}
         with self.store("r") as store:
             parent = self.registry.get(cur["model"])
-            replay = collect.select(store, source="human", collection=parent.data.get("collections"))
+            replay = collect.select(store, source=["human", "rl", "policy"], collection=parent.data.get("collections"))
             sft = SFTConfig(**{**_plain(cfg.sft), "steps": int(cfg.budget.distill_steps)})
             rcfg = RLDGConfig(**{**_plain(cfg.rldg), "episodes_per_task": int(cfg.budget.rollouts)})
             ckpt, data = rldg.distill(cur["path"], store, tasks, ctx.stage_dir("distill") / "sft", sft, rcfg,
-                                      source="rl", replay_episodes=replay,
+                                      source=["rl", "policy"], replay_episodes=replay,
                                       collection=[f"{ctx.workdir.name}/specialist/{t}" for t in tasks])
         data["collections"] = list(parent.data.get("collections", [])) + [
             f"{ctx.workdir.name}/specialist/{t}" for t in tasks]

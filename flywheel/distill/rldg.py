@@ -30,7 +30,8 @@ class RLDGConfig:
     replay: float = 0.3  # batch fraction drawn from the replay episodes (0: new data only)
 
 
-def pick_episodes(store: Any, tasks: Sequence[str], source: str, n: int, collection: str | None = None) -> list[int]:
+def pick_episodes(store: Any, tasks: Sequence[str], source: str | Sequence[str], n: int,
+                  collection: str | Sequence[str] | None = None) -> list[int]:
     """``n`` successful episodes per task from ``source`` (oldest first); fails if a task has too few."""
     out: list[int] = []
     for t in tasks:
@@ -61,9 +62,9 @@ def distill(
     sft: Any,
     cfg: Any,
     *,
-    source: str = "rl",
+    source: str | Sequence[str] = "rl",
     replay_episodes: Sequence[int] = (),
-    collection: str | None = None,
+    collection: str | Sequence[str] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Fine-tune ``parent`` on successful ``source`` episodes of ``tasks``; returns (checkpoint, data used).
 
@@ -73,6 +74,6 @@ def distill(
     eps, weights = mix_weights(new, replay_episodes, float(cfg.replay))
     ckpt = finetune(parent, store, eps, out_dir, sft, weights=weights)
     steps = sum(store.record(i).length for i in new)
-    data = {"source": source, "tasks": list(tasks), "episodes": new, "steps": steps,
+    data = {"source": source if isinstance(source, str) else list(source), "tasks": list(tasks), "episodes": new, "steps": steps,
             "replay_episodes": len(eps) - len(new), "replay_fraction": float(cfg.replay) if weights else 0.0}
     return ckpt, data

@@ -40,7 +40,7 @@ class SpecialistConfig:
     env_steps: int = 3000  # sac: online env steps of RL
     generations: int = 6  # sil: rollout -> refit generations
     rollouts_per_generation: int = 16  # sil
-    exploration_noise: float = 0.2  # sil: Gaussian std on the translation dims
+    exploration_noise: float = 0.05  # sil: Gaussian std on the translation dims (insertion needs ~1 mm)
     keep_best: int = 40  # sil: the shortest successes kept for refitting
     bc_steps: int = 1000  # sil: MLP fitting steps (first fit; later fits use half)
     demos: int = 10  # human-like demos seeding the RLPD demo buffer

@@ -67,7 +67,7 @@ def test_iteration_killed_at_a_stage_resumes_and_finishes(tmp_path):
     assert "before (g0)" in report and "after (iter_001-rldg)" in report and (it / "report.png").exists()
     reg = json.loads((wd / "registry" / "registry.json").read_text())
     cand = reg["models"]["iter_001-rldg"]
-    assert cand["parent"] == "g0" and cand["data"]["source"] == "rl" and cand["data"]["episodes"]
+    assert cand["parent"] == "g0" and cand["data"]["source"] == ["rl", "policy"] and cand["data"]["episodes"]
     assert "success" in cand["metrics"] and reg["current"] in ("g0", "iter_001-rldg")
     # the store holds each source once: the human demos were not recollected on resume
     from flywheel.data import EpisodeStore
@@ -75,6 +75,9 @@ def test_iteration_killed_at_a_stage_resumes_and_finishes(tmp_path):
     with EpisodeStore(wd / "store", "r") as store:
         human = [r for r in store.records if r.source == "human"]
         assert len(human) == 2 and len({r.extra["seed"] for r in human}) == 2
-        assert {r.source for r in store.records} == {"human", "policy", "rl"}
+        # the scripted stand-in specialist is no RL: its rollouts are tagged policy, never rl
+        assert {r.source for r in store.records} == {"human", "policy"}
+        spec_eps = [r for r in store.records if r.extra["collection"].startswith("iter_001/specialist/")]
+        assert spec_eps and all(r.policy_version.startswith("specialist/scripted/") for r in spec_eps)
     # a rerun of a finished iteration starts the next one
     assert "iter_001" in r.stdout
