@@ -209,7 +209,7 @@ class EvalConfig:
     env: str = "sim"  # sim | rig (the ROS env adapter, robot/env.py, on a running rig-up graph)
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_size: int = 32
-    execute: int = 2  # actions of each chunk executed before re-inferring
+    execute: int = 1  # actions of each chunk executed before re-inferring (1: closed loop, best measured)
     expert_noise: float = 0.0
     max_steps: int | None = None
     namespace: str = ""  # rig: the rig's ROS namespace

@@ -35,7 +35,7 @@ class GeneralistConfig:
     num_tokens: int = 4
     cameras: list[str] = field(default_factory=lambda: ["front", "wrist"])
     image_size: int = 32
-    execute: int = 2  # actions of each chunk executed before re-inferring
+    execute: int = 1  # actions of each chunk executed before re-inferring (1: closed loop, best measured)
     seed: int = 0
 
 
