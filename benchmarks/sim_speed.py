@@ -9,7 +9,9 @@ for ours (``PandaRig/LiftCube-Red-v0``, primitive and mesh visuals) and gym-hil
 (``gym_hil/PandaPickCubeBase-v0``, ``image_obs`` False/True; a benchmark-only
 use). Both step 10 Hz control over 2 ms physics (50 substeps, a Python
 controller every substep). Random actions (gym-hil's xyz scaled to its 1 cm
-step); episodes reset when they end. Prints a markdown table; ``--out`` writes it.
+step); episodes reset when they end. A cell stops after ``--cell-seconds``
+(30) and reports the rate over the steps it did. Prints a markdown table;
+``--out`` writes it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def _scale(action: np.ndarray, hil: bool) -> np.ndarray:
     return action
 
 
+CELL_SECONDS = 30.0  # a cell stops early after this long (gym-hil's camera cells are slow)
+
+
 def bench_single(make, hil: bool, steps: int) -> float:
     env = make()
     rng = np.random.default_rng(0)
@@ -53,11 +58,13 @@ def bench_single(make, hil: bool, steps: int) -> float:
         for _ in range(5):  # warm up (renderer contexts, caches)
             env.step(_scale(rng.uniform(-1, 1, 7).astype(np.float32), hil))
         t0 = time.perf_counter()
-        for _ in range(steps):
+        done = 0
+        while done < steps and time.perf_counter() - t0 < CELL_SECONDS:
             _, _, term, trunc, _ = env.step(_scale(rng.uniform(-1, 1, 7).astype(np.float32), hil))
+            done += 1
             if term or trunc:
                 env.reset()
-        return steps / (time.perf_counter() - t0)
+        return done / (time.perf_counter() - t0)
     finally:
         env.close()
 
@@ -74,9 +81,11 @@ def bench_vec(env_id: str, kwargs: dict, hil: bool, mode: str, n: int, steps: in
         for _ in range(3):
             venv.step(_scale(rng.uniform(-1, 1, (n, 7)).astype(np.float32), hil))
         t0 = time.perf_counter()
-        for _ in range(steps // n):
+        done = 0
+        while done < steps and time.perf_counter() - t0 < CELL_SECONDS:
             venv.step(_scale(rng.uniform(-1, 1, (n, 7)).astype(np.float32), hil))
-        return (steps // n) * n / (time.perf_counter() - t0)
+            done += n
+        return done / (time.perf_counter() - t0)
     finally:
         venv.close()
 
@@ -87,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="60 steps per cell")
     ap.add_argument("--num-envs", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cell-seconds", type=float, default=CELL_SECONDS,
+                    help="stop a cell early after this many seconds (rate from the steps done)")
     args = ap.parse_args(argv)
+    globals()["CELL_SECONDS"] = args.cell_seconds
     steps = 60 if args.quick else args.steps
     n = args.num_envs
     import gym_hil  # noqa: F401  (registers the gym_hil/* ids)
@@ -114,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"  (load {load:.1f})", flush=True)
     lines = [f"| env | observation | single (steps/s) | SyncVectorEnv x{n} | AsyncVectorEnv x{n} | load avg |",
              "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c:.0f} | {d:.0f} | {e:.0f} | {f:.1f} |" for a, b, c, d, e, f in rows]
+    def fmt(v: float) -> str:
+        return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+
+    lines += [f"| {a} | {b} | {fmt(c)} | {fmt(d)} | {fmt(e)} | {f:.1f} |" for a, b, c, d, e, f in rows]
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
