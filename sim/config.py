@@ -20,7 +20,7 @@ class RandomizationConfig:
     color_jitter: float = 0.04  # +- per RGB channel around each object's colour
     light_jitter: float = 0.15  # relative +- on light intensities
     camera_jitter: float = 0.005  # m, +- on the front camera position
-    friction_range: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale on object friction
+    friction_range: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale on all contact friction
 
 
 @dataclass

@@ -151,11 +151,11 @@ class PandaRigEnv(gym.Env):
 
     def _randomize_scene(self, rng: np.random.Generator) -> None:
         m, r = self.rig.model, self.randomization
-        rig = self.rig
         if self._defaults is None:
             self._defaults = dict(friction=m.geom_friction.copy(), diffuse=m.light_diffuse.copy(),
                                   cam=m.cam_pos.copy(), rgba=m.geom_rgba.copy())
         dflt = self._defaults
+        m.geom_rgba[:] = dflt["rgba"]  # colour jitter never accumulates over resets
         m.geom_friction[:] = dflt["friction"]
         m.light_diffuse[:] = dflt["diffuse"]
         m.cam_pos[:] = dflt["cam"]
@@ -168,7 +168,6 @@ class PandaRigEnv(gym.Env):
         if r.camera_jitter > 0:
             front = m.camera("front").id
             m.cam_pos[front] = dflt["cam"][front] + rng.uniform(-r.camera_jitter, r.camera_jitter, 3)
-        del rig
 
     def _jitter_colors(self, rng: np.random.Generator) -> None:
         j = self.randomization.color_jitter

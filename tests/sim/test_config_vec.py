@@ -98,3 +98,17 @@ def test_vector_env(mode):
         assert r.shape == (2,) and info["is_success"].shape == (2,)
     finally:
         venv.close()
+
+
+def test_colour_jitter_does_not_accumulate_over_resets():
+    env = sim.make("PlaceCubeBin-Red", cameras=())
+    try:
+        m = env.unwrapped.rig.model
+        env.reset(seed=0)
+        first = m.geom_rgba.copy()
+        for s in range(1, 30):
+            env.reset(seed=s)
+        env.reset(seed=0)
+        np.testing.assert_allclose(m.geom_rgba, first)
+    finally:
+        env.close()
