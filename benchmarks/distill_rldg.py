@@ -132,7 +132,8 @@ def main() -> None:
 
     def arms(ctx):
         """Per task and arm, how many successful episodes; the human arm always gets as many as RLDG."""
-        counts: dict[str, dict[str, int]] = {"human": {}, "rldg": {}, "scripted": {}}
+        counts: dict[str, dict[str, int]] = {"human": {}, "rldg": {}, "scripted": {}, "human_full": {},
+                                             "scripted_full": {}}
         with store("r") as s:
             for t in tasks:
                 human, rl, scripted = (len(collect.select(s, task=t, source=src, collection=c)) for src, c in
@@ -142,13 +143,15 @@ def main() -> None:
                 counts["rldg"][t] = min(n, rl)
                 counts["human"][t] = n
                 counts["scripted"][t] = min(n, scripted)
+                # the data-quality comparison without the RL cap: as many human as clean scripted episodes
+                counts["human_full"][t] = counts["scripted_full"][t] = min(n_ft, human, scripted)
                 if not rl:
                     logging.warning("%s: no successful specialist rollouts: the RLDG arm has no data of it", t)
         return {"episodes_per_task": counts}
 
     def arm(name: str, source: str, coll: str):
         def run(ctx):
-            counts = ctx.output("arms")["episodes_per_task"][name]
+            counts = ctx.output("arms_full" if name.endswith("_full") else "arms")["episodes_per_task"][name]
             g0 = ctx.output("pretrain")["checkpoint"]
             with store("r") as s:
                 replay = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
@@ -183,7 +186,12 @@ def main() -> None:
               Stage("eval_g0", evaluation("g0", "pretrain", ev_g0)),
               Stage("eval_human", evaluation("human", "ft_human", ev)),
               Stage("eval_rldg", evaluation("rldg", "ft_rldg", ev)),
-              Stage("eval_scripted", evaluation("scripted", "ft_scripted", ev_scripted))]
+              Stage("eval_scripted", evaluation("scripted", "ft_scripted", ev_scripted)),
+              Stage("arms_full", arms),
+              Stage("ft_human_full", arm("human_full", "human", "human-ft")),
+              Stage("ft_scripted_full", arm("scripted_full", "rl", "scripted")),
+              Stage("eval_human_full", evaluation("human_full", "ft_human_full", ev)),
+              Stage("eval_scripted_full", evaluation("scripted_full", "ft_scripted_full", ev))]
     t0 = time.time()
     state = ResumableJob(wd, stages, config={"tasks": tasks, "quick": q, "specialist": args.specialist}).run()
     out = state["stages"]
@@ -192,13 +200,19 @@ def main() -> None:
     table = results_table({"G0 (pretrained)": res["g0"], "+ human demos": res["human"],
                            f"+ RLDG ({args.specialist} specialist)": res["rldg"],
                            "+ scripted noise-0 (upper bound)": res["scripted"]})
+    full = {k: load_results(out[f"eval_{k}"]["output"]["results"]) for k in ("human_full", "scripted_full")
+            if "results" in out[f"eval_{k}"]["output"]}
+    table_full = results_table({"+ human demos (n_t each)": full.get("human_full", {}),
+                                "+ scripted noise-0 (n_t each)": full.get("scripted_full", {})})
     summary = {
         "table": table, "episodes_per_task": out["arms"]["output"]["episodes_per_task"],
+        "table_full": table_full, "episodes_per_task_full": out["arms_full"]["output"]["episodes_per_task"],
         "specialists": {t: {k: v for k, v in s.items() if k in ("algo", "eval_success_rate", "eval_episodes",
                                                                    "env_steps", "generations")}
                         for t, s in out["specialists"]["output"].items()},
         "rollouts": out["rollouts"]["output"], "demos": out["demos"]["output"],
-        "data_steps": {k: out[f"ft_{k}"]["output"].get("steps") for k in ("human", "rldg", "scripted")},
+        "data_steps": {k: out[f"ft_{k}"]["output"].get("steps") for k in ("human", "rldg", "scripted", "human_full",
+                                                                           "scripted_full")},
         "stage_seconds": {k: round(v["seconds"]) for k, v in out.items()},
         "load_average": os.getloadavg(), "this_run_seconds": round(time.time() - t0),
         "mean_gap_rldg_minus_human": float(np.mean([res["rldg"][t].rate - res["human"][t].rate for t in tasks]))
@@ -206,6 +220,7 @@ def main() -> None:
     }
     (wd / "summary.json").write_text(json.dumps(summary, indent=2))
     print(table)
+    print(table_full)
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
 
 

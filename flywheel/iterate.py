@@ -53,8 +53,8 @@ class BudgetConfig:
     max_specialists: int = 1
     specialist_generations: int = 6  # specialist.algo=sil: rollout -> refit generations
     specialist_env_steps: int = 3000  # specialist.algo=sac: online env steps
-    rollouts: int = 24  # specialist rollouts per task
-    distill_steps: int = 300  # SFT steps of the distillation
+    rollouts: int = 40  # specialist rollouts per task
+    distill_steps: int = 600  # SFT steps of the distillation
 
 
 BUDGETS = {
