@@ -141,7 +141,7 @@ def test_critic_loss_decreases_on_fixed_data():
 def test_sac_solves_one_step_target_task_with_the_gripper():
     torch.manual_seed(0)
     env = TargetEnv(gripper_task=True)
-    agent = SACAgent(SACConfig(hidden_dims=[64, 64], batch_size=64, arm_dims=[0, 1]),
+    agent = SACAgent(SACConfig(hidden_dims=[64, 64], batch_size=64, arm_dims=[0, 1], init_temperature=0.1),
                      obs_shapes_of(env.observation_space))
     learner = Learner(agent, LearnerConfig(random_steps=100, warmup_steps=100))
     train_local(learner, Actor(env, agent, reward_source="env"), 1500, progress=False)
