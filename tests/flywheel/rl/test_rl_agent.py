@@ -74,6 +74,7 @@ def test_intervened_transitions_go_to_both_buffers_policy_ones_only_online():
 
 
 def test_actor_routes_interventions_and_logs_rate():
+    torch.manual_seed(0)
     env = LineEnv(horizon=10)
     agent = SACAgent(SACConfig(hidden_dims=[16], arm_dims=[0]), obs_shapes_of(env.observation_space))
     expert = LineExpert()
@@ -93,7 +94,8 @@ def test_actor_routes_interventions_and_logs_rate():
     # the stored action of an intervened step is the operator's, not the policy's
     i = int(np.flatnonzero(inter)[0])
     np.testing.assert_allclose(batch["action"][i], expert.act({"state/ee_pos": batch["obs/state/ee_pos"][i]}))
-    assert batch["grip"][i] == GRIP_STAY  # width 0.08 -> +1 commanded, expert keeps +1
+    # its gripper label explains the operator's command given the command in force before it
+    assert batch["grip"][i] == gripper_label(batch["action"][i][6], batch["action"][i - 1][6])
 
 
 def test_gripper_actions_compose_the_spec_action():
