@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel.distill.generalist import SFTConfig
+from flywheel.distill.rldg import RLDGConfig
 from flywheel.distill.specialist import SpecialistConfig
 from flywheel.iterate import IterateConfig, run_iteration
 
@@ -43,6 +45,12 @@ from flywheel.iterate import IterateConfig, run_iteration
 class DemoConfig(IterateConfig):
     workdir: str = "outputs/demo"
     specialist: SpecialistConfig = field(default_factory=lambda: SpecialistConfig(algo="scripted"))
+    # The demo's backbone is random and trained from scratch: its vision path needs a higher learning
+    # rate than fine-tuning a pretrained VLM would (measured on 40 PegInsert episodes, 1000 steps:
+    # loss 0.07 at lr 3e-3 / 1e-3 against 0.21 for a model whose images were blanked).
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=3e-3, backbone_lr=1e-3, warmup_steps=50,
+                                                             save_every=500))
+    rldg: RLDGConfig = field(default_factory=lambda: RLDGConfig(episodes_per_task=80))  # every rollout
 
 
 def register() -> None:
