@@ -1,0 +1,30 @@
+"""Build docs/benchmarks.md: the summary (docs/bench/SUMMARY.md) followed by every part's results.
+
+Each part keeps its measured results, with the commands that produced them, in docs/bench/<part>.md;
+this stitches them into the one page the issues point to (headings shifted down one level).
+
+    python scripts/assemble_benchmarks.py
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ORDER = ["foundation", "robot_franka", "robot_graph", "sim", "data", "policy", "rl", "distill", "calibration"]
+
+
+def main() -> None:
+    bench = Path(__file__).resolve().parent.parent / "docs" / "bench"
+    parts = [bench / f"{name}.md" for name in ORDER if (bench / f"{name}.md").exists()]
+    parts += sorted(p for p in bench.glob("*.md") if p not in parts and p.name != "SUMMARY.md")
+    out = [(bench / "SUMMARY.md").read_text().rstrip(), ""]
+    for p in parts:
+        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", p.read_text(), flags=re.M)
+        text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", r"](bench/\1)", text)  # keep relative links working
+        out += [f"<!-- from docs/bench/{p.name} -->", text.rstrip(), ""]
+    (bench.parent / "benchmarks.md").write_text("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
