@@ -106,6 +106,19 @@ class Task:
         for g in np.where(m.geom_bodyid == m.body(name).id)[0]:
             m.geom_rgba[g, :3] = rgb
 
+    def place_cube_and_goal(self, cube_xy: np.ndarray, goal_xy: np.ndarray, rng: np.random.Generator,
+                            randomize: bool) -> None:
+        """Put the task's cube (random yaw when randomising) and its goal marker on the table."""
+        self.set_free("target_cube", np.array([*cube_xy, CUBE_HALF]),
+                      float(rng.uniform(-np.pi / 4, np.pi / 4)) if randomize else 0.0)
+        self.set_mocap("goal", np.array([*goal_xy, 0.0]))
+        self.set_color("target_cube", np.array(COLORS[self.tdef.color]))
+
+    def goal_pos(self) -> np.ndarray:
+        """The goal marker's position (place and push tasks)."""
+        m, d = self.rig.model, self.rig.data
+        return d.mocap_pos[m.body_mocapid[m.body("goal").id]].copy()
+
     @staticmethod
     def sample_xy(rng: np.random.Generator, lo, hi, n: int, min_dist: float, randomize: bool = True) -> np.ndarray:
         """``n`` points in the box [lo, hi] at least ``min_dist`` apart (rejection sampling)."""
@@ -221,14 +234,7 @@ class PlaceTask(Task):
                 cube[1] = goal[1] - side * 0.15
         else:
             cube, goal = np.array([0.45, -0.05]), np.array([0.5, 0.15])
-        self.set_free("target_cube", np.array([*cube, CUBE_HALF]),
-                      float(rng.uniform(-np.pi / 4, np.pi / 4)) if randomize else 0.0)
-        self.set_mocap("goal", np.array([*goal, 0.0]))
-        self.set_color("target_cube", np.array(COLORS[self.tdef.color]))
-
-    def goal_pos(self) -> np.ndarray:
-        m, d = self.rig.model, self.rig.data
-        return d.mocap_pos[m.body_mocapid[m.body("goal").id]].copy()
+        self.place_cube_and_goal(cube, goal, rng, randomize)
 
     def in_goal(self) -> bool:
         p, g = self.body_pos("target_cube"), self.goal_pos()
@@ -331,14 +337,7 @@ class PushTask(Task):
                 cube + np.array([0.0, 0.12]))
             if 0.33 <= goal[0] <= 0.65 and abs(goal[1]) <= 0.25:
                 break
-        self.set_free("target_cube", np.array([*cube, CUBE_HALF]),
-                      float(rng.uniform(-np.pi / 4, np.pi / 4)) if randomize else 0.0)
-        self.set_mocap("goal", np.array([*goal, 0.0]))
-        self.set_color("target_cube", np.array(COLORS[self.tdef.color]))
-
-    def goal_pos(self) -> np.ndarray:
-        m, d = self.rig.model, self.rig.data
-        return d.mocap_pos[m.body_mocapid[m.body("goal").id]].copy()
+        self.place_cube_and_goal(cube, goal, rng, randomize)
 
     def success(self) -> bool:
         p, g = self.body_pos("target_cube"), self.goal_pos()
