@@ -14,13 +14,25 @@ from pathlib import Path
 ORDER = ["foundation", "robot_franka", "robot_graph", "sim", "data", "policy", "rl", "distill", "calibration"]
 
 
+def shift_headings(text: str) -> str:
+    """One level deeper for every markdown heading outside fenced code blocks."""
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#+ ", line):
+            line = "#" + line
+        out.append(line)
+    return "\n".join(out)
+
+
 def main() -> None:
     bench = Path(__file__).resolve().parent.parent / "docs" / "bench"
     parts = [bench / f"{name}.md" for name in ORDER if (bench / f"{name}.md").exists()]
     parts += sorted(p for p in bench.glob("*.md") if p not in parts and p.name != "SUMMARY.md")
     out = [(bench / "SUMMARY.md").read_text().rstrip(), ""]
     for p in parts:
-        text = re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", p.read_text(), flags=re.M)
+        text = shift_headings(p.read_text())
         text = re.sub(r"\]\((?!https?:|/)([^)]+)\)", r"](bench/\1)", text)  # keep relative links working
         out += [f"<!-- from docs/bench/{p.name} -->", text.rstrip(), ""]
     (bench.parent / "benchmarks.md").write_text("\n".join(out) + "\n")
