@@ -1,20 +1,23 @@
 """RLDG against human-demo fine-tuning, in sim, with 95% Wilson intervals over held-out episodes.
 
-1. record human-like demos (the noisy scripted operator) on every task and
+1. record human-like demos (the noisy scripted operator, noise 1) on every task and
    pretrain a tiny generalist G0 on them (multi-task);
-2. train a state-based specialist per task (``--specialist sil``: self-imitation
-   RL from sparse success, seeded by demos) and roll it out with the cameras on;
-3. fine-tune G0 three ways with the same steps, learning rates, and replay
-   (30% of each batch from G0's pretraining demos), on the same number of
-   successful episodes per task: ``human`` (fresh human-like demos),
-   ``rldg`` (the specialists' successes) and ``scripted`` (the noise-0 scripted
-   operator: an upper bound, a stand-in for a converged specialist, not RL);
-4. evaluate everything on the same held-out seeds.
+2. take a HIL-SERL specialist per task (``--rl-run TASK=DIR``: a finished
+   ``flywheel-rl`` run, e.g. from ``benchmarks/rl_hilserl.py``; otherwise one is
+   trained here with ``--specialist-steps``) and roll it out with the cameras on;
+3. fine-tune G0 two ways with the same steps, learning rates and replay (30% of
+   each batch from G0's pretraining demos), on the **same number of successful
+   episodes per task**: ``human`` (fresh successful human-like demos) and ``rldg``
+   (the specialist's successful rollouts); optionally a third, ``scripted`` (the
+   noise-0 scripted operator: clean data that is not RL, ``--scripted``);
+4. evaluate every checkpoint on the same held-out seeds.
 
 Resumable (a ``flywheel.job`` in ``--workdir``): re-run the same command after a kill.
 
-    .venv/bin/python benchmarks/distill_rldg.py            # ~40-60 min on a loaded 2-core CPU
-    .venv/bin/python benchmarks/distill_rldg.py --quick    # minutes
+    .venv/bin/python benchmarks/distill_rldg.py \\
+        --rl-run PandaRig/PegInsert-v0=outputs/bench/rl/peg_insert/full \\
+        --rl-run PandaRig/LiftCube-Blue-v0=outputs/bench/rl/lift_cube/full
+    .venv/bin/python benchmarks/distill_rldg.py --quick --workdir /tmp/rldg   # a smoke run, minutes
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -31,10 +35,22 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", default="outputs/bench/distill_rldg")
-    ap.add_argument("--tasks", nargs="+", default=["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Red-v0"])
+    ap.add_argument("--workdir", default="outputs/bench/rldg")
+    ap.add_argument("--tasks", nargs="+", default=["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0"])
+    ap.add_argument("--rl-run", action="append", default=[], metavar="TASK=DIR",
+                    help="a finished flywheel-rl run to use as the task's specialist")
+    ap.add_argument("--specialist", default="sac", choices=["sac", "sil", "scripted"])
+    ap.add_argument("--specialist-steps", type=int, default=30_000, help="sac: env steps when training here")
+    ap.add_argument("--episodes", type=int, default=40, help="successful episodes per task in each arm")
+    ap.add_argument("--pretrain-demos", type=int, default=40, help="human-like demo attempts per task for G0")
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--ft-steps", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=3e-3, help="head learning rate (the tiny random backbone needs it)")
+    ap.add_argument("--backbone-lr", type=float, default=1e-3)
+    ap.add_argument("--replay", type=float, default=0.3, help="batch fraction replayed from G0's demos")
+    ap.add_argument("--eval", type=int, default=100, help="held-out episodes per task and checkpoint")
+    ap.add_argument("--scripted", action="store_true", help="also the noise-0 scripted arm (clean, not RL)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--specialist", default="sil", choices=["sil", "sac"])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -60,14 +76,21 @@ def main() -> None:
     from flywheel.evaluate import HELDOUT_SEED, load_results, results_table, save_results
     from flywheel.job import ResumableJob, Stage
 
-    q = args.quick
-    n_pre, pre_steps = (4, 40) if q else (40, 1000)
-    n_ft, ft_steps = (4, 20) if q else (30, 500)
-    spec_rollouts = 8 if q else 60
-    ev_g0, ev, ev_scripted = (4, 4, 4) if q else (30, 100, 50)
+    if args.quick:
+        args.episodes, args.pretrain_demos, args.pretrain_steps, args.ft_steps, args.eval = 2, 3, 20, 10, 3
+        args.specialist_steps = min(args.specialist_steps, 300)
+    tasks = list(args.tasks)
+    runs = dict(r.split("=", 1) for r in args.rl_run)
+    unknown = set(runs) - set(tasks)
+    if unknown:
+        raise SystemExit(f"--rl-run for {sorted(unknown)}: not in --tasks {tasks}")
     g = GeneralistConfig()
     wd = Path(args.workdir)
-    tasks = list(args.tasks)
+    n = int(args.episodes)
+
+    def sft(steps: int) -> SFTConfig:
+        return SFTConfig(steps=steps, lr=args.lr, backbone_lr=args.backbone_lr, warmup_steps=50, save_every=500)
+
     holder: dict = {}
 
     def spec():
@@ -80,6 +103,20 @@ def main() -> None:
     def store(mode="a"):
         return EpisodeStore(wd / "store", mode, spec=spec(), image_codec="png")
 
+    def until_successes(s, env, agent, base: int, rate_hint: float, **kw):
+        """Record seeds base, base+1, ... in rounds until ``n`` successes (or 6x the expected attempts)."""
+        stats, start = [], base
+        cap = base + max(8, math.ceil(6 * n / max(rate_hint, 0.05)))
+        while start < cap:
+            have = len(collect.select(s, collection=kw["collection"]))
+            if have >= n:
+                break
+            k = max(2, math.ceil((n - have) / max(rate_hint, 0.05) * 1.2))
+            stats.append(collect.record_rollouts(s, env, agent, range(start, min(start + k, cap)), **kw).to_dict())
+            start += k
+        return {"recorded": sum(x["episodes"] for x in stats), "successes": len(collect.select(
+            s, collection=kw["collection"]))}
+
     def demos(ctx):
         out = {}
         with store() as s:
@@ -87,10 +124,10 @@ def main() -> None:
                 env = collect.make_env(t, privileged_state=False, **env_kwargs(g))
                 try:
                     a = collect.ExpertAgent(env, 1.0, 0)
-                    out[f"pre/{t}"] = collect.record_rollouts(s, env, a, range(n_pre), source="human",
+                    out[f"pre/{t}"] = collect.record_rollouts(s, env, a, range(args.pretrain_demos), source="human",
                                                               collection=f"human/{t}").to_dict()
-                    out[f"ft/{t}"] = collect.record_rollouts(s, env, a, range(50_000, 50_000 + 2 * n_ft),
-                                                             source="human", collection=f"human-ft/{t}").to_dict()
+                    out[f"ft/{t}"] = until_successes(s, env, a, 50_000, 0.7, source="human",
+                                                     collection=f"human-ft/{t}")
                 finally:
                     env.close()
         return out
@@ -100,15 +137,14 @@ def main() -> None:
         with store("r") as s:
             eps = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
             parent = final_checkpoint(d) or new_generalist(g, s.spec, ensure_backbone(g, wd), store_stats(s, eps))
-            ck = finetune(parent, s, eps, d, SFTConfig(steps=pre_steps, save_every=250))
+            ck = finetune(parent, s, eps, d, sft(args.pretrain_steps))
         return {"checkpoint": str(ck), "episodes": len(eps)}
 
     def specialists(ctx):
         out = {}
         for t in tasks:
-            cfg = SpecialistConfig(algo=args.specialist, generations=2 if q else 5, rollouts_per_generation=4 if q
-                                   else 16, bc_steps=100 if q else 1500, eval_episodes=4 if q else 40,
-                                   exploration_noise=0.05, env_steps=500 if q else 20_000)
+            cfg = SpecialistConfig(algo=args.specialist, rl_run=runs.get(t, ""), env_steps=args.specialist_steps,
+                                   eval_episodes=5 if args.quick else 100)
             out[t] = train(t, cfg, ctx.stage_dir("specialists") / t.replace("/", "_"))
         return out
 
@@ -119,109 +155,97 @@ def main() -> None:
             for t in tasks:
                 env = collect.make_env(t, privileged_state=True, **env_kwargs(g))
                 try:
-                    out[f"rl/{t}"] = collect.record_rollouts(
-                        s, env, load_agent(t, infos[t]), range(60_000, 60_000 + spec_rollouts), source="rl",
-                        collection=f"specialist/{t}", policy_version=f"specialist/{infos[t]['algo']}").to_dict()
-                    agent = collect.ExpertAgent(env, 0.0, 0)
-                    out[f"scripted/{t}"] = collect.record_rollouts(
-                        s, env, agent, range(70_000, 70_000 + n_ft), source="rl", collection=f"scripted/{t}",
-                        policy_version="scripted-noise0").to_dict()
+                    agent = load_agent(t, infos[t])
+                    if hasattr(agent, "bind"):
+                        agent.bind(env)
+                    rate = infos[t].get("eval_success_rate")
+                    out[f"rl/{t}"] = until_successes(
+                        s, env, agent, 60_000, rate if rate == rate and rate else 0.5, source="rl",
+                        collection=f"specialist/{t}", policy_version=f"specialist/{infos[t]['algo']}")
+                    if args.scripted:
+                        out[f"scripted/{t}"] = until_successes(
+                            s, env, collect.ExpertAgent(env, 0.0, 0), 70_000, 0.95, source="policy",
+                            collection=f"scripted/{t}", policy_version="scripted-noise0")
                 finally:
                     env.close()
         return out
 
-    def arms(ctx):
-        """Per task and arm, how many successful episodes; the human arm always gets as many as RLDG."""
-        counts: dict[str, dict[str, int]] = {"human": {}, "rldg": {}, "scripted": {}, "human_full": {},
-                                             "scripted_full": {}}
-        with store("r") as s:
-            for t in tasks:
-                human, rl, scripted = (len(collect.select(s, task=t, source=src, collection=c)) for src, c in
-                                       (("human", f"human-ft/{t}"), ("rl", f"specialist/{t}"),
-                                        ("rl", f"scripted/{t}")))
-                n = min(n_ft, human, rl) if rl else min(n_ft, human, scripted)
-                counts["rldg"][t] = min(n, rl)
-                counts["human"][t] = n
-                counts["scripted"][t] = min(n, scripted)
-                # the data-quality comparison without the RL cap: as many human as clean scripted episodes
-                counts["human_full"][t] = counts["scripted_full"][t] = min(n_ft, human, scripted)
-                if not rl:
-                    logging.warning("%s: no successful specialist rollouts: the RLDG arm has no data of it", t)
-        return {"episodes_per_task": counts}
+    arms = {"human": ("human", "human-ft"), "rldg": ("rl", "specialist")}
+    if args.scripted:
+        arms["scripted"] = ("policy", "scripted")
 
-    def arm(name: str, source: str, coll: str):
+    def counts(ctx):
+        """Successful episodes per task for every arm: the smallest arm's count, so all arms get as many."""
+        with store("r") as s:
+            have = {t: {a: len(collect.select(s, task=t, source=src, collection=f"{c}/{t}"))
+                        for a, (src, c) in arms.items()} for t in tasks}
+        return {"available": have, "per_task": {t: min(n, *have[t].values()) for t in tasks}}
+
+    def arm(name: str):
+        source, coll = arms[name]
+
         def run(ctx):
-            counts = ctx.output("arms_full" if name.endswith("_full") else "arms")["episodes_per_task"][name]
+            per_task = ctx.output("counts")["per_task"]
             g0 = ctx.output("pretrain")["checkpoint"]
             with store("r") as s:
                 replay = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
                 new = []
                 for t in tasks:
-                    if counts[t]:
-                        new += collect.select(s, task=t, source=source, collection=f"{coll}/{t}")[: counts[t]]
+                    new += collect.select(s, task=t, source=source, collection=f"{coll}/{t}")[: per_task[t]]
                 if not new:
                     return {"skipped": "no episodes"}
-                eps, w = rldg.mix_weights(new, replay, 0.3)
-                ck = finetune(g0, s, eps, ctx.stage_dir(f"ft_{name}") / "sft",
-                              SFTConfig(steps=ft_steps, save_every=250), weights=w)
+                eps, w = rldg.mix_weights(new, replay, args.replay)
+                ck = finetune(g0, s, eps, ctx.stage_dir(f"ft_{name}") / "sft", sft(args.ft_steps), weights=w)
                 steps = sum(s.record(i).length for i in new)
             return {"checkpoint": str(ck), "episodes": len(new), "steps": steps}
         return run
 
-    def evaluation(name: str, stage: str, n: int):
+    def evaluation(stage: str):
         def run(ctx):
-            f = ctx.stage_dir(f"eval_{name}") / "results.json"
+            f = ctx.stage_dir(f"eval_{stage}") / "results.json"
             if "checkpoint" not in ctx.output(stage):
                 return {"skipped": ctx.output(stage).get("skipped", "no checkpoint")}
-            ck = ctx.output(stage)["checkpoint"]
             if not f.exists():
-                save_results(evaluate(ck, tasks, n, g, seed=HELDOUT_SEED), f)
+                save_results(evaluate(ctx.output(stage)["checkpoint"], tasks, args.eval, g, seed=HELDOUT_SEED), f)
             return {"results": str(f)}
         return run
 
     stages = [Stage("demos", demos), Stage("pretrain", pretrain), Stage("specialists", specialists),
-              Stage("rollouts", rollouts), Stage("arms", arms),
-              Stage("ft_human", arm("human", "human", "human-ft")), Stage("ft_rldg", arm("rldg", "rl", "specialist")),
-              Stage("ft_scripted", arm("scripted", "rl", "scripted")),
-              Stage("eval_g0", evaluation("g0", "pretrain", ev_g0)),
-              Stage("eval_human", evaluation("human", "ft_human", ev)),
-              Stage("eval_rldg", evaluation("rldg", "ft_rldg", ev)),
-              Stage("eval_scripted", evaluation("scripted", "ft_scripted", ev_scripted)),
-              Stage("arms_full", arms),
-              Stage("ft_human_full", arm("human_full", "human", "human-ft")),
-              Stage("ft_scripted_full", arm("scripted_full", "rl", "scripted")),
-              Stage("eval_human_full", evaluation("human_full", "ft_human_full", ev)),
-              Stage("eval_scripted_full", evaluation("scripted_full", "ft_scripted_full", ev))]
+              Stage("rollouts", rollouts), Stage("counts", counts)]
+    stages += [Stage(f"ft_{a}", arm(a)) for a in arms]
+    stages += [Stage("eval_pretrain", evaluation("pretrain"))]
+    stages += [Stage(f"eval_ft_{a}", evaluation(f"ft_{a}")) for a in arms]
     t0 = time.time()
-    state = ResumableJob(wd, stages, config={"tasks": tasks, "quick": q, "specialist": args.specialist}).run()
+    config = {k: v for k, v in vars(args).items() if k not in ("threads", "workdir")}
+    state = ResumableJob(wd, stages, config=config).run()
     out = state["stages"]
-    res = {k: load_results(out[f"eval_{k}"]["output"]["results"]) if "results" in out[f"eval_{k}"]["output"]
-           else {} for k in ("g0", "human", "rldg", "scripted")}
-    table = results_table({"G0 (pretrained)": res["g0"], "+ human demos": res["human"],
-                           f"+ RLDG ({args.specialist} specialist)": res["rldg"],
-                           "+ scripted noise-0 (upper bound)": res["scripted"]})
-    full = {k: load_results(out[f"eval_{k}"]["output"]["results"]) for k in ("human_full", "scripted_full")
-            if "results" in out[f"eval_{k}"]["output"]}
-    table_full = results_table({"+ human demos (n_t each)": full.get("human_full", {}),
-                                "+ scripted noise-0 (n_t each)": full.get("scripted_full", {})})
+
+    def res(stage: str):
+        o = out[f"eval_{stage}"]["output"]
+        return load_results(o["results"]) if "results" in o else {}
+
+    labels = {"human": "+ human demos", "rldg": f"+ RLDG ({args.specialist} specialist)",
+              "scripted": "+ scripted noise-0 (clean, not RL)"}
+    results = {"G0 (pretrained)": res("pretrain"), **{labels[a]: res(f"ft_{a}") for a in arms}}
+    table = results_table(results)
+    human, rl = res("ft_human"), res("ft_rldg")
     summary = {
-        "table": table, "episodes_per_task": out["arms"]["output"]["episodes_per_task"],
-        "table_full": table_full, "episodes_per_task_full": out["arms_full"]["output"]["episodes_per_task"],
+        "table": table, "episodes_per_task": out["counts"]["output"],
         "specialists": {t: {k: v for k, v in s.items() if k in ("algo", "eval_success_rate", "eval_episodes",
-                                                                   "env_steps", "generations")}
+                                                                   "env_steps", "intervention_rate")}
                         for t, s in out["specialists"]["output"].items()},
         "rollouts": out["rollouts"]["output"], "demos": out["demos"]["output"],
-        "data_steps": {k: out[f"ft_{k}"]["output"].get("steps") for k in ("human", "rldg", "scripted", "human_full",
-                                                                           "scripted_full")},
+        "data_steps": {a: out[f"ft_{a}"]["output"].get("steps") for a in arms},
+        "gap_rldg_minus_human": {t: rl[t].rate - human[t].rate for t in tasks if t in rl and t in human},
         "stage_seconds": {k: round(v["seconds"]) for k, v in out.items()},
-        "load_average": os.getloadavg(), "this_run_seconds": round(time.time() - t0),
-        "mean_gap_rldg_minus_human": float(np.mean([res["rldg"][t].rate - res["human"][t].rate for t in tasks]))
-        if res["rldg"] and res["human"] else None,
+        "load_average": os.getloadavg(), "this_run_seconds": round(time.time() - t0), "config": config,
     }
     (wd / "summary.json").write_text(json.dumps(summary, indent=2))
+    (wd / "summary.md").write_text(table + "\n")
     print(table)
-    print(table_full)
     print(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
+    if summary["gap_rldg_minus_human"]:
+        print("mean gap RLDG - human:", float(np.mean(list(summary["gap_rldg_minus_human"].values()))))
 
 
 if __name__ == "__main__":

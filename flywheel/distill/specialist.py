@@ -2,12 +2,12 @@
 
 Two algorithms (``algo``):
 
-* ``sac`` -- a thin adapter over :mod:`flywheel.rl` (SAC + RLPD, HIL-SERL style):
-  seeded with a few human-like demos (RLPD's demo buffer), optionally with a
-  simulated intervener (HIL-SERL's corrections); the whole learner (weights,
-  optimisers, buffers, counters) is checkpointed every ``checkpoint_every`` env
-  steps, so a killed run resumes where it stopped. Sample-hungry: thousands of
-  env steps, more than a CPU demo can afford.
+* ``sac`` -- HIL-SERL exactly as ``flywheel-rl`` runs it (SAC + RLPD with the
+  task's ``rl_task`` preset: controlled arm dims, gripper critic, discount),
+  seeded with human-like demos and corrected by a simulated intervener. It is a
+  ``flywheel-rl role=local`` run in ``<workdir>/rl`` that resumes from its own
+  checkpoint when killed; ``rl_run=DIR`` uses a finished run instead (e.g. one
+  trained on the GPU machine). Sample-hungry: thousands of env steps.
 * ``sil`` -- self-imitation learning (Oh et al. 2018, in its simplest,
   success-filtered form): an MLP policy is behaviour-cloned from the human-like
   demos, then each generation rolls it out with Gaussian exploration noise and
@@ -37,21 +37,21 @@ log = logging.getLogger(__name__)
 @dataclass
 class SpecialistConfig:
     algo: str = "sil"  # sil | sac | scripted
+    # sac: HIL-SERL through flywheel-rl (its rl_task preset: arm dims, gripper, discount, network)
     env_steps: int = 3000  # sac: online env steps of RL
+    rl_task: str = ""  # sac: the flywheel-rl preset; "" -> by task kind (peg_insert, lift_cube, else none)
+    rl_run: str = ""  # sac: a finished flywheel-rl out_dir to use instead of training
+    rl_overrides: list[str] = field(default_factory=list)  # sac: more flywheel-rl overrides
+    checkpoint_every: int = 1000  # sac
     generations: int = 6  # sil: rollout -> refit generations
     rollouts_per_generation: int = 16  # sil
     exploration_noise: float = 0.05  # sil: Gaussian std on the translation dims (insertion needs ~1 mm)
     keep_best: int = 40  # sil: the shortest successes kept for refitting
     bc_steps: int = 1000  # sil: MLP fitting steps (first fit; later fits use half)
-    demos: int = 10  # human-like demos seeding the RLPD demo buffer
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 128])  # sil
+    demos: int = 20  # human-like demos (sac: RLPD's demo buffer; sil: the first fit)
     demo_noise: float = 1.0
-    intervene: bool = True  # simulated operator corrections while training (HIL-SERL)
-    max_interventions: int = 2  # per episode
-    hidden_dims: list[int] = field(default_factory=lambda: [128, 128])
-    batch_size: int = 128
-    utd_ratio: int = 1
-    discount: float = 0.95
-    checkpoint_every: int = 1000
+    intervene: bool = True  # sac: simulated operator corrections while training (HIL-SERL)
     eval_episodes: int = 20
     seed: int = 0
 
@@ -62,85 +62,76 @@ def _state_env(task: str) -> Any:
     return sim.make(task, cameras=(), privileged_state=True)
 
 
-def _build(cfg: Any, env: Any) -> tuple[Any, Any]:
-    from flywheel.rl.learner import Learner, LearnerConfig
-    from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
+def rl_preset_for(task: str) -> str:
+    """The ``flywheel-rl`` task preset (``rl_task``) for a sim task id: its arm dims, gripper and discount."""
+    name = task.split("/")[-1]
+    if name.startswith("PegInsert"):
+        return "peg_insert"
+    if name.startswith("LiftCube"):
+        return "lift_cube"
+    return "none"
 
-    keys = ["state/ee_pos", "state/ee_quat", "state/gripper_width", "state/privileged"]
-    sc = SACConfig(hidden_dims=list(cfg.hidden_dims), batch_size=int(cfg.batch_size), utd_ratio=int(cfg.utd_ratio),
-                   discount=float(cfg.discount), state_keys=keys)
-    agent = SACAgent(sc, obs_shapes_of(env.observation_space))
-    lc = LearnerConfig(eval_every=0, checkpoint_every=0, demo_capacity=50_000,
-                       online_capacity=max(10_000, int(cfg.env_steps) + 1000))
-    return agent, Learner(agent, lc, seed=int(cfg.seed))
+
+def rl_overrides(task: str, cfg: Any, out_dir: Path) -> list[str]:
+    """The ``flywheel-rl`` command line (hydra overrides) that trains this specialist."""
+    preset = cfg.rl_task or rl_preset_for(task)
+    return [f"rl_task={preset}", f"env.task={task}", f"out_dir={out_dir}", f"total_steps={int(cfg.env_steps)}",
+            f"seed={int(cfg.seed)}", f"demos.num={int(cfg.demos)}", f"demos.noise={float(cfg.demo_noise)}",
+            f"intervention.enabled={str(bool(cfg.intervene)).lower()}",
+            f"learner.checkpoint_every={int(cfg.checkpoint_every)}", "learner.eval_every=0",
+            f"final_eval_episodes={int(cfg.eval_episodes)}", "progress=false", *list(cfg.rl_overrides)]
 
 
 def train_specialist(task: str, cfg: Any, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume training) the specialist for ``task`` in ``workdir``; returns its metrics."""
-    import torch
+    """HIL-SERL (``flywheel-rl``, role=local) on the task's state-only sim env; resumes a killed run.
 
-    import sim
-    from flywheel.rl.actor import Actor, collect_demos
-    from flywheel.rl.learner import train_local
+    ``cfg.rl_run`` names a finished ``flywheel-rl`` run to use as the specialist instead of training one.
+    """
+    run_dir = Path(cfg.rl_run) if cfg.rl_run else Path(workdir) / "rl"
+    results = run_dir / "results.json"
+    if not results.exists():
+        if cfg.rl_run:
+            raise FileNotFoundError(f"specialist.rl_run={cfg.rl_run}: no results.json there (not a finished "
+                                    "flywheel-rl run)")
+        from flywheel.rl.cli import register, run
+        from robot.config import compose
 
-    workdir = Path(workdir)
-    ckpt = workdir / "learner"
-    done_file = workdir / "specialist.json"
-    if done_file.exists():
-        return json.loads(done_file.read_text())
-    torch.manual_seed(int(cfg.seed))
-    env = _state_env(task)
-    try:
-        agent, learner = _build(cfg, env)
-        if (ckpt / "state.json").exists():
-            learner.load(ckpt)
-            log.info("specialist %s: resumed at env step %d", task, learner.env_steps)
-        elif cfg.demos > 0:
-            demos, st = collect_demos(env, sim.expert(env, noise=float(cfg.demo_noise), seed=int(cfg.seed)),
-                                      int(cfg.demos), agent.obs_keys, seed=int(cfg.seed), max_attempts=10 * cfg.demos)
-            learner.add_demos(demos)
-            log.info("specialist %s: %s", task, st)
-        intervener = None
-        if cfg.intervene:
-            intervener = sim.SimulatedIntervener(env, sim.expert(env, noise=0.3, seed=int(cfg.seed) + 1),
-                                                 max_interventions=int(cfg.max_interventions))
-        actor = Actor(env, agent, intervener=intervener, seed=int(cfg.seed) + learner.env_steps)
-        step = learner.env_steps
-        every = max(1, int(cfg.checkpoint_every))
-        while step < cfg.env_steps:
-            step = min(int(cfg.env_steps), (step // every + 1) * every)
-            train_local(learner, actor, step, progress=progress)
-            learner.save(ckpt)
-        eval_actor = Actor(env, agent, seed=int(cfg.seed))
-        m = eval_actor.evaluate(int(cfg.eval_episodes), seed=500_000)
-        out = {"task": task, "env_steps": learner.env_steps, "episodes": learner.episodes,
-               "intervened_steps": learner.intervened_steps, "eval_success_rate": m["success_rate"],
-               "eval_episodes": int(cfg.eval_episodes), "checkpoint": str(ckpt), "config": asdict(cfg)
-               if hasattr(cfg, "__dataclass_fields__") else dict(cfg)}
-        done_file.write_text(json.dumps(out, indent=2))
-        return out
-    finally:
-        env.close()
+        register()
+        overrides = rl_overrides(task, cfg, run_dir)
+        log.info("specialist %s: flywheel-rl %s", task, " ".join(overrides))
+        run(compose("flywheel_rl", overrides))
+    res = json.loads(results.read_text())
+    return {"task": task, "algo": "sac", "env_steps": res["env_steps"], "episodes": res["episodes"],
+            "intervention_rate": res["intervention_rate"], "eval_success_rate": res["final_eval"]["success_rate"],
+            "eval_episodes": int(res["config"]["final_eval_episodes"]),
+            "checkpoint": str(run_dir / "checkpoint"), "config": _cfg_dict(cfg)}
 
 
 class SpecialistAgent:
-    """A trained specialist acting on the state keys of a (camera) env's observations."""
+    """A trained ``flywheel-rl`` agent, acting deterministically on the state keys of a (camera) env."""
 
-    def __init__(self, task: str, cfg: Any, workdir: str | Path):
+    def __init__(self, run_dir: str | Path):
+        import safetensors.torch
+        from omegaconf import OmegaConf
+
+        from flywheel.rl.cli import build_agent, make_env
         from robot.spec import ActionSpec
 
-        env = _state_env(task)
+        run_dir = Path(run_dir)
+        rl_cfg = OmegaConf.create(json.loads((run_dir / "results.json").read_text())["config"])
+        env = make_env(rl_cfg)  # the observation space the agent was built for
         try:
-            self.agent, learner = _build(cfg, env)
+            self.agent = build_agent(rl_cfg, env)
         finally:
             env.close()
-        learner.load(Path(workdir) / "learner")
+        tensors = safetensors.torch.load_file(str(run_dir / "checkpoint" / "agent.safetensors"))
+        self.agent.load_state_dict({k[len("agent/"):]: v for k, v in tensors.items() if k.startswith("agent/")})
         self.agent.eval()
         self.spec = ActionSpec()
-        self._grip = 1.0
+        self._grip: float | None = None
 
     def reset(self) -> None:
-        self._grip = None  # type: ignore[assignment]
+        self._grip = None
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         if self._grip is None:
@@ -355,7 +346,7 @@ def load_agent(task: str, info: dict[str, Any]) -> Any:
         return _ScriptedAgent()
     if cfg.algo == "sil":
         return SILAgent(Path(info["checkpoint"]), cfg)
-    return SpecialistAgent(task, cfg, Path(info["checkpoint"]).parent)
+    return SpecialistAgent(Path(info["checkpoint"]).parent)
 
 
 class SILAgent:

@@ -26,6 +26,7 @@ call (one batch each); the actor and temperature update every
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,9 @@ class SACConfig:
     # observation encoding
     encoder: str = "state"  # state | conv | latent
     state_keys: list[str] | None = None  # None -> every state/* key in the observation
+    # extra state features, differences of two slices of state keys: "key[i:j]-key[k:l]", e.g. the hole
+    # relative to the peg ("state/privileged[3:6]-state/privileged[0:3]"), as a wrist camera would see it
+    state_deltas: list[str] = field(default_factory=list)
     image_keys: list[str] | None = None  # None -> every images/* key (conv/latent only)
     feature_dim: int = 64  # per-camera feature size after the conv net / latent projection
     conv_channels: int = 32
@@ -196,9 +200,12 @@ class Encoder(nn.Module):
         state_dim: int,
         image_shapes: Mapping[str, tuple[int, ...]],
         latent_fn: LatentEncoderFn | None,
+        deltas: list[tuple[slice, slice]] = (),  # type: ignore[assignment]
     ):
         super().__init__()
         self.state_keys = list(state_keys)
+        self.deltas = list(deltas)
+        state_dim += sum(a.stop - a.start for a, _ in self.deltas)
         self.image_keys = list(image_shapes)
         self.shift_pad = cfg.shift_pad if cfg.encoder == "conv" else 0
         self.cams = nn.ModuleDict()
@@ -219,11 +226,15 @@ class Encoder(nn.Module):
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.state_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
 
+    def state_vector(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The state keys concatenated, then the configured deltas (not normalised)."""
+        x = torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1)
+        return torch.cat([x, *(x[:, a] - x[:, b] for a, b in self.deltas)], -1)
+
     def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         parts = [enc(obs[k.replace("__", "/")], self.shift_pad if augment else 0) for k, enc in self.cams.items()]
         if self.state_keys:
-            x = torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1)
-            parts.append((x - self.state_mean) / self.state_std)
+            parts.append((self.state_vector(obs) - self.state_mean) / self.state_std)
         return torch.cat(parts, -1)
 
 
@@ -309,6 +320,37 @@ def observation_layout(
     return state_keys, image_keys
 
 
+_DELTA = re.compile(r"^\s*([\w/]+)\[(\d+):(\d+)\]\s*-\s*([\w/]+)\[(\d+):(\d+)\]\s*$")
+
+
+def parse_state_deltas(
+    deltas: list[str], state_keys: list[str], obs_shapes: Mapping[str, tuple[tuple[int, ...], str]]
+) -> list[tuple[slice, slice]]:
+    """``"a[i:j]-b[k:l]"`` -> (slice, slice) into the concatenated state vector, checked."""
+    offsets, o = {}, 0
+    for k in state_keys:
+        n = int(np.prod(obs_shapes[k][0]))
+        offsets[k] = (o, n)
+        o += n
+    out = []
+    for d in deltas:
+        m = _DELTA.match(d)
+        if not m:
+            raise ValueError(f"state_deltas entry {d!r}: write it as 'key[i:j]-key[k:l]'")
+        sl = []
+        for key, i, j in (m.group(1, 2, 3), m.group(4, 5, 6)):
+            if key not in offsets:
+                raise KeyError(f"state_deltas entry {d!r}: {key} is not one of the state keys {state_keys}")
+            i, j = int(i), int(j)
+            if not 0 <= i < j <= offsets[key][1]:
+                raise ValueError(f"state_deltas entry {d!r}: [{i}:{j}] is outside {key} (size {offsets[key][1]})")
+            sl.append(slice(offsets[key][0] + i, offsets[key][0] + j))
+        if sl[0].stop - sl[0].start != sl[1].stop - sl[1].start:
+            raise ValueError(f"state_deltas entry {d!r}: the two slices differ in length")
+        out.append((sl[0], sl[1]))
+    return out
+
+
 class SACAgent(nn.Module):
     """SAC + RLPD critics + discrete gripper critic (see the module docstring)."""
 
@@ -333,8 +375,10 @@ class SACAgent(nn.Module):
         self.obs_keys = self.state_keys + self.image_keys
         self.obs_shapes = {k: (tuple(obs_shapes[k][0]), str(obs_shapes[k][1])) for k in self.obs_keys}
         state_dim = sum(int(np.prod(obs_shapes[k][0])) for k in self.state_keys)
+        deltas = parse_state_deltas(list(cfg.state_deltas), self.state_keys, obs_shapes)
         self.encoder = Encoder(
-            cfg, self.state_keys, state_dim, {k: tuple(obs_shapes[k][0]) for k in self.image_keys}, latent_encoder
+            cfg, self.state_keys, state_dim, {k: tuple(obs_shapes[k][0]) for k in self.image_keys}, latent_encoder,
+            deltas,
         )
         self.act_dim = len(cfg.arm_dims)
         d = self.encoder.out_dim
@@ -509,8 +553,8 @@ class SACAgent(nn.Module):
         """Normalise state inputs with the mean/std of ``batch`` (e.g. the demos); frozen afterwards."""
         if not self.state_keys:
             return
-        x = np.concatenate([np.asarray(batch[f"obs/{k}"], np.float32).reshape(len(batch["reward"]), -1)
-                            for k in self.state_keys], -1)
+        obs = {k: torch.as_tensor(np.asarray(batch[f"obs/{k}"], np.float32)) for k in self.state_keys}
+        x = self.encoder.state_vector(obs).numpy()
         self.encoder.set_state_stats(x.mean(0), x.std(0))
 
     # ---------------------------------------------------------- training state

@@ -191,3 +191,29 @@ def test_collect_demos_keeps_only_successes():
     batch, stats = collect_demos(env, LineExpert(), 3, ["state/ee_pos", "state/gripper_width"], seed=0)
     assert stats["demo_episodes"] == 3
     assert batch["intervened"].all() and batch["reward"].sum() == 3 and batch["terminated"].sum() == 3
+
+
+def test_state_deltas_add_relative_features_and_bad_ones_fail_clearly():
+    shapes = {"state/ee_pos": ((3,), "float32"), "state/privileged": ((6,), "float32")}
+    cfg = SACConfig(hidden_dims=[8], arm_dims=[0, 1, 2], gripper=False,
+                    state_deltas=["state/privileged[3:6]-state/privileged[0:3]", "state/privileged[0:2]-state/ee_pos[0:2]"])
+    agent = SACAgent(cfg, shapes)
+    obs = {"state/ee_pos": torch.tensor([[1.0, 2.0, 3.0]]),
+           "state/privileged": torch.tensor([[0.5, 0.5, 0.5, 0.75, 1.5, 2.5]])}
+    x = agent.encoder.state_vector(obs)
+    assert x.shape == (1, 3 + 6 + 3 + 2)
+    np.testing.assert_allclose(x[0, 9:].numpy(), [0.25, 1.0, 2.0, -0.5, -1.5])
+    n = 5
+    batch = {"obs/state/ee_pos": np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32),
+             "obs/state/privileged": np.random.default_rng(1).normal(size=(n, 6)).astype(np.float32),
+             "reward": np.zeros(n, np.float32)}
+    agent.fit_state_normalizer(batch)  # statistics over the deltas too
+    assert agent.encoder.state_mean.shape == (14,)
+    a, _ = agent.act({"state/ee_pos": np.zeros(3, np.float32), "state/privileged": np.ones(6, np.float32)}, 1.0)
+    assert a.shape == (7,) and np.isfinite(a).all()
+    for bad, err in (("state/privileged[3:6]+state/ee_pos[0:3]", "write it as"),
+                     ("state/joints[0:3]-state/ee_pos[0:3]", "not one of the state keys"),
+                     ("state/privileged[4:8]-state/ee_pos[0:4]", "outside"),
+                     ("state/privileged[0:3]-state/ee_pos[0:2]", "differ in length")):
+        with pytest.raises((ValueError, KeyError), match=err):
+            SACAgent(SACConfig(hidden_dims=[8], state_deltas=[bad]), shapes)
