@@ -45,9 +45,11 @@ class SFTConfig:
 
     steps: int = 400
     batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr: float = 3e-4
-    warmup_steps: int = 20
+    # The sim flywheel's generalist is a tiny *random* backbone trained from scratch: its vision path
+    # needs these rates (measured, docs/bench/distill.md); a pretrained VLM wants ~10x lower ones.
+    lr: float = 3e-3
+    backbone_lr: float = 1e-3
+    warmup_steps: int = 50
     finetune: str = "full"  # full | lora | frozen
     save_every: int = 200
     seed: int = 0

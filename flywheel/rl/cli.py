@@ -89,16 +89,23 @@ class RLAppConfig:
 
 
 # Per-task settings (discount, controlled arm dims, state keys, gripper), hydra group ``rl_task``.
+# The state deltas give the agent what a wrist camera shows: the hole relative to the peg, the cube
+# relative to the TCP (without them, 10k steps: insertion 1% -> 20%, lift 2% -> 46%). Lift controls
+# yaw too (the cubes are turned up to 45 degrees) and pays a small price per gripper toggle (HIL-SERL's
+# gripper penalty), which stopped the agent closing on air on the way to the cube.
 TASK_PRESETS: dict[str, dict[str, Any]] = {
     "peg_insert": {
         "env": {"task": "PegInsert"},
         "agent": {"discount": 0.95, "hidden_dims": [128, 128], "arm_dims": [0, 1, 2], "gripper": False, "gripper_fixed": -1.0,
-                  "state_keys": ["state/ee_pos", "state/privileged"]},
+                  "utd_ratio": 2, "state_keys": ["state/ee_pos", "state/privileged"],
+                  "state_deltas": ["state/privileged[3:6]-state/privileged[0:3]"]},
     },
     "lift_cube": {
         "env": {"task": "LiftCube-Blue"},
-        "agent": {"discount": 0.97, "hidden_dims": [128, 128], "arm_dims": [0, 1, 2], "gripper": True,
-                  "state_keys": ["state/ee_pos", "state/gripper_width", "state/privileged"]},
+        "agent": {"discount": 0.97, "hidden_dims": [128, 128], "arm_dims": [0, 1, 2, 5], "gripper": True,
+                  "gripper_penalty": 0.05, "utd_ratio": 2,
+                  "state_keys": ["state/ee_pos", "state/gripper_width", "state/privileged"],
+                  "state_deltas": ["state/privileged[0:3]-state/ee_pos[0:3]"]},
     },
 }
 
