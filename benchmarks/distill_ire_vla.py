@@ -3,7 +3,7 @@
 Runs ``flywheel-distill method=ire_vla`` (a resumable job) with a CPU-sized budget and prints its
 table (mean held-out success per task group after each stage). Re-run the same command after a kill.
 
-    .venv/bin/python benchmarks/distill_ire_vla.py           # ~30-40 min on a loaded 2-core CPU
+    .venv/bin/python benchmarks/distill_ire_vla.py           # ~25 min on a quiet 2-core CPU
     .venv/bin/python benchmarks/distill_ire_vla.py --quick   # a few minutes
 """
 
@@ -15,7 +15,7 @@ import os
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", default="outputs/bench/distill_ire_vla")
+    ap.add_argument("--workdir", default="outputs/bench/ire_vla")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args, extra = ap.parse_known_args()
@@ -35,9 +35,9 @@ def main() -> None:
         "expert_tasks=[PandaRig/LiftCube-Red-v0,PandaRig/LiftCube-Green-v0]",
         "ire.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]",
         "unseen_tasks=[PandaRig/LiftCube-Yellow-v0]",
-        f"expert_demos={4 if q else 30}", f"stage0_steps={20 if q else 800}", f"stage2_steps={10 if q else 300}",
-        f"eval_episodes={2 if q else 10}", f"ire.rl_iterations={1 if q else 2}",
-        f"ire.episodes_per_iteration={2 if q else 16}", f"ire.head_updates={10 if q else 200}", "ire.max_interventions=4",
+        f"expert_demos={4 if q else 40}", f"stage0_steps={20 if q else 1500}", f"stage2_steps={10 if q else 1000}",
+        f"eval_episodes={2 if q else 20}", f"ire.rl_iterations={1 if q else 2}",
+        f"ire.episodes_per_iteration={2 if q else 32}", f"ire.head_updates={10 if q else 300}", "ire.max_interventions=4",
         *extra,
     ]
     register()
