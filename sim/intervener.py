@@ -4,8 +4,11 @@ For human-in-the-loop RL in sim (HIL-SERL style). Each tick it asks the
 scripted expert what it would do. It takes over when
 
 * the policy's translation disagrees with the expert's for ``patience`` ticks
-  in a row (``disagreement`` is the distance between the two normalised
-  translation vectors), or
+  in a row: with ``criterion="distance"`` when the distance between the two
+  normalised translation vectors exceeds ``disagreement``; with
+  ``criterion="direction"`` (a more patient operator) only when the policy heads
+  more than 90 degrees away from where the expert would go (and the expert
+  wants to move at all), so a different but valid path is left alone, or
 * the task's dense progress has not improved for ``stall_steps`` ticks, or
 * the TCP leaves the safety workspace box by more than ``margin``;
 
@@ -31,9 +34,13 @@ class SimulatedIntervener:
         takeover_steps: int = 8,
         margin: float = 0.02,
         max_interventions: int | None = None,
+        criterion: str = "distance",
     ) -> None:
         if patience < 1 or takeover_steps < 1 or stall_steps < 1:
             raise ValueError("patience, stall_steps and takeover_steps must be >= 1")
+        if criterion not in ("distance", "direction"):
+            raise ValueError(f"criterion={criterion!r}: use distance or direction")
+        self.criterion = criterion
         self.env = env.unwrapped
         self.expert = expert
         self.disagreement = float(disagreement)
@@ -65,6 +72,12 @@ class SimulatedIntervener:
         else:
             self.since_progress += 1
 
+    def _strays(self, p: np.ndarray, e: np.ndarray) -> bool:
+        if self.criterion == "distance":
+            return float(np.linalg.norm(p - e)) > self.disagreement
+        ne = float(np.linalg.norm(e))
+        return ne > 0.1 and float(np.dot(p, e)) < 0.0  # heading away from where the expert would go
+
     def step(self, obs: dict, policy_action: np.ndarray) -> tuple[np.ndarray, bool]:
         """The action to apply this tick and whether the simulated human is in control."""
         expert_action = self.expert.act(obs)  # always: keeps the expert's plan in step with the scene
@@ -77,8 +90,7 @@ class SimulatedIntervener:
                 self.since_progress = 0
                 self.best = self.env.task.dense_reward()
         else:
-            gap = float(np.linalg.norm(policy_action[:3] - expert_action[:3]))
-            self.strays = self.strays + 1 if gap > self.disagreement else 0
+            self.strays = self.strays + 1 if self._strays(policy_action[:3], expert_action[:3]) else 0
             ee = np.asarray(obs["state/ee_pos"])
             outside = bool(np.any(ee < self._lo) or np.any(ee > self._hi))
             allowed = self.max_interventions is None or self.count < self.max_interventions

@@ -53,6 +53,7 @@ class DemoConfig:
 class InterventionConfig:
     enabled: bool = True
     noise: float = 0.3  # the simulated operator's expert noise
+    criterion: str = "distance"  # distance | direction (see sim.SimulatedIntervener)
     disagreement: float = 0.9
     patience: int = 3
     stall_steps: int = 15
@@ -197,7 +198,8 @@ def make_intervener(cfg: Any, env: Any) -> Any:
     i = cfg.intervention
     expert = sim.expert(env, noise=float(i.noise), seed=int(cfg.seed) + 1)
     return sim.SimulatedIntervener(env, expert, disagreement=i.disagreement, patience=i.patience,
-                                   stall_steps=i.stall_steps, takeover_steps=i.takeover_steps)
+                                   stall_steps=i.stall_steps, takeover_steps=i.takeover_steps,
+                                   criterion=i.criterion)
 
 
 def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:

@@ -70,3 +70,27 @@ def test_intervener_leaves_a_good_policy_alone(lift_env):
         if term:
             break
     assert info["is_success"]
+
+
+def test_direction_criterion_leaves_a_faster_valid_policy_alone_but_not_a_wrong_way_one(lift_env):
+    env = lift_env
+    obs, _ = env.reset(seed=4)
+    probe = sim.expert(env, noise=0.0)
+    e = probe.act(obs)[:3]  # where the operator would go first
+    e_hat = e / np.linalg.norm(e)
+    u = np.cross(e_hat, [0.0, 0.0, 1.0] if abs(e_hat[2]) < 0.9 else [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    fast = np.zeros(7, np.float32)
+    fast[:3] = 0.5 * e_hat + 0.866 * u  # full speed, 60 degrees off the operator's heading: another path
+    away = np.zeros(7, np.float32)
+    away[:3] = -e
+    assert np.linalg.norm(fast[:3] - e) > 0.9  # the distance criterion would call this straying
+    for criterion, action, expect in (("distance", fast, True), ("direction", fast, False),
+                                      ("direction", away, True)):
+        iv = sim.SimulatedIntervener(env, sim.expert(env, noise=0.0), patience=2, criterion=criterion)
+        env.reset(seed=4)
+        iv.reset()
+        took = [iv.step(obs, action)[1] for _ in range(3)]  # the same observation: the same judgement
+        assert any(took) == expect, (criterion, took)
+    with pytest.raises(ValueError, match="criterion"):
+        sim.SimulatedIntervener(env, sim.expert(env, noise=0.0), criterion="mood")
