@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--replay", type=float, default=0.3, help="batch fraction replayed from G0's demos")
     ap.add_argument("--eval", type=int, default=100, help="held-out episodes per task and checkpoint")
     ap.add_argument("--scripted", action="store_true", help="also the noise-0 scripted arm (clean, not RL)")
+    ap.add_argument("--match-steps", action="store_true",
+                    help="also an RLDG arm with as many env steps per task as the human arm (RL episodes are shorter)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -210,13 +212,61 @@ def main() -> None:
             return {"results": str(f)}
         return run
 
+    def human_steps(s, t: str) -> int:
+        per_task = holder["per_task"]
+        return sum(s.record(i).length for i in collect.select(s, task=t, source="human",
+                                                              collection=f"human-ft/{t}")[: per_task[t]])
+
+    def rl_until_steps(s, t: str, target: int) -> list[int]:
+        out, steps = [], 0
+        for i in collect.select(s, task=t, source="rl", collection=[f"specialist/{t}", f"specialist-more/{t}"]):
+            if steps >= target:
+                break
+            out.append(i)
+            steps += s.record(i).length
+        return out
+
+    def rollouts_steps(ctx):
+        """More specialist rollouts until its successes hold as many env steps as the human arm's episodes."""
+        holder["per_task"] = ctx.output("counts")["per_task"]
+        infos, out = ctx.output("specialists"), {}
+        with store() as s:
+            for t in tasks:
+                target = human_steps(s, t)
+                env = collect.make_env(t, privileged_state=True, **env_kwargs(g))
+                try:
+                    agent, seed = load_agent(t, infos[t]), 80_000
+                    while sum(s.record(i).length for i in rl_until_steps(s, t, target)) < target and seed < 80_400:
+                        collect.record_rollouts(s, env, agent, range(seed, seed + 20), source="rl",
+                                                collection=f"specialist-more/{t}",
+                                                policy_version=f"specialist/{infos[t]['algo']}")
+                        seed += 20
+                finally:
+                    env.close()
+                eps = rl_until_steps(s, t, target)
+                out[t] = {"human_steps": target, "rl_episodes": len(eps), "rl_steps": sum(s.record(i).length for i in eps)}
+        return out
+
+    def ft_rldg_steps(ctx):
+        holder["per_task"] = ctx.output("counts")["per_task"]
+        with store("r") as s:
+            replay = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
+            new = [i for t in tasks for i in rl_until_steps(s, t, human_steps(s, t))]
+            eps, w = rldg.mix_weights(new, replay, args.replay)
+            ck = finetune(ctx.output("pretrain")["checkpoint"], s, eps, ctx.stage_dir("ft_rldg_steps") / "sft",
+                          sft(args.ft_steps), weights=w)
+            return {"checkpoint": str(ck), "episodes": len(new), "steps": sum(s.record(i).length for i in new)}
+
     stages = [Stage("demos", demos), Stage("pretrain", pretrain), Stage("specialists", specialists),
               Stage("rollouts", rollouts), Stage("counts", counts)]
     stages += [Stage(f"ft_{a}", arm(a)) for a in arms]
     stages += [Stage("eval_pretrain", evaluation("pretrain"))]
     stages += [Stage(f"eval_ft_{a}", evaluation(f"ft_{a}")) for a in arms]
+    if args.match_steps:
+        stages += [Stage("rollouts_steps", rollouts_steps), Stage("ft_rldg_steps", ft_rldg_steps),
+                   Stage("eval_ft_rldg_steps", evaluation("ft_rldg_steps"))]
     t0 = time.time()
-    config = {k: v for k, v in vars(args).items() if k not in ("threads", "workdir")}
+    config = {k: v for k, v in vars(args).items() if k not in ("threads", "workdir", "match_steps")}
     state = ResumableJob(wd, stages, config=config).run()
     out = state["stages"]
 
@@ -227,6 +277,8 @@ def main() -> None:
     labels = {"human": "+ human demos", "rldg": f"+ RLDG ({args.specialist} specialist)",
               "scripted": "+ scripted noise-0 (clean, not RL)"}
     results = {"G0 (pretrained)": res("pretrain"), **{labels[a]: res(f"ft_{a}") for a in arms}}
+    if args.match_steps:
+        results["+ RLDG, as many steps as human"] = res("ft_rldg_steps")
     table = results_table(results)
     human, rl = res("ft_human"), res("ft_rldg")
     summary = {
@@ -236,6 +288,7 @@ def main() -> None:
                         for t, s in out["specialists"]["output"].items()},
         "rollouts": out["rollouts"]["output"], "demos": out["demos"]["output"],
         "data_steps": {a: out[f"ft_{a}"]["output"].get("steps") for a in arms},
+        "match_steps": out.get("rollouts_steps", {}).get("output"),
         "gap_rldg_minus_human": {t: rl[t].rate - human[t].rate for t in tasks if t in rl and t in human},
         "stage_seconds": {k: round(v["seconds"]) for k, v in out.items()},
         "load_average": os.getloadavg(), "this_run_seconds": round(time.time() - t0), "config": config,
