@@ -77,6 +77,7 @@ class RLAppConfig:
     final_eval_episodes: int = 100
     actor_name: str = "actor0"
     send_every: int = 50  # actor: transitions per message
+    actor_rate_hz: float = 0.0  # actor: pace env steps like a robot's control loop (0: flat out)
     progress: bool = True
     latent_policy: str = ""  # generalist checkpoint whose frozen backbone is the encoder (agent.encoder=latent)
     latent_instruction: str = ""
@@ -287,7 +288,7 @@ def run(cfg: Any) -> dict[str, Any]:
         t0 = time.time()
         with ActorEndpoint(_transport_config(cfg), cfg.actor_name) as ep:
             run_actor(actor, ep, int(cfg.total_steps), send_every=int(cfg.send_every), progress=cfg.progress,
-                      random_steps=int(cfg.learner.random_steps))
+                      random_steps=int(cfg.learner.random_steps), rate_hz=float(cfg.actor_rate_hz))
             results.update(sent=ep.sent, dropped=ep.dropped, rejected=ep.rejected)
         results.update(env_steps=actor.env_steps, episodes=actor.episodes,
                        steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))

@@ -380,8 +380,12 @@ def run_actor(
     wait_for_weights_s: float = 30.0,
     random_steps: int = 0,
     progress: bool = False,
+    rate_hz: float = 0.0,
 ) -> None:
-    """The networked actor: step the env, ship transitions in chunks, load weights as they come."""
+    """The networked actor: step the env, ship transitions in chunks, load weights as they come.
+
+    ``rate_hz`` > 0 paces the steps as a robot's control loop would (a sim otherwise runs flat out).
+    """
     from tqdm import tqdm
 
     from flywheel.rl.transport import ActorEndpoint
@@ -399,7 +403,11 @@ def run_actor(
     episodes: list[dict[str, Any]] = []
     bar = tqdm(total=total_steps, disable=not progress, desc=f"{actor.name} steps")
     steps = 0
+    next_t = time.monotonic()
     while steps < total_steps:
+        if rate_hz > 0:
+            next_t += 1.0 / rate_hz
+            time.sleep(max(0.0, next_t - time.monotonic()))
         tr, stats = actor.step(random_action=actor.env_steps < random_steps)
         pending.append(tr)
         steps += 1

@@ -177,3 +177,29 @@ def test_two_actors_feed_one_learner(tcfg):
     actors = {h["actor"] for h in learner.history if h["kind"] == "episode"}
     assert actors == {"actor0", "actor1"}
     assert learner.update_calls == 300 - 20  # one update call per received env step after warm-up
+
+
+def test_actor_paces_its_steps_like_a_control_loop():
+    class _Endpoint:  # records what the actor ships; no learner
+        def __init__(self):
+            self.times: list[float] = []
+            self.outbox: list = []
+
+        def flush(self):
+            pass
+
+        def poll_weights(self, timeout_ms=0):
+            return None
+
+        def send(self, msg):
+            self.times.append(time.monotonic())
+
+    env = LineEnv(horizon=100)
+    cfg = SACConfig(hidden_dims=[8], arm_dims=[0], batch_size=8)
+    ep = _Endpoint()
+    t0 = time.monotonic()
+    run_actor(Actor(env, SACAgent(cfg, obs_shapes_of(env.observation_space))), ep, 20, send_every=5,
+              wait_for_weights_s=0, rate_hz=50.0)
+    assert len(ep.times) == 4
+    # 20 steps at 50 Hz cannot finish before 19 periods have passed (a lower bound: sleeping only adds)
+    assert ep.times[-1] - t0 >= 19 / 50.0
