@@ -26,6 +26,7 @@ from pathlib import Path
 VARIANTS: dict[str, list[str]] = {
     "full": [],
     "full_patient": ["intervention.criterion=direction"],  # an operator who lets a different valid path be
+    "full_stall": ["intervention.criterion=stall"],  # an operator who steps in only when the policy is stuck
     "demos_no_interventions": ["intervention.enabled=false"],
     "no_demos_no_interventions": ["demos.num=0", "intervention.enabled=false"],
     "bc": ["algo=bc"],
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--task", default="peg_insert", help="rl_task preset: peg_insert | lift_cube")
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--eval", type=int, default=100)
-    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "full_patient"))
+    ap.add_argument("--variants", default=",".join(v for v in VARIANTS if not v.startswith("full_")))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default="outputs/bench/rl")
     ap.add_argument("--quick", action="store_true", help="300 steps, 5 eval episodes, 3 demos")

@@ -8,7 +8,8 @@ scripted expert what it would do. It takes over when
   normalised translation vectors exceeds ``disagreement``; with
   ``criterion="direction"`` (a more patient operator) only when the policy heads
   more than 90 degrees away from where the expert would go (and the expert
-  wants to move at all), so a different but valid path is left alone, or
+  wants to move at all), so a different but valid path is left alone
+  (``criterion="stall"`` turns this rule off: only stalls and the workspace count), or
 * the task's dense progress has not improved for ``stall_steps`` ticks, or
 * the TCP leaves the safety workspace box by more than ``margin``;
 
@@ -38,8 +39,8 @@ class SimulatedIntervener:
     ) -> None:
         if patience < 1 or takeover_steps < 1 or stall_steps < 1:
             raise ValueError("patience, stall_steps and takeover_steps must be >= 1")
-        if criterion not in ("distance", "direction"):
-            raise ValueError(f"criterion={criterion!r}: use distance or direction")
+        if criterion not in ("distance", "direction", "stall"):
+            raise ValueError(f"criterion={criterion!r}: use distance, direction or stall")
         self.criterion = criterion
         self.env = env.unwrapped
         self.expert = expert
@@ -73,6 +74,8 @@ class SimulatedIntervener:
             self.since_progress += 1
 
     def _strays(self, p: np.ndarray, e: np.ndarray) -> bool:
+        if self.criterion == "stall":
+            return False
         if self.criterion == "distance":
             return float(np.linalg.norm(p - e)) > self.disagreement
         ne = float(np.linalg.norm(e))

@@ -53,7 +53,7 @@ class DemoConfig:
 class InterventionConfig:
     enabled: bool = True
     noise: float = 0.3  # the simulated operator's expert noise
-    criterion: str = "distance"  # distance | direction (see sim.SimulatedIntervener)
+    criterion: str = "distance"  # distance | direction | stall (see sim.SimulatedIntervener)
     disagreement: float = 0.9
     patience: int = 3
     stall_steps: int = 15

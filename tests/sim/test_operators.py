@@ -86,7 +86,7 @@ def test_direction_criterion_leaves_a_faster_valid_policy_alone_but_not_a_wrong_
     away[:3] = -e
     assert np.linalg.norm(fast[:3] - e) > 0.9  # the distance criterion would call this straying
     for criterion, action, expect in (("distance", fast, True), ("direction", fast, False),
-                                      ("direction", away, True)):
+                                      ("direction", away, True), ("stall", away, False)):
         iv = sim.SimulatedIntervener(env, sim.expert(env, noise=0.0), patience=2, criterion=criterion)
         env.reset(seed=4)
         iv.reset()
