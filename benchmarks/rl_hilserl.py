@@ -1,6 +1,6 @@
 """HIL-SERL on the sim tasks and its ablation (HIL-SERL paper): full, demos without
-interventions, neither demos nor interventions, and BC on the same demos (plus ``full_patient``:
-full with the simulated operator's ``criterion=direction``).
+interventions, neither demos nor interventions, and BC on the same demos (plus ``full_distance`` and
+``full_patient``: full with the simulated operator's ``criterion=distance`` or ``direction``).
 
     .venv/bin/python benchmarks/rl_hilserl.py --task peg_insert --steps 6000
     .venv/bin/python benchmarks/rl_hilserl.py --task lift_cube --steps 8000 --jobs 2
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 VARIANTS: dict[str, list[str]] = {
-    "full": [],
-    "full_patient": ["intervention.criterion=direction"],  # an operator who lets a different valid path be
-    "full_stall": ["intervention.criterion=stall"],  # an operator who steps in only when the policy is stuck
+    "full": [],  # the simulated operator steps in only when the policy is stuck (criterion=stall)
+    "full_distance": ["intervention.criterion=distance"],  # ... also whenever its motion differs from the operator's
+    "full_patient": ["intervention.criterion=direction"],  # ... also whenever the policy heads away
     "demos_no_interventions": ["intervention.enabled=false"],
     "no_demos_no_interventions": ["demos.num=0", "intervention.enabled=false"],
     "bc": ["algo=bc"],
