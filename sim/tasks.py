@@ -11,7 +11,8 @@ Each task kind is one small class over a :class:`~sim.rig.SimRig`:
 
 Every task has a sparse success reward (1 on success; the RL default) and a
 dense shaping term (in ``info["dense_reward"]``, for diagnostics), and a
-privileged state vector (object and goal positions) that state-only RL can opt
+privileged state vector (object and goal positions; a cube's yaw relative to
+the gripper's, folded by its 90 degree symmetry) that state-only RL can opt
 into. Task definitions (id, group, instruction, colours) live in
 :mod:`sim.registry`.
 """
@@ -88,6 +89,17 @@ class Task:
 
     def body_yaw(self, name: str) -> float:
         return _yaw_of(self.rig.data.body(name).xquat)
+
+    def yaw_in_gripper(self, name: str, symmetry: float = np.pi / 2) -> float:
+        """Object ``name``'s yaw relative to the gripper's, folded by the object's symmetry into
+        [-symmetry/2, symmetry/2): the turn that aligns the fingers with it, as a wrist camera shows it.
+
+        The raw world yaw is a poor RL feature: the agent does not see its own yaw, and near
+        +-45 degrees the shortest turn flips sign, where a smooth policy dithered and never closed.
+        """
+        x = self.rig.ee_rot[:2, 0]
+        rel = self.body_yaw(name) - float(np.arctan2(x[1], x[0]))
+        return float((rel + symmetry / 2) % symmetry - symmetry / 2)
 
     def set_free(self, name: str, pos: np.ndarray, yaw: float = 0.0) -> None:
         m, d = self.rig.model, self.rig.data
@@ -201,7 +213,7 @@ class LiftTask(Task):
         return float(-reach + 0.5 * self.grasped("target_cube") + lift)
 
     def privileged(self) -> np.ndarray:
-        return np.concatenate([self.body_pos("target_cube"), [self.body_yaw("target_cube")]])
+        return np.concatenate([self.body_pos("target_cube"), [self.yaw_in_gripper("target_cube")]])
 
 
 class PlaceTask(Task):
@@ -254,7 +266,7 @@ class PlaceTask(Task):
         return float(-reach - to_goal + 0.5 * self.grasped("target_cube") + self.success())
 
     def privileged(self) -> np.ndarray:
-        return np.concatenate([self.body_pos("target_cube"), [self.body_yaw("target_cube")], self.goal_pos()])
+        return np.concatenate([self.body_pos("target_cube"), [self.yaw_in_gripper("target_cube")], self.goal_pos()])
 
 
 class InsertTask(Task):
@@ -350,7 +362,7 @@ class PushTask(Task):
         return float(-np.linalg.norm(p - self.rig.ee_pos) - 2.0 * np.linalg.norm(p[:2] - g[:2]) + self.success())
 
     def privileged(self) -> np.ndarray:
-        return np.concatenate([self.body_pos("target_cube"), [self.body_yaw("target_cube")], self.goal_pos()])
+        return np.concatenate([self.body_pos("target_cube"), [self.yaw_in_gripper("target_cube")], self.goal_pos()])
 
 
 TASK_KINDS: dict[str, type[Task]] = {"lift": LiftTask, "place": PlaceTask, "insert": InsertTask, "push": PushTask}

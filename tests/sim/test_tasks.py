@@ -88,3 +88,34 @@ def test_task_images_follow_the_spec_and_change_when_the_arm_moves(task_id):
             assert np.abs(obs[k].astype(int) - nxt[k].astype(int)).mean() > 0.5, k
     finally:
         env.close()
+
+
+def test_cube_yaw_is_relative_to_the_gripper_and_folded_by_symmetry():
+    """The privileged cube yaw is the turn that aligns the fingers (mod 90 degrees), not the world yaw."""
+    import mujoco
+
+    env = sim.make("PandaRig/LiftCube-Blue-v0", cameras=(), privileged_state=True)
+    u = env.unwrapped
+    try:
+        env.reset(seed=0)
+        x = u.rig.ee_rot[:2, 0]
+        grip_yaw = float(np.arctan2(x[1], x[0]))
+        pos = u.task.body_pos("target_cube")
+        for offset, expected in [(0.3, 0.3), (0.3 + np.pi / 2, 0.3), (-0.3 - np.pi, -0.3), (np.pi / 4 + 0.05, -np.pi / 4 + 0.05)]:
+            u.task.set_free("target_cube", pos, grip_yaw + offset)
+            mujoco.mj_forward(u.rig.model, u.rig.data)
+            got = u.task.privileged()[3]
+            assert -np.pi / 4 <= got < np.pi / 4
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        # turning the gripper (yaw action) changes it; the world yaw of the cube does not
+        u.task.set_free("target_cube", pos, grip_yaw + 0.3)
+        mujoco.mj_forward(u.rig.model, u.rig.data)
+        before, world = u.task.privileged()[3], u.task.body_yaw("target_cube")
+        a = np.zeros(7, np.float32)
+        a[5], a[6] = 1.0, 1.0
+        for _ in range(3):
+            obs, *_ = env.step(a)
+        assert abs(obs["state/privileged"][3] - before) > 0.05
+        assert abs(u.task.body_yaw("target_cube") - world) < 1e-3
+    finally:
+        env.close()
