@@ -6,6 +6,15 @@ token can neither inject transitions nor push weights; a message whose tag does
 not verify is dropped and counted (``rejected``). numpy arrays travel as raw
 bytes plus dtype and shape (msgpack ext type 1); object arrays are refused.
 
+Replays are refused too. Every sender draws a random ``session`` id when it
+connects and numbers its messages: an actor's transition messages carry a
+``seq`` that must rise within its session, and the learner's weights carry a
+``version`` that must not fall within its session; a session once superseded
+by a newer one from the same sender is refused for good. So a recorded,
+authentic frame sent again (by a man in the middle, or a confused proxy) is
+dropped and counted (``replayed``) instead of duplicating transitions or
+rolling an actor back to old weights.
+
 Sockets (the learner binds, actors connect, so any number of actors can join):
 
 * transitions: actor PUSH -> learner PULL (``transitions_port``);
@@ -107,6 +116,31 @@ def decode(frame: bytes, key: bytes) -> dict[str, Any]:
     return msgpack.unpackb(payload, ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 
+class ReplayError(ValueError):
+    """An authentic message sent again: an old sequence number, or a superseded session."""
+
+
+class _ReplayGuard:
+    """Per sender: the current session and the highest counter seen in it; retired sessions."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[str, int]] = {}
+        self._retired: set[tuple[str, str]] = set()
+
+    def check(self, sender: str, session: Any, counter: Any, strict: bool) -> None:
+        if not isinstance(session, str) or not isinstance(counter, int):
+            raise ValueError(f"{sender or 'sender'}: message without a session and counter")
+        if (sender, session) in self._retired:
+            raise ReplayError(f"{sender}: session {session} was superseded (two senders with one name?)")
+        cur = self._last.get(sender)
+        if cur is not None and cur[0] == session:
+            if counter < cur[1] or (strict and counter == cur[1]):
+                raise ReplayError(f"{sender}: counter {counter} after {cur[1]} in session {session}")
+        elif cur is not None:
+            self._retired.add((sender, cur[0]))  # a restarted sender: its old session is over
+        self._last[sender] = (session, counter)
+
+
 # ------------------------------------------------------------------ endpoints
 class LearnerEndpoint:
     """The learner's side: receives transition messages, publishes weights."""
@@ -118,7 +152,10 @@ class LearnerEndpoint:
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self.rejected = 0
+        self.replayed = 0
         self.received = 0
+        self.session = os.urandom(8).hex()
+        self._replay = _ReplayGuard()
 
     def connect(self) -> LearnerEndpoint:
         self._ctx = zmq.Context()
@@ -159,19 +196,27 @@ class LearnerEndpoint:
             except zmq.Again:
                 break
             try:
-                out.append(decode(frame, self._key))
-                self.received += 1
+                msg = decode(frame, self._key)
+                self._replay.check(str(msg.get("actor", "")), msg.get("session"), msg.get("seq"), strict=True)
+            except ReplayError as e:
+                self.replayed += 1
+                self.rejected += 1
+                log.warning("dropped a replayed transport message: %s", e)
+                continue
             except Exception as e:  # noqa: BLE001 - any bad frame is dropped, never fatal
                 self.rejected += 1
                 log.warning("dropped a transport message: %s", e)
+                continue
+            out.append(msg)
+            self.received += 1
         return out
 
     def publish_weights(self, version: int, weights: bytes) -> None:
         if self._pub is None:
             raise RuntimeError("LearnerEndpoint.publish_weights before connect()")
         try:
-            self._pub.send(encode({"type": "weights", "version": int(version), "data": weights}, self._key),
-                           zmq.NOBLOCK)
+            self._pub.send(encode({"type": "weights", "session": self.session, "version": int(version),
+                                   "data": weights}, self._key), zmq.NOBLOCK)
         except zmq.Again:
             pass  # a slow subscriber: it gets the next period's weights
 
@@ -189,7 +234,11 @@ class ActorEndpoint:
         self.outbox: collections.deque[bytes] = collections.deque(maxlen=max(1, cfg.queue_size))
         self.dropped = 0
         self.rejected = 0
+        self.replayed = 0
         self.sent = 0
+        self._session = os.urandom(8).hex()
+        self._seq = 0
+        self._replay = _ReplayGuard()
 
     def connect(self) -> ActorEndpoint:
         self._ctx = zmq.Context()
@@ -229,7 +278,9 @@ class ActorEndpoint:
         """Queue a message (dropping the oldest if the outbox is full) and flush what the link takes."""
         if len(self.outbox) == self.outbox.maxlen:
             self.dropped += 1
-        self.outbox.append(encode({**msg, "actor": self.actor_id}, self._key))
+        self._seq += 1
+        self.outbox.append(encode({**msg, "actor": self.actor_id, "session": self._session, "seq": self._seq},
+                                  self._key))
         self.flush()
 
     def flush(self) -> int:
@@ -254,8 +305,16 @@ class ActorEndpoint:
         if not self._sub.poll(timeout_ms):
             return None
         try:
-            return decode(self._sub.recv(zmq.NOBLOCK), self._key)
+            msg = decode(self._sub.recv(zmq.NOBLOCK), self._key)
+            # the learner republishes the same version periodically: equal versions are fine
+            self._replay.check("learner", msg.get("session"), msg.get("version"), strict=False)
+            return msg
         except zmq.Again:
+            return None
+        except ReplayError as e:
+            self.replayed += 1
+            self.rejected += 1
+            log.warning("dropped a replayed weights message: %s", e)
             return None
         except Exception as e:  # noqa: BLE001
             self.rejected += 1

@@ -203,3 +203,59 @@ def test_actor_paces_its_steps_like_a_control_loop():
     assert len(ep.times) == 4
     # 20 steps at 50 Hz cannot finish before 19 periods have passed (a lower bound: sleeping only adds)
     assert ep.times[-1] - t0 >= 19 / 50.0
+
+
+def test_replayed_and_unnumbered_messages_are_refused(tcfg):
+    """An authentic frame sent twice is dropped; so is a superseded session's; a new session is accepted."""
+    import zmq
+
+    key = resolve_token(tcfg.token)
+    with LearnerEndpoint(tcfg) as learner:
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(f"tcp://{tcfg.host}:{tcfg.transitions_port}")
+        try:
+            def frame(session, seq, x):
+                msg = {"type": "transitions", "actor": "a0", "x": np.array([x])}
+                if session is not None:
+                    msg.update(session=session, seq=seq)
+                return encode(msg, key)
+
+            first = frame("s1", 1, 1.0)
+            for f in (first, first, frame("s1", 2, 2.0), frame("s1", 1, 3.0), frame(None, None, 4.0),
+                      frame("s2", 1, 5.0), frame("s1", 3, 6.0), frame("s2", 2, 7.0)):
+                push.send(f)
+            got = _recv_until(learner, 4)
+            time.sleep(0.2)
+            got += learner.recv(timeout_ms=100)
+        finally:
+            push.close(0)
+            ctx.term()
+    # accepted: s1#1, s1#2, then the restarted sender's s2#1 and s2#2; refused: the copy of s1#1,
+    # s1#1 again after #2, the unnumbered one, and s1#3 after s2 superseded s1
+    assert [float(m["x"][0]) for m in got] == [1.0, 2.0, 5.0, 7.0]
+    assert learner.replayed == 3 and learner.rejected == 4 and learner.received == 4
+
+
+def test_actor_accepts_republished_weights_but_not_older_ones(tcfg):
+    from flywheel.rl.transport import ReplayError, _ReplayGuard
+
+    g = _ReplayGuard()
+    g.check("learner", "L1", 5, strict=False)
+    g.check("learner", "L1", 5, strict=False)  # the periodic republish of the same version
+    g.check("learner", "L1", 9, strict=False)
+    with pytest.raises(ReplayError, match="counter 6 after 9"):
+        g.check("learner", "L1", 6, strict=False)
+    g.check("learner", "L2", 0, strict=False)  # a restarted learner
+    with pytest.raises(ReplayError, match="superseded"):
+        g.check("learner", "L1", 10, strict=False)
+    # end to end: the learner's weights carry its session and the actor takes them
+    with LearnerEndpoint(tcfg) as learner, ActorEndpoint(tcfg, "a0") as actor:
+        end = time.monotonic() + 5
+        msg = None
+        while msg is None and time.monotonic() < end:
+            learner.publish_weights(3, b"w")
+            msg = actor.poll_weights(timeout_ms=100)
+        assert msg is not None and msg["session"] == learner.session and msg["version"] == 3
+        assert actor.replayed == 0
