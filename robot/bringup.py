@@ -264,12 +264,15 @@ class Graph:
             pass
 
     def close(self) -> None:
-        for node in reversed(list(self.nodes.values())):
+        for name, node in reversed(list(self.nodes.items())):
+            t0 = time.monotonic()
             try:
                 if hasattr(node, "trigger_shutdown"):
                     node.trigger_shutdown()
             except Exception:  # the context may already be shut down (Ctrl-C)
                 pass
+            if time.monotonic() - t0 > 2.0:  # its threads were slow to stop: say which, for the next hang
+                log.warning("node %r took %.1f s to shut down", name, time.monotonic() - t0)
         if self.executor is not None:
             self.executor.shutdown(timeout_sec=1.0)
         for node in reversed(list(self.nodes.values())):
