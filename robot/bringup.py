@@ -211,10 +211,13 @@ def _import(path: str) -> Any:
 class Graph:
     """The node graph in this process: build, configure and activate in order, spin, close."""
 
-    def __init__(self, cfg: Any, context: Any = None):
+    def __init__(self, cfg: Any, context: Any = None, rclpy_signal_handlers: bool = True):
         self.descriptions = graph(cfg)
         self._context = context
         self._own_context = context is None
+        # False: leave SIGINT to Python (KeyboardInterrupt out of spin), so the nodes shut down through
+        # their lifecycle while the context is still up (rig-up does this)
+        self._rclpy_signals = rclpy_signal_handlers
         self.nodes: dict[str, Any] = {}
         self.executor: Any = None
 
@@ -224,8 +227,11 @@ class Graph:
         from rclpy.lifecycle import TransitionCallbackReturn
 
         if self._own_context:
+            from rclpy.signals import SignalHandlerOptions
+
             self._context = rclpy.Context()
-            rclpy.init(args=[], context=self._context)
+            rclpy.init(args=[], context=self._context,
+                       signal_handler_options=None if self._rclpy_signals else SignalHandlerOptions.NO)
         self.executor = SingleThreadedExecutor(context=self._context)
         try:
             for d in self.descriptions:
@@ -283,12 +289,29 @@ class Graph:
 
 
 def run(cfg: Any) -> int:
-    """Bring the rig up and spin (the body of ``rig-up``)."""
+    """Bring the rig up and spin (the body of ``rig-up``).
+
+    Ctrl-C and SIGTERM (what ``ros2 launch`` sends) end the spin as a KeyboardInterrupt and every node
+    shuts down through its lifecycle. ``kill -USR1 <pid>`` prints every thread's stack to stderr, for a
+    rig that will not stop.
+    """
+    import faulthandler
+    import signal
+    import threading
+
     try:
-        g = Graph(cfg)
+        g = Graph(cfg, rclpy_signal_handlers=False)
     except GraphConfigError as e:
         log.error(str(e))
         raise SystemExit(2) from None
+
+    def _term(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _term)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         g.start()
         log.info("rig %r up: %s", str(cfg.rig.name), ", ".join(f"{d.name} ({d.executable})" for d in g.descriptions))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,10 @@ def test_rig_up_in_a_terminal_publishes_the_graph_and_moves_the_arm(tmp_path: Pa
     probe.subscribe("gripper/command_applied", JointState, STATE_QOS)
     gripper_pub = probe.publisher("gripper/command", JointState, COMMAND_QOS)
     target_pub = probe.publisher("target_pose", PoseStamped, COMMAND_QOS)
+    rig_log = (tmp_path / "rig-up.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "robot.bringup", "rig=sim", "duration=120", *SMALL_CAMERAS],
-        stdin=slave, stdout=subprocess.DEVNULL, stderr=(tmp_path / "rig-up.log").open("w"), cwd=tmp_path,
+        stdin=slave, stdout=rig_log, stderr=subprocess.STDOUT, cwd=tmp_path,
         start_new_session=True,
     )
     try:
@@ -102,13 +104,20 @@ def test_rig_up_in_a_terminal_publishes_the_graph_and_moves_the_arm(tmp_path: Pa
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             code = None
-        assert code == 0, f"rig-up did not exit cleanly on Ctrl-C ({code}):\n" + \
+        sig = ""
+        if code is None:  # the signal masks say whether SIGINT was blocked or ignored; USR1 dumps stacks
+            sig = "".join(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines(True)
+                          if line.startswith(("SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd")))
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2.0)
+        assert code == 0, f"rig-up did not exit cleanly on Ctrl-C ({code}):\n{sig}" + \
             (tmp_path / "rig-up.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         probe.close()
+        rig_log.close()
         os.close(master)
         os.close(slave)
 
