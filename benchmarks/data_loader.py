@@ -21,7 +21,7 @@ import numpy as np
 
 from flywheel.data import EpisodeStore
 from flywheel.data.loader import EpisodeDataset, make_loader
-from robot.spec import default_spec
+from rig.spec import default_spec
 
 
 def build_store(path: str, episodes: int, steps: int, size: int = 128) -> EpisodeStore:

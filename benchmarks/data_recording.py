@@ -30,7 +30,7 @@ import numpy as np
 
 from flywheel.data import EpisodeStore
 from flywheel.data.recorder import Recorder
-from robot.spec import ActionSpec, CameraSpec, RigSpec
+from rig.spec import ActionSpec, CameraSpec, RigSpec
 
 
 def frames(n: int, h: int = 480, w: int = 640, seed: int = 0) -> list[np.ndarray]:

@@ -28,7 +28,7 @@ from policy.config import PolicyConfig  # noqa: E402
 from policy.inference import Policy  # noqa: E402
 from policy.model import VLA  # noqa: E402
 from policy.tiny import random_backbone  # noqa: E402
-from robot.spec import default_spec  # noqa: E402
+from rig.spec import default_spec  # noqa: E402
 
 
 def observation(spec, seed=0):

@@ -103,8 +103,8 @@ def render_cost(n: int = 20) -> float:
 
 
 def env_ages(steps: int) -> dict:
+    from rig.spec import default_spec
     from robot.env import RosEnvConfig, RosRigEnv
-    from robot.spec import default_spec
 
     env = RosRigEnv(default_spec(128), RosEnvConfig(max_obs_age=0.5, wait_timeout=5.0, max_episode_steps=10**6))
     ages: dict[str, list[float]] = {}

@@ -26,8 +26,8 @@ from calibration.board import BoardConfig
 from calibration.intrinsics import Intrinsics
 from calibration.poses import PoseSetConfig, generate
 from calibration.session import Session, SessionWriter, check_mode
-from robot.config import SafetyConfig
-from robot.geometry import quat_angle
+from rig.geometry import quat_angle
+from rig.safety import SafetyConfig
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import yaml
 
 from calibration.handeye import HandEyeResult, pose_error
 from calibration.session import Session, utc_now
-from robot.geometry import matrix_to_quat, pose_to_matrix, quat_normalize
+from rig.geometry import matrix_to_quat, pose_to_matrix, quat_normalize
 
 REQUIRED = ("calibration_id", "camera", "parent_frame", "child_frame", "translation", "quaternion_xyzw")
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot.config import SafetyConfig
-from robot.geometry import matrix_to_quat, quat_angle, quat_mul, rotvec_to_quat
+from rig.geometry import matrix_to_quat, quat_angle, quat_mul, rotvec_to_quat
+from rig.safety import SafetyConfig
 
 
 class PoseGenerationError(ValueError):

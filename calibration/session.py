@@ -45,7 +45,7 @@ import yaml
 
 from calibration.board import BoardConfig, BoardError
 from calibration.intrinsics import Intrinsics, IntrinsicsError
-from robot.geometry import pose_to_matrix, quat_normalize
+from rig.geometry import pose_to_matrix, quat_normalize
 
 FORMAT_VERSION = 1
 MODES = ("eye_in_hand", "eye_to_hand")

@@ -28,7 +28,7 @@ from calibration.board import BoardConfig
 from calibration.intrinsics import Intrinsics
 from calibration.poses import PoseSetConfig, generate, look_at
 from calibration.session import Session, SessionWriter, check_mode
-from robot.geometry import matrix_to_quat, pose_to_matrix, quat_mul, rotvec_to_quat
+from rig.geometry import matrix_to_quat, pose_to_matrix, quat_mul, rotvec_to_quat
 
 log = logging.getLogger(__name__)
 

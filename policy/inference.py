@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from policy.model import VLA
-from robot.spec import PROPRIO_KEYS, RigSpec, SpecError
+from rig.spec import PROPRIO_KEYS, RigSpec, SpecError
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

@@ -28,7 +28,7 @@ from torch import nn
 from policy.config import PolicyConfig
 from policy.heads import FlowMatchingHead, TokenLearnerHead
 from policy.normalize import Normalizer
-from robot.spec import PROPRIO_KEYS, RigSpec
+from rig.spec import PROPRIO_KEYS, RigSpec
 
 FORMAT = "panda-flywheel-vla"
 FORMAT_VERSION = 1
@@ -263,7 +263,7 @@ class VLA(nn.Module):
         from safetensors.torch import load_model
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from robot.spec import check_compatible
+        from rig.spec import check_compatible
 
         path = Path(path)
         meta_file = path / "policy_config.json"

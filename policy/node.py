@@ -4,7 +4,7 @@ Subscribes (relative names): ``cameras/<name>/image_raw`` for every camera of
 the checkpoint's rig spec (sensor QoS; resized to the spec's resolution),
 ``ee_pose``, ``gripper/state``, ``joint_states`` and ``policy/instruction``.
 Publishes ``target_pose`` (absolute TCP target from
-:meth:`robot.spec.ActionSpec.to_target`) and ``gripper/command`` for the franka
+:meth:`rig.spec.ActionSpec.to_target`) and ``gripper/command`` for the franka
 node, and its health and latency on ``/diagnostics``.
 
 A worker thread runs inference while a control timer (``control_hz``) executes
@@ -38,6 +38,7 @@ from std_msgs.msg import String
 
 from policy.chunking import ChunkScheduler
 from policy.config import PolicyNodeConfig
+from rig.spec import RigSpec, check_compatible
 from robot.nodes.common import (
     COMMAND_QOS,
     ERROR,
@@ -53,7 +54,6 @@ from robot.nodes.common import (
     run_lifecycle_node,
     stamp,
 )
-from robot.spec import RigSpec, check_compatible
 
 
 @dataclass

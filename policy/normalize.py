@@ -62,7 +62,7 @@ class Normalizer:
 
 def from_per_key(stats: dict[str, Any]) -> dict[str, Any]:
     """Per-key store stats (``state/...``, ``action``) -> ``{"proprio", "actions"}``; others unchanged."""
-    from robot.spec import PROPRIO_KEYS
+    from rig.spec import PROPRIO_KEYS
 
     if not any(k in stats for k in (*PROPRIO_KEYS, "action")):
         return stats

@@ -1,5 +1,5 @@
-"""The rig: spec, configuration, ROS 2 nodes, hardware and sim backends, safety filter.
+"""ROS 2 and hardware: configuration, the nodes, arm/camera/teleop backends (real and sim), the env adapter.
 
-Importing ``robot`` starts nothing; ``robot.spec``, ``robot.geometry`` and
-``robot.safety`` are pure (no ROS, no torch).
+Importing ``robot`` starts nothing. The pure contract (spec, geometry, safety filter)
+lives in :mod:`rig`.
 """

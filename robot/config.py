@@ -20,25 +20,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from robot.spec import ActionSpec, CameraSpec, RigSpec
-
-
-@dataclass
-class SafetyConfig:
-    # workspace box of the TCP position, m, base frame
-    workspace_min: list[float] = field(default_factory=lambda: [0.25, -0.35, 0.005])
-    workspace_max: list[float] = field(default_factory=lambda: [0.75, 0.35, 0.60])
-    # orientation: largest angle (rad) away from the nominal (pointing down) TCP orientation
-    max_tilt: float = 1.0
-    # nominal orientation, quaternion (x, y, z, w): gripper pointing down
-    nominal_quat: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0, 0.0])
-    max_step_translation: float = 0.003  # m per filter tick (at 500 Hz: 1.5 m/s)
-    max_step_rotation: float = 0.01  # rad per filter tick
-    max_linear_velocity: float = 0.5  # m/s
-    max_angular_velocity: float = 1.5  # rad/s
-    gripper_min: float = 0.0
-    gripper_max: float = 0.08
-    watchdog_timeout: float = 0.5  # s without a fresh target -> hold
+from rig.safety import SafetyConfig
+from rig.spec import ActionSpec, CameraSpec, RigSpec
 
 
 @dataclass

@@ -3,7 +3,7 @@
 :class:`RosRigEnv` speaks the rig spec: the observation is the spec's dict
 (``state/...`` and ``images/<camera>`` at the spec's size), the action is the
 spec's normalised 7-d delta, turned into an absolute ``target_pose`` and a
-``gripper/command`` by :meth:`robot.spec.ActionSpec.to_target` from the
+``gripper/command`` by :meth:`rig.spec.ActionSpec.to_target` from the
 measured TCP pose. One :meth:`step` publishes the targets, waits for the next
 control tick (``1 / control_hz``) and assembles the observation at that tick
 from the latest sample of every topic stamped at or before it. A sample older
@@ -37,7 +37,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from robot.spec import RigSpec
+from rig.spec import RigSpec
 
 BASE_FRAME = "panda_link0"
 JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))

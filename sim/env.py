@@ -2,7 +2,7 @@
 
 One control step (``control_hz``, 10 Hz default as in HIL-SERL): the 7-d
 normalised action becomes an absolute TCP target with
-:meth:`robot.spec.ActionSpec.to_target` (from the measured TCP pose, as the
+:meth:`rig.spec.ActionSpec.to_target` (from the measured TCP pose, as the
 franka node does), the target is clipped to the safety workspace box, and the
 rig runs ``physics_hz / control_hz`` physics steps with the impedance
 controller. Cameras render only when listed (``cameras=()``: state only).
@@ -21,9 +21,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from robot.config import SafetyConfig
-from robot.geometry import matrix_to_quat
-from robot.spec import ActionSpec, CameraSpec, RigSpec
+from rig.geometry import matrix_to_quat
+from rig.safety import SafetyConfig
+from rig.spec import ActionSpec, CameraSpec, RigSpec
 from sim import registry
 from sim.config import RandomizationConfig
 from sim.rig import SimRig

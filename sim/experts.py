@@ -5,7 +5,7 @@ current (privileged) scene state -- go above the object, align, descend,
 close, lift, carry, release -- so they recover from their own mistakes and can
 take over from a policy mid-episode (:class:`sim.intervener.SimulatedIntervener`).
 They speak the rig's action language: a goal TCP pose turned into the 7-d
-normalised action with :meth:`robot.spec.ActionSpec.from_target`.
+normalised action with :meth:`rig.spec.ActionSpec.from_target`.
 
 Human-likeness (``noise`` > 0) comes from: slower moves, Gaussian jitter on
 every action, hesitations (a few ticks of stillness), detours (a random

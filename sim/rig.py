@@ -32,8 +32,8 @@ from typing import Any  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from robot.geometry import matrix_to_quat, quat_to_matrix  # noqa: E402
-from robot.spec import GRIPPER_MAX_WIDTH  # noqa: E402
+from rig.geometry import matrix_to_quat, quat_to_matrix  # noqa: E402
+from rig.spec import GRIPPER_MAX_WIDTH  # noqa: E402
 from sim.model import (  # noqa: E402
     ARM_JOINTS,
     FINGER_JOINTS,

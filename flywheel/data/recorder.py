@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.data.store import EpisodeStore, StoreError
-from robot.spec import SpecError
+from rig.spec import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RecorderConfig:
     autostart: bool = True  # configure and activate at start (false: wait for a lifecycle manager)
 
     def rig_spec(self):
-        from robot.spec import ActionSpec, CameraSpec, RigSpec
+        from rig.spec import ActionSpec, CameraSpec, RigSpec
 
         return RigSpec(
             cameras=tuple(CameraSpec(c, self.image_size, self.image_size) for c in self.cameras),

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from robot.spec import ArraySpec, RigSpec, SpecError, check_compatible
+from rig.spec import ArraySpec, RigSpec, SpecError, check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class EpisodeStore:
 
     ``mode``: ``"r"`` read only; ``"a"`` append (creates the store if missing, which needs
     ``spec``); ``"w"`` create, replacing whatever is at ``path``. A given ``spec`` must agree
-    with the store's saved spec (:func:`robot.spec.check_compatible`).
+    with the store's saved spec (:func:`rig.spec.check_compatible`).
     """
 
     def __init__(

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from robot.spec import RigSpec
+from rig.spec import RigSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.evaluate import HELDOUT_SEED, ChunkedPolicy, TaskResult, evaluate_task
-from robot.spec import PROPRIO_KEYS, RigSpec
+from rig.spec import PROPRIO_KEYS, RigSpec
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ def cache_latents(model: Any, store: Any, episodes: Sequence[int], cache_dir: Pa
     """Encode every step of ``episodes`` once with the frozen backbone (skips episodes already cached)."""
     import torch
 
-    from robot.spec import PROPRIO_KEYS
+    from rig.spec import PROPRIO_KEYS
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     keys = [f"images/{c}" for c in model.spec.camera_names] + list(PROPRIO_KEYS)

@@ -115,7 +115,7 @@ class SpecialistAgent:
         from omegaconf import OmegaConf
 
         from flywheel.rl.cli import build_agent, make_env
-        from robot.spec import ActionSpec
+        from rig.spec import ActionSpec
 
         run_dir = Path(run_dir)
         rl_cfg = OmegaConf.create(json.loads((run_dir / "results.json").read_text())["config"])

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from flywheel.rl.sac import GRIP_NAMES, GRIP_STAY, SACAgent, compose_action, gripper_label
-from robot.spec import ActionSpec
+from rig.spec import ActionSpec
 
 RewardFn = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], float]
 

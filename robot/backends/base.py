@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot.safety import GripperCommand
+from rig.safety import GripperCommand
 
 __all__ = ["ArmState", "GripperState", "Backend", "BackendError", "ConnectionLost", "RobotError", "GripperWorker"]
 

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from rig.geometry import pose_to_matrix, rotvec_to_quat
+from rig.safety import GripperCommand
 from robot.backends.base import ArmState, Backend, ConnectionLost, GripperState, GripperWorker
-from robot.geometry import pose_to_matrix, rotvec_to_quat
-from robot.safety import GripperCommand
 
 __all__ = ["FrankyBackend", "HAND_TCP"]
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from rig.geometry import matrix_to_quat, quat_angle, quat_conj, quat_mul, quat_to_rotvec, rotvec_to_quat
+from rig.safety import GripperCommand
 from robot.backends.base import ArmState, Backend, ConnectionLost, GripperState
-from robot.geometry import matrix_to_quat, quat_angle, quat_conj, quat_mul, quat_to_rotvec, rotvec_to_quat
-from robot.safety import GripperCommand
 
 __all__ = ["SimBackend"]
 

@@ -6,7 +6,7 @@ in-process, physics stepped in real time in its own thread).
 
 Threads: the executor (main) thread runs subscriptions and services; a control
 thread runs at ``state_rate_hz`` (500 Hz default): read the backend state, step
-the :class:`robot.safety.SafetyFilter` on the latest command, stream the
+the :class:`rig.safety.SafetyFilter` on the latest command, stream the
 applied TCP target to the backend (franky's ``CartesianImpedanceTracker``), and
 publish ``joint_states``, ``ee_pose``, ``ee_wrench``, ``gripper/state`` and
 ``command_applied``; a supervisor thread connects and reconnects the backend
@@ -53,6 +53,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 
+from rig.safety import CommandRejected, SafetyFilter, apply_twist, validate_safety_config
 from robot.backends.base import Backend, ConnectionLost
 from robot.config import RobotConfig
 from robot.nodes.common import (
@@ -70,7 +71,6 @@ from robot.nodes.common import (
     run_lifecycle_node,
     stamp,
 )
-from robot.safety import CommandRejected, SafetyFilter, apply_twist, validate_safety_config
 
 __all__ = ["FrankaNode", "validate_robot_config", "make_backend", "main"]
 

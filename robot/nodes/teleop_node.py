@@ -31,6 +31,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
+from rig.spec import GRIPPER_MAX_WIDTH
 from robot.backends.teleop_devices import TeleopCommand, TeleopDevice, TeleopDeviceError, make_device
 from robot.config import TeleopConfig
 from robot.nodes.common import (
@@ -47,7 +48,6 @@ from robot.nodes.common import (
     run_lifecycle_node,
     stamp,
 )
-from robot.spec import GRIPPER_MAX_WIDTH
 
 BASE_FRAME = "panda_link0"
 

@@ -11,7 +11,7 @@ from calibration.handeye import Observation, inv
 from calibration.intrinsics import Intrinsics
 from calibration.poses import generate
 from calibration.simulate import SimConfig, default_poses, ground_truth, simulate_session
-from robot.geometry import pose_to_matrix, quat_mul, rotvec_to_quat
+from rig.geometry import pose_to_matrix, quat_mul, rotvec_to_quat
 
 
 def _synthetic(mode: str, n: int = 16, pixel_noise: float = 0.0, seed: int = 0, poses=None,

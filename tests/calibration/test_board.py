@@ -12,7 +12,7 @@ import pytest
 from calibration.board import BoardConfig, BoardError, board_pose, detect, synthetic_view, write_pdf
 from calibration.handeye import pose_error
 from calibration.intrinsics import Intrinsics
-from robot.geometry import pose_to_matrix, rotvec_to_quat
+from rig.geometry import pose_to_matrix, rotvec_to_quat
 
 
 @pytest.mark.parametrize(

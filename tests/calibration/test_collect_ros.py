@@ -19,7 +19,7 @@ import pytest
 from calibration.handeye import calibrate_session, pose_error
 from calibration.poses import PoseSetConfig, generate
 from calibration.simulate import BoardScene, SimConfig, default_poses
-from robot.geometry import quat_angle
+from rig.geometry import quat_angle
 
 pytestmark = [pytest.mark.ros, pytest.mark.render]
 

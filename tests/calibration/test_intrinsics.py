@@ -7,7 +7,7 @@ import pytest
 
 from calibration.board import BoardConfig, synthetic_view
 from calibration.intrinsics import Intrinsics, IntrinsicsError, calibrate
-from robot.geometry import pose_to_matrix, rotvec_to_quat
+from rig.geometry import pose_to_matrix, rotvec_to_quat
 
 
 def test_camera_info_round_trip_and_ros_message():

@@ -11,8 +11,8 @@ from calibration.board import BoardConfig
 from calibration.intrinsics import Intrinsics
 from calibration.poses import PoseGenerationError, PoseSetConfig, generate, is_safe
 from calibration.session import Session, SessionError, SessionWriter
-from robot.config import SafetyConfig
-from robot.geometry import quat_to_matrix
+from rig.geometry import quat_to_matrix
+from rig.safety import SafetyConfig
 
 
 def _session() -> Session:

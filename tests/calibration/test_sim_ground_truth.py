@@ -9,7 +9,7 @@ from calibration.handeye import CalibrationError, DegenerateMotionError, calibra
 from calibration.poses import PoseSetConfig
 from calibration.session import Session
 from calibration.simulate import BoardScene, SimConfig, default_poses, simulate_session
-from robot.geometry import pose_to_matrix
+from rig.geometry import pose_to_matrix
 
 pytestmark = pytest.mark.render
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
-from robot.spec import RigSpec, default_spec
+from rig.spec import RigSpec, default_spec
 
 IMAGE = 32
 

@@ -12,7 +12,7 @@ from policy_helpers import SyntheticChunks, batch_of, observation, tiny_spec
 import policy
 from policy.config import PolicyConfig, TrainConfig
 from policy.model import VLA
-from robot.spec import SpecError, SpecMismatch
+from rig.spec import SpecError, SpecMismatch
 
 CASES = [("smolvlm", "token_learner", "full"), ("paligemma", "flow", "lora")]
 

@@ -3,8 +3,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
+from rig.spec import check_compatible, default_spec
 from robot.config import RigConfig, compose, register, rig_spec_from_config
-from robot.spec import check_compatible, default_spec
 
 
 @pytest.fixture(autouse=True)

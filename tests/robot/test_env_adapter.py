@@ -13,11 +13,11 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from rig.spec import RigSpec, default_spec
 from robot.backends.realsense import synthetic_recording
 from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation, decode_image
 from robot.nodes.camera_node import CameraNode
 from robot.nodes.common import COMMAND_QOS, STATE_QOS, stamp
-from robot.spec import RigSpec, default_spec
 
 
 def test_sample_buffer_picks_the_latest_at_or_before_the_tick():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from rig.safety import GripperCommand
 from robot.backends.base import GripperWorker
-from robot.safety import GripperCommand
 
 
 class FakeHand:

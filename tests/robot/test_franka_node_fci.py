@@ -7,7 +7,7 @@ import pytest
 from _franka_harness import DOWN, Harness
 from std_srvs.srv import SetBool, Trigger
 
-from robot.config import SafetyConfig
+from rig.safety import SafetyConfig
 
 pytestmark = [pytest.mark.ros, pytest.mark.fci, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -19,10 +19,10 @@ from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 
+from rig.spec import default_spec
 from robot.bringup import Graph, compose_rig
 from robot.env import RosEnvConfig, RosRigEnv
 from robot.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
-from robot.spec import default_spec
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.render]
 

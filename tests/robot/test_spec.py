@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from robot.geometry import quat_angle, quat_to_rotvec, rotvec_to_quat
-from robot.spec import RigSpec, SpecError, SpecMismatch, check_compatible, default_spec
+from rig.geometry import quat_angle, quat_to_rotvec, rotvec_to_quat
+from rig.spec import RigSpec, SpecError, SpecMismatch, check_compatible, default_spec
 
 
 def test_spec_round_trips_through_json():

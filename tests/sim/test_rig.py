@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robot.geometry import quat_angle
+from rig.geometry import quat_angle
 from sim.model import HOME_JOINTS, ObjectSpec
 from sim.rig import SimRig
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sim
-from robot.spec import default_spec
+from rig.spec import default_spec
 
 TASKS = sim.list_tasks()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flywheel_data_helpers import small_spec
 
-from robot.spec import RigSpec
+from rig.spec import RigSpec
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot.spec import CameraSpec, RigSpec
+from rig.spec import CameraSpec, RigSpec
 
 
 def small_spec(size: int = 32, depth: bool = True) -> RigSpec:

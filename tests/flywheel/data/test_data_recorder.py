@@ -7,7 +7,7 @@ import pytest
 
 from flywheel.data import EpisodeStore
 from flywheel.data.recorder import Recorder, RecorderConfig, Stream
-from robot.geometry import quat_mul, rotvec_to_quat
+from rig.geometry import quat_mul, rotvec_to_quat
 
 CFG = RecorderConfig(cameras=["front"], image_size=16, control_hz=10.0)
 Q0 = np.array([1.0, 0.0, 0.0, 0.0])

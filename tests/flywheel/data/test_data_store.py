@@ -15,7 +15,7 @@ import pytest
 from flywheel_data_helpers import make_episode, small_spec, step
 
 from flywheel.data import EpisodeStore, StoreError, StoreLocked
-from robot.spec import RigSpec, SpecError, SpecMismatch
+from rig.spec import RigSpec, SpecError, SpecMismatch
 
 REPO = Path(__file__).resolve().parents[3]
 

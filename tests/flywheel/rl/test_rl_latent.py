@@ -8,7 +8,7 @@ import torch
 
 from flywheel.rl.cli import latent_encoder_from_policy
 from flywheel.rl.sac import SACAgent, SACConfig
-from robot.spec import default_spec
+from rig.spec import default_spec
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from robot.geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, rotvec_to_quat
+from rig.geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, rotvec_to_quat
 
 SPEC_VERSION = 1
 GRIPPER_MAX_WIDTH = 0.08  # m, Franka Hand

@@ -2,7 +2,7 @@
 
 Every TCP target the franka node sends (from ``target_pose``, ``target_twist``,
 teleop, or a sim env) goes through :class:`SafetyFilter`, configured by
-:class:`robot.config.SafetyConfig`:
+:class:`SafetyConfig`:
 
 * **rejection** (:class:`CommandRejected`): NaN, Inf, wrong shapes, zero-norm
   quaternions never reach the backend; the previous target stays in force;
@@ -29,13 +29,14 @@ starts outside the box, holding keeps it still until a target pulls it in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "CommandRejected",
+    "SafetyConfig",
     "Applied",
     "GripperCommand",
     "SafetyFilter",
@@ -48,6 +49,25 @@ __all__ = [
 GRIPPER_MAX_SPEED = 0.1  # m/s, Franka Hand
 GRIPPER_MIN_SPEED = 0.001  # m/s
 GRIPPER_MAX_FORCE = 70.0  # N, Franka Hand continuous grasp force
+
+
+@dataclass
+class SafetyConfig:
+    # workspace box of the TCP position, m, base frame
+    workspace_min: list[float] = field(default_factory=lambda: [0.25, -0.35, 0.005])
+    workspace_max: list[float] = field(default_factory=lambda: [0.75, 0.35, 0.60])
+    # orientation: largest angle (rad) away from the nominal (pointing down) TCP orientation
+    max_tilt: float = 1.0
+    # nominal orientation, quaternion (x, y, z, w): gripper pointing down
+    nominal_quat: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0, 0.0])
+    max_step_translation: float = 0.003  # m per filter tick (at 500 Hz: 1.5 m/s)
+    max_step_rotation: float = 0.01  # rad per filter tick
+    max_linear_velocity: float = 0.5  # m/s
+    max_angular_velocity: float = 1.5  # rad/s
+    gripper_min: float = 0.0
+    gripper_max: float = 0.08
+    watchdog_timeout: float = 0.5  # s without a fresh target -> hold
+
 
 
 class CommandRejected(ValueError):
@@ -133,7 +153,7 @@ def _unit_quat(name: str, value: Any) -> tuple[float, float, float, float]:
 
 
 # Scalar quaternion helpers: the filter runs every control tick (500 Hz - 1 kHz) in Python, where
-# plain float math is ~10x cheaper than numpy on 3- and 4-vectors. Same conventions as robot.geometry.
+# plain float math is ~10x cheaper than numpy on 3- and 4-vectors. Same conventions as rig.geometry.
 def _qmul(a: tuple, b: tuple) -> tuple[float, float, float, float]:
     ax, ay, az, aw = a
     bx, by, bz, bw = b

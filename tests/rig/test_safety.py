@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robot.config import SafetyConfig
-from robot.geometry import quat_angle, quat_mul, rotvec_to_quat
-from robot.safety import (
+from rig.geometry import quat_angle, quat_mul, rotvec_to_quat
+from rig.safety import (
     GRIPPER_MAX_FORCE,
     GRIPPER_MAX_SPEED,
     CommandRejected,
+    SafetyConfig,
     SafetyFilter,
     apply_twist,
     validate_safety_config,
