@@ -137,7 +137,7 @@ def main() -> None:
     render_ms = render_cost()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "robot.bringup", "rig=sim", "rig.teleop.device=none", "duration=600"],
+            [sys.executable, "-m", "apps.bringup", "rig=sim", "rig.teleop.device=none", "duration=600"],
             cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         )
         try:

@@ -1,7 +1,7 @@
 """``ros2 launch launch/rig.launch.py [overrides:="rig=lab rig.cameras.cameras.0.serial=..."]``.
 
 Starts the same node graph as ``rig-up``, one process per node. The node list
-comes from :func:`robot.bringup.graph` (this file holds no logic of its own);
+comes from :func:`apps.bringup.graph` (this file holds no logic of its own);
 ``overrides`` are hydra overrides of the ``rig_up`` config, space separated.
 ``launch``/``launch_ros`` are imported only when ROS launches this file.
 """
@@ -15,7 +15,7 @@ DEFAULT_OVERRIDES = "rig=sim"
 
 def node_kwargs(overrides: str) -> list[dict]:
     """``launch_ros.actions.Node`` keyword arguments for each node of the graph."""
-    from robot.bringup import launch_node_kwargs
+    from apps.bringup import launch_node_kwargs
 
     return launch_node_kwargs(shlex.split(overrides))
 

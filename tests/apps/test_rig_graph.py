@@ -13,14 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _ros_probe import Probe, wait_for
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
+from _ros_probe import Probe, wait_for  # noqa: E402
+
 from rig.spec import default_spec
-from robot.bringup import Graph, compose_rig
+from apps.bringup import Graph, compose_rig
 from robot.env import RosEnvConfig, RosRigEnv
 from robot.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
@@ -62,7 +64,7 @@ def test_rig_up_in_a_terminal_publishes_the_graph_and_moves_the_arm(tmp_path: Pa
     target_pub = probe.publisher("target_pose", PoseStamped, COMMAND_QOS)
     rig_log = (tmp_path / "rig-up.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "robot.bringup", "rig=sim", "duration=120", *SMALL_CAMERAS],
+        [sys.executable, "-m", "apps.bringup", "rig=sim", "duration=120", *SMALL_CAMERAS],
         stdin=slave, stdout=rig_log, stderr=subprocess.STDOUT, cwd=tmp_path,
         start_new_session=True,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from robot.bringup import GraphConfigError, compose_rig, graph, launch_node_kwargs
+from apps.bringup import GraphConfigError, compose_rig, graph, launch_node_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ["rig=lab", "rig.cameras.cameras.0.serial=111", "rig.cameras.cameras.1.serial=222"]
@@ -68,7 +68,7 @@ def test_optional_nodes_start_when_configured():
 def test_every_graph_parameter_is_declared_by_its_node():
     import rclpy
 
-    from robot.bringup import _import
+    from apps.bringup import _import
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -90,8 +90,8 @@ def test_every_graph_parameter_is_declared_by_its_node():
 
 
 def test_robot_never_imports_torch():
-    code = ("import sys, robot.bringup, robot.env, robot.nodes.camera_node, robot.nodes.teleop_node; "
-            "robot.bringup.graph(robot.bringup.compose_rig(['policy_checkpoint=x', 'record_path=y'])); "
+    code = ("import sys, apps.bringup, robot.env, robot.nodes.camera_node, robot.nodes.teleop_node; "
+            "apps.bringup.graph(apps.bringup.compose_rig(['policy_checkpoint=x', 'record_path=y'])); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
 
