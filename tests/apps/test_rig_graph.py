@@ -21,8 +21,8 @@ from std_msgs.msg import Bool, String
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
 from _ros_probe import Probe, wait_for  # noqa: E402
 
-from rig.spec import default_spec
 from apps.bringup import Graph, compose_rig
+from rig.spec import default_spec
 from robot.env import RosEnvConfig, RosRigEnv
 from robot.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
