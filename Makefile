@@ -9,14 +9,16 @@ export PYOPENGL_PLATFORM ?= egl
 install:
 	@bash scripts/bootstrap.sh
 
+# style, the package rules of docs/interfaces.md (.importlinter), types of the contract and the ROS layer
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy rig $(wildcard robot/ros)
 
 pytest: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: install
-	$(VENV)/bin/ruff check .
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -85,8 +85,8 @@ def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     else:
         s = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = quat_normalize(np.array(q))
-    return q if q[3] >= 0 else -q
+    out = quat_normalize(np.array(q))
+    return out if out[3] >= 0 else -out
 
 
 def quat_to_rotvec(q: np.ndarray) -> np.ndarray:
