@@ -16,7 +16,8 @@ with the same command, skips finished stages and resumes the running one):
    (plus a replay of earlier data);
 7. ``evaluate_candidate`` -- the candidate on the same held-out seeds;
 8. ``promote`` -- register the candidate with its lineage (parent, data, metrics)
-   and promote it only if its mean success beats the parent's by ``promote_margin``;
+   and promote it only if the promotion gate (:mod:`flywheel.gate`) finds a significant paired gain
+   on the held-out seeds and no task dropping by more than ``gate.max_task_drop``;
 9. ``report`` -- ``report.md`` + ``report.png`` with the before/after table.
 
     flywheel-iterate workdir=outputs/flywheel budget=demo
@@ -37,6 +38,7 @@ from flywheel.distill.generalist import GeneralistConfig, SFTConfig
 from flywheel.distill.rldg import RLDGConfig
 from flywheel.distill.specialist import SpecialistConfig
 from flywheel.evaluate import HELDOUT_SEED, TaskResult, load_results, save_results
+from flywheel.gate import GateConfig, decide
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class IterateConfig:
     pretrain_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Red-v0", "PandaRig/PegInsert-v0"])
     eval_tasks: list[str] = field(default_factory=list)  # [] -> tasks + pretrain_tasks
     fail_below: float = 0.9  # train a specialist where the generalist's success is below this
-    promote_margin: float = 0.0  # the candidate's mean success must beat the parent's by more than this
+    gate: GateConfig = field(default_factory=GateConfig)  # promotion: paired significance + no task dropping
     human_noise: float = 1.0  # the scripted operator's noise (~1: human-like)
     seed: int = 0
     threads: int = 1  # torch CPU threads (1 is fastest on a shared/loaded CPU; raise it on a quiet machine)
@@ -310,9 +312,8 @@ class Iteration:
         if "path" not in after:
             return {"promoted": False, "reason": after.get("skipped", "no candidate")}
         cand_id = f"{ctx.workdir.name}-rldg"
-        better = after["mean_success"] > before["mean_success"] + cfg.promote_margin
-        reason = (f"mean held-out success {after['mean_success']:.3f} vs parent {before['mean_success']:.3f} "
-                  f"(margin {cfg.promote_margin})")
+        decision = decide(load_results(before["results"]), load_results(after["results"]), GateConfig(**_gate(cfg)))
+        better, reason = decision.promote, decision.reason
         if cand_id not in self.registry:
             self.registry.register(ModelRecord(
                 cand_id, after["path"], parent=before["model"], data=ctx.output("distill")["data"],
@@ -322,7 +323,8 @@ class Iteration:
         cur = self.registry.current
         if better and (cur is None or cur.id != cand_id):
             self.registry.promote(cand_id, reason)
-        return {"candidate": cand_id, "promoted": bool(better), "reason": reason}
+        return {"candidate": cand_id, "promoted": bool(better), "reason": reason, "gate": decision.to_dict(),
+                "gate_table": decision.table()}
 
     def report(self, ctx: Any) -> dict[str, Any]:
         from flywheel.report import write_report
@@ -348,7 +350,8 @@ class Iteration:
                  "promoted": prom["promoted"], "decision": prom["reason"], "current model": self.registry.current.id,
                  "lineage": lineage, "budget": self.cfg.budget.name,
                  "eval": f"{self.cfg.budget.eval_episodes} held-out episodes per task (seeds from {HELDOUT_SEED})"}
-        sections = [("Specialists", "\n".join(lines)),
+        sections = [("Promotion gate (paired held-out seeds)", prom.get("gate_table", prom["reason"])),
+                    ("Specialists", "\n".join(lines)),
                     ("Distillation data", "```json\n" + json.dumps(ctx.output("distill"), indent=1)[:3000] + "\n```"),
                     ("Stage times", timing or "-")]
         md = write_report(ctx.workdir / "report.md", f"Flywheel iteration {ctx.workdir.name}", results, sections, facts)
@@ -362,6 +365,11 @@ class Iteration:
                 Stage("collect_specialists", self.collect_specialists), Stage("distill", self.distill),
                 Stage("evaluate_candidate", self.evaluate_candidate), Stage("promote", self.promote),
                 Stage("report", self.report)]
+
+
+def _gate(cfg: Any) -> dict[str, Any]:
+    g = cfg.gate
+    return {k: float(getattr(g, k)) for k in ("alpha", "min_gain", "max_task_drop")}
 
 
 def _rate(s: dict[str, Any]) -> str:
