@@ -59,6 +59,11 @@ from robot.nodes.common import (
 @dataclass
 class PolicyNodeParams(PolicyNodeConfig):
     rig_spec: str = ""  # path to the rig's spec.json; when set, the checkpoint's spec must match it
+    backend: str = "local"  # local (load `checkpoint`) | remote (a policy-serve or openpi server, policy.remote)
+    host: str = "127.0.0.1"  # backend=remote: the server (API key from $POLICY_SERVE_API_KEY)
+    port: int = 8000
+    remote_mapping: str = ""  # backend=remote: "" (policy-serve), a preset (droid) or a mapping YAML/JSON
+    image_codec: str = "raw"  # backend=remote: raw | jpeg (used when the server decodes JPEG)
 
 
 def image_to_array(msg: Image) -> np.ndarray:
@@ -121,11 +126,17 @@ class PolicyNode(LifecycleNode):
             require(p.blend_steps >= 0, "blend_steps", p.blend_steps, "must be >= 0")
             require(p.control_hz >= 0, "control_hz", p.control_hz, "must be >= 0 (0: the spec's rate)")
             if self._policy is None:
-                require(bool(p.checkpoint), "checkpoint", p.checkpoint, "give a policy checkpoint directory")
-                from policy.inference import load
-
+                require(p.backend in ("local", "remote"), "backend", p.backend, "must be local or remote")
                 rig = RigSpec.from_json(open(p.rig_spec).read()) if p.rig_spec else None
-                self._policy = load(p.checkpoint, spec=rig, device=p.device or None, compile=p.compile)
+                if p.backend == "remote":
+                    from policy.remote import RemotePolicy
+
+                    self._policy = RemotePolicy.from_params(p, spec=rig).connect()
+                else:
+                    require(bool(p.checkpoint), "checkpoint", p.checkpoint, "give a policy checkpoint directory")
+                    from policy.inference import load
+
+                    self._policy = load(p.checkpoint, spec=rig, device=p.device or None, compile=p.compile)
             elif p.rig_spec:
                 check_compatible(RigSpec.from_json(open(p.rig_spec).read()), self._policy.spec)
         except Exception as e:  # bad parameters, a missing checkpoint, a spec mismatch
