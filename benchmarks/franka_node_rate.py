@@ -69,7 +69,7 @@ def _camera_load(ns: str, role: str, seconds: float) -> None:
     import rclpy
     from sensor_msgs.msg import Image
 
-    from robot.nodes.common import SENSOR_QOS
+    from robot.ros.qos import SENSOR_QOS
 
     node = rclpy.create_node(f"camera_load_{role}", namespace=ns)
     topics = [f"cameras/{c}/image_raw" for c in ("front", "wrist")]
@@ -108,7 +108,7 @@ def run_one(backend: str, rate: float, duration: float, cameras: bool, rt_priori
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import JointState
 
-    from robot.nodes.common import STATE_QOS
+    from robot.ros.qos import STATE_QOS
 
     ns = f"/bench_{uuid.uuid4().hex[:8]}"
     procs: list[subprocess.Popen] = []

@@ -39,7 +39,7 @@ def camera_rates(seconds: float) -> list[dict]:
     import rclpy
     from sensor_msgs.msg import Image
 
-    from robot.nodes.common import SENSOR_QOS
+    from robot.ros.qos import SENSOR_QOS
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -28,6 +28,7 @@ from calibration.poses import PoseSetConfig, generate
 from calibration.session import Session, SessionWriter, check_mode
 from rig.geometry import quat_angle
 from rig.safety import SafetyConfig
+from robot.ros.convert import BASE_FRAME, TCP_FRAME
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,21 @@ class CollectConfig:
     image_timeout_s: float = 3.0  # waiting for a fresh image after settling
     publish_hz: float = 20.0
     home: bool = True
-    base_frame: str = "panda_link0"
-    gripper_frame: str = "panda_hand_tcp"
+    base_frame: str = BASE_FRAME
+    gripper_frame: str = TCP_FRAME
 
 
 def image_to_numpy(msg) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8) -> RGB or gray uint8 array."""
-    h, w, enc = msg.height, msg.width, msg.encoding
-    ch = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(enc)
-    if ch is None:
-        raise CollectError(f"image encoding {enc!r} is not supported; publish rgb8, bgr8 or mono8")
-    a = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, msg.step)[:, : w * ch]
-    a = a.reshape(h, w, ch) if ch == 3 else a.reshape(h, w)
-    return a[..., ::-1].copy() if enc == "bgr8" else a.copy()
+    """sensor_msgs/Image (rgb8, bgr8, mono8) -> RGB or gray uint8 array (:func:`robot.ros.convert.image_to_numpy`)."""
+    from robot.ros.convert import image_to_numpy as decode
+
+    try:
+        img = decode(msg, mono_as_rgb=False)
+    except ValueError as e:
+        raise CollectError(f"{e}; publish rgb8, bgr8 or mono8") from None
+    if img.dtype != np.uint8:
+        raise CollectError(f"image encoding {msg.encoding!r} is not supported; publish rgb8, bgr8 or mono8")
+    return img
 
 
 class Collector:
@@ -87,21 +90,21 @@ class Collector:
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, Image
         from std_srvs.srv import Trigger
+
+        from robot.ros.qos import COMMAND_QOS, SENSOR_QOS, STATE_QOS
 
         self._ctx = rclpy.Context()
         rclpy.init(context=self._ctx)
         self._node = rclpy.create_node("calibrate_handeye", namespace=self.cfg.namespace or None,
                                        context=self._ctx)
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         base = f"cameras/{self.cfg.camera}"
         n = self._node
-        self._pub = n.create_publisher(PoseStamped, "target_pose", reliable)
-        n.create_subscription(PoseStamped, "ee_pose", self._on_ee, reliable)
-        n.create_subscription(Image, f"{base}/image_raw", self._on_image, qos_profile_sensor_data)
-        n.create_subscription(CameraInfo, f"{base}/camera_info", self._on_info, qos_profile_sensor_data)
+        self._pub = n.create_publisher(PoseStamped, "target_pose", COMMAND_QOS)
+        n.create_subscription(PoseStamped, "ee_pose", self._on_ee, STATE_QOS)
+        n.create_subscription(Image, f"{base}/image_raw", self._on_image, SENSOR_QOS)
+        n.create_subscription(CameraInfo, f"{base}/camera_info", self._on_info, SENSOR_QOS)
         self._home = n.create_client(Trigger, "home")
         self._PoseStamped, self._Trigger = PoseStamped, Trigger
         self._executor = SingleThreadedExecutor(context=self._ctx)
@@ -135,13 +138,22 @@ class Collector:
 
     # ------------------------------------------------------------ callbacks
     def _on_ee(self, msg) -> None:
-        p, o = msg.pose.position, msg.pose.orientation
+        from robot.ros.convert import pose_to_numpy
+
+        pos, quat = pose_to_numpy(msg)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat))):
+            log.warning("ee_pose with NaN or Inf ignored")
+            return
         with self._cond:
-            self._ee = (time.monotonic(), np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]))
+            self._ee = (time.monotonic(), pos, quat)
             self._cond.notify_all()
 
     def _on_image(self, msg) -> None:
-        img = image_to_numpy(msg)
+        try:
+            img = image_to_numpy(msg)
+        except CollectError as e:  # a bad frame: say so and wait for the next one
+            log.warning("cameras/%s/image_raw: %s", self.cfg.camera, e)
+            return
         with self._cond:
             self._image = (time.monotonic(), img)
             self._cond.notify_all()
@@ -186,13 +198,12 @@ class Collector:
             raise CollectError(f"home failed: {res.message}")
 
     def _publish(self, pos: np.ndarray, quat: np.ndarray) -> None:
+        from robot.ros.convert import fill_pose
+
         msg = self._PoseStamped()
         msg.header.frame_id = self.cfg.base_frame
         msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
-        o = msg.pose.orientation
-        o.x, o.y, o.z, o.w = (float(v) for v in quat)
-        self._pub.publish(msg)
+        self._pub.publish(fill_pose(msg, pos, quat))
 
     def move_to(self, pos: np.ndarray, quat: np.ndarray) -> bool:
         """Stream the target until ee_pose has been within tolerance and still for settle_s; False on timeout.

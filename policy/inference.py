@@ -2,7 +2,8 @@
 
 ``Policy.infer(obs)`` takes one spec observation dict plus ``"instruction"``
 and returns ``{"actions": (H, 7) float32}``, unnormalised and clipped to
-[-1, 1]. On CUDA the model runs in bf16; ``compile=True`` wraps the backbone
+[-1, 1]; NaN or Inf actions raise :class:`policy.checks.NonFiniteError` (as do
+non-finite weights at load). On CUDA the model runs in bf16; ``compile=True`` wraps the backbone
 and head in ``torch.compile`` (``reduce-overhead`` on CUDA, i.e. CUDA graphs);
 give the policy a fixed ``max_text_tokens`` so shapes stay static and nothing
 recompiles. The flow head computes the prefix keys/values once per chunk and
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policy.checks import check_finite_output
 from policy.model import VLA
 from rig.spec import PROPRIO_KEYS, RigSpec, SpecError
 
@@ -94,7 +96,9 @@ class Policy:
             known = torch.as_tensor(self.model.normalizer.normalize("actions", known), device=self.device)[None]
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.device.type == "cuda"):
             act = self.model.predict(prep, generator=self.generator, prefix=known)[0].float()
-        act = self.model.normalizer.unnormalize("actions", act).clamp(-1.0, 1.0)
+        act = self.model.normalizer.unnormalize("actions", act)
+        check_finite_output(act, "actions")  # NaN/Inf: raise, never return them (clamp would hide Inf)
+        act = act.clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
         self.last_latency = time.perf_counter() - t0
         return {"actions": out}

@@ -289,4 +289,7 @@ class VLA(nn.Module):
                 f"{path / WEIGHTS} does not fit the model: missing {sorted(missing)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
+        from policy.checks import check_finite_weights
+
+        check_finite_weights(model.state_dict(), path / WEIGHTS)  # NaN/Inf weights: refuse, naming the tensor
         return model

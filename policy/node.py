@@ -2,7 +2,9 @@
 
 Subscribes (relative names): ``cameras/<name>/image_raw`` for every camera of
 the checkpoint's rig spec (sensor QoS; resized to the spec's resolution),
-``ee_pose``, ``gripper/state``, ``joint_states`` and ``policy/instruction``.
+``ee_pose``, ``gripper/state``, ``joint_states`` (read by joint name),
+``ee_wrench`` and ``policy/instruction``; every callback is guarded (a bad
+message is counted and reported on ``/diagnostics``, the node goes on).
 Publishes ``target_pose`` (absolute TCP target from
 :meth:`rig.spec.ActionSpec.to_target`) and ``gripper/command`` for the franka
 node, and its health and latency on ``/diagnostics``.
@@ -18,8 +20,8 @@ chunk continues the motion instead of contradicting it.
 
 Safety behaviour: observations older than ``max_obs_age`` are refused (no new
 inference, and no target while the robot state is stale); if inference fails,
-hangs or the plan runs out, the node publishes nothing, so the franka node's
-watchdog holds the arm. ``rclpy`` is imported only here in the policy package.
+hangs, returns a chunk that is not finite or not (H, action dim), or the plan runs
+out, the node publishes nothing, so the franka node's watchdog holds the arm. ``rclpy`` is imported only here in the policy package.
 """
 
 from __future__ import annotations
@@ -31,29 +33,33 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from geometry_msgs.msg import PoseStamped, WrenchStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from policy.chunking import ChunkScheduler
 from policy.config import PolicyNodeConfig
 from rig.spec import RigSpec, check_compatible
-from robot.nodes.common import (
-    COMMAND_QOS,
-    ERROR,
-    OK,
-    SENSOR_QOS,
-    STATE_QOS,
-    WARN,
-    Diagnostics,
-    ParameterError,
-    declare_dataclass,
-    read_dataclass,
-    require,
-    run_lifecycle_node,
-    stamp,
+from robot.ros.convert import (
+    BASE_FRAME,
+    GRIPPER_JOINT,
+    ConversionError,
+    finite,
+    gripper_width,
+    header_time,
+    image_to_numpy,
+    joints_to_numpy,
+    pose_stamped,
+    pose_to_numpy,
+    to_stamp,
+    wrench_to_numpy,
 )
+from robot.ros.diagnostics import ERROR, OK, WARN
+from robot.ros.lifecycle import RigNode, run_lifecycle_node
+from robot.ros.params import ParameterError, declare_dataclass, read_dataclass, require
+from robot.ros.qos import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+
+MAX_INSTRUCTION = 10_000  # characters of policy/instruction accepted
 
 
 @dataclass
@@ -66,21 +72,19 @@ class PolicyNodeParams(PolicyNodeConfig):
     image_codec: str = "raw"  # backend=remote: raw | jpeg (used when the server decodes JPEG)
 
 
-def image_to_array(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image (rgb8 or bgr8) -> (H, W, 3) uint8 RGB."""
-    if msg.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"image encoding {msg.encoding!r}: expected rgb8 (or bgr8)")
-    arr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
-    arr = arr.reshape(msg.height, msg.width, 3)
-    return arr[..., ::-1].copy() if msg.encoding == "bgr8" else arr.copy()
+class NonFiniteActions(ValueError):
+    """The policy returned a chunk with NaN or Inf (or of the wrong shape): nothing is published."""
 
 
-def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    if img.shape[:2] == (h, w):
-        return img
-    import cv2
-
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+def check_chunk(actions: Any, dim: int) -> np.ndarray:
+    """``actions`` as a (H, dim) float32 chunk; raises :class:`NonFiniteActions` otherwise."""
+    chunk = np.asarray(actions, np.float32)
+    if chunk.ndim != 2 or chunk.shape[0] == 0 or chunk.shape[1] != dim:
+        raise NonFiniteActions(f"policy returned actions of shape {chunk.shape}: expected (H, {dim})")
+    if not np.all(np.isfinite(chunk)):
+        bad = int(np.count_nonzero(~np.isfinite(chunk)))
+        raise NonFiniteActions(f"policy returned {bad} non-finite (NaN or Inf) values in a {chunk.shape} chunk")
+    return chunk
 
 
 class _Latest:
@@ -93,7 +97,7 @@ class _Latest:
         self.t = 0.0
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(RigNode):
     def __init__(self, name: str = "policy", policy: Any = None, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
         declare_dataclass(self, PolicyNodeParams())
@@ -107,10 +111,7 @@ class PolicyNode(LifecycleNode):
         self._busy = False
         self._running = False
         self._worker: threading.Thread | None = None
-        self._timer = None
-        self._subs: list[Any] = []
-        self._pubs: list[Any] = []
-        self.diag: Diagnostics | None = None
+        self.diag: Any = None
         self.latencies: list[float] = []
         self.stale_refused = 0
         self.failures = 0
@@ -119,134 +120,98 @@ class PolicyNode(LifecycleNode):
         self._failing = False
 
     # ------------------------------------------------------------ lifecycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            p: PolicyNodeParams = read_dataclass(self, PolicyNodeParams)
-            require(p.max_obs_age > 0, "max_obs_age", p.max_obs_age, "must be > 0 s")
-            require(p.blend_steps >= 0, "blend_steps", p.blend_steps, "must be >= 0")
-            require(p.control_hz >= 0, "control_hz", p.control_hz, "must be >= 0 (0: the spec's rate)")
-            if self._policy is None:
-                require(p.backend in ("local", "remote"), "backend", p.backend, "must be local or remote")
-                rig = RigSpec.from_json(open(p.rig_spec).read()) if p.rig_spec else None
-                if p.backend == "remote":
-                    from policy.remote import RemotePolicy
+    def setup(self) -> None:
+        p: PolicyNodeParams = read_dataclass(self, PolicyNodeParams)
+        require(p.max_obs_age > 0, "max_obs_age", p.max_obs_age, "must be > 0 s")
+        require(p.blend_steps >= 0, "blend_steps", p.blend_steps, "must be >= 0")
+        require(p.control_hz >= 0, "control_hz", p.control_hz, "must be >= 0 (0: the spec's rate)")
+        if self._policy is None:  # a missing checkpoint, non-finite weights, a spec mismatch: configure fails
+            require(p.backend in ("local", "remote"), "backend", p.backend, "must be local or remote")
+            rig = RigSpec.from_json(open(p.rig_spec).read()) if p.rig_spec else None
+            if p.backend == "remote":
+                from policy.remote import RemotePolicy
 
-                    self._policy = RemotePolicy.from_params(p, spec=rig).connect()
-                else:
-                    require(bool(p.checkpoint), "checkpoint", p.checkpoint, "give a policy checkpoint directory")
-                    from policy.inference import load
+                self._policy = RemotePolicy.from_params(p, spec=rig).connect()
+            else:
+                require(bool(p.checkpoint), "checkpoint", p.checkpoint, "give a policy checkpoint directory")
+                from policy.inference import load
 
-                    self._policy = load(p.checkpoint, spec=rig, device=p.device or None, compile=p.compile)
-            elif p.rig_spec:
-                check_compatible(RigSpec.from_json(open(p.rig_spec).read()), self._policy.spec)
-        except Exception as e:  # bad parameters, a missing checkpoint, a spec mismatch
-            self.get_logger().error(f"configure failed: {e}")
-            return TransitionCallbackReturn.FAILURE
+                self._policy = load(p.checkpoint, spec=rig, device=p.device or None, compile=p.compile)
+        elif p.rig_spec:
+            check_compatible(RigSpec.from_json(open(p.rig_spec).read()), self._policy.spec)
         self.p = p
         self.spec: RigSpec = self._policy.spec
         self.hz = p.control_hz or self.spec.action.control_hz
         self._instruction = p.instruction
         self.scheduler = ChunkScheduler(self.spec.action.dim, blend_steps=p.blend_steps,
                                         max_delay=max(1, int(p.max_obs_age * self.hz)))
-        self.diag = Diagnostics(self, "policy", hardware_id=str(getattr(self._policy, "device", "")))
+        self.diag = self.make_diagnostics("policy", hardware_id=str(getattr(self._policy, "device", "")))
         self.diag.set(WARN, "configured, waiting for observations and an instruction")
-        self._target_pub = self.create_publisher(PoseStamped, "target_pose", COMMAND_QOS)
-        self._gripper_pub = self.create_publisher(JointState, "gripper/command", COMMAND_QOS)
-        self._pubs = [self._target_pub, self._gripper_pub]
+        self._target_pub = self.make_publisher(PoseStamped, "target_pose", COMMAND_QOS)
+        self._gripper_pub = self.make_publisher(JointState, "gripper/command", COMMAND_QOS)
+        sub = self.guarded_subscription
         for cam in self.spec.cameras:
             self._inputs[f"images/{cam.name}"] = _Latest()
-            self._subs.append(self.create_subscription(
-                Image, f"cameras/{cam.name}/image_raw",
-                lambda m, c=cam: self._on_image(m, c.name, c.height, c.width), SENSOR_QOS))
-        for key in ("ee_pose", "gripper", "joints"):
+            topic = f"cameras/{cam.name}/image_raw"
+            sub(Image, topic, lambda m, c=cam: self._on_image(m, c.name, c.height, c.width), SENSOR_QOS, topic)
+        for key in ("ee_pose", "gripper", "joints", "wrench"):
             self._inputs[key] = _Latest()
-        self._subs += [
-            self.create_subscription(PoseStamped, "ee_pose", self._on_pose, STATE_QOS),
-            self.create_subscription(JointState, "gripper/state", self._on_gripper, STATE_QOS),
-            self.create_subscription(JointState, "joint_states", self._on_joints, STATE_QOS),
-            self.create_subscription(String, "policy/instruction", self._on_instruction, 10),
-        ]
-        return TransitionCallbackReturn.SUCCESS
+        sub(PoseStamped, "ee_pose", self._on_pose, STATE_QOS)
+        sub(JointState, "gripper/state", self._on_gripper, STATE_QOS)
+        sub(JointState, "joint_states", self._on_joints, STATE_QOS)
+        sub(WrenchStamped, "ee_wrench", self._on_wrench, STATE_QOS)
+        sub(String, "policy/instruction", self._on_instruction, 10)
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def start(self) -> None:
         self._running = True
         self.scheduler.reset()
         self._t0 = time.monotonic()
         self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
         self._worker.start()
-        self._timer = self.create_timer(1.0 / self.hz, self._tick)
-        return super().on_activate(state)
+        self.guarded_timer(1.0 / self.hz, self._tick)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop(self) -> None:
+    def stop(self) -> None:
         with self._lock:
             self._running = False
             self._wake.notify_all()
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
         if self._worker is not None:
             self._worker.join(timeout=5.0)
             self._worker = None
 
-    def _teardown(self) -> None:
-        for s in self._subs:
-            self.destroy_subscription(s)
-        for pub in self._pubs:
-            self.destroy_publisher(pub)
-        self._subs, self._pubs = [], []
-        if self.diag is not None:
-            self.diag.destroy()
-            self.diag = None
-
     # --------------------------------------------------------------- inputs
-    @staticmethod
-    def _stamp(msg: Any) -> float:
-        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        return t if t > 0 else time.time()
-
     def _store(self, key: str, value: Any, t: float) -> None:
         with self._lock:
             self._inputs[key].value, self._inputs[key].t = value, t
 
     def _on_image(self, msg: Image, name: str, h: int, w: int) -> None:
-        try:
-            img = _resize(image_to_array(msg), h, w)
-        except ValueError as e:
-            self.diag.set(ERROR, f"camera {name}: {e}")
-            return
-        self._store(f"images/{name}", img, self._stamp(msg))
+        img = image_to_numpy(msg, (h, w))
+        if img.ndim != 3:
+            raise ConversionError(f"camera {name}: image encoding {msg.encoding!r}: expected rgb8 (or bgr8, mono8)")
+        self._store(f"images/{name}", img, header_time(msg))
 
     def _on_pose(self, msg: PoseStamped) -> None:
-        p, q = msg.pose.position, msg.pose.orientation
-        pose = (np.array([p.x, p.y, p.z], np.float32), np.array([q.x, q.y, q.z, q.w], np.float32))
-        self._store("ee_pose", pose, self._stamp(msg))
+        pos, quat = pose_to_numpy(msg)
+        finite("ee_pose", pos, quat)
+        self._store("ee_pose", (pos.astype(np.float32), quat.astype(np.float32)), header_time(msg))
 
     def _on_gripper(self, msg: JointState) -> None:
-        if msg.position:
-            self._store("gripper", np.array([msg.position[0]], np.float32), self._stamp(msg))
+        width = gripper_width(msg)
+        finite("gripper/state", width)
+        self._store("gripper", np.array([width], np.float32), header_time(msg))
 
     def _on_joints(self, msg: JointState) -> None:
-        pos = np.zeros(7, np.float32)
-        vel = np.zeros(7, np.float32)
-        pos[: min(7, len(msg.position))] = msg.position[:7]
-        vel[: min(7, len(msg.velocity))] = msg.velocity[:7]
-        self._store("joints", (pos, vel), self._stamp(msg))
+        pos, vel = joints_to_numpy(msg)
+        finite("joint_states", pos, vel)
+        self._store("joints", (pos.astype(np.float32), vel.astype(np.float32)), header_time(msg))
+
+    def _on_wrench(self, msg: WrenchStamped) -> None:
+        w = wrench_to_numpy(msg)
+        finite("ee_wrench", w)
+        self._store("wrench", w.astype(np.float32), header_time(msg))
 
     def _on_instruction(self, msg: String) -> None:
+        if len(msg.data) > MAX_INSTRUCTION:
+            raise ConversionError(f"policy/instruction of {len(msg.data)} characters: at most {MAX_INSTRUCTION}")
         with self._lock:
             changed = msg.data != self._instruction
             self._instruction = msg.data
@@ -255,7 +220,10 @@ class PolicyNode(LifecycleNode):
             self.scheduler.reset()  # a new task: do not finish the old plan
 
     def _observation(self, now_wall: float) -> tuple[dict[str, Any] | None, float, str]:
-        """(obs, oldest sample time, why not) from the newest inputs, or None when incomplete/stale."""
+        """(obs, oldest sample time, why not) from the newest inputs, or None when incomplete/stale.
+
+        Joints and the wrench are optional (zeros until their topics publish, or when stale).
+        """
         with self._lock:
             if not self._instruction:
                 return None, 0.0, "no instruction (publish one on policy/instruction)"
@@ -271,9 +239,14 @@ class PolicyNode(LifecycleNode):
             obs: dict[str, Any] = {f"images/{c}": self._inputs[f"images/{c}"].value for c in self.spec.camera_names}
             obs.update({"state/ee_pos": pos, "state/ee_quat": quat,
                         "state/gripper_width": self._inputs["gripper"].value, "instruction": self._instruction})
-            joints = self._inputs["joints"].value
+
+            def fresh(key: str) -> Any:
+                s = self._inputs[key]
+                return s.value if s.value is not None and now_wall - s.t <= self.p.max_obs_age else None
+
+            joints, wrench = fresh("joints"), fresh("wrench")
             obs["state/joint_pos"], obs["state/joint_vel"] = joints if joints else (np.zeros(7, np.float32),) * 2
-            obs["state/ee_wrench"] = np.zeros(6, np.float32)
+            obs["state/ee_wrench"] = wrench if wrench is not None else np.zeros(6, np.float32)
             return obs, oldest, ""
 
     # --------------------------------------------------------------- worker
@@ -289,8 +262,8 @@ class PolicyNode(LifecycleNode):
             t0 = time.perf_counter()
             try:
                 out = self._policy.infer(obs, prefix=prefix) if prefix is not None else self._policy.infer(obs)
-                chunk = np.asarray(out["actions"], np.float32)
-            except Exception as e:  # a failed inference: stay silent, the franka watchdog holds the arm
+                chunk = check_chunk(out["actions"], self.spec.action.dim)
+            except Exception as e:  # failed, or NaN/Inf: stay silent, the franka watchdog holds the arm
                 self.failures += 1
                 self.get_logger().error(f"inference failed: {type(e).__name__}: {e}")
                 self.diag.set(ERROR, f"inference failed: {type(e).__name__}: {e}", failures=self.failures)
@@ -349,18 +322,16 @@ class PolicyNode(LifecycleNode):
 
     def _publish(self, action: np.ndarray, ee_pos: np.ndarray, ee_quat: np.ndarray) -> None:
         pos, quat, width = self.spec.action.to_target(action, ee_pos, ee_quat)
-        t = stamp(time.time())
-        msg = PoseStamped()
-        msg.header.stamp, msg.header.frame_id = t, "panda_link0"
-        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = (float(v) for v in pos)
-        o = msg.pose.orientation
-        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        finite("target", pos, quat, width)  # never publish NaN; the guard reports it
+        t = to_stamp(time.time())
+        msg = pose_stamped(pos, quat, frame_id=BASE_FRAME)
+        msg.header.stamp = t
         self._target_pub.publish(msg)
         if self._last_gripper is None or abs(width - self._last_gripper) > 0.002:
             closing = self._last_gripper is not None and width < self._last_gripper
             g = JointState()
             g.header.stamp = t
-            g.name = ["width"]
+            g.name = [GRIPPER_JOINT]
             g.position, g.velocity = [float(width)], [float(self.p.gripper_speed)]
             g.effort = [float(self.p.gripper_force) if closing else 0.0]
             self._gripper_pub.publish(g)
@@ -396,4 +367,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["PolicyNode", "PolicyNodeParams", "ParameterError", "image_to_array", "main"]
+__all__ = ["PolicyNode", "PolicyNodeParams", "ParameterError", "NonFiniteActions", "check_chunk", "main"]

@@ -38,9 +38,16 @@ import gymnasium as gym
 import numpy as np
 
 from rig.spec import RigSpec
-
-BASE_FRAME = "panda_link0"
-JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
+from robot.ros.convert import (
+    BASE_FRAME,
+    gripper_width,
+    image_to_numpy,
+    joints_to_numpy,
+    pose_to_numpy,
+    stamp_seconds,
+    to_stamp,
+    wrench_to_numpy,
+)
 
 
 class StaleObservation(RuntimeError):
@@ -110,34 +117,6 @@ class SampleBuffer:
             self._buf.clear()
 
 
-def _t(stamp: Any) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def decode_image(msg: Any, size: tuple[int, int] | None) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, mono8, 16UC1) -> numpy, resized to ``size`` = (H, W)."""
-    import cv2
-
-    enc = msg.encoding
-    if enc in ("rgb8", "bgr8"):
-        img = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * 3]
-        img = img.reshape(msg.height, msg.width, 3)
-        if enc == "bgr8":
-            img = img[..., ::-1]
-    elif enc == "mono8":
-        img = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width]
-        img = np.repeat(img[..., None], 3, axis=2)
-    elif enc in ("16UC1", "mono16"):
-        img = np.frombuffer(msg.data, "<u2" if not msg.is_bigendian else ">u2")
-        img = img.reshape(msg.height, msg.step // 2)[:, : msg.width].astype(np.uint16)
-    else:
-        raise ValueError(f"image encoding {enc!r} is not supported: publish rgb8 (or bgr8, mono8, 16UC1)")
-    if size is not None and img.shape[:2] != tuple(size):
-        interp = cv2.INTER_NEAREST if img.dtype == np.uint16 else cv2.INTER_AREA
-        img = cv2.resize(img, (size[1], size[0]), interpolation=interp)
-    return np.ascontiguousarray(img)
-
-
 class RosRigEnv(gym.Env):
     """The rig (or its sim twin behind ``rig-up``) as a gymnasium env; see the module docstring."""
 
@@ -181,7 +160,7 @@ class RosRigEnv(gym.Env):
         from std_msgs.msg import Bool, String
         from std_srvs.srv import Trigger
 
-        from robot.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+        from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
         if self._node is not None:
             return self
@@ -248,7 +227,7 @@ class RosRigEnv(gym.Env):
 
     # ---------------------------------------------------------- callbacks
     def _on_msg(self, key: str, msg: Any) -> None:
-        stamp = _t(msg.header.stamp) if hasattr(msg, "header") else time.time()
+        stamp = stamp_seconds(msg.header.stamp) if hasattr(msg, "header") else time.time()
         self._bufs[key].add(stamp, msg)
 
     def _on_event(self, msg: Any) -> None:
@@ -292,35 +271,24 @@ class RosRigEnv(gym.Env):
     def observe(self, t: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The spec observation at tick ``t`` (now by default); info has the tick and each source's age."""
         t, picked = self._pick(t)
-        q, dq = self._joints(picked["joint_states"][1])
-        pose = picked["ee_pose"][1].pose
-        w = picked["ee_wrench"][1].wrench
+        q, dq = joints_to_numpy(picked["joint_states"][1])
+        pos, quat = pose_to_numpy(picked["ee_pose"][1])
         g = picked["gripper"][1]
         obs = {
-            "state/ee_pos": np.array([pose.position.x, pose.position.y, pose.position.z], np.float32),
-            "state/ee_quat": np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z,
-                                       pose.orientation.w], np.float32),
-            "state/gripper_width": np.array([g.position[0] if g.position else 0.0], np.float32),
-            "state/joint_pos": q,
-            "state/joint_vel": dq,
-            "state/ee_wrench": np.array([w.force.x, w.force.y, w.force.z, w.torque.x, w.torque.y, w.torque.z],
-                                        np.float32),
+            "state/ee_pos": pos.astype(np.float32),
+            "state/ee_quat": quat.astype(np.float32),
+            "state/gripper_width": np.array([gripper_width(g) if len(g.position) else 0.0], np.float32),
+            "state/joint_pos": q.astype(np.float32),
+            "state/joint_vel": dq.astype(np.float32),
+            "state/ee_wrench": wrench_to_numpy(picked["ee_wrench"][1]).astype(np.float32),
         }
         for cam in self.spec_.cameras:
             for kind in ("images", "depth") if cam.depth else ("images",):
                 key = f"{kind}/{cam.name}"
-                obs[key] = decode_image(picked[key][1], (cam.height, cam.width))
+                obs[key] = image_to_numpy(picked[key][1], (cam.height, cam.width))
         self.spec_.check_observation(obs)
         ages = {k: t - s for k, (s, _) in picked.items()}
         return obs, {"tick": t, "ages": ages, "obs_age": max(ages.values())}
-
-    @staticmethod
-    def _joints(msg: Any) -> tuple[np.ndarray, np.ndarray]:
-        names = list(msg.name)
-        idx = [names.index(j) for j in JOINT_NAMES] if all(j in names for j in JOINT_NAMES) else list(range(7))
-        pos = np.asarray(msg.position, np.float64)
-        vel = np.asarray(msg.velocity, np.float64) if len(msg.velocity) else np.zeros(len(pos))
-        return pos[idx].astype(np.float32), vel[idx].astype(np.float32)
 
     # -------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -389,9 +357,7 @@ class RosRigEnv(gym.Env):
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
 
-        from robot.nodes.common import stamp
-
-        now = stamp(time.time())
+        now = to_stamp(time.time())
         msg = PoseStamped()
         msg.header.stamp, msg.header.frame_id = now, BASE_FRAME
         p, o = msg.pose.position, msg.pose.orientation

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from robot.backends.camera_stream import CameraStream, StreamStats
@@ -44,20 +43,11 @@ from robot.backends.realsense import (
     camera_info_fields,
 )
 from robot.backends.sim_camera import SimCamera, SimCameraSource
-from robot.nodes.common import (
-    ERROR,
-    OK,
-    SENSOR_QOS,
-    STATE_QOS,
-    WARN,
-    Diagnostics,
-    ParameterError,
-    declare_dataclass,
-    read_dataclass,
-    require,
-    run_lifecycle_node,
-    stamp,
-)
+from robot.ros.convert import ConversionError, gripper_width, joints_to_numpy, numpy_to_image, to_stamp
+from robot.ros.diagnostics import ERROR, OK, WARN
+from robot.ros.lifecycle import RigNode, run_lifecycle_node
+from robot.ros.params import declare_dataclass, read_dataclass, require
+from robot.ros.qos import SENSOR_QOS, STATE_QOS
 
 BACKENDS = ("sim", "realsense", "replay")
 
@@ -106,7 +96,7 @@ def cameras_from_params(p: CameraNodeParams) -> list[_Cam]:
     return cams
 
 
-class CameraNode(LifecycleNode):
+class CameraNode(RigNode):
     def __init__(
         self,
         name: str = "cameras",
@@ -125,39 +115,32 @@ class CameraNode(LifecycleNode):
         self._info_cache: dict[str, tuple[Intrinsics, CameraInfo]] = {}
         self._mirror: dict[str, Any] = {}
         self._mirror_lock = threading.Lock()
-        self._diag_timer = None
         self._last_drops: dict[str, int] = {}
 
     # ---------------------------------------------------------- life cycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            p = read_dataclass(self, CameraNodeParams)
-            require(p.backend in BACKENDS, "backend", p.backend, f"must be one of {BACKENDS}")
-            cams = cameras_from_params(p)
-            if p.backend == "realsense" and self._injected is None:
-                for c in cams:
-                    require(bool(c.serial), f"serials[{c.name}]", c.serial,
-                            "set the RealSense serial number (rs-enumerate-devices lists them)")
-        except ParameterError as e:
-            self.get_logger().error(str(e))
-            return TransitionCallbackReturn.FAILURE
+    def setup(self) -> None:
+        p = read_dataclass(self, CameraNodeParams)
+        require(p.backend in BACKENDS, "backend", p.backend, f"must be one of {BACKENDS}")
+        cams = cameras_from_params(p)
+        if p.backend == "realsense" and self._injected is None:
+            for c in cams:
+                require(bool(c.serial), f"serials[{c.name}]", c.serial,
+                        "set the RealSense serial number (rs-enumerate-devices lists them)")
         self.p, self.cams = p, cams
         self.pubs: dict[str, tuple[Any, Any, Any]] = {}
         for c in cams:
             base = f"cameras/{c.name}"
             self.pubs[c.name] = (
-                self.create_publisher(Image, f"{base}/image_raw", SENSOR_QOS),
-                self.create_publisher(CameraInfo, f"{base}/camera_info", SENSOR_QOS),
-                self.create_publisher(Image, f"{base}/depth/image_raw", SENSOR_QOS) if c.depth else None,
+                self.make_publisher(Image, f"{base}/image_raw", SENSOR_QOS),
+                self.make_publisher(CameraInfo, f"{base}/camera_info", SENSOR_QOS),
+                self.make_publisher(Image, f"{base}/depth/image_raw", SENSOR_QOS) if c.depth else None,
             )
-        self.diags = {c.name: Diagnostics(self, f"camera {c.name}", hardware_id=c.serial or p.backend)
+        self.diags = {c.name: self.make_diagnostics(f"camera {c.name}", hardware_id=c.serial or p.backend)
                       for c in cams}
         try:
             self._build_sources()
         except Exception as e:
-            self.get_logger().error(f"camera backend {p.backend!r}: {e}")
-            return TransitionCallbackReturn.FAILURE
-        return TransitionCallbackReturn.SUCCESS
+            raise RuntimeError(f"camera backend {p.backend!r}: {e}") from e
 
     def _build_sources(self) -> None:
         p = self.p
@@ -168,8 +151,8 @@ class CameraNode(LifecycleNode):
 
                 rig = self._own_rig = SimRig(visual=p.sim_visual).connect()
                 if p.mirror_joint_states:
-                    self.create_subscription(JointState, "joint_states", self._on_joints, STATE_QOS)
-                    self.create_subscription(JointState, "gripper/state", self._on_gripper, STATE_QOS)
+                    self.guarded_subscription(JointState, "joint_states", self._on_joints, STATE_QOS)
+                    self.guarded_subscription(JointState, "gripper/state", self._on_gripper, STATE_QOS)
             self.sim = SimCameraSource(
                 rig, [SimCamera(c.name, c.width, c.height, c.fps, c.depth) for c in self.cams],
                 self._publish, lock=self._rig_lock,
@@ -191,58 +174,38 @@ class CameraNode(LifecycleNode):
                 reconnect_period=p.reconnect_period, logger=self.get_logger(),
             )
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def start(self) -> None:
         for s in self.streams.values():
             s.start()
         if self.sim is not None:
             self.sim.start()
-        self._diag_timer = self.create_timer(1.0, self._update_diagnostics)
-        return TransitionCallbackReturn.SUCCESS
+        self.guarded_timer(1.0, self._update_diagnostics)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        self._close_rig()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop()
-        self._close_rig()
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self) -> None:
-        # after Ctrl-C rclpy has shut the context down and on_shutdown may not run: release devices here too
-        self._stop()
-        self._close_rig()
-        super().destroy_node()
-
-    def _stop(self) -> None:
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+    def stop(self) -> None:
         for s in self.streams.values():
             s.stop()
         if self.sim is not None:
             self.sim.stop()
 
-    def _close_rig(self) -> None:
+    def teardown(self) -> None:
         if self._own_rig is not None:
             self._own_rig.close()
             self._own_rig = None
 
     # ------------------------------------------------------------- mirror
     def _on_joints(self, msg: JointState) -> None:
-        if len(msg.position) >= 7:
-            with self._mirror_lock:
-                self._mirror["q"] = np.asarray(msg.position[:7], np.float64)
+        q, _ = joints_to_numpy(msg)
+        if not np.all(np.isfinite(q)):
+            raise ConversionError("joint_states position: NaN or Inf")
+        with self._mirror_lock:
+            self._mirror["q"] = q
 
     def _on_gripper(self, msg: JointState) -> None:
-        if msg.position:
-            with self._mirror_lock:
-                self._mirror["width"] = float(msg.position[0])
+        w = gripper_width(msg)
+        if not np.isfinite(w):
+            raise ConversionError(f"gripper/state width {w}: not finite")
+        with self._mirror_lock:
+            self._mirror["width"] = min(max(w, 0.0), 0.08)
 
     def _apply_mirror(self) -> None:
         with self._mirror_lock:
@@ -266,18 +229,15 @@ class CameraNode(LifecycleNode):
 
     def _publish(self, name: str, frame: Frame, t: float) -> None:
         img_pub, info_pub, depth_pub = self.pubs[name]
-        h, w = frame.color.shape[:2]
-        msg = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=w * 3)
-        msg.header.stamp, msg.header.frame_id = stamp(t), f"{name}_optical_frame"
-        msg.data = np.ascontiguousarray(frame.color, dtype=np.uint8).tobytes()
+        msg = numpy_to_image(np.asarray(frame.color, np.uint8), frame_id=f"{name}_optical_frame")
+        msg.header.stamp = to_stamp(t)
         img_pub.publish(msg)
         info = self._camera_info(name, self._intrinsics(name, frame))
         info.header = msg.header
         info_pub.publish(info)
         if depth_pub is not None and frame.depth is not None:
-            d = Image(height=h, width=w, encoding="16UC1", is_bigendian=0, step=w * 2)
+            d = numpy_to_image(np.asarray(frame.depth, np.uint16))
             d.header = msg.header
-            d.data = np.ascontiguousarray(frame.depth, dtype="<u2").tobytes()
             depth_pub.publish(d)
 
     # -------------------------------------------------------- diagnostics

@@ -32,7 +32,10 @@ naming it) and builds the backend (the sim backend starts here, so a camera node
 can share :attr:`FrankaNode.sim_rig` / :attr:`FrankaNode.sim_lock`);
 ``activate`` starts the control and supervisor threads (the franky backend
 connects there, retrying until the FCI answers); ``deactivate`` stops them
-(the arm holds); ``cleanup`` closes the backend.
+(the arm holds); ``cleanup`` closes the backend (:class:`robot.ros.lifecycle.RigNode`
+hooks; SIGINT and SIGTERM shut the node down through them). Every subscription and
+service callback is guarded: a message that raises is counted (``callback_errors``
+on ``/diagnostics``) and the node goes on; a refused command counts in ``rejected``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from typing import Any
 import numpy as np
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
@@ -56,27 +58,14 @@ from std_srvs.srv import SetBool, Trigger
 from rig.safety import CommandRejected, SafetyFilter, apply_twist, validate_safety_config
 from robot.backends.base import Backend, ConnectionLost
 from robot.config import RobotConfig
-from robot.nodes.common import (
-    COMMAND_QOS,
-    ERROR,
-    OK,
-    STATE_QOS,
-    WARN,
-    Diagnostics,
-    ParameterError,
-    PeriodStats,
-    declare_dataclass,
-    read_dataclass,
-    require,
-    run_lifecycle_node,
-    stamp,
-)
+from robot.ros.convert import BASE_FRAME, GRIPPER_JOINT, JOINT_NAMES, TCP_FRAME, stamp_seconds, to_stamp
+from robot.ros.diagnostics import ERROR, OK, WARN, Diagnostics, PeriodStats
+from robot.ros.lifecycle import RigNode, run_lifecycle_node
+from robot.ros.params import ParameterError, declare_dataclass, read_dataclass, require
+from robot.ros.qos import COMMAND_QOS, STATE_QOS
 
 __all__ = ["FrankaNode", "validate_robot_config", "make_backend", "main"]
 
-JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)]
-BASE_FRAME = "panda_link0"
-TCP_FRAME = "panda_hand_tcp"
 
 
 #: what validate_robot_config() accepts, shown by ``ros2 param describe``
@@ -176,10 +165,6 @@ def set_thread_priority(priority: int) -> str:
                "or an rtprio limit (/etc/security/limits.conf); running with normal scheduling"
 
 
-def _t(msg_stamp: Any) -> float:
-    return msg_stamp.sec + msg_stamp.nanosec * 1e-9
-
-
 class _Latency:
     """Rolling command-to-backend latencies (s)."""
 
@@ -196,7 +181,7 @@ class _Latency:
         return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
 
 
-class FrankaNode(LifecycleNode):
+class FrankaNode(RigNode):
     """See the module docstring. ``backend_factory(cfg) -> Backend`` overrides :func:`make_backend`."""
 
     def __init__(self, node_name: str = "franka", *, backend_factory=None, **kwargs: Any):
@@ -213,8 +198,6 @@ class FrankaNode(LifecycleNode):
         self.sim_rig: Any = None
         self.sim_lock: Any = None
         self._pubs: dict[str, Any] = {}
-        self._subs: list[Any] = []
-        self._srvs: list[Any] = []
         self.diag: Diagnostics | None = None
         self._lock = threading.Lock()  # filter + command state
         self._stop = threading.Event()
@@ -241,32 +224,26 @@ class FrankaNode(LifecycleNode):
         self._need_reset = True
 
     # ---------------------------------------------------------------- lifecycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            cfg = read_dataclass(self, RobotConfig)
-            validate_robot_config(cfg)
-        except ParameterError as e:
-            self.get_logger().error(f"bad parameter: {e}")
-            return TransitionCallbackReturn.FAILURE
+    def setup(self) -> None:
+        cfg = read_dataclass(self, RobotConfig)
+        validate_robot_config(cfg)  # a ParameterError fails configure, naming the parameter
         self.cfg = cfg
         self._reset_state()
         self.filter = SafetyFilter(cfg.safety, 1.0 / cfg.state_rate_hz)
         try:
             self.backend = self._backend_factory(cfg)
         except Exception as e:
-            self.get_logger().error(f"cannot build the {cfg.backend!r} backend: {type(e).__name__}: {e}")
-            return TransitionCallbackReturn.FAILURE
+            raise RuntimeError(f"cannot build the {cfg.backend!r} backend: {type(e).__name__}: {e}") from e
         if cfg.backend == "sim":
             try:
                 self.backend.connect()
                 self._connected = True
             except Exception as e:
-                self.get_logger().error(f"cannot start the sim rig: {type(e).__name__}: {e}")
-                return TransitionCallbackReturn.FAILURE
+                raise RuntimeError(f"cannot start the sim rig: {type(e).__name__}: {e}") from e
             self.sim_rig = getattr(self.backend, "rig", None)
             self.sim_lock = getattr(self.backend, "lock", None)
 
-        p = self.create_publisher
+        p = self.make_publisher
         self._pubs = {
             "joint_states": p(JointState, "joint_states", STATE_QOS),
             "ee_pose": p(PoseStamped, "ee_pose", STATE_QOS),
@@ -275,28 +252,24 @@ class FrankaNode(LifecycleNode):
             "command_applied": p(PoseStamped, "command_applied", STATE_QOS),
             "gripper_applied": p(JointState, "gripper/command_applied", STATE_QOS),
         }
-        s = self.create_subscription
-        self._subs = [
-            s(PoseStamped, "target_pose", self._on_target_pose, COMMAND_QOS),
-            s(TwistStamped, "target_twist", self._on_target_twist, COMMAND_QOS),
-            s(JointState, "gripper/command", self._on_gripper, COMMAND_QOS),
-            s(Bool, "teleop/intervening", self._on_intervening, COMMAND_QOS),
-            s(TwistStamped, "teleop/twist", self._on_teleop_twist, COMMAND_QOS),
-            s(JointState, "teleop/gripper", self._on_teleop_gripper, COMMAND_QOS),
-        ]
-        self._srvs = [
-            self.create_service(Trigger, "recover", self._srv_recover),
-            self.create_service(Trigger, "home", self._srv_home),
-            self.create_service(SetBool, "hold", self._srv_hold),
-        ]
+        # every callback is guarded: a message that raises is counted and reported, the node goes on
+        s = self.guarded_subscription
+        s(PoseStamped, "target_pose", self._on_target_pose, COMMAND_QOS)
+        s(TwistStamped, "target_twist", self._on_target_twist, COMMAND_QOS)
+        s(JointState, "gripper/command", self._on_gripper, COMMAND_QOS)
+        s(Bool, "teleop/intervening", self._on_intervening, COMMAND_QOS)
+        s(TwistStamped, "teleop/twist", self._on_teleop_twist, COMMAND_QOS)
+        s(JointState, "teleop/gripper", self._on_teleop_gripper, COMMAND_QOS)
+        self.guarded_service(Trigger, "recover", self._srv_recover)
+        self.guarded_service(Trigger, "home", self._srv_home)
+        self.guarded_service(SetBool, "hold", self._srv_hold)
         # published by the supervisor thread (every 0.5 s and at once on errors), not by an executor timer
-        self.diag = Diagnostics(self, "franka", hardware_id=f"{cfg.backend}:{cfg.host}", period=None)
+        self.diag = self.make_diagnostics("franka", hardware_id=f"{cfg.backend}:{cfg.host}", period=None)
         self.diag.set(WARN, "configured", backend=cfg.backend)
         self._make_msgs()
         self.get_logger().info(f"configured: backend={cfg.backend} rate={cfg.state_rate_hz:g} Hz")
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def start(self) -> None:
         self._stop.clear()
         self._need_reset = True
         self._threads = [
@@ -305,34 +278,15 @@ class FrankaNode(LifecycleNode):
         ]
         for t in self._threads:
             t.start()
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_threads()
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop_threads(self) -> None:
+    def stop(self) -> None:
+        """Stop the control and supervisor threads (the arm holds where it is)."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10.0)
         self._threads = []
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
         if self.backend is not None:
             try:
                 self.backend.close()
@@ -340,21 +294,7 @@ class FrankaNode(LifecycleNode):
                 self.get_logger().warning(f"closing the backend: {e}")
             self.backend = None
         self.sim_rig = self.sim_lock = None
-        for pub in self._pubs.values():
-            self.destroy_publisher(pub)
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        for srv in self._srvs:
-            self.destroy_service(srv)
-        self._pubs, self._subs, self._srvs = {}, [], []
-        if self.diag is not None:
-            self.diag.destroy()
-            self.diag = None
-
-    def destroy_node(self) -> None:
-        self._stop_threads()
-        self._teardown()
-        super().destroy_node()
+        self._pubs, self.diag = {}, None  # destroyed by RigNode
 
     LIVE_PARAMETERS = ("translational_stiffness", "rotational_stiffness", "damping_ratio")
 
@@ -405,7 +345,7 @@ class FrankaNode(LifecycleNode):
             self.ignored += 1
             return
         if msg.header.frame_id.lstrip("/") not in ("", BASE_FRAME):
-            self._reject("target_pose", f"frame_id {msg.header.frame_id!r}: send targets in {BASE_FRAME!r}")
+            self._reject("target_pose", f"frame_id {msg.header.frame_id[:40]!r}: send targets in {BASE_FRAME!r}")
             return
         p, o = msg.pose.position, msg.pose.orientation
         self._set_target([p.x, p.y, p.z], [o.x, o.y, o.z, o.w], msg.header.stamp)
@@ -425,13 +365,13 @@ class FrankaNode(LifecycleNode):
                 self.get_logger().warning(f"target rejected: {e}", throttle_duration_sec=1.0)
                 return
             self._twist = None
-            t = _t(msg_stamp)
+            t = stamp_seconds(msg_stamp)
             self._pending_stamp = t if t > 0 else time.time()
 
     def _twist_of(self, msg: TwistStamped, what: str) -> tuple[np.ndarray, np.ndarray, bool] | None:
         ee = self._frame_is_ee(msg.header.frame_id)
         if ee is None:
-            self._reject(what, f"frame_id {msg.header.frame_id!r}: use {BASE_FRAME!r} or {TCP_FRAME!r}")
+            self._reject(what, f"frame_id {msg.header.frame_id[:40]!r}: use {BASE_FRAME!r} or {TCP_FRAME!r}")
             return None
         lin = np.array([msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z])
         ang = np.array([msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z])
@@ -450,22 +390,29 @@ class FrankaNode(LifecycleNode):
         if self.cfg is not None and self.cfg.twist_mode == "delta":
             self._apply_delta(*tw, msg.header.stamp)
         else:
-            self._set_velocity(*tw, msg.header.stamp)
+            self._set_velocity(*tw, msg.header.stamp, "target_twist")
 
     def _on_teleop_twist(self, msg: TwistStamped) -> None:
         if not self._intervening:
             return
         tw = self._twist_of(msg, "teleop/twist")
         if tw is not None:
-            self._set_velocity(*tw, msg.header.stamp)
+            self._set_velocity(*tw, msg.header.stamp, "teleop/twist")
 
-    def _set_velocity(self, lin: np.ndarray, ang: np.ndarray, ee: bool, msg_stamp: Any) -> None:
+    def _set_velocity(self, lin: np.ndarray, ang: np.ndarray, ee: bool, msg_stamp: Any, what: str) -> None:
         with self._lock:
             if self.filter is None or self.filter.holding:
                 self.ignored += 1
                 return
+            if self.filter.ready:  # one tick of it must integrate, or the control loop would fail on it
+                p, q = self.filter.applied_pose
+                try:
+                    apply_twist(p, q, lin, ang, self.filter.dt, ee)
+                except (CommandRejected, ValueError, OverflowError) as e:
+                    self._reject(what, f"{type(e).__name__}: {e}")
+                    return
             self._twist = (lin, ang, ee, time.monotonic())
-            t = _t(msg_stamp)
+            t = stamp_seconds(msg_stamp)
             self._pending_stamp = t if t > 0 else time.time()
 
     def _apply_delta(self, lin: np.ndarray, ang: np.ndarray, ee: bool, msg_stamp: Any) -> None:
@@ -477,10 +424,14 @@ class FrankaNode(LifecycleNode):
                 self.ignored += 1
                 return
             base = f.target if f.target is not None else f.applied_pose
-            pos, quat = apply_twist(base[0], base[1], lin, ang, 1.0, ee)
-            f.set_target(pos, quat, time.monotonic())
+            try:
+                pos, quat = apply_twist(base[0], base[1], lin, ang, 1.0, ee)
+                f.set_target(pos, quat, time.monotonic())
+            except CommandRejected as e:
+                self._reject("target_twist", str(e))
+                return
             self._twist = None
-            t = _t(msg_stamp)
+            t = stamp_seconds(msg_stamp)
             self._pending_stamp = t if t > 0 else time.time()
 
     def _on_gripper(self, msg: JointState) -> None:
@@ -572,10 +523,10 @@ class FrankaNode(LifecycleNode):
         self._pose.header.frame_id = BASE_FRAME
         self._wrench = WrenchStamped()
         self._wrench.header.frame_id = BASE_FRAME
-        self._gs = JointState(name=["width"])
+        self._gs = JointState(name=[GRIPPER_JOINT])
         self._applied = PoseStamped()
         self._applied.header.frame_id = BASE_FRAME
-        self._gripper_applied_msg = JointState(name=["width"])
+        self._gripper_applied_msg = JointState(name=[GRIPPER_JOINT])
 
     def _control_loop(self) -> None:
         assert self.cfg is not None
@@ -644,7 +595,7 @@ class FrankaNode(LifecycleNode):
         self._publish_state(s, applied)
 
     def _publish_state(self, s: Any, applied: Any) -> None:
-        t = stamp(s.stamp)
+        t = to_stamp(s.stamp)
         js = self._js
         js.header.stamp = t
         js.position = s.joint_pos.tolist()
@@ -665,7 +616,7 @@ class FrankaNode(LifecycleNode):
         g = self.backend.gripper_state() if self.backend is not None else None
         if g is not None and g.stamp > 0:
             gs = self._gs
-            gs.header.stamp = stamp(g.stamp)
+            gs.header.stamp = to_stamp(g.stamp)
             gs.position, gs.velocity, gs.effort = [g.width], [g.speed], [g.force]
             self._pubs["gripper_state"].publish(gs)
         if applied is not None:

@@ -27,29 +27,17 @@ import time
 from dataclasses import dataclass, field
 
 from geometry_msgs.msg import TwistStamped
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
 from rig.spec import GRIPPER_MAX_WIDTH
 from robot.backends.teleop_devices import TeleopCommand, TeleopDevice, TeleopDeviceError, make_device
 from robot.config import TeleopConfig
-from robot.nodes.common import (
-    COMMAND_QOS,
-    ERROR,
-    LATCHED_QOS,
-    OK,
-    WARN,
-    Diagnostics,
-    ParameterError,
-    declare_dataclass,
-    read_dataclass,
-    require,
-    run_lifecycle_node,
-    stamp,
-)
-
-BASE_FRAME = "panda_link0"
+from robot.ros.convert import BASE_FRAME, to_stamp
+from robot.ros.diagnostics import ERROR, OK, WARN
+from robot.ros.lifecycle import RigNode, run_lifecycle_node
+from robot.ros.params import declare_dataclass, read_dataclass, require
+from robot.ros.qos import COMMAND_QOS, LATCHED_QOS
 
 
 @dataclass
@@ -60,7 +48,7 @@ class TeleopNodeParams:
     retry_period: float = 2.0  # s between attempts to open a missing device
 
 
-class TeleopNode(LifecycleNode):
+class TeleopNode(RigNode):
     def __init__(self, name: str = "teleop", device: TeleopDevice | None = None, **kwargs):
         """``device`` replaces the one ``teleop.device`` names (tests, custom hardware)."""
         super().__init__(name, **kwargs)
@@ -70,63 +58,37 @@ class TeleopNode(LifecycleNode):
         self.connected = False
         self._last_error = ""
         self._next_try = 0.0
-        self._timer = None
         self._intervening = False
 
     # ---------------------------------------------------------- life cycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            p = read_dataclass(self, TeleopNodeParams)
-            t = p.teleop
-            require(t.device in ("keyboard", "spacemouse", "gamepad", "none"), "teleop.device", t.device,
-                    "must be keyboard, spacemouse, gamepad or none")
-            require(t.rate_hz > 0, "teleop.rate_hz", t.rate_hz, "must be > 0")
-            require(p.retry_period > 0, "retry_period", p.retry_period, "must be > 0")
-        except ParameterError as e:
-            self.get_logger().error(str(e))
-            return TransitionCallbackReturn.FAILURE
+    def setup(self) -> None:
+        p = read_dataclass(self, TeleopNodeParams)
+        t = p.teleop
+        require(t.device in ("keyboard", "spacemouse", "gamepad", "none"), "teleop.device", t.device,
+                "must be keyboard, spacemouse, gamepad or none")
+        require(t.rate_hz > 0, "teleop.rate_hz", t.rate_hz, "must be > 0")
+        require(p.retry_period > 0, "retry_period", p.retry_period, "must be > 0")
         self.p = p
         if self._injected is not None:
             self.device = self._injected
         elif t.device != "none":
             self.device = make_device(t.device, tty_path=t.tty_path, release_after=t.release_after)
-        self.pub_twist = self.create_publisher(TwistStamped, "teleop/twist", COMMAND_QOS)
-        self.pub_gripper = self.create_publisher(JointState, "teleop/gripper", COMMAND_QOS)
-        self.pub_intervening = self.create_publisher(Bool, "teleop/intervening", LATCHED_QOS)
-        self.pub_event = self.create_publisher(String, "episode/event", COMMAND_QOS)
-        self.diag = Diagnostics(self, "teleop", hardware_id=t.device)
-        return TransitionCallbackReturn.SUCCESS
+        self.pub_twist = self.make_publisher(TwistStamped, "teleop/twist", COMMAND_QOS)
+        self.pub_gripper = self.make_publisher(JointState, "teleop/gripper", COMMAND_QOS)
+        self.pub_intervening = self.make_publisher(Bool, "teleop/intervening", LATCHED_QOS)
+        self.pub_event = self.make_publisher(String, "episode/event", COMMAND_QOS)
+        self.diag = self.make_diagnostics("teleop", hardware_id=t.device)
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def start(self) -> None:
         self._publish_intervening(False)
         if self.device is None:
             self.diag.set(OK, "teleop.device=none: no operator device")
-            return TransitionCallbackReturn.SUCCESS
+            return
         self._try_connect()
-        self._timer = self.create_timer(1.0 / self.p.teleop.rate_hz, self._tick)
-        return TransitionCallbackReturn.SUCCESS
+        self.guarded_timer(1.0 / self.p.teleop.rate_hz, self._tick)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self) -> None:
-        # after Ctrl-C rclpy has shut the context down and on_shutdown may not run: restore the tty here too
-        self._release()
-        super().destroy_node()
-
-    def _release(self) -> None:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
+    def stop(self) -> None:
+        # also after a signal, when on_shutdown may not run: restores the tty
         if self.device is not None and self.connected:
             self.device.close()  # restores the terminal
             self.connected = False
@@ -173,7 +135,7 @@ class TeleopNode(LifecycleNode):
     def _publish_command(self, cmd: TeleopCommand) -> None:
         t = self.get_clock().now().nanoseconds * 1e-9
         msg = TwistStamped()
-        msg.header.stamp, msg.header.frame_id = stamp(t), BASE_FRAME
+        msg.header.stamp, msg.header.frame_id = to_stamp(t), BASE_FRAME
         v = cmd.twist * self.p.teleop.translation_scale
         w = cmd.twist * self.p.teleop.rotation_scale
         msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(x) for x in v[:3])

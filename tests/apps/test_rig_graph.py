@@ -24,7 +24,7 @@ from _ros_probe import Probe, wait_for  # noqa: E402
 from apps.bringup import Graph, compose_rig
 from rig.spec import default_spec
 from robot.env import RosEnvConfig, RosRigEnv
-from robot.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.render]
 

@@ -35,7 +35,7 @@ class SimPublisher:
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import Image, JointState
 
-        from robot.nodes.common import SENSOR_QOS, STATE_QOS
+        from robot.ros.qos import SENSOR_QOS, STATE_QOS
         from sim.rig import SimRig
 
         self.rig = SimRig().connect()
@@ -52,7 +52,7 @@ class SimPublisher:
         self.thread.start()
 
     def _run(self) -> None:
-        from robot.nodes.common import stamp
+        from robot.ros.convert import to_stamp as stamp
 
         while self.running:
             t = stamp(time.time())
@@ -88,7 +88,7 @@ def _probe():
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
 
-    from robot.nodes.common import COMMAND_QOS
+    from robot.ros.qos import COMMAND_QOS
 
     probe = Probe()
     probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)
@@ -155,7 +155,7 @@ def test_node_turns_sim_images_into_targets_and_falls_silent_when_inputs_go_stal
 
 def test_node_stays_silent_when_inference_fails(checkpoint):
     import policy
-    from robot.nodes.common import ERROR
+    from robot.ros.diagnostics import ERROR
 
     class Failing:
         def __init__(self, inner):

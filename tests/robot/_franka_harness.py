@@ -25,7 +25,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
 from robot.backends.base import Backend
-from robot.nodes.common import STATE_QOS
+from robot.ros.qos import STATE_QOS
 from robot.nodes.franka_node import FrankaNode, make_backend
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])

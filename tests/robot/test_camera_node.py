@@ -12,7 +12,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from robot.backends.realsense import ReplayDevice, synthetic_recording
 from robot.nodes.camera_node import CameraNode
-from robot.nodes.common import SENSOR_QOS
+from robot.ros.qos import SENSOR_QOS
 
 pytestmark = pytest.mark.ros
 

@@ -15,9 +15,11 @@ from std_srvs.srv import Trigger
 
 from rig.spec import RigSpec, default_spec
 from robot.backends.realsense import synthetic_recording
-from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation, decode_image
+from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation
 from robot.nodes.camera_node import CameraNode
-from robot.nodes.common import COMMAND_QOS, STATE_QOS, stamp
+from robot.ros.convert import image_to_numpy as decode_image
+from robot.ros.convert import to_stamp as stamp
+from robot.ros.qos import COMMAND_QOS, STATE_QOS
 
 
 def test_sample_buffer_picks_the_latest_at_or_before_the_tick():

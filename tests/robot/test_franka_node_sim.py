@@ -10,7 +10,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from std_srvs.srv import SetBool, Trigger
 
 from robot.config import RobotConfig
-from robot.nodes.common import ParameterError
+from robot.ros.params import ParameterError
 from robot.nodes.franka_node import FrankaNode, validate_robot_config
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]

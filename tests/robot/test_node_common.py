@@ -1,4 +1,4 @@
-"""Parameter declaration from dataclasses (robot/nodes/common.py)."""
+"""Parameter declaration from dataclasses (robot/ros/params.py)."""
 
 from dataclasses import dataclass, field
 
@@ -18,7 +18,7 @@ def test_empty_list_default_reads_back_empty_and_overrides_work():
     import rclpy
     from rclpy.parameter import Parameter
 
-    from robot.nodes.common import ParameterError, declare_dataclass, read_dataclass
+    from robot.ros.params import ParameterError, declare_dataclass, read_dataclass
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

@@ -18,7 +18,7 @@ from geometry_msgs.msg import TwistStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from robot.nodes.common import LATCHED_QOS
+from robot.ros.qos import LATCHED_QOS
 from robot.nodes.teleop_node import TeleopNode
 
 pytestmark = pytest.mark.ros

@@ -28,7 +28,7 @@ class RigPublishers:
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool, String
 
-        from robot.nodes.common import LATCHED_QOS, SENSOR_QOS, STATE_QOS
+        from robot.ros.qos import LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
