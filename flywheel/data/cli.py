@@ -7,7 +7,8 @@
 * ``stats PATH OUT [--keys ...] [--success-only] [--source ...]``: normalisation
   statistics saved as ``OUT/stats.json`` and ``OUT/stats.safetensors``;
 * ``export-lerobot PATH [OUT] [--episodes 0 3 5] [--success-only] [--source rl]
-  [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0.
+  [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0;
+* ``import-lerobot DIR STORE [--spec spec.json --map mapping.yaml]``: append a LeRobotDataset v3.0.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--vcodec", default="libsvtav1", choices=["libsvtav1", "libx264"])
     exp.add_argument("--robot-type", default="franka_panda")
     exp.add_argument("--overwrite", action="store_true")
+    imp = sub.add_parser("import-lerobot", help="append a LeRobotDataset v3.0 to a store")
+    imp.add_argument("dir", help="the LeRobot dataset directory")
+    imp.add_argument("store", help="the episode store (created if missing)")
+    imp.add_argument("--spec", help="the rig spec.json to read the dataset as (not needed for our exports)")
+    imp.add_argument("--map", dest="mapping", help="feature mapping YAML/JSON (flywheel/data/lerobot_import.py)")
     return p
 
 
@@ -97,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             out = export_lerobot(store, dest, episodes=eps, vcodec=args.vcodec,
                                  robot_type=args.robot_type, overwrite=args.overwrite)
             print(f"exported {len(eps)} episodes to {out}")
+            return 0
+        if args.command == "import-lerobot":
+            from flywheel.data.lerobot_import import import_lerobot
+            from rig.spec import RigSpec
+
+            spec = RigSpec.from_json(open(args.spec).read()) if args.spec else None
+            added = import_lerobot(args.dir, args.store, spec=spec, mapping=args.mapping)
+            print(f"imported {len(added)} episodes into {args.store}")
             return 0
     except (StoreError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"flywheel-data {args.command}: {e}", file=sys.stderr)

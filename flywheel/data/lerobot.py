@@ -4,6 +4,7 @@ Layout written (``codebase_version = "v3.0"``)::
 
     OUT/meta/info.json                                 features, fps, counts, path templates
     OUT/meta/stats.json                                feature statistics (mean/std/min/max/q01..q99/count)
+    OUT/meta/flywheel.json                             provenance: source store, episodes, rig spec, records
     OUT/meta/tasks.parquet                             task (the language instruction, the index) -> task_index
     OUT/meta/episodes/chunk-000/file-000.parquet       one row per episode: length, tasks, data and
                                                        video locations, per-episode stats/<feature>/<stat>
@@ -14,6 +15,12 @@ Features: ``observation.state`` (every ``state/*`` key concatenated, named per
 component), ``observation.images.<camera>`` (video), ``action``, ``next.reward``,
 ``next.done``, ``complementary_info.is_intervention`` and LeRobot's
 ``timestamp``/``frame_index``/``episode_index``/``index``/``task_index``.
+Statistics are computed as LeRobot computes them (:func:`feature_stats`, a port of
+``lerobot.datasets.compute_stats``): per episode for every feature (videos from a
+subsample of frames, per channel, scaled to [0, 1]) and, in ``stats.json``, their
+aggregate (:func:`aggregate_stats`), so LeRobot can append episodes (``resume``)
+to an export. Provenance goes to the sidecar ``meta/flywheel.json``, which
+LeRobot leaves alone (it rewrites ``info.json`` and would drop anything extra).
 Videos are encoded with ffmpeg from imageio-ffmpeg (LeRobot's default:
 SVT-AV1, yuv420p, GOP 2, CRF 30). Depth images are not exported. Everything
 goes into file 000 of chunk 000 (LeRobot rotates files past 100 MB of data /
@@ -31,13 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.data.stats import array_stats, image_stats
 from flywheel.data.store import EpisodeStore
 
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+PROVENANCE_PATH = "meta/flywheel.json"
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+QUANTILE_BINS = 5000
 VCODEC_OPTIONS = {
     "libsvtav1": (["-g", "2", "-crf", "30", "-preset", "12"], "av1"),
     "libx264": (["-g", "2", "-crf", "23", "-preset", "veryfast"], "h264"),
@@ -86,6 +95,108 @@ def _features(store: EpisodeStore, fps: int, vcodec: str) -> dict[str, Any]:
                   ("index", "int64"), ("task_index", "int64")):
         feats[k] = {"dtype": dt, "shape": [1], "names": None}
     return feats
+
+
+# ---------------------------------------------------------------- statistics (as LeRobot computes them)
+def _sample_indices(n: int) -> np.ndarray:
+    """LeRobot's ``sample_indices``: 100 frames up to ~500, then n ** 0.75, at most 10 000."""
+    k = max(min(100, n), min(int(n ** 0.75), 10_000))
+    return np.round(np.linspace(0, n - 1, k)).astype(int)
+
+
+def _downsample(img: np.ndarray) -> np.ndarray:
+    """LeRobot's ``auto_downsample_height_width`` for (C, H, W) images of 300 px or more."""
+    _, h, w = img.shape
+    if max(h, w) < 300:
+        return img
+    f = int(w / 150) if w > h else int(h / 150)
+    return img[:, ::f, ::f]
+
+
+def _hist_quantile(col: np.ndarray, lo: Any, hi: Any, target: float) -> float:
+    edges = np.linspace(lo - 1e-10, hi + 1e-10, QUANTILE_BINS + 1)
+    cum = np.cumsum(np.histogram(col, bins=edges)[0])
+    i = int(np.searchsorted(cum, target))
+    if i == 0:
+        return float(edges[0])
+    if i >= len(cum):
+        return float(edges[-1])
+    before, inside = cum[i - 1], cum[i] - cum[i - 1]
+    if inside == 0:
+        return float(edges[i])
+    return float(edges[i] + (target - before) / inside * (edges[i + 1] - edges[i]))
+
+
+def feature_stats(x: np.ndarray, *, image: bool = False) -> dict[str, np.ndarray]:
+    """LeRobot's ``get_feature_stats``: min, max, mean, std, count and q01/q10/q50/q90/q99.
+
+    ``x``: (N,) or (N, D) per-frame values (stats of shape (1,) or (D,), in the data's dtype for
+    min/max), or (N, C, H, W) uint8 images (per channel, scaled to [0, 1], shape (C, 1, 1)).
+    Quantiles come from a 5000-bin histogram, as LeRobot's ``RunningQuantileStats``. One
+    difference: LeRobot squares uint8 pixels in uint8 (which wraps); here they are squared as floats.
+    """
+    x = np.asarray(x)
+    if image:
+        flat = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float64)
+    else:
+        flat = x.reshape(len(x), -1)
+    count = np.array([len(x)])
+    num = flat.astype(np.float64) if flat.dtype == bool else flat
+    mean = np.mean(flat, axis=0)
+    if len(flat) < 2:
+        out = {"min": flat.min(0), "max": flat.max(0), "mean": mean, "std": np.std(flat, axis=0), "count": count}
+        out.update({f"q{int(q * 100):02d}": mean.copy() for q in QUANTILES})
+    else:
+        mn, mx = flat.min(0), flat.max(0)
+        var = np.mean(num ** 2, axis=0) - mean ** 2
+        out = {"min": mn, "max": mx, "mean": mean, "std": np.sqrt(np.maximum(0, var)), "count": count}
+        for q in QUANTILES:
+            out[f"q{int(q * 100):02d}"] = np.array(
+                [_hist_quantile(num[:, d], num[:, d].min(), num[:, d].max(), q * len(flat))
+                 for d in range(flat.shape[1])])
+    if image:
+        return {k: (v if k == "count" else v.reshape(-1, 1, 1) / 255.0) for k, v in out.items()}
+    return out
+
+
+def image_feature_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Stats of (N, H, W, C) uint8 frames from LeRobot's subsample of them."""
+    idx = _sample_indices(len(frames))
+    sample = np.stack([_downsample(np.ascontiguousarray(frames[i].transpose(2, 0, 1))) for i in idx])
+    return feature_stats(sample, image=True)
+
+
+def aggregate_stats(per_episode: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """LeRobot's ``aggregate_feature_stats``: count-weighted means, variances and quantiles."""
+    means = np.stack([s["mean"] for s in per_episode])
+    variances = np.stack([s["std"] ** 2 for s in per_episode])
+    counts = np.stack([s["count"] for s in per_episode])
+    total = counts.sum(axis=0)
+    while counts.ndim < means.ndim:
+        counts = np.expand_dims(counts, axis=-1)
+    mean = (means * counts).sum(axis=0) / total
+    var = ((variances + (means - mean) ** 2) * counts).sum(axis=0) / total
+    out = {"min": np.min(np.stack([s["min"] for s in per_episode]), axis=0),
+           "max": np.max(np.stack([s["max"] for s in per_episode]), axis=0),
+           "mean": mean, "std": np.sqrt(var), "count": total}
+    for q in (k for k in per_episode[0] if k.startswith("q") and k[1:].isdigit()):
+        out[q] = (np.stack([s[q] for s in per_episode]) * counts).sum(axis=0) / total
+    return out
+
+
+def _stats_columns(stats: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per-episode stats as the episodes parquet holds them: ``stats/<feature>/<stat>``, typed lists."""
+    import pyarrow as pa
+
+    cols = {}
+    for feat, st in stats.items():
+        for name, v in st.items():
+            v = np.asarray(v)
+            t = pa.from_numpy_dtype(v.dtype)
+            for _ in range(v.ndim):
+                t = pa.list_(t)
+            cols[f"stats/{feat}/{name}"] = (v.tolist(), t)
+    return cols
 
 
 def _fixed_list(x: np.ndarray) -> Any:
@@ -172,14 +283,15 @@ def export_lerobot(
     cams = [k for k in spec.image_specs() if k.startswith("images/")]
     feats = _features(store, fps, vcodec)
     recs = [store.record(e) for e in eps]
-    tasks = sorted({r.instruction or r.task or "default" for r in recs})
+    tasks = sorted({_task(r) for r in recs})
     task_index = {t: i for i, t in enumerate(tasks)}
     writers = {k: _VideoWriter(out / VIDEO_PATH.format(video_key=video_key(k), chunk_index=0, file_index=0),
                                spec.image_specs()[k].shape[1], spec.image_specs()[k].shape[0], fps, vcodec)
                for k in cams}
     cols: dict[str, list[np.ndarray]] = {k: [] for k in feats if feats[k]["dtype"] != "video"}
     ep_rows: list[dict[str, Any]] = []
-    img_samples: dict[str, list[np.ndarray]] = {k: [] for k in cams}
+    ep_stats: list[dict[str, dict[str, np.ndarray]]] = []
+    t0s: list[float] = []
     offset = 0
     try:
         for new_i, rec in enumerate(tqdm(recs, desc="export-lerobot", disable=not progress)):
@@ -188,21 +300,23 @@ def export_lerobot(
             state = np.concatenate([ep[k].reshape(n, -1) for k in spec.state_specs()], axis=1)
             frame = {
                 "observation.state": state.astype(np.float32),
-                "action": ep["action"],
-                "next.reward": ep["reward"].astype(np.float32),
-                "next.done": np.arange(n) == n - 1,
-                "complementary_info.is_intervention": ep["intervention"].astype(bool),
-                "timestamp": (np.arange(n) / fps).astype(np.float32),
+                "action": ep["action"].astype(np.float32),
+                "next.reward": ep["reward"].astype(np.float32).reshape(n, 1),
+                "next.done": (np.arange(n) == n - 1).reshape(n, 1),
+                "complementary_info.is_intervention": ep["intervention"].astype(bool).reshape(n, 1),
+                "timestamp": np.arange(n) / fps,  # float64 in LeRobot's episode buffer, float32 in the data
                 "frame_index": np.arange(n, dtype=np.int64),
                 "episode_index": np.full(n, new_i, np.int64),
                 "index": np.arange(offset, offset + n, dtype=np.int64),
-                "task_index": np.full(n, task_index[rec.instruction or rec.task or "default"], np.int64),
+                "task_index": np.full(n, task_index[_task(rec)], np.int64),
             }
+            t0s.append(float(ep["timestamp"][0]))
+            stats = {k: feature_stats(v) for k, v in frame.items()}
             for k, v in frame.items():
-                cols[k].append(v)
+                cols[k].append(v.astype(np.float32) if k == "timestamp" else v)
             row: dict[str, Any] = {
                 "episode_index": new_i,
-                "tasks": [rec.instruction or rec.task or "default"],
+                "tasks": [_task(rec)],
                 "length": n,
                 "data/chunk_index": 0,
                 "data/file_index": 0,
@@ -214,17 +328,12 @@ def export_lerobot(
                 t0 = writers[k].frames / fps
                 frames = ep[k]
                 writers[k].write(frames)
-                img_samples[k].append(frames[:: max(1, n // 8)])
+                stats[vk] = image_feature_stats(frames)
                 row.update({f"videos/{vk}/chunk_index": 0, f"videos/{vk}/file_index": 0,
                             f"videos/{vk}/from_timestamp": t0, f"videos/{vk}/to_timestamp": t0 + n / fps})
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-            for k in ("observation.state", "action", "next.reward"):
-                for s, v in array_stats(frame[k].reshape(n, -1)).items():
-                    row[f"stats/{k}/{s}"] = np.asarray(v, np.float64).reshape(-1).tolist()
-            for k in cams:
-                for s, v in image_stats(img_samples[k][-1]).items():
-                    row[f"stats/{video_key(k)}/{s}"] = np.asarray(v, np.float64).tolist()
             ep_rows.append(row)
+            ep_stats.append(stats)
             offset += n
     finally:
         for w in writers.values():
@@ -234,23 +343,25 @@ def export_lerobot(
     table = {}
     for k, parts in cols.items():
         v = np.concatenate(parts)
+        if v.ndim == 2 and feats[k]["shape"] == [1]:
+            v = v[:, 0]
         table[k] = _fixed_list(v) if v.ndim == 2 else pa.array(v)
     data_path = out / DATA_PATH.format(chunk_index=0, file_index=0)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(table), data_path)
-    # episodes
+    # episodes: the rows plus every feature's per-episode stats as typed lists
     epath = out / EPISODES_PATH
     epath.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(ep_rows), epath)
+    ep_table = pa.Table.from_pylist(ep_rows)
+    stat_cols = [_stats_columns(st) for st in ep_stats]
+    for name in stat_cols[0]:
+        ep_table = ep_table.append_column(name, pa.array([c[name][0] for c in stat_cols], type=stat_cols[0][name][1]))
+    pq.write_table(ep_table, epath)
     pq.write_table(_tasks_table(tasks), out / "meta/tasks.parquet")
-    # stats over the whole export
-    stats: dict[str, Any] = {}
-    for k in ("observation.state", "action", "next.reward"):
-        v = np.concatenate(cols[k]).reshape(offset, -1)
-        stats[k] = {s: np.asarray(x).tolist() for s, x in array_stats(v).items()}
-    for k in cams:
-        stats[video_key(k)] = {s: np.asarray(x).tolist() for s, x in image_stats(np.concatenate(img_samples[k])).items()}
-    (out / "meta/stats.json").write_text(json.dumps(stats, indent=2))
+    # stats.json: the aggregate of the episodes' stats, as LeRobot keeps it
+    stats_all = {k: {s: np.asarray(v).tolist() for s, v in aggregate_stats([st[k] for st in ep_stats]).items()}
+                 for k in ep_stats[0]}
+    (out / "meta/stats.json").write_text(json.dumps(stats_all, indent=4))
     info = {
         "codebase_version": CODEBASE_VERSION,
         "robot_type": robot_type,
@@ -265,8 +376,20 @@ def export_lerobot(
         "data_path": DATA_PATH,
         "video_path": VIDEO_PATH if cams else None,
         "features": feats,
-        "flywheel": {"source_store": store.path, "source_episodes": [r.index for r in recs],
-                     "rig_spec": spec.to_dict()},
     }
     (out / "meta/info.json").write_text(json.dumps(info, indent=4))
+    provenance = {
+        "exporter": "panda-flywheel flywheel-data export-lerobot",
+        "source_store": store.path,
+        "rig_spec": spec.to_dict(),
+        "state_keys": {k: list(s.shape) for k, s in spec.state_specs().items()},
+        "episodes": [{"lerobot_episode": i, "store_episode": r.index, "first_timestamp": t0s[i],
+                      "record": {k: v for k, v in r.to_dict().items() if k not in ("index", "start", "end")}}
+                     for i, r in enumerate(recs)],
+    }
+    (out / PROVENANCE_PATH).write_text(json.dumps(provenance, indent=2))
     return out
+
+
+def _task(rec: Any) -> str:
+    return rec.instruction or rec.task or "default"
