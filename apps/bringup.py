@@ -17,6 +17,7 @@ Examples::
     rig-up rig=lab rig.cameras.cameras.0.serial=123 rig.cameras.cameras.1.serial=456
     rig-up rig.teleop.device=none duration=10  # 10 s, no operator device
     rig-up policy_checkpoint=ckpt/ instruction="pick up the cube" record_path=data/episodes.zarr task=pick_cube
+    rig-up console=true record_path=data/episodes.zarr   # + the operator console on http://127.0.0.1:8080/
 
 The policy and recorder nodes start when ``policy_checkpoint`` / ``record_path``
 are set; they are imported by module path only then, so ``robot`` never imports
@@ -62,6 +63,11 @@ class RigUpConfig:
     record_path: str = ""  # start the recorder node writing episodes to this zarr store
     task: str = ""  # task name the recorder stores with every episode
     duration: float = 0.0  # s to run, 0 = until Ctrl-C
+    console: bool = False  # start the operator console (apps/console), a web page beside the rig
+    console_host: str = "127.0.0.1"  # its bind address; anything wider needs the token in the URL
+    console_port: int = 8080  # 0: any free port (see console_url_file)
+    console_token: str = ""  # the console's session token ("" = a random one, printed with the URL)
+    console_url_file: str = ""  # the console writes its URL (with the token) here once it serves
 
 
 def register_app() -> None:
@@ -167,6 +173,14 @@ def graph(cfg: Any) -> list[NodeDescription]:
                 "calibration_id": str(rig.calibration_id),
                 "camera_ids": [f"{c['name']}={c['serial'] or rig.cameras.backend}" for c in cams],
             },
+        ))
+    if cfg.get("console"):
+        nodes.append(NodeDescription(
+            "operator-console", "console", ns, "apps.console.node:ConsoleNode",
+            {"host": str(cfg.console_host), "port": int(cfg.console_port), "token": str(cfg.console_token),
+             "url_file": str(cfg.console_url_file), "cameras": [c["name"] for c in cams],
+             "image_size": int(rig.cameras.policy_image_size), "task": str(cfg.get("task", "")),
+             "store": str(cfg.get("record_path", ""))},
         ))
     for d in nodes:  # an empty list has no ROS parameter type: leave it to the node's default
         d.parameters = {k: v for k, v in d.parameters.items() if not (isinstance(v, list) and not v)}

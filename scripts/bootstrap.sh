@@ -16,13 +16,15 @@ if [ -f "$STAMP" ] && [ -x "$FSIM_VENV/bin/run-franka-sim-server" ]; then
   exit 0
 fi
 
-# 1. Debian libraries: libusb (pyrealsense2), EGL / OSMesa (headless MuJoCo rendering), hidapi (SpaceMouse).
+# 1. Debian libraries: libusb (pyrealsense2), EGL / OSMesa (headless MuJoCo rendering), hidapi (SpaceMouse),
+#    chromium (the console tests).
 need=()
 ldconfig -p | grep -q 'libusb-1.0.so.0' || need+=(libusb-1.0-0)
 ldconfig -p | grep -q 'libEGL.so.1' || need+=(libegl1)
 ldconfig -p | grep -q 'libOSMesa.so' || need+=(libosmesa6)
 ldconfig -p | grep -q 'libGL.so.1' || need+=(libgl1)
 ldconfig -p | grep -q 'libhidapi-hidraw.so.0' || need+=(libhidapi-hidraw0)  # SpaceMouse (pyspacemouse via easyhid)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the operator console's browser tests (playwright drives it)
 if [ ${#need[@]} -gt 0 ]; then
   step "Debian libraries: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then
