@@ -2,10 +2,15 @@
 
 One control step (``control_hz``, 10 Hz default as in HIL-SERL): the 7-d
 normalised action becomes an absolute TCP target with
-:meth:`rig.spec.ActionSpec.to_target` (from the measured TCP pose, as the
-franka node does), the target is clipped to the safety workspace box, and the
-rig runs ``physics_hz / control_hz`` physics steps with the impedance
-controller. Cameras render only when listed (``cameras=()``: state only).
+:meth:`rig.spec.ActionSpec.to_target` (from the measured TCP pose, as the ROS
+env adapter does), and the target goes through the same
+:class:`rig.safety.SafetyFilter` as on the rig's franka node: clipped into the
+workspace box and the tilt cone, then approached by rate-limited steps, one
+filter tick every ``1 / filter_hz`` s (the franka node's ``state_rate_hz``,
+500 Hz by default), each followed by the physics steps of that tick with the
+impedance controller. The gripper command is clipped by the same filter. So an
+action means the same in sim as on the rig. Cameras render only when listed
+(``cameras=()``: state only).
 
 ``info``: ``is_success``, ``dense_reward`` (diagnostic shaping), ``task_id``.
 The reward is the sparse success (1.0 on success, else 0.0).
@@ -22,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rig.geometry import matrix_to_quat
-from rig.safety import SafetyConfig
+from rig.safety import SafetyConfig, SafetyFilter
 from rig.spec import ActionSpec, CameraSpec, RigSpec
 from sim import registry
 from sim.config import RandomizationConfig
@@ -72,6 +77,7 @@ class PandaRigEnv(gym.Env):
         gripper_speed: float = 0.1,
         gripper_force: float = 20.0,
         safety: SafetyConfig | None = None,
+        filter_hz: float = 500.0,
         render_mode: str | None = None,
         render_size: tuple[int, int] = (480, 640),
     ) -> None:
@@ -82,6 +88,13 @@ class PandaRigEnv(gym.Env):
         if abs(n_sub - round(n_sub)) > 1e-6 or n_sub < 1:
             raise ValueError(f"physics_hz / control_hz = {n_sub}: must be a positive integer")
         self.n_substeps = int(round(n_sub))
+        per_tick = physics_hz / filter_hz if filter_hz > 0 else 0.0
+        ticks = filter_hz / control_hz
+        if per_tick < 1 or abs(per_tick - round(per_tick)) > 1e-6 or abs(ticks - round(ticks)) > 1e-6:
+            raise ValueError(f"filter_hz={filter_hz}: the safety filter rate must divide physics_hz={physics_hz} "
+                             f"and be a multiple of control_hz={control_hz}")
+        self.physics_per_tick = int(round(per_tick))
+        self.filter_ticks = int(round(ticks))
         if isinstance(randomization, dict):
             randomization = RandomizationConfig(**randomization)
         self.randomization = randomization or RandomizationConfig()
@@ -105,8 +118,7 @@ class PandaRigEnv(gym.Env):
         self.gripper_speed = float(gripper_speed)
         self.gripper_force = float(gripper_force)
         self.safety = safety or SafetyConfig()
-        self._ws_lo = np.asarray(self.safety.workspace_min, dtype=np.float64)
-        self._ws_hi = np.asarray(self.safety.workspace_max, dtype=np.float64)
+        self.safety_filter = SafetyFilter(self.safety, 1.0 / filter_hz)  # validates the config
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")
         self.render_mode = render_mode
@@ -210,6 +222,9 @@ class PandaRigEnv(gym.Env):
         if start is None:  # the task posed the arm and gripper itself (e.g. peg in hand)
             self.rig.set_gripper(0.0, self.gripper_speed, self.gripper_force)
         self.rig.step(25)  # 50 ms: objects settle, a grasp closes
+        # as the franka node does on (re)connect: the filter starts from the measured pose, no target in force
+        self.safety_filter.reset(self.rig.ee_pos, matrix_to_quat(self.rig.ee_rot))
+        self._applied: tuple[np.ndarray, np.ndarray] | None = None
         self._last_success = self.task.success()
         return self._obs(), self._info()
 
@@ -218,10 +233,20 @@ class PandaRigEnv(gym.Env):
         ee_pos = self.rig.ee_pos
         ee_quat = matrix_to_quat(self.rig.ee_rot)
         pos, quat, width = self.spec_rig.action.to_target(a, ee_pos, ee_quat)
-        pos = np.clip(pos, self._ws_lo, self._ws_hi)
-        self.rig.set_cartesian_target(pos, quat)
-        self.rig.set_gripper(width, self.gripper_speed, self.gripper_force)
-        self.rig.step(self.n_substeps)
+        f = self.safety_filter
+        now = self.rig.time
+        f.set_target(pos, quat, now)
+        g = f.gripper(width, self.gripper_speed, self.gripper_force)
+        self.rig.set_gripper(g.width, g.speed, g.force)
+        dt = f.dt
+        for i in range(self.filter_ticks):
+            applied = f.step(now + i * dt, dt)
+            last = self._applied
+            # the impedance controller's target changes only while the filter moves it
+            if last is None or not (np.array_equal(last[0], applied.pos) and np.array_equal(last[1], applied.quat)):
+                self.rig.set_cartesian_target(applied.pos, applied.quat)
+                self._applied = (applied.pos, applied.quat)
+            self.rig.step(self.physics_per_tick)
         self._last_success = self.task.success()
         reward = 1.0 if self._last_success else 0.0
         terminated = self._last_success and self.terminate_on_success
