@@ -8,7 +8,9 @@
   statistics saved as ``OUT/stats.json`` and ``OUT/stats.safetensors``;
 * ``export-lerobot PATH [OUT] [--episodes 0 3 5] [--success-only] [--source rl]
   [--vcodec libsvtav1|libx264] [--overwrite]``: write a LeRobotDataset v3.0;
-* ``import-lerobot DIR STORE [--spec spec.json --map mapping.yaml]``: append a LeRobotDataset v3.0.
+* ``import-lerobot DIR STORE [--spec spec.json --map mapping.yaml]``: append a LeRobotDataset v3.0;
+* ``export-mcap PATH OUT [--episodes ...]``: one rosbag2 MCAP bag per episode (Foxglove, ``ros2 bag``);
+* ``import-mcap BAG STORE [--spec spec.json]``: bags recorded on the rig, through the recorder's sampling rule.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("store", help="the episode store (created if missing)")
     imp.add_argument("--spec", help="the rig spec.json to read the dataset as (not needed for our exports)")
     imp.add_argument("--map", dest="mapping", help="feature mapping YAML/JSON (flywheel/data/lerobot_import.py)")
+    xm = sub.add_parser("export-mcap", help="episodes as rosbag2 MCAP bags (Foxglove, ros2 bag)")
+    xm.add_argument("path")
+    xm.add_argument("out", help="output directory: one bag per episode")
+    xm.add_argument("--episodes", type=int, nargs="*", help="episode indices (default: all)")
+    xm.add_argument("--overwrite", action="store_true")
+    im = sub.add_parser("import-mcap", help="record MCAP bags into a store with the recorder's sampling rule")
+    im.add_argument("bag", help="a bag directory, an .mcap file or a directory of bags")
+    im.add_argument("store", help="the episode store (created if missing)")
+    im.add_argument("--spec", help="the rig spec.json (not needed for our exports)")
+    im.add_argument("--max-age", type=float, default=0.5, help="s: older streams skip a tick (as the recorder)")
+    im.add_argument("--source", default="human", choices=["human", "policy", "rl"])
     return p
 
 
@@ -110,6 +123,20 @@ def main(argv: list[str] | None = None) -> int:
 
             spec = RigSpec.from_json(open(args.spec).read()) if args.spec else None
             added = import_lerobot(args.dir, args.store, spec=spec, mapping=args.mapping)
+            print(f"imported {len(added)} episodes into {args.store}")
+            return 0
+        if args.command == "export-mcap":
+            from flywheel.data.mcap import export_mcap
+
+            bags = export_mcap(args.path, args.out, episodes=args.episodes, overwrite=args.overwrite)
+            print(f"exported {len(bags)} episodes to {args.out}")
+            return 0
+        if args.command == "import-mcap":
+            from flywheel.data.mcap import import_mcap
+            from rig.spec import RigSpec
+
+            spec = RigSpec.from_json(open(args.spec).read()) if args.spec else None
+            added = import_mcap(args.bag, args.store, spec=spec, max_age=args.max_age, source=args.source)
             print(f"imported {len(added)} episodes into {args.store}")
             return 0
     except (StoreError, FileExistsError, FileNotFoundError, ValueError) as e:
