@@ -1,7 +1,8 @@
 """``operator-console``: the operator's web page beside the rig, as a node of the graph.
 
-Subscribes ``cameras/<name>/image_raw``, ``ee_pose``, ``gripper/state``, ``teleop/intervening``,
-``episode/event``, ``policy/instruction`` and ``/diagnostics``; acts through the same topics and
+Subscribes ``teleop/intervening``, ``episode/event``, ``policy/instruction`` and ``/diagnostics``, and
+takes the newest ``cameras/<name>/image_raw``, ``ee_pose`` and ``gripper/state`` only when a page asks
+(:mod:`apps.console.taker`: the console's cost follows the pages' rates, not the publishers'); acts through the same topics and
 services as the keyboard: ``episode/event`` (start, success, failure, reset, abort),
 ``teleop/intervening`` (take over / hand back, only while no teleop device publishes it),
 ``policy/instruction`` and the franka node's ``hold`` service (hold, release, and the page's
@@ -31,12 +32,13 @@ from std_srvs.srv import SetBool
 from apps.console.frames import FrameCache, encode_jpeg, fit
 from apps.console.review import ReviewPolicy, ReviewQueue
 from apps.console.state import EVENTS, ConsoleState
+from apps.console.taker import LatestTaker
 from apps.console.web import ACTIONS, Auth, WebServer, is_loopback, make_app
-from robot.ros.convert import gripper_width, pose_to_numpy
+from robot.ros.convert import gripper_width, header_time, pose_to_numpy
 from robot.ros.diagnostics import OK, WARN, level_of
 from robot.ros.lifecycle import RigNode, run_lifecycle_node
 from robot.ros.params import declare_dataclass, read_dataclass, require
-from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from robot.ros.qos import COMMAND_QOS, LATCHED_QOS
 
 
 @dataclass
@@ -102,12 +104,12 @@ class ConsoleNode(RigNode):
         sub(String, "policy/instruction", lambda m: self.state.on_instruction(m.data), LATCHED_QOS,
             "policy/instruction")
         sub(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        sub(PoseStamped, "ee_pose", self._on_pose, STATE_QOS)
-        sub(JointState, "gripper/state", lambda m: self.state.on_arm(gripper_width=gripper_width(m)), STATE_QOS,
-            "gripper/state")
+        # high-rate topics: the newest message only, taken when a page asks (apps/console/taker.py)
+        self.taker = LatestTaker(self.context, self.get_namespace())
+        self.taker.add("ee_pose", PoseStamped, "ee_pose")
+        self.taker.add("gripper", JointState, "gripper/state")
         for cam in self.cameras:
-            sub(Image, f"cameras/{cam}/image_raw", lambda m, c=cam: self.frames.put(c, m, time.time()),
-                SENSOR_QOS, f"cameras/{cam}/image_raw")
+            self.taker.add(f"cam/{cam}", Image, f"cameras/{cam}/image_raw")
         self.diag = self.make_diagnostics("console")
 
     def start(self) -> None:
@@ -115,7 +117,8 @@ class ConsoleNode(RigNode):
         if p.store:
             self.review_queue = ReviewQueue(p.store, self.policy)
         auth = Auth(self.token, p.host)
-        self.web = WebServer(make_app(self, auth, p.frame_hz, p.state_hz), p.host, p.port)
+        stopping = threading.Event()
+        self.web = WebServer(make_app(self, auth, p.frame_hz, p.state_hz, stopping), p.host, p.port, stopping)
         self.web.start()
         self.url = self.web.url + ("" if is_loopback(p.host) else f"?token={self.token}")
         if p.url_file:
@@ -132,6 +135,7 @@ class ConsoleNode(RigNode):
 
     def teardown(self) -> None:
         self.destroy_client(self.hold_client)
+        self.taker.close()
         self.review_queue = None
 
     # ------------------------------------------------------------ callbacks
@@ -143,10 +147,6 @@ class ConsoleNode(RigNode):
         for s in m.status:
             self.state.on_status(s.name, level_of(s.level), s.message, {kv.key: kv.value for kv in s.values})
 
-    def _on_pose(self, m: PoseStamped) -> None:
-        pos, _ = pose_to_numpy(m)
-        self.state.on_arm(ee_pos=[round(float(v), 4) for v in pos])
-
     def _update_diagnostics(self) -> None:
         lvl = WARN if self.frames.errors or (self.review_queue and self.review_queue.error) else OK
         msg = self.frames.last_error or (self.review_queue.error if self.review_queue else "") or "serving"
@@ -155,11 +155,20 @@ class ConsoleNode(RigNode):
 
     # ------------------------------------------------------ web backend API
     def snapshot(self) -> dict[str, Any]:
+        pose, new = self.taker.take("ee_pose")
+        if new:
+            self.state.on_arm(ee_pos=[round(float(v), 4) for v in pose_to_numpy(pose)[0]])
+        grip, new = self.taker.take("gripper")
+        if new:
+            self.state.on_arm(gripper_width=round(gripper_width(grip), 4))
         snap = self.state.snapshot(time.time())
         snap["cameras"] = {c: {"age": self.frames.age(c)} for c in self.cameras}
         return snap
 
     def frame(self, camera: str, full: bool) -> tuple[int, float, bytes] | None:
+        msg, new = self.taker.take(f"cam/{camera}")
+        if new:
+            self.frames.put(camera, msg, header_time(msg))
         return self.frames.jpeg(camera, full)
 
     def act(self, name: str) -> tuple[bool, str]:
