@@ -2,18 +2,39 @@
 
 Every TCP target the franka node sends (from ``target_pose``, ``target_twist``,
 teleop, or a sim env) goes through :class:`SafetyFilter`, configured by
-:class:`SafetyConfig`:
+:class:`SafetyConfig`. The filter is *total*: any input (any value, magnitude,
+shape, dtype or time) gives either a command inside every limit below or a
+:class:`CommandRejected` naming the field, and the state it keeps stays valid.
 
-* **rejection** (:class:`CommandRejected`): NaN, Inf, wrong shapes, zero-norm
-  quaternions never reach the backend; the previous target stays in force;
+* **rejection** (:class:`CommandRejected`): NaN, Inf, numbers beyond float64,
+  wrong shapes or dtypes, degenerate (near zero) quaternions, non-finite times,
+  stamps from the future or already stale never reach the backend; the previous
+  target stays in force. Quaternions of any finite magnitude are normalised
+  (scaled by their largest component before the norm, so ``1e154`` does not
+  overflow);
 * **workspace**: a fresh target is clipped into the position box
   (``workspace_min`` .. ``workspace_max``) and into the orientation cone (at most
   ``max_tilt`` rad away from ``nominal_quat``);
 * **rate limits**: each tick the applied command moves toward the (clipped) target
   by at most ``min(max_step_translation, max_linear_velocity * dt)`` metres and
-  ``min(max_step_rotation, max_angular_velocity * dt)`` radians;
-* **watchdog**: with no fresh target for ``watchdog_timeout`` s the filter holds the
-  last applied pose (the arm stops where it is, it does not finish a stale motion);
+  ``min(max_step_rotation, max_angular_velocity * dt)`` radians, always measured
+  from the last *applied* pose;
+* **acceleration limits**: the commanded velocity (applied step / dt) changes by
+  at most ``max_linear_acceleration * dt`` (m/s) and ``max_angular_acceleration *
+  dt`` (rad/s) per tick, and slows down in time to stop at the target without
+  overshooting it; alternating targets therefore never reverse at full speed.
+  Two exceptions, both only slowing the command: a stop (watchdog, hold, reset)
+  freezes it at once (the impedance controller brakes the arm), and a tick longer
+  than ``max_step_translation / max_linear_velocity`` (6 ms at the defaults) is
+  capped by the per-tick step even where that brakes harder;
+* **watchdog**: a target is fresh while ``now - t <= watchdog_timeout``, where ``t``
+  is the earlier of its arrival (``now`` at :meth:`SafetyFilter.set_target`) and
+  the sender's ``stamp`` (the message header, on the filter's clock); without a
+  fresh target the filter holds the last applied pose (the arm stops where it is,
+  it does not finish a stale motion). Stamps more than ``max_clock_skew`` ahead of
+  ``now``, or already stale, are rejected; a target time ahead of the clock of
+  :meth:`SafetyFilter.step` (time went backwards) also holds, so no time value
+  can disable the hold;
 * **gripper**: width clipped to ``gripper_min`` .. ``gripper_max``, speed and force to
   the Franka Hand's ranges, NaN/Inf rejected.
 
@@ -21,9 +42,10 @@ teleop, or a sim env) goes through :class:`SafetyFilter`, configured by
 node sends, publishes on ``command_applied`` and the recorder stores.
 
 The filter starts from the measured pose (:meth:`SafetyFilter.reset`) and only
-ever moves by rate-limited steps toward targets clipped into the workspace, so a
-command applied from a pose inside the workspace never leaves it; if the arm
-starts outside the box, holding keeps it still until a target pulls it in.
+ever moves by rate-limited steps whose braking distance stays inside the
+workspace box and the tilt cone, so a command applied from a pose inside the
+workspace never leaves it; if the arm starts outside, holding keeps it still
+until a target pulls it in.
 """
 
 from __future__ import annotations
@@ -33,6 +55,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from rig.safety_math import (
+    _MIN_QUAT_NORM,
+    CommandRejected,
+    _accelerate,
+    _brake,
+    _canonical,
+    _norm,
+    _qmul,
+    _quat_of,
+    _rotvec_between,
+    _time,
+    _unit_quat,
+    _vec,
+)
 
 __all__ = [
     "CommandRejected",
@@ -44,11 +81,18 @@ __all__ = [
     "apply_twist",
     "GRIPPER_MAX_SPEED",
     "GRIPPER_MAX_FORCE",
+    "MAX_TWIST_TRANSLATION",
+    "MAX_TWIST_ROTATION",
 ]
 
 GRIPPER_MAX_SPEED = 0.1  # m/s, Franka Hand
 GRIPPER_MIN_SPEED = 0.001  # m/s
 GRIPPER_MAX_FORCE = 70.0  # N, Franka Hand continuous grasp force
+MAX_TWIST_TRANSLATION = 10.0  # m in one apply_twist (the Panda reaches 0.855 m): beyond is rejected
+MAX_TWIST_ROTATION = math.pi  # rad in one apply_twist: beyond, a rotation vector is ambiguous
+_TILT_EPS = 1e-12  # rad: rounding allowance of the braking-path checks (the applied pose is clamped)
+_BOX_EPS = 1e-12  # m
+_LAND = 1e-12  # m / rad: closer than this to the goal, land on it
 
 
 @dataclass
@@ -64,14 +108,13 @@ class SafetyConfig:
     max_step_rotation: float = 0.01  # rad per filter tick
     max_linear_velocity: float = 0.5  # m/s
     max_angular_velocity: float = 1.5  # rad/s
+    max_linear_acceleration: float = 10.0  # m/s^2 of the commanded TCP (the Panda allows 13)
+    max_angular_acceleration: float = 20.0  # rad/s^2 of the commanded TCP (the Panda allows 25)
     gripper_min: float = 0.0
     gripper_max: float = 0.08
     watchdog_timeout: float = 0.5  # s without a fresh target -> hold
+    max_clock_skew: float = 0.05  # s a target's stamp may be ahead of the filter's clock
 
-
-
-class CommandRejected(ValueError):
-    """A command the filter refuses outright (NaN, Inf, wrong shape); nothing is applied."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +126,7 @@ class Applied:
     stamp: float  # s, the caller's clock
     clipped: bool  # the workspace or a rate limit changed the target
     holding: bool  # watchdog, hold() or no target yet: holding the last applied pose
-    target_stamp: float  # s, when the target in force was received (nan: none)
+    target_stamp: float  # s, when the target in force was sent or received, the earlier (nan: none)
 
 
 @dataclass(frozen=True)
@@ -104,122 +147,81 @@ def validate_safety_config(cfg: Any, prefix: str = "safety.") -> None:
     def fail(key: str, value: Any, must: str) -> None:
         raise ValueError(f"{prefix}{key} = {value!r}: {must}")
 
-    lo = np.asarray(cfg.workspace_min, dtype=float)
-    hi = np.asarray(cfg.workspace_max, dtype=float)
-    if lo.shape != (3,) or not np.all(np.isfinite(lo)):
-        fail("workspace_min", list(cfg.workspace_min), "must be 3 finite numbers [x, y, z] in m")
-    if hi.shape != (3,) or not np.all(np.isfinite(hi)):
-        fail("workspace_max", list(cfg.workspace_max), "must be 3 finite numbers [x, y, z] in m")
+    def num(key: str) -> float:
+        value = getattr(cfg, key)
+        try:
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            fail(key, value, "must be a number")
+        return v
+
+    def vec(key: str, n: int, must: str) -> np.ndarray:
+        value = getattr(cfg, key)
+        try:
+            a = np.asarray(value, dtype=float)
+        except (TypeError, ValueError, OverflowError):
+            a = np.zeros(0)
+        if a.shape != (n,) or not np.all(np.isfinite(a)):
+            fail(key, list(value) if isinstance(value, (list, tuple)) else value, must)
+        return a
+
+    lo = vec("workspace_min", 3, "must be 3 finite numbers [x, y, z] in m")
+    hi = vec("workspace_max", 3, "must be 3 finite numbers [x, y, z] in m")
     if not np.all(lo < hi):
         fail("workspace_min", list(cfg.workspace_min), f"must be below workspace_max {list(cfg.workspace_max)} on every axis")
-    q = np.asarray(cfg.nominal_quat, dtype=float)
-    if q.shape != (4,) or not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-6:
+    q = vec("nominal_quat", 4, "must be a non-zero quaternion [x, y, z, w]")
+    if np.max(np.abs(q)) * np.linalg.norm(q / max(np.max(np.abs(q)), 1e-300)) < _MIN_QUAT_NORM:
         fail("nominal_quat", list(cfg.nominal_quat), "must be a non-zero quaternion [x, y, z, w]")
     for key, upper in (("max_tilt", math.pi / 2), ("max_step_translation", 0.05), ("max_step_rotation", 0.5)):
-        v = float(getattr(cfg, key))
+        v = num(key)
         if not (0.0 < v <= upper):
             fail(key, v, f"must be in (0, {upper}]")
-    for key in ("max_linear_velocity", "max_angular_velocity", "watchdog_timeout"):
-        v = float(getattr(cfg, key))
+    for key in ("max_linear_velocity", "max_angular_velocity", "max_linear_acceleration",
+                "max_angular_acceleration", "watchdog_timeout"):
+        v = num(key)
         if not (math.isfinite(v) and v > 0.0):
             fail(key, v, "must be a positive number")
-    gmin, gmax = float(cfg.gripper_min), float(cfg.gripper_max)
+    skew = num("max_clock_skew")
+    if not (0.0 <= skew <= num("watchdog_timeout")):
+        fail("max_clock_skew", skew, f"must be in [0, watchdog_timeout = {num('watchdog_timeout')}] s")
+    gmin, gmax = num("gripper_min"), num("gripper_max")
     if not (0.0 <= gmin < gmax <= 0.08 + 1e-9):
         fail("gripper_min", gmin, f"need 0 <= gripper_min < gripper_max ({gmax}) <= 0.08 m")
-
-
-def _vec(name: str, value: Any, n: int) -> tuple[float, ...]:
-    """A finite n-vector as a tuple of floats, else CommandRejected."""
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise CommandRejected(f"{name}: not numeric ({e})") from None
-    if a.shape != (n,):
-        raise CommandRejected(f"{name}: expected shape ({n},), got {a.shape}")
-    t = tuple(a.tolist())
-    if not all(map(math.isfinite, t)):
-        raise CommandRejected(f"{name}: contains NaN or Inf: {list(t)}")
-    return t
-
-
-def _unit_quat(name: str, value: Any) -> tuple[float, float, float, float]:
-    x, y, z, w = _vec(name, value, 4)
-    n = math.sqrt(x * x + y * y + z * z + w * w)
-    if n < 1e-6:
-        raise CommandRejected(f"{name}: zero-norm quaternion")
-    if w < 0:
-        n = -n
-    return (x / n, y / n, z / n, w / n)
-
-
-# Scalar quaternion helpers: the filter runs every control tick (500 Hz - 1 kHz) in Python, where
-# plain float math is ~10x cheaper than numpy on 3- and 4-vectors. Same conventions as rig.geometry.
-def _qmul(a: tuple, b: tuple) -> tuple[float, float, float, float]:
-    ax, ay, az, aw = a
-    bx, by, bz, bw = b
-    return (aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-            aw * bw - ax * bx - ay * by - az * bz)
-
-
-def _rotvec_between(a: tuple, b: tuple) -> tuple[float, float, float]:
-    """Rotation vector r (shortest way) with quat(r) * b == a, for unit quaternions a, b."""
-    bx, by, bz, bw = b
-    x, y, z, w = _qmul(a, (-bx, -by, -bz, bw))
-    if w < 0:
-        x, y, z, w = -x, -y, -z, -w
-    s = math.sqrt(x * x + y * y + z * z)
-    k = 2.0 * math.atan2(s, w) / s if s > 1e-12 else 2.0
-    return (x * k, y * k, z * k)
-
-
-def _quat_of(r: tuple, scale: float = 1.0) -> tuple[float, float, float, float]:
-    """Unit quaternion of the rotation vector r * scale."""
-    rx, ry, rz = r[0] * scale, r[1] * scale, r[2] * scale
-    angle = math.sqrt(rx * rx + ry * ry + rz * rz)
-    k = math.sin(0.5 * angle) / angle if angle > 1e-12 else 0.5
-    return (rx * k, ry * k, rz * k, math.cos(0.5 * angle))
-
-
-def _norm(v: tuple) -> float:
-    return math.sqrt(sum(x * x for x in v))
-
-
-def _canonical(q: tuple) -> tuple[float, float, float, float]:
-    n = _norm(q)
-    if q[3] < 0:
-        n = -n
-    return (q[0] / n, q[1] / n, q[2] / n, q[3] / n)
 
 
 class SafetyFilter:
     """Clips, rate-limits and watches TCP targets; see the module docstring.
 
-    Times are in seconds on any monotonic clock the caller uses consistently.
-    ``dt`` is the nominal tick period (1 / control rate), used when ``step`` is
-    not told the measured one.
+    Times are in seconds on any monotonic clock the caller uses consistently
+    (``step``'s ``now`` is the reference: :meth:`set_target` refuses a ``now`` further
+    than ``watchdog_timeout + max_clock_skew`` from the last step's). ``dt`` is the
+    nominal tick period (1 / control rate), used when ``step`` is not told the
+    measured one.
     """
 
     def __init__(self, cfg: Any, dt: float):
         validate_safety_config(cfg)
-        if not (math.isfinite(dt) and dt > 0):
+        if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt = {dt!r}: must be a positive tick period in s")
         self.cfg = cfg
         self.dt = float(dt)
         self._lo = tuple(float(v) for v in cfg.workspace_min)
         self._hi = tuple(float(v) for v in cfg.workspace_max)
-        self._nominal = _canonical(tuple(float(v) for v in cfg.nominal_quat))
+        self._nominal = _unit_quat("nominal_quat", cfg.nominal_quat)
         self._max_tilt = float(cfg.max_tilt)
         self._pos: tuple[float, ...] | None = None
         self._quat: tuple[float, ...] | None = None
+        self._vel = (0.0, 0.0, 0.0)  # commanded velocity of the last tick, m/s
+        self._omega = (0.0, 0.0, 0.0)  # rad/s, base frame
         self._target: tuple[tuple, tuple] | None = None  # clipped target in force
         self._target_clipped = False
         self._target_time = float("nan")
+        self._clock: float | None = None  # the last step's now
         self._hold = False
         self.rejected = 0  # counters for diagnostics
         self.clipped = 0
         self.stale_holds = 0
+        self.last_rejection = ""  # why the last command was rejected
         self._stale = False
 
     # ----------------------------------------------------------------- state
@@ -234,6 +236,11 @@ class SafetyFilter:
         return np.array(self._pos), np.array(self._quat)
 
     @property
+    def applied_velocity(self) -> tuple[np.ndarray, np.ndarray]:
+        """The commanded (linear m/s, angular rad/s) velocity of the last tick, base frame."""
+        return np.array(self._vel), np.array(self._omega)
+
+    @property
     def holding(self) -> bool:
         return self._hold
 
@@ -246,12 +253,22 @@ class SafetyFilter:
     def stale(self) -> bool:
         return self._stale
 
+    def _rejected(self, e: CommandRejected) -> None:
+        self.rejected += 1
+        self.last_rejection = str(e)
+
     def reset(self, pos: Any, quat: Any) -> None:
-        """Start from the measured pose; no target is in force (the arm holds still)."""
-        self._pos = _vec("measured position", pos, 3)
-        self._quat = _unit_quat("measured quaternion", quat)
+        """Start from the measured pose, at rest; no target is in force (the arm holds still).
+
+        A bad measured pose raises :class:`CommandRejected` and changes nothing.
+        """
+        p = _vec("measured position", pos, 3)
+        q = _unit_quat("measured quaternion", quat)
+        self._pos, self._quat = p, q
+        self._vel = self._omega = (0.0, 0.0, 0.0)
         self._target = None
         self._target_time = float("nan")
+        self._clock = None
         self._stale = False
 
     def set_hold(self, hold: bool) -> None:
@@ -265,43 +282,70 @@ class SafetyFilter:
         p, q, clipped = self._clip(_vec("position", pos, 3), _unit_quat("quaternion", quat))
         return np.array(p), np.array(q), clipped
 
-    def _clip(self, p: tuple, q: tuple) -> tuple[tuple, tuple, bool]:
-        c = tuple(min(max(v, lo), hi) for v, lo, hi in zip(p, self._lo, self._hi, strict=True))
-        clipped = c != p
+    def _in_box(self, p: tuple, eps: float = 0.0) -> bool:
+        lo, hi = self._lo, self._hi
+        return all(lo[i] - eps <= p[i] <= hi[i] + eps for i in range(3))
+
+    def _tilt(self, q: tuple) -> float:
+        return _norm(_rotvec_between(q, self._nominal))
+
+    def _into_cone(self, q: tuple) -> tuple[tuple, bool]:
         r = _rotvec_between(q, self._nominal)
         angle = _norm(r)
-        if angle > self._max_tilt:
-            q = _canonical(_qmul(_quat_of(r, self._max_tilt / angle), self._nominal))
-            clipped = True
-        return c, q, clipped
+        if angle <= self._max_tilt:
+            return q, False
+        return _canonical(_qmul(_quat_of(r, self._max_tilt * (1.0 - 1e-12) / angle), self._nominal)), True
 
-    def set_target(self, pos: Any, quat: Any, now: float) -> bool:
+    def _clip(self, p: tuple, q: tuple) -> tuple[tuple, tuple, bool]:
+        c = tuple(min(max(v, lo), hi) for v, lo, hi in zip(p, self._lo, self._hi, strict=True))
+        q, tilted = self._into_cone(q)
+        return c, q, tilted or c != p
+
+    def set_target(self, pos: Any, quat: Any, now: float, stamp: float | None = None) -> bool:
         """Validate and accept an absolute TCP target; returns True when it had to be clipped.
 
-        Raises :class:`CommandRejected` for NaN, Inf, wrong shapes or a zero quaternion
-        (counted in ``rejected``); the previous target stays in force then.
+        ``now``: arrival time; ``stamp``: when the sender stamped it (the message
+        header, converted to this clock), None if unknown. The target is fresh for
+        ``watchdog_timeout`` from the earlier of the two. Raises
+        :class:`CommandRejected` (counted in ``rejected``, the previous target stays in
+        force) for NaN, Inf, out-of-range numbers, wrong shapes or dtypes, a degenerate
+        quaternion, a non-finite time, a ``stamp`` more than ``max_clock_skew`` ahead of
+        ``now`` or already stale, or a ``now`` far off the clock of :meth:`step`.
         """
+        cfg = self.cfg
         try:
             p = _vec("target position", pos, 3)
             q = _unit_quat("target quaternion", quat)
-        except CommandRejected:
-            self.rejected += 1
+            t_now = _time("now", now)
+            t = t_now if stamp is None else _time("stamp", stamp)
+            skew, timeout = float(cfg.max_clock_skew), float(cfg.watchdog_timeout)
+            clock = self._clock
+            if clock is not None and not (clock - timeout <= t_now <= clock + timeout + skew):
+                raise CommandRejected(
+                    f"now = {t_now!r}: more than watchdog_timeout + max_clock_skew from the clock of step() ({clock!r})")
+            if t > t_now + skew:
+                raise CommandRejected(f"stamp = {t!r}: {t - t_now:.3g} s in the future (max_clock_skew {skew:g} s)")
+            if t_now - t > timeout:
+                raise CommandRejected(f"stamp = {t!r}: stale, {t_now - t:.3g} s old on arrival "
+                                      f"(watchdog_timeout {timeout:g} s)")
+        except CommandRejected as e:
+            self._rejected(e)
             raise
         if self._hold:
             return False
         p, q, clipped = self._clip(p, q)
         self._target = (p, q)
         self._target_clipped = clipped
-        self._target_time = float(now)
+        self._target_time = min(t, t_now)
         self._stale = False
         return clipped
 
     def gripper(self, width: Any, speed: Any, force: Any) -> GripperCommand:
         """Validate and clip a gripper command (raises :class:`CommandRejected` on NaN/Inf)."""
         try:
-            w, s, f = (_vec(n, [v], 1)[0] for n, v in (("width", width), ("speed", speed), ("force", force)))
-        except CommandRejected:
-            self.rejected += 1
+            w, s, f = (_time(n, v) for n, v in (("width", width), ("speed", speed), ("force", force)))
+        except CommandRejected as e:
+            self._rejected(e)
             raise
         cw = min(max(w, float(self.cfg.gripper_min)), float(self.cfg.gripper_max))
         cs = min(max(s, GRIPPER_MIN_SPEED), GRIPPER_MAX_SPEED)
@@ -311,46 +355,94 @@ class SafetyFilter:
 
     # ------------------------------------------------------------------ tick
     def step(self, now: float, dt: float | None = None) -> Applied:
-        """Advance one control tick and return the command to apply."""
+        """Advance one control tick and return the command to apply.
+
+        ``dt``: the measured tick period (None, non-finite or <= 0: the nominal one).
+        A non-finite ``now`` raises :class:`CommandRejected` and changes nothing.
+        """
         if self._pos is None or self._quat is None:
             raise RuntimeError("SafetyFilter: call reset(measured pose) before step()")
-        dt = self.dt if dt is None or not (dt > 0) else float(dt)
+        try:
+            now = _time("now", now)
+        except CommandRejected as e:
+            self._rejected(e)
+            raise
+        try:
+            dt = self.dt if dt is None else float(dt)
+        except (TypeError, ValueError, OverflowError):
+            dt = self.dt
+        if not (math.isfinite(dt) and dt > 0.0):
+            dt = self.dt
+        self._clock = now
         cfg = self.cfg
         holding = self._hold or self._target is None
-        if not holding and now - self._target_time > cfg.watchdog_timeout:
-            # stale command: stop where we are
+        if not holding and not (-float(cfg.max_clock_skew) <= now - self._target_time <= cfg.watchdog_timeout):
+            # stale command (or one from the future: the clock went back): stop where we are
             self._target = None
             self._stale = True
             self.stale_holds += 1
             holding = True
         if holding:
+            self._vel = self._omega = (0.0, 0.0, 0.0)
             return Applied(np.array(self._pos), np.array(self._quat), now, False, True, self._target_time)
 
         goal_p, goal_q = self._target  # type: ignore[misc]
-        clipped = self._target_clipped
-        max_t = min(cfg.max_step_translation, cfg.max_linear_velocity * dt)
-        max_r = min(cfg.max_step_rotation, cfg.max_angular_velocity * dt)
-
-        px, py, pz = self._pos
-        dx, dy, dz = goal_p[0] - px, goal_p[1] - py, goal_p[2] - pz
-        n = math.sqrt(dx * dx + dy * dy + dz * dz)
-        if n > max_t:
-            k = max_t / n
-            dx, dy, dz = dx * k, dy * k, dz * k
-            clipped = True
-        pos = (px + dx, py + dy, pz + dz)
-
-        r = _rotvec_between(goal_q, self._quat)
-        a = _norm(r)
-        if a > max_r:
-            quat = _canonical(_qmul(_quat_of(r, max_r / a), self._quat))
-            clipped = True
-        else:
-            quat = goal_q
-        self._pos, self._quat = pos, quat
+        pos, vel = self._move_linear(goal_p, dt)
+        quat, omega = self._move_angular(goal_q, dt)
+        self._pos, self._quat, self._vel, self._omega = pos, quat, vel, omega
+        clipped = self._target_clipped or pos != goal_p or quat != goal_q  # a limit held it back this tick
         if clipped:
             self.clipped += 1
         return Applied(np.array(pos), np.array(quat), now, clipped, False, self._target_time)
+
+    def _move_linear(self, goal: tuple, dt: float) -> tuple[tuple, tuple]:
+        """The next applied position toward ``goal`` and the velocity it realises."""
+        cfg = self.cfg
+        p, v0 = self._pos, self._vel
+        acc = float(cfg.max_linear_acceleration)
+        cap = min(float(cfg.max_linear_velocity), float(cfg.max_step_translation) / dt)
+        e = (goal[0] - p[0], goal[1] - p[1], goal[2] - p[2])
+        dist = _norm(e)
+        if dist <= _LAND and dist / dt + _norm(v0) <= min(acc * dt, cap):  # land on it and stop
+            return goal, (e[0] / dt, e[1] / dt, e[2] / dt)
+        v = _accelerate(v0, e, dist, cap, acc, dt)
+        inside = self._in_box(p)
+        if inside:  # the braking path from here must stay in the box, else brake along the last velocity
+            k = dt + _norm(v) / (2.0 * acc)
+            if not self._in_box((p[0] + v[0] * k, p[1] + v[1] * k, p[2] + v[2] * k), _BOX_EPS):
+                v = _brake(v0, acc * dt, cap)
+        new = (p[0] + v[0] * dt, p[1] + v[1] * dt, p[2] + v[2] * dt)
+        if inside and not self._in_box(new):  # rounding only
+            new = tuple(min(max(x, lo), hi) for x, lo, hi in zip(new, self._lo, self._hi, strict=True))
+        # the velocity actually realised (a tiny dt rounds the step away): the next tick accelerates from it
+        return new, _realized((new[0] - p[0], new[1] - p[1], new[2] - p[2]), dt, cap)
+
+    def _move_angular(self, goal: tuple, dt: float) -> tuple[tuple, tuple]:
+        """The next applied orientation toward ``goal`` and the angular velocity it realises."""
+        cfg = self.cfg
+        q, w0 = self._quat, self._omega
+        acc = float(cfg.max_angular_acceleration)
+        cap = min(float(cfg.max_angular_velocity), float(cfg.max_step_rotation) / dt)
+        r = _rotvec_between(goal, q)  # goal = quat(r) * q
+        dist = _norm(r)
+        if dist <= _LAND and dist / dt + _norm(w0) <= min(acc * dt, cap):
+            return goal, (r[0] / dt, r[1] / dt, r[2] / dt)
+        w = _accelerate(w0, r, dist, cap, acc, dt)
+        inside = self._tilt(q) <= self._max_tilt + _TILT_EPS
+        if inside and self._tilt(_qmul(_quat_of(w, dt + _norm(w) / (2.0 * acc)), q)) > self._max_tilt + _TILT_EPS:
+            w = _brake(w0, acc * dt, cap)
+        new = _canonical(_qmul(_quat_of(w, dt), q))
+        if inside:
+            new = self._into_cone(new)[0]  # rounding only
+        return new, _realized(_rotvec_between(new, q), dt, cap)
+
+def _realized(d: tuple, dt: float, cap: float) -> tuple[float, float, float]:
+    """The velocity of a step ``d`` in ``dt``, at most ``cap`` (a rounding-level step in a tiny dt is not fast)."""
+    n = _norm(d)
+    if n == 0.0:
+        return (0.0, 0.0, 0.0)
+    k = 1.0 / dt if n < cap * dt else cap / n
+    return (d[0] * k, d[1] * k, d[2] * k)
 
 
 def apply_twist(
@@ -364,15 +456,24 @@ def apply_twist(
     """Displace a pose by a twist times ``scale`` (dt for a velocity, 1 for a per-message delta).
 
     ``ee_frame``: the twist is expressed in the TCP frame (rotated into the base frame
-    by ``quat``); otherwise in the base frame. Raises :class:`CommandRejected` on NaN/Inf.
+    by ``quat``); otherwise in the base frame. Raises :class:`CommandRejected` naming
+    the field on NaN/Inf, wrong shapes, a displacement over :data:`MAX_TWIST_TRANSLATION`
+    or a turn over :data:`MAX_TWIST_ROTATION`; never another error.
     """
     v = _vec("twist linear", linear, 3)
     w = _vec("twist angular", angular, 3)
     q = _unit_quat("pose quaternion", quat)
-    if ee_frame:  # rotate into the base frame: q * (v, 0) * q^-1
-        qc = (-q[0], -q[1], -q[2], q[3])
-        v = _qmul(_qmul(q, (*v, 0.0)), qc)[:3]
-        w = _qmul(_qmul(q, (*w, 0.0)), qc)[:3]
     p = _vec("pose position", pos, 3)
-    new_p = (p[0] + v[0] * scale, p[1] + v[1] * scale, p[2] + v[2] * scale)
-    return np.array(new_p), np.array(_canonical(_qmul(_quat_of(w, scale), q)))
+    s = _time("twist scale", scale)
+    if ee_frame:  # rotate into the base frame: q * (v, 0) * q^-1 (a rotation: no overflow below 1e308 / 3)
+        qc = (-q[0], -q[1], -q[2], q[3])
+        v = _vec("twist linear", _qmul(_qmul(q, (*v, 0.0)), qc)[:3], 3)
+        w = _vec("twist angular", _qmul(_qmul(q, (*w, 0.0)), qc)[:3], 3)
+    d = _vec("twist linear", (v[0] * s, v[1] * s, v[2] * s), 3)
+    if not _norm(d) <= MAX_TWIST_TRANSLATION:
+        raise CommandRejected(f"twist linear: {list(v)} * {s} moves {_norm(d):.3g} m > {MAX_TWIST_TRANSLATION:g} m")
+    rot = _vec("twist angular", (w[0] * s, w[1] * s, w[2] * s), 3)
+    if not _norm(rot) <= MAX_TWIST_ROTATION:
+        raise CommandRejected(f"twist angular: {list(w)} * {s} turns {_norm(rot):.3g} rad > pi")
+    new_p = _vec("twist linear", (p[0] + d[0], p[1] + d[1], p[2] + d[2]), 3)
+    return np.array(new_p), np.array(_canonical(_qmul(_quat_of(rot), q)))
