@@ -17,18 +17,19 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
+
+from flywheel.rollout import Agent, Step
+from flywheel.rollout import run_episodes as _rollouts
 
 log = logging.getLogger(__name__)
 
 HELDOUT_SEED = 1_000_000  # evaluation seeds start here; training/collection seeds stay below
 
 
-class ActsOnObs(Protocol):
-    def reset(self) -> None: ...
-    def act(self, obs: dict[str, Any]) -> np.ndarray: ...
+ActsOnObs = Agent  # the agent protocol of flywheel.rollout (the name evaluation callers know)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -109,28 +110,24 @@ def run_episodes(
     on_step: Callable[[dict, np.ndarray, float, dict], None] | None = None,
     progress: Any = None,
 ) -> tuple[list[bool], list[int], list[float]]:
-    """Roll ``agent`` out once per seed; returns (success, steps, return) per episode."""
-    successes, steps, returns = [], [], []
-    for seed in seeds:
-        obs, info = env.reset(seed=int(seed))
-        agent.reset()
-        done, t, ret, ok = False, 0, 0.0, False
-        while not done:
-            action = agent.act(obs)
-            obs, reward, terminated, truncated, info = env.step(action)
-            ret += float(reward)
-            t += 1
-            ok = ok or bool(info.get("is_success", False))
-            if on_step is not None:
-                on_step(obs, action, float(reward), info)
-            done = terminated or truncated or (max_steps is not None and t >= max_steps)
-        successes.append(ok)
-        steps.append(t)
-        returns.append(ret)
+    """Roll ``agent`` out once per seed (:mod:`flywheel.rollout`); returns (success, steps, return) per episode.
+
+    ``on_step(next_obs, executed_action, reward, info)`` is called after every step.
+    """
+    successes: list[bool] = []
+
+    def step_cb(s: Step) -> None:
+        on_step(s.next_obs, s.action, s.reward, s.info)  # type: ignore[misc]
+
+    def episode_cb(ep: Any) -> None:
+        successes.append(ep.success)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(success=f"{np.mean(successes):.2f}")
-    return successes, steps, returns
+
+    eps = _rollouts(env, agent, seeds, max_steps=max_steps, on_step=step_cb if on_step is not None else (),
+                    on_episode=episode_cb)
+    return [e.success for e in eps], [e.steps for e in eps], [e.ret for e in eps]
 
 
 def evaluate_task(

@@ -20,23 +20,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from flywheel.rollout import Agent, Intervener, Rollout, Step
 from rig.spec import RigSpec
 
 log = logging.getLogger(__name__)
-
-
-class Agent(Protocol):
-    def reset(self) -> None: ...
-    def act(self, obs: dict[str, Any]) -> np.ndarray: ...
-
-
-class Intervener(Protocol):
-    def reset(self) -> None: ...
-    def step(self, obs: Mapping[str, np.ndarray], policy_action: np.ndarray) -> tuple[np.ndarray, bool]: ...
 
 
 @dataclass
@@ -110,41 +101,32 @@ def record_rollouts(
     st = CollectStats(collection, skipped=len(seeds) - len(todo))
     if st.skipped:
         log.info("%s: %d of %d seeds already recorded, resuming", collection, st.skipped, len(seeds))
+    writer: Any = None
+
+    def record(s: Step) -> None:
+        writer.add(spec_obs(s.obs, spec), s.action, reward=s.reward, intervention=s.intervened)
+
+    loop = Rollout(env, agent, intervener=intervener, max_steps=max_steps, on_step=record)
     with tqdm(total=len(todo), desc=f"collect {collection}", disable=not progress, leave=False) as bar:
         for seed in todo:
-            obs, info = env.reset(seed=seed)
-            agent.reset()
-            if intervener is not None:
-                intervener.reset()
+            loop.reset(seed)
             writer = store.begin_episode(task=base.task_id, instruction=base.instruction, source=source,
                                          policy_version=policy_version, rig_id="sim",
                                          extra={"collection": collection, "seed": seed})
             try:
-                ok, t, n_int = False, 0, 0
-                while True:
-                    action = np.clip(np.asarray(agent.act(obs), np.float32), -1.0, 1.0)
-                    intervened = False
-                    if intervener is not None:
-                        exec_action, intervened = intervener.step(obs, action)
-                        if intervened:
-                            action = np.clip(np.asarray(exec_action, np.float32), -1.0, 1.0)
-                    nobs, reward, term, trunc, info = env.step(action)
-                    ok = ok or bool(info.get("is_success", False))
-                    writer.add(spec_obs(obs, spec), action, reward=float(reward), intervention=intervened)
-                    t += 1
-                    n_int += int(intervened)
-                    obs = nobs
-                    if term or trunc or ok or (max_steps is not None and t >= max_steps):
-                        break
-                idx = writer.commit(success=ok)
+                while not loop.done:
+                    loop.step()
+                ep = loop.episode
+                assert ep is not None
+                idx = writer.commit(success=ep.success)
             except BaseException:
                 if not writer.closed:
                     writer.abort()
                 raise
             st.episodes += 1
-            st.successes += int(ok)
-            st.steps += t
-            st.intervened_steps += n_int
+            st.successes += int(ep.success)
+            st.steps += ep.steps
+            st.intervened_steps += ep.interventions
             st.episode_indices.append(idx)
             bar.update(1)
             bar.set_postfix(success=f"{st.success_rate:.2f}")

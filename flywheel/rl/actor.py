@@ -1,15 +1,16 @@
 """The RL actor: runs the policy on an env (sim or the ROS env adapter), with interventions.
 
 Works on any gymnasium env whose observations are spec observation dicts and
-whose actions are 7-d spec actions. Each step the agent proposes an action; an
-optional intervener (the operator, or ``sim.SimulatedIntervener``) may override
-it; the executed action is what is stored, labelled ``intervened``. On the rig the
-franka node arbitrates (a human always wins) and the ROS env adapter reports it
-in ``info["intervening"]`` / ``info["intervene_action"]``, which the actor stores
-the same way. Rewards come
-from the env's success test (``reward_source="success"``, sparse, terminal on
-success), the env's own reward (``"env"``), or a reward function such as the
-learned classifier (``"classifier"``, pass ``reward_fn``).
+whose actions are 7-d spec actions. It steps the one rollout loop
+(:class:`flywheel.rollout.Rollout`) a step at a time: the agent proposes an
+action; an optional intervener (the operator, or ``sim.SimulatedIntervener``)
+may override it, or on the rig the franka node's arbitration (reported by the
+ROS env adapter); the executed action is what is stored, labelled
+``intervened``. Rewards come from the env's success test
+(``reward_source="success"``, sparse, terminal on success), the env's own reward
+(``"env"``), or a reward function such as the learned classifier
+(``"classifier"``, pass ``reward_fn``); an episode ends by the loop's one stop
+rule (terminated, truncated, success, or the step limit).
 """
 
 from __future__ import annotations
@@ -17,20 +18,46 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from flywheel.rl.sac import GRIP_NAMES, GRIP_STAY, SACAgent, compose_action, gripper_label
+from flywheel.rl.actions import GRIP_NAMES, GRIP_STAY, compose_action, gripper_label
+from flywheel.rl.sac import SACAgent
+from flywheel.rollout import Intervener, Rollout, Step, run_episodes
 from rig.spec import ActionSpec
 
 RewardFn = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], float]
 
 
-class Intervener(Protocol):
-    def reset(self) -> None: ...
+class SACActing:
+    """A :class:`SACAgent` as a rollout agent: tracks the gripper command in force between steps."""
 
-    def step(self, obs: Mapping[str, np.ndarray], policy_action: np.ndarray) -> tuple[np.ndarray, bool]: ...
+    def __init__(self, agent: SACAgent, *, deterministic: bool, rng: np.random.Generator | None = None,
+                 action_spec: ActionSpec | None = None):
+        self.agent = agent
+        self.deterministic = deterministic
+        self.rng = rng
+        self.spec = action_spec or ActionSpec()
+        self.grip: float | None = None  # the gripper command in force (-1 closed .. +1 open)
+        self.last_grip = GRIP_STAY  # the discrete gripper choice of the last act()
+
+    def reset(self) -> None:
+        self.grip = None
+
+    def start(self, obs: Mapping[str, np.ndarray]) -> None:
+        self.grip = self.spec.width_to_gripper(float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0]))
+
+    def act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self.grip is None:
+            self.start(obs)
+        assert self.grip is not None
+        a, self.last_grip = self.agent.act(obs, self.grip, deterministic=self.deterministic, rng=self.rng)
+        return a
+
+    def executed(self, s: Step) -> None:
+        """Step callback: the executed gripper command stays in force."""
+        self.grip = float(s.action[6])
 
 
 @dataclass
@@ -83,105 +110,77 @@ class Actor:
         self.recorder = recorder
         self.env_steps = 0
         self.episodes = 0
-        self._obs: dict[str, np.ndarray] | None = None
+        self._acting = SACActing(agent, deterministic=False, rng=self.rng, action_spec=self.action_spec)
+        success_fn = self._classifier_success if reward_source == "classifier" else None
+        self._loop = Rollout(env, None, intervener=intervener, success_fn=success_fn, on_step=self._acting.executed)
+        self._ret = 0.0
+
+    def _classifier_success(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> bool:
+        assert self.reward_fn is not None
+        return self.reward_fn(obs, info) > 0.5
 
     # -------------------------------------------------------------- episode
     def reset(self) -> dict[str, np.ndarray]:
-        obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
-        if self.intervener is not None:
-            self.intervener.reset()
-        self._obs = obs
-        self._grip = self.action_spec.width_to_gripper(float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0]))
-        self._len, self._ret, self._n_int = 0, 0.0, 0
+        obs = self._loop.reset(int(self.rng.integers(2**31)))
+        self._acting.start(obs)
+        self._ret = 0.0
         if self.recorder is not None:
             self.recorder.begin(self)
         return obs
 
     def step(self, random_action: bool = False) -> tuple[dict[str, np.ndarray], EpisodeStats | None]:
         """One env step -> (transition, stats if the episode ended)."""
-        if self._obs is None:
+        if self._loop.done:
             self.reset()
-        obs = self._obs
-        assert obs is not None
+        obs = self._loop.obs
+        prev_grip = self._acting.grip
+        assert prev_grip is not None
         if random_action:
             cfg = self.agent.cfg
             grip = int(self.rng.integers(3)) if cfg.gripper else GRIP_STAY
             arm = self.rng.uniform(-1, 1, len(cfg.arm_dims))
-            action = compose_action(arm, cfg.arm_dims, grip, self._grip if cfg.gripper else cfg.gripper_fixed)
+            action = compose_action(arm, cfg.arm_dims, grip, prev_grip if cfg.gripper else cfg.gripper_fixed)
         else:
-            action, grip = self.agent.act(obs, self._grip, deterministic=False, rng=self.rng)
-        intervened = False
-        if self.intervener is not None:
-            exec_action, intervened = self.intervener.step(obs, action)
-            if intervened:
-                action = np.clip(np.asarray(exec_action, np.float32), -1.0, 1.0)
-                grip = gripper_label(action[6], self._grip)
-        next_obs, env_reward, terminated, truncated, info = self.env.step(action)
-        if not intervened and info.get("intervening") and info.get("intervene_action") is not None:
-            # the rig's arbitration applied the operator's command (ROS env adapter): store that
-            intervened = True
-            action = np.clip(np.asarray(info["intervene_action"], np.float32), -1.0, 1.0)
-            grip = gripper_label(action[6], self._grip)
-        reward, terminated = self._reward(next_obs, info, float(env_reward), bool(terminated))
-        self._grip = float(action[6])
+            action = self._acting.act(obs)
+            grip = self._acting.last_grip
+        s = self._loop.step(action)
+        if s.intervened:
+            grip = gripper_label(s.action[6], prev_grip)
+        if self.reward_source == "env":
+            reward, terminated = s.reward, s.terminated
+        else:  # success / classifier: sparse, terminal on success
+            reward, terminated = (1.0 if s.success else 0.0), (s.terminated or s.success)
         keys = self.agent.obs_keys
         tr = {f"obs/{k}": np.asarray(obs[k]) for k in keys}
-        tr.update({f"next_obs/{k}": np.asarray(next_obs[k]) for k in keys})
+        tr.update({f"next_obs/{k}": np.asarray(s.next_obs[k]) for k in keys})
         tr.update(
-            action=np.asarray(action, np.float32), grip=np.int64(grip), reward=np.float32(reward),
-            terminated=np.bool_(terminated), intervened=np.bool_(intervened),
+            action=s.action, grip=np.int64(grip), reward=np.float32(reward),
+            terminated=np.bool_(terminated), intervened=np.bool_(s.intervened),
         )
         if self.recorder is not None:
-            self.recorder.add(obs, action, reward, intervened)
+            self.recorder.add(obs, s.action, reward, s.intervened)
         self.env_steps += 1
-        self._len += 1
         self._ret += reward
-        self._n_int += int(intervened)
-        self._obs = next_obs
         stats = None
-        if terminated or truncated:
-            success = bool(info.get("is_success", reward > 0 and terminated))
-            stats = EpisodeStats(
-                self.episodes, self._len, self._ret, success, self._n_int / max(self._len, 1),
-                self.env_steps, self.name,
-            )
+        if s.done:
+            ep = self._loop.episode
+            assert ep is not None
+            success = bool(s.info.get("is_success", reward > 0 and terminated))
+            stats = EpisodeStats(self.episodes, ep.steps, self._ret, success, ep.intervention_rate,
+                                 self.env_steps, self.name)
             self.episodes += 1
-            self._obs = None
             if self.recorder is not None:
                 self.recorder.end(success)
         return tr, stats
 
-    def _reward(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any], r: float, term: bool) -> tuple[float, bool]:
-        if self.reward_source == "env":
-            return r, term
-        if self.reward_source == "success":
-            ok = bool(info.get("is_success", False))
-        else:
-            assert self.reward_fn is not None
-            ok = self.reward_fn(obs, info) > 0.5
-        return (1.0 if ok else 0.0), (term or ok)
-
     # ----------------------------------------------------------- evaluation
     def evaluate(self, episodes: int, seed: int = 10_000, max_steps: int | None = None) -> dict[str, float]:
         """Deterministic policy, no interventions: success rate, mean return and length."""
-        succ, rets, lens = [], [], []
-        for i in range(episodes):
-            obs, _ = self.env.reset(seed=seed + i)
-            grip = self.action_spec.width_to_gripper(float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0]))
-            ret, n, ok = 0.0, 0, False
-            while True:
-                action, _ = self.agent.act(obs, grip, deterministic=True)
-                obs, r, term, trunc, info = self.env.step(action)
-                grip = float(action[6])
-                ok = ok or bool(info.get("is_success", False))
-                n += 1
-                ret += float(r)
-                if term or trunc or ok or (max_steps is not None and n >= max_steps):
-                    break
-            succ.append(ok)
-            rets.append(ret)
-            lens.append(n)
-        return {"success_rate": float(np.mean(succ)), "return": float(np.mean(rets)), "length": float(np.mean(lens))}
+        acting = SACActing(self.agent, deterministic=True, action_spec=self.action_spec)
+        eps = run_episodes(self.env, acting, range(seed, seed + episodes), max_steps=max_steps,
+                           on_step=acting.executed)
+        return {"success_rate": float(np.mean([e.success for e in eps])),
+                "return": float(np.mean([e.ret for e in eps])), "length": float(np.mean([e.steps for e in eps]))}
 
 
 class RolloutRecorder:
@@ -233,28 +232,29 @@ def collect_demos(
     attempts = n_ok = 0
     t0 = time.time()
     rng = np.random.default_rng(seed)
+    ep: list[dict[str, np.ndarray]] = []
+    grip = 0.0
+
+    def transition(s: Step) -> None:
+        nonlocal grip
+        tr = {f"obs/{k}": np.asarray(s.obs[k]) for k in obs_keys}
+        tr.update({f"next_obs/{k}": np.asarray(s.next_obs[k]) for k in obs_keys})
+        tr.update(
+            action=s.action, grip=np.int64(gripper_label(s.action[6], grip)), reward=np.float32(s.success),
+            terminated=np.bool_(s.terminated or s.success), intervened=np.bool_(True),
+        )
+        ep.append(tr)
+        grip = float(s.action[6])
+
+    loop = Rollout(env, expert, on_step=transition)
     while n_ok < num_episodes and attempts < max_attempts:
         attempts += 1
-        obs, _ = env.reset(seed=int(rng.integers(2**31)))
-        expert.reset()
+        ep = []
+        obs = loop.reset(int(rng.integers(2**31)))
         grip = spec.width_to_gripper(float(np.asarray(obs["state/gripper_width"]).reshape(-1)[0]))
-        ep: list[dict[str, np.ndarray]] = []
-        ok = False
-        while True:
-            action = np.clip(np.asarray(expert.act(obs), np.float32), -1.0, 1.0)
-            nobs, _, term, trunc, info = env.step(action)
-            ok = bool(info.get("is_success", False))
-            tr = {f"obs/{k}": np.asarray(obs[k]) for k in obs_keys}
-            tr.update({f"next_obs/{k}": np.asarray(nobs[k]) for k in obs_keys})
-            tr.update(
-                action=action, grip=np.int64(gripper_label(action[6], grip)), reward=np.float32(ok),
-                terminated=np.bool_(term or ok), intervened=np.bool_(True),
-            )
-            ep.append(tr)
-            grip = float(action[6])
-            obs = nobs
-            if term or trunc or ok:
-                break
+        while not loop.done:
+            loop.step()
+        ok = bool(loop.episode and loop.episode.success)
         if ok:
             kept.extend(ep)
             n_ok += 1

@@ -2,7 +2,7 @@
 
 A transition is a flat dict of numpy arrays: ``obs/<key>`` and ``next_obs/<key>``
 for each observation key the agent reads, ``action`` (the 7-d spec action that
-was executed), ``grip`` (the discrete gripper action, see :mod:`flywheel.rl.sac`),
+was executed), ``grip`` (the discrete gripper action, see :mod:`flywheel.rl.actions`),
 ``reward``, ``terminated`` (a true terminal, not a time limit) and
 ``intervened`` (the operator had control). Batches of transitions use the same
 keys with a leading batch axis.
@@ -156,7 +156,7 @@ def episodes_to_transitions(
     Each step t gives (obs_t, action_t, reward_t, obs_{t+1}); the last step of a
     successful episode is terminal. Demos count as intervened (they join the demo buffer).
     """
-    from flywheel.rl.sac import gripper_label
+    from flywheel.rl.actions import gripper_label
 
     out: list[dict[str, np.ndarray]] = []
     for ep in episodes:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flywheel.rl.sac import ConvEncoder, mlp
+from flywheel.rl.encoders import ConvEncoder
+from flywheel.rl.networks import mlp
 
 
 @dataclass

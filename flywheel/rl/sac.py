@@ -1,22 +1,20 @@
 """The HIL-SERL agent: SAC with RLPD-style critics and a discrete gripper critic.
 
-One readable file for the whole agent:
+The agent, built from its parts:
 
-* **Encoder** turns a spec observation dict into a feature vector: the state
-  keys (proprioception, or every ``state/*`` key for state-only sim runs), plus
-  per camera either a small conv net trained by the critic with random-shift
-  augmentation (``encoder="conv"``), or frozen features of the generalist's
-  backbone (``encoder="latent"``, iRe-VLA's latent RL) through a callable hook
-  followed by a trainable projection.
-* **Critic**: an ensemble of LayerNorm MLPs (RLPD/REDQ): every member regresses
-  to one target, the minimum over a random subset of the target ensemble.
+* **Encoder** (:mod:`flywheel.rl.encoders`) turns a spec observation dict into a
+  feature vector: the state keys (proprioception, or every ``state/*`` key for
+  state-only sim runs), plus per camera a conv net (``encoder="conv"``) or the
+  generalist's frozen backbone and a projection (``encoder="latent"``).
+* **Critic** (:mod:`flywheel.rl.networks`): an ensemble of LayerNorm MLPs
+  (RLPD/REDQ): every member regresses to one target, the minimum over a random
+  subset of the target ensemble.
 * **Actor**: a tanh-squashed Gaussian over the continuous arm dims (by default
   all six: translation and rotation deltas), temperature tuned to a target
   entropy.
 * **Gripper critic**: a DQN head over three discrete gripper actions
-  (open, stay, close) as HIL-SERL does; :func:`compose_action` turns the arm
-  action and the gripper choice into the 7-d spec action
-  (open = +1, close = -1, stay = the current gripper command).
+  (open, stay, close) as HIL-SERL does; :mod:`flywheel.rl.actions` turns the arm
+  action and the gripper choice into the 7-d spec action.
 
 The update-to-data ratio is the number of critic updates per :meth:`SACAgent.update`
 call (one batch each); the actor and temperature update every
@@ -26,8 +24,7 @@ call (one batch each); the actor and temperature update every
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Discrete gripper actions (indices of the gripper critic's outputs).
-GRIP_OPEN, GRIP_STAY, GRIP_CLOSE = 0, 1, 2
-GRIP_NAMES = ("open", "stay", "close")
-ARM_DIMS = 6  # translation (3) + rotation vector (3) of the spec action
+from flywheel.rl.actions import ARM_DIMS, GRIP_STAY, compose_action
+from flywheel.rl.encoders import (
+    Encoder,
+    LatentEncoderFn,
+    obs_shapes_of,
+    observation_layout,
+    parse_state_deltas,
+)
 
-# A frozen image encoder: uint8 images (B, H, W, 3) -> features (B, D), both torch.
-LatentEncoderFn = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["SACAgent", "SACConfig", "obs_shapes_of"]  # obs_shapes_of: what SACAgent's constructor takes
+from flywheel.rl.networks import EnsembleMLP, GaussianActor
 
 
 @dataclass
@@ -82,275 +83,6 @@ class SACConfig:
     grad_clip: float = 10.0
 
 
-# ----------------------------------------------------------------- networks
-class EnsembleLinear(nn.Module):
-    """``n`` independent linear layers applied to (n, B, in) at once."""
-
-    def __init__(self, n: int, d_in: int, d_out: int):
-        super().__init__()
-        bound = 1.0 / math.sqrt(d_in)
-        self.weight = nn.Parameter(torch.empty(n, d_in, d_out).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n, 1, d_out).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class EnsembleLayerNorm(nn.Module):
-    def __init__(self, n: int, d: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n, 1, d))
-        self.bias = nn.Parameter(torch.zeros(n, 1, d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
-
-
-class EnsembleMLP(nn.Module):
-    """An ensemble of LayerNorm MLPs: input (B, d) or (n, B, d) -> (n, B, d_out)."""
-
-    def __init__(self, n: int, d_in: int, hidden: list[int], d_out: int):
-        super().__init__()
-        self.n = n
-        layers: list[nn.Module] = []
-        d = d_in
-        for h in hidden:
-            layers += [EnsembleLinear(n, d, h), EnsembleLayerNorm(n, h), nn.ReLU()]
-            d = h
-        layers.append(EnsembleLinear(n, d, d_out))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.n, -1, -1)
-        return self.net(x)
-
-
-def mlp(d_in: int, hidden: list[int], d_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    d = d_in
-    for h in hidden:
-        layers += [nn.Linear(d, h), nn.LayerNorm(h), nn.ReLU()]
-        d = h
-    layers.append(nn.Linear(d, d_out))
-    return nn.Sequential(*layers)
-
-
-def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ random-shift augmentation of (B, C, H, W) float images (replicate padding)."""
-    if pad <= 0:
-        return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    ox = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    oy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    rows = (oy[:, None] + torch.arange(h, device=x.device)[None]).view(b, 1, h, 1)
-    cols = (ox[:, None] + torch.arange(w, device=x.device)[None]).view(b, 1, 1, w)
-    bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    cidx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return padded[bidx, cidx, rows, cols]
-
-
-class ConvEncoder(nn.Module):
-    """Small conv net for one camera: uint8 (B, H, W, 3) -> (B, feature_dim)."""
-
-    def __init__(self, image_shape: tuple[int, ...], channels: int, feature_dim: int):
-        super().__init__()
-        c = channels
-        self.conv = nn.Sequential(
-            nn.Conv2d(3, c, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(c, c, 3, stride=1), nn.ReLU(),
-        )
-        h, w = int(image_shape[0]), int(image_shape[1])
-        with torch.no_grad():
-            n = self.conv(torch.zeros(1, 3, h, w)).numel()
-        self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
-
-    def forward(self, img: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
-        x = img.permute(0, 3, 1, 2).float() / 255.0
-        x = random_shift(x, shift_pad)
-        return self.head(self.conv(x - 0.5).flatten(1))
-
-
-class LatentEncoder(nn.Module):
-    """Frozen features from a callable (the generalist's backbone) + a trainable projection."""
-
-    def __init__(self, fn: LatentEncoderFn, image_shape: tuple[int, ...], feature_dim: int):
-        super().__init__()
-        self._fn = [fn]  # a list keeps the callable out of state_dict / parameters
-        with torch.no_grad():
-            d = int(fn(torch.zeros(1, *image_shape, dtype=torch.uint8)).reshape(1, -1).shape[1])
-        self.head = nn.Sequential(nn.Linear(d, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
-
-    def forward(self, img: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
-        with torch.no_grad():
-            z = self._fn[0](img).reshape(img.shape[0], -1).float()
-        return self.head(z)
-
-
-class Encoder(nn.Module):
-    """Observation dict (torch) -> feature vector: image features ++ state vector."""
-
-    def __init__(
-        self,
-        cfg: SACConfig,
-        state_keys: list[str],
-        state_dim: int,
-        image_shapes: Mapping[str, tuple[int, ...]],
-        latent_fn: LatentEncoderFn | None,
-        deltas: list[tuple[slice, slice]] = (),  # type: ignore[assignment]
-    ):
-        super().__init__()
-        self.state_keys = list(state_keys)
-        self.deltas = list(deltas)
-        state_dim += sum(a.stop - a.start for a, _ in self.deltas)
-        self.image_keys = list(image_shapes)
-        self.shift_pad = cfg.shift_pad if cfg.encoder == "conv" else 0
-        self.cams = nn.ModuleDict()
-        for k, shape in image_shapes.items():
-            name = k.replace("/", "__")
-            if cfg.encoder == "conv":
-                self.cams[name] = ConvEncoder(shape, cfg.conv_channels, cfg.feature_dim)
-            elif cfg.encoder == "latent":
-                if latent_fn is None:
-                    raise ValueError("encoder='latent' needs latent_encoder=<callable images -> features>")
-                self.cams[name] = LatentEncoder(latent_fn, shape, cfg.feature_dim)
-        self.out_dim = state_dim + cfg.feature_dim * len(self.cams)
-        # state normalisation (identity until set_state_stats; saved with the weights)
-        self.register_buffer("state_mean", torch.zeros(state_dim))
-        self.register_buffer("state_std", torch.ones(state_dim))
-
-    def set_state_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.state_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
-
-    def state_vector(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The state keys concatenated, then the configured deltas (not normalised)."""
-        x = torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1)
-        return torch.cat([x, *(x[:, a] - x[:, b] for a, b in self.deltas)], -1)
-
-    def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
-        parts = [enc(obs[k.replace("__", "/")], self.shift_pad if augment else 0) for k, enc in self.cams.items()]
-        if self.state_keys:
-            parts.append((self.state_vector(obs) - self.state_mean) / self.state_std)
-        return torch.cat(parts, -1)
-
-
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy over the controlled arm dims."""
-
-    def __init__(self, d_in: int, hidden: list[int], act_dim: int):
-        super().__init__()
-        self.net = mlp(d_in, hidden, 2 * act_dim)
-
-    def forward(self, feat: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.net(feat).chunk(2, -1)
-        log_std = -5.0 + 3.5 * (torch.tanh(log_std) + 1.0)  # in [-5, 2]
-        if deterministic:
-            return torch.tanh(mean), torch.zeros(feat.shape[0], device=feat.device)
-        std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
-        a = torch.tanh(u)
-        logp = (-0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        logp = logp - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return a, logp
-
-    def mean_action(self, feat: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(feat).chunk(2, -1)[0])
-
-
-# ------------------------------------------------------------------ actions
-def gripper_label(command: float, previous: float, threshold: float = 0.5) -> int:
-    """Discrete gripper action that explains a continuous command given the previous one."""
-    if abs(float(command) - float(previous)) <= threshold:
-        return GRIP_STAY
-    return GRIP_OPEN if command > previous else GRIP_CLOSE
-
-
-def compose_action(arm: np.ndarray, arm_dims: list[int], grip: int, current_gripper: float) -> np.ndarray:
-    """The 7-d spec action: SAC's arm dims (others 0) + the gripper choice.
-
-    open -> +1, close -> -1, stay -> ``current_gripper`` (the gripper command in force).
-    """
-    a = np.zeros(7, np.float32)
-    a[list(arm_dims)] = np.clip(np.asarray(arm, np.float32).reshape(-1), -1.0, 1.0)
-    if grip == GRIP_OPEN:
-        a[6] = 1.0
-    elif grip == GRIP_CLOSE:
-        a[6] = -1.0
-    elif grip == GRIP_STAY:
-        a[6] = float(np.clip(current_gripper, -1.0, 1.0))
-    else:
-        raise ValueError(f"gripper action {grip!r} is not one of 0 (open), 1 (stay), 2 (close)")
-    return a
-
-
-# -------------------------------------------------------------------- agent
-def obs_shapes_of(space_or_obs: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{key: (shape, dtype)} from a gymnasium Dict space or one observation dict."""
-    items = space_or_obs.spaces.items() if hasattr(space_or_obs, "spaces") else space_or_obs.items()
-    return {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in items}
-
-
-def observation_layout(
-    obs_shapes: Mapping[str, tuple[tuple[int, ...], str]], cfg: SACConfig
-) -> tuple[list[str], list[str]]:
-    """(state keys, image keys) the agent reads, checked against the observation."""
-    if cfg.encoder not in ("state", "conv", "latent"):
-        raise ValueError(f"encoder={cfg.encoder!r}: use one of state, conv, latent")
-    state_keys = list(cfg.state_keys) if cfg.state_keys is not None else sorted(
-        k for k in obs_shapes if k.startswith("state/")
-    )
-    missing = [k for k in state_keys if k not in obs_shapes]
-    if missing:
-        raise KeyError(f"state_keys {missing} are not in the observation (has {sorted(obs_shapes)})")
-    image_keys: list[str] = []
-    if cfg.encoder != "state":
-        image_keys = list(cfg.image_keys) if cfg.image_keys is not None else sorted(
-            k for k in obs_shapes if k.startswith("images/")
-        )
-        missing = [k for k in image_keys if k not in obs_shapes]
-        if missing or not image_keys:
-            raise KeyError(
-                f"encoder={cfg.encoder!r} needs images, but image keys {missing or '[]'} are not in the "
-                f"observation (has {sorted(obs_shapes)}); make the env with cameras or use encoder=state"
-            )
-    return state_keys, image_keys
-
-
-_DELTA = re.compile(r"^\s*([\w/]+)\[(\d+):(\d+)\]\s*-\s*([\w/]+)\[(\d+):(\d+)\]\s*$")
-
-
-def parse_state_deltas(
-    deltas: list[str], state_keys: list[str], obs_shapes: Mapping[str, tuple[tuple[int, ...], str]]
-) -> list[tuple[slice, slice]]:
-    """``"a[i:j]-b[k:l]"`` -> (slice, slice) into the concatenated state vector, checked."""
-    offsets, o = {}, 0
-    for k in state_keys:
-        n = int(np.prod(obs_shapes[k][0]))
-        offsets[k] = (o, n)
-        o += n
-    out = []
-    for d in deltas:
-        m = _DELTA.match(d)
-        if not m:
-            raise ValueError(f"state_deltas entry {d!r}: write it as 'key[i:j]-key[k:l]'")
-        sl = []
-        for key, i, j in (m.group(1, 2, 3), m.group(4, 5, 6)):
-            if key not in offsets:
-                raise KeyError(f"state_deltas entry {d!r}: {key} is not one of the state keys {state_keys}")
-            i, j = int(i), int(j)
-            if not 0 <= i < j <= offsets[key][1]:
-                raise ValueError(f"state_deltas entry {d!r}: [{i}:{j}] is outside {key} (size {offsets[key][1]})")
-            sl.append(slice(offsets[key][0] + i, offsets[key][0] + j))
-        if sl[0].stop - sl[0].start != sl[1].stop - sl[1].start:
-            raise ValueError(f"state_deltas entry {d!r}: the two slices differ in length")
-        out.append((sl[0], sl[1]))
-    return out
-
-
 class SACAgent(nn.Module):
     """SAC + RLPD critics + discrete gripper critic (see the module docstring)."""
 
@@ -382,7 +114,7 @@ class SACAgent(nn.Module):
         )
         self.act_dim = len(cfg.arm_dims)
         d = self.encoder.out_dim
-        self.actor = Actor(d, cfg.hidden_dims, self.act_dim)
+        self.actor = GaussianActor(d, cfg.hidden_dims, self.act_dim)
         self.critic = EnsembleMLP(cfg.num_critics, d + self.act_dim, cfg.hidden_dims, 1)
         self.critic_target = EnsembleMLP(cfg.num_critics, d + self.act_dim, cfg.hidden_dims, 1)
         self.critic_target.load_state_dict(self.critic.state_dict())

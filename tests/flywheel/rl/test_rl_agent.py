@@ -7,20 +7,12 @@ import pytest
 import torch
 from rl_toy_envs import AlwaysIntervener, LineEnv, LineExpert, TargetEnv
 
+from flywheel.rl.actions import GRIP_CLOSE, GRIP_OPEN, GRIP_STAY, compose_action, gripper_label
 from flywheel.rl.actor import Actor, collect_demos
 from flywheel.rl.buffers import ReplayBuffer, rlpd_batch, route_transitions, stack_transitions
+from flywheel.rl.encoders import obs_shapes_of, random_shift
 from flywheel.rl.learner import Learner, LearnerConfig, train_local
-from flywheel.rl.sac import (
-    GRIP_CLOSE,
-    GRIP_OPEN,
-    GRIP_STAY,
-    SACAgent,
-    SACConfig,
-    compose_action,
-    gripper_label,
-    obs_shapes_of,
-    random_shift,
-)
+from flywheel.rl.sac import SACAgent, SACConfig
 
 SHAPES = {"state/x": ((2,), "float32")}
 

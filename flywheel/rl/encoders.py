@@ -1,0 +1,196 @@
+"""Observation encoding for the SAC agent: which keys it reads, and the encoder networks.
+
+* :func:`observation_layout` and :func:`parse_state_deltas` turn an observation's
+  shapes and the agent config into the state keys, image keys and extra state
+  features (``"key[i:j]-key[k:l]"`` differences) the agent reads, checked.
+* :class:`Encoder` turns a (torch) observation dict into a feature vector: the
+  normalised state vector, plus per camera either a small conv net trained by
+  the critic with random-shift augmentation (``encoder="conv"``, :class:`ConvEncoder`),
+  or frozen features of the generalist's backbone (``encoder="latent"``,
+  iRe-VLA's latent RL) through a callable hook followed by a trainable
+  projection (:class:`LatentEncoder`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A frozen image encoder: uint8 images (B, H, W, 3) -> features (B, D), both torch.
+LatentEncoderFn = Callable[[torch.Tensor], torch.Tensor]
+
+ENCODERS = ("state", "conv", "latent")
+
+if TYPE_CHECKING:
+    from flywheel.rl.sac import SACConfig
+
+
+def obs_shapes_of(space_or_obs: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} from a gymnasium Dict space or one observation dict."""
+    items = space_or_obs.spaces.items() if hasattr(space_or_obs, "spaces") else space_or_obs.items()
+    return {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in items}
+
+
+def observation_layout(
+    obs_shapes: Mapping[str, tuple[tuple[int, ...], str]], cfg: SACConfig
+) -> tuple[list[str], list[str]]:
+    """(state keys, image keys) the agent reads, checked against the observation."""
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"encoder={cfg.encoder!r}: use one of state, conv, latent")
+    state_keys = list(cfg.state_keys) if cfg.state_keys is not None else sorted(
+        k for k in obs_shapes if k.startswith("state/")
+    )
+    missing = [k for k in state_keys if k not in obs_shapes]
+    if missing:
+        raise KeyError(f"state_keys {missing} are not in the observation (has {sorted(obs_shapes)})")
+    image_keys: list[str] = []
+    if cfg.encoder != "state":
+        image_keys = list(cfg.image_keys) if cfg.image_keys is not None else sorted(
+            k for k in obs_shapes if k.startswith("images/")
+        )
+        missing = [k for k in image_keys if k not in obs_shapes]
+        if missing or not image_keys:
+            raise KeyError(
+                f"encoder={cfg.encoder!r} needs images, but image keys {missing or '[]'} are not in the "
+                f"observation (has {sorted(obs_shapes)}); make the env with cameras or use encoder=state"
+            )
+    return state_keys, image_keys
+
+
+_DELTA = re.compile(r"^\s*([\w/]+)\[(\d+):(\d+)\]\s*-\s*([\w/]+)\[(\d+):(\d+)\]\s*$")
+
+
+def parse_state_deltas(
+    deltas: list[str], state_keys: list[str], obs_shapes: Mapping[str, tuple[tuple[int, ...], str]]
+) -> list[tuple[slice, slice]]:
+    """``"a[i:j]-b[k:l]"`` -> (slice, slice) into the concatenated state vector, checked."""
+    offsets, o = {}, 0
+    for k in state_keys:
+        n = int(np.prod(obs_shapes[k][0]))
+        offsets[k] = (o, n)
+        o += n
+    out = []
+    for d in deltas:
+        m = _DELTA.match(d)
+        if not m:
+            raise ValueError(f"state_deltas entry {d!r}: write it as 'key[i:j]-key[k:l]'")
+        sl = []
+        for key, i, j in (m.group(1, 2, 3), m.group(4, 5, 6)):
+            if key not in offsets:
+                raise KeyError(f"state_deltas entry {d!r}: {key} is not one of the state keys {state_keys}")
+            i, j = int(i), int(j)
+            if not 0 <= i < j <= offsets[key][1]:
+                raise ValueError(f"state_deltas entry {d!r}: [{i}:{j}] is outside {key} (size {offsets[key][1]})")
+            sl.append(slice(offsets[key][0] + i, offsets[key][0] + j))
+        if sl[0].stop - sl[0].start != sl[1].stop - sl[1].start:
+            raise ValueError(f"state_deltas entry {d!r}: the two slices differ in length")
+        out.append((sl[0], sl[1]))
+    return out
+
+
+def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ random-shift augmentation of (B, C, H, W) float images (replicate padding)."""
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    ox = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    oy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device)[None]).view(b, 1, h, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device)[None]).view(b, 1, 1, w)
+    bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    cidx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[bidx, cidx, rows, cols]
+
+
+class ConvEncoder(nn.Module):
+    """Small conv net for one camera: uint8 (B, H, W, 3) -> (B, feature_dim)."""
+
+    def __init__(self, image_shape: tuple[int, ...], channels: int, feature_dim: int):
+        super().__init__()
+        c = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(3, c, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(c, c, 3, stride=2), nn.ReLU(),
+            nn.Conv2d(c, c, 3, stride=1), nn.ReLU(),
+        )
+        h, w = int(image_shape[0]), int(image_shape[1])
+        with torch.no_grad():
+            n = self.conv(torch.zeros(1, 3, h, w)).numel()
+        self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, img: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
+        x = img.permute(0, 3, 1, 2).float() / 255.0
+        x = random_shift(x, shift_pad)
+        return self.head(self.conv(x - 0.5).flatten(1))
+
+
+class LatentEncoder(nn.Module):
+    """Frozen features from a callable (the generalist's backbone) + a trainable projection."""
+
+    def __init__(self, fn: LatentEncoderFn, image_shape: tuple[int, ...], feature_dim: int):
+        super().__init__()
+        self._fn = [fn]  # a list keeps the callable out of state_dict / parameters
+        with torch.no_grad():
+            d = int(fn(torch.zeros(1, *image_shape, dtype=torch.uint8)).reshape(1, -1).shape[1])
+        self.head = nn.Sequential(nn.Linear(d, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, img: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
+        with torch.no_grad():
+            z = self._fn[0](img).reshape(img.shape[0], -1).float()
+        return self.head(z)
+
+
+class Encoder(nn.Module):
+    """Observation dict (torch) -> feature vector: image features ++ state vector."""
+
+    def __init__(
+        self,
+        cfg: SACConfig,
+        state_keys: list[str],
+        state_dim: int,
+        image_shapes: Mapping[str, tuple[int, ...]],
+        latent_fn: LatentEncoderFn | None,
+        deltas: list[tuple[slice, slice]] = (),  # type: ignore[assignment]
+    ):
+        super().__init__()
+        self.state_keys = list(state_keys)
+        self.deltas = list(deltas)
+        state_dim += sum(a.stop - a.start for a, _ in self.deltas)
+        self.image_keys = list(image_shapes)
+        self.shift_pad = cfg.shift_pad if cfg.encoder == "conv" else 0
+        self.cams = nn.ModuleDict()
+        for k, shape in image_shapes.items():
+            name = k.replace("/", "__")
+            if cfg.encoder == "conv":
+                self.cams[name] = ConvEncoder(shape, cfg.conv_channels, cfg.feature_dim)
+            elif cfg.encoder == "latent":
+                if latent_fn is None:
+                    raise ValueError("encoder='latent' needs latent_encoder=<callable images -> features>")
+                self.cams[name] = LatentEncoder(latent_fn, shape, cfg.feature_dim)
+        self.out_dim = state_dim + cfg.feature_dim * len(self.cams)
+        # state normalisation (identity until set_state_stats; saved with the weights)
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    def set_state_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.state_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
+
+    def state_vector(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The state keys concatenated, then the configured deltas (not normalised)."""
+        x = torch.cat([obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys], -1)
+        return torch.cat([x, *(x[:, a] - x[:, b] for a, b in self.deltas)], -1)
+
+    def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        parts = [enc(obs[k.replace("__", "/")], self.shift_pad if augment else 0) for k, enc in self.cams.items()]
+        if self.state_keys:
+            parts.append((self.state_vector(obs) - self.state_mean) / self.state_std)
+        return torch.cat(parts, -1)
