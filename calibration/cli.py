@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -152,7 +153,13 @@ def cmd_board(a: argparse.Namespace) -> int:
 
     board = _board(a)
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise BoardError(f"cannot write {out}: its folder {out.parent} is not a writable directory "
+                         f"({e.strerror or e})") from None
     if out.suffix.lower() == ".pdf":
         lay = write_pdf(board, out, a.paper)
         print(f"wrote {out}: {board.describe()}, board {lay['board_w']:.0f} x {lay['board_h']:.0f} mm on "
@@ -300,6 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     except (CalibrationError, SessionError, BoardError, IntrinsicsError, PoseGenerationError,
             ExtrinsicsError) as e:
         print(f"calibrate-handeye {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a bad or unwritable path: one line, never a traceback
+        print(f"calibrate-handeye {a.cmd}: error: {e.strerror or e}"
+              + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - anything else is one line too; -v shows the traceback
+        if a.verbose:
+            logging.getLogger(__name__).exception("calibrate-handeye %s failed", a.cmd)
+        print(f"calibrate-handeye {a.cmd}: error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

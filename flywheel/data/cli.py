@@ -2,8 +2,11 @@
 
 * ``info PATH [--json]``: episodes per task and source, success rates, steps, size
   on disk and the compression ratio against raw arrays;
-* ``check PATH [--quick]``: integrity check; exit code 1 and a report on errors
+* ``check PATH [--quick]``: integrity check; names every damaged chunk (array,
+  file, episodes) and keeps going; exit code 1 and a report on errors
   (``--quick`` skips decoding every image);
+* ``repair PATH [--quick]``: rebuild damaged metadata from the store's journal and
+  quarantine damaged episodes (the rest stays readable); then ``check`` again;
 * ``stats PATH OUT [--keys ...] [--success-only] [--source ...]``: normalisation
   statistics saved as ``OUT/stats.json`` and ``OUT/stats.safetensors``;
 * ``export-lerobot PATH [OUT] [--episodes 0 3 5] [--success-only] [--source rl]
@@ -29,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="integrity check (exit code 1 on errors)")
     chk.add_argument("path")
     chk.add_argument("--quick", action="store_true", help="do not decode every image")
+    rep = sub.add_parser("repair", help="rebuild damaged metadata, quarantine damaged episodes")
+    rep.add_argument("path")
+    rep.add_argument("--quick", action="store_true", help="do not decode every image")
     st = sub.add_parser("stats", help="normalisation statistics -> OUT/stats.json + OUT/stats.safetensors")
     st.add_argument("path")
     st.add_argument("out", help="directory (e.g. the checkpoint directory)")
@@ -86,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.path}: {len(errors)} errors, {len(probs) - len(errors)} warnings"
                   + ("" if errors else " - OK"))
             return 1 if errors else 0
+        if args.command == "repair":
+            from flywheel.data.damage import repair
+
+            done = repair(args.path, decode_images=not args.quick)
+            for line in done:
+                print(line)
+            print(f"{args.path}: " + (f"{len(done)} repairs" if done else "nothing to repair"))
+            return 0
         if args.command == "stats":
             from flywheel.data.stats import compute_stats, save_stats
             from flywheel.data.store import EpisodeStore
@@ -139,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             added = import_mcap(args.bag, args.store, spec=spec, max_age=args.max_age, source=args.source)
             print(f"imported {len(added)} episodes into {args.store}")
             return 0
-    except (StoreError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"flywheel-data {args.command}: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - one clear line, never a traceback
+        what = "" if isinstance(e, (StoreError, OSError, ValueError, KeyError)) else f"{type(e).__name__}: "
+        msg = " ".join((e.args[0] if isinstance(e, KeyError) and e.args else str(e)).split())
+        print(f"flywheel-data {args.command}: {what}{msg}", file=sys.stderr)
         return 2
     return 2
 

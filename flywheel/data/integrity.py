@@ -17,23 +17,32 @@ class Problem:
     severity: str  # "error" (data is wrong or unreadable) or "warning" (leftovers, nothing lost)
     where: str
     what: str
+    episodes: tuple[int, ...] = ()  # the committed episodes it makes unreadable
 
     def __str__(self) -> str:
         return f"{self.severity.upper():7s} {self.where}: {self.what}"
 
 
 def check_store(path: str, *, decode_images: bool = True, max_problems: int = 100) -> list[Problem]:
-    """Every problem found in the store at ``path`` (empty list: healthy)."""
+    """Every problem found in the store at ``path`` (empty list: healthy); damaged episodes are named.
+
+    It keeps going past damage: each unreadable chunk is one problem naming its array, file and
+    episodes (at most ``max_problems`` listed), and a last problem lists every damaged episode.
+    """
+    from flywheel.data.damage import scan
+
     probs: list[Problem] = []
 
-    def add(sev: str, where: str, what: str) -> None:
+    def add(sev: str, where: str, what: str, episodes: tuple[int, ...] = ()) -> None:
         if len(probs) < max_problems:
-            probs.append(Problem(sev, where, what))
+            probs.append(Problem(sev, where, what, episodes))
 
+    if _is_local(path) and (_local_path(path) / "zarr.json").exists():
+        _check_journal(path, add)
     try:
         s = EpisodeStore(path, "r")
     except Exception as e:  # noqa: BLE001 - report whatever stops the store from opening
-        return [Problem("error", path, f"cannot open the store: {type(e).__name__}: {e}")]
+        return [*probs, Problem("error", path, f"cannot open the store: {e}")]
     t = s.num_steps
     ends = s.episode_ends
     if np.any(np.diff(np.concatenate([[0], ends])) <= 0):
@@ -42,66 +51,61 @@ def check_store(path: str, *, decode_images: bool = True, max_problems: int = 10
     for r in s.records:
         where = f"episode {r.index}"
         if (r.start, r.end) != (prev, int(ends[r.index])):
-            add("error", where, f"record spans [{r.start}, {r.end}) but episode_ends give [{prev}, {ends[r.index]})")
+            add("error", where, f"record spans [{r.start}, {r.end}) but episode_ends give [{prev}, {ends[r.index]})",
+                (r.index,))
         prev = int(ends[r.index])
         if r.source not in ("human", "policy", "rl"):
             add("error", where, f"unknown source {r.source!r}")
+        if r.quarantined:
+            add("warning", where, f"quarantined: {r.quarantined}")
     for key in s.keys:
         try:
             a = s._array(key)
-        except Exception as e:  # noqa: BLE001
-            add("error", f"data/{key}", f"cannot open: {e}")
+        except Exception:  # noqa: BLE001 - scan() reports it with the episodes it costs
             continue
         spec = s.array_specs[key]
         if a.shape[0] < t:
-            add("error", f"data/{key}", f"holds {a.shape[0]} steps but {t} are committed")
+            add("error", f"data/{key}", f"holds {a.shape[0]} steps but {t} are committed", tuple(range(len(ends))))
             continue
         if a.shape[0] > t:
             add("warning", f"data/{key}", f"{a.shape[0] - t} uncommitted steps beyond the end (a writer "
                 "is active or crashed; the next writer truncates them)")
         if tuple(a.shape[1:]) != tuple(spec.shape) or np.dtype(a.dtype) != np.dtype(spec.dtype):
             add("error", f"data/{key}", f"shape/dtype {a.shape[1:]}/{a.dtype} contradict the spec "
-                f"{tuple(spec.shape)}/{spec.dtype}")
-            continue
-        if key.startswith(("images/", "depth/")):
-            _check_images(s, key, t, decode_images, add)
-        else:
-            try:
-                v = s.read(key, 0, t)
-            except Exception as e:  # noqa: BLE001
-                add("error", f"data/{key}", f"unreadable: {type(e).__name__}: {e}")
-                continue
-            if v.dtype.kind == "f" and key != "timestamp":
-                bad = ~np.isfinite(v.reshape(t, -1)).all(axis=1)
-                if bad.any():
-                    add("error", f"data/{key}", f"NaN/Inf at {int(bad.sum())} steps, first {int(np.argmax(bad))}")
-            if key == "action" and t and np.abs(v).max() > 1 + 1e-6:
-                add("error", "data/action", f"values outside [-1, 1] (max {float(np.abs(v).max()):.3g})")
+                f"{tuple(spec.shape)}/{spec.dtype}", tuple(range(len(ends))))
+    quarantined = {r.index for r in s.records if r.quarantined}
+    for d in scan(s, decode_images=decode_images):
+        fresh = tuple(i for i in d.episodes if i not in quarantined)
+        add("error" if fresh else "warning", d.array, f"steps [{d.start}, {d.end}) of episode(s) "
+            f"{_span(d.episodes)}: {d.what} ({d.file})", fresh)
     if _is_local(path):
         partial = list(_local_path(path).rglob("*.partial"))
         if partial:
             add("warning", str(partial[0].parent), f"{len(partial)} temporary *.partial files of an "
                 "interrupted write (removed by the next writer)")
+    damaged = sorted({i for p in probs if p.severity == "error" for i in p.episodes})
+    if damaged:
+        probs.append(Problem("error", path, f"{len(damaged)} damaged episodes: {_span(damaged)}; "
+                             f"`flywheel-data repair {path}` quarantines them", tuple(damaged)))
     return probs
 
 
-def _check_images(s: EpisodeStore, key: str, t: int, decode: bool, add) -> None:
-    if _is_local(s.path):
-        root = _local_path(s.path) / "data" / key / "c"
-        tail = "/".join(["0"] * len(s.array_specs[key].shape))
-        missing = [i for i in range(t) if not (root / str(i) / tail).is_file()]
-        if missing:
-            add("error", f"data/{key}", f"{len(missing)} image chunks missing, first at step {missing[0]}")
-    if decode:
-        for i in range(t):
-            try:
-                img = s.read_image(key, i)
-            except Exception as e:  # noqa: BLE001
-                add("error", f"data/{key}", f"step {i} does not decode: {type(e).__name__}: {e}")
-                return
-            if img.shape != tuple(s.array_specs[key].shape):
-                add("error", f"data/{key}", f"step {i} decodes to shape {img.shape}")
-                return
+def _span(idx: list[int] | tuple[int, ...], most: int = 20) -> str:
+    return ", ".join(map(str, idx[:most])) + (f" ... ({len(idx)} in all)" if len(idx) > most else "")
+
+
+def _check_journal(path: str, add) -> None:
+    from flywheel.data import journal
+
+    st = journal.read_journal(_local_path(path))
+    if not journal.journal_path(_local_path(path)).exists():
+        add("warning", journal.JOURNAL, "no journal (a store from before journals): damaged metadata cannot be "
+            "rebuilt; the next writer writes one")
+    elif not st.usable:
+        add("error", journal.JOURNAL, f"does not read ({st.error}); the next writer rebuilds it")
+    elif st.bad_lines:
+        add("warning", journal.JOURNAL, f"{st.bad_lines} unreadable lines after episode {st.num_episodes - 1} "
+            "(a torn append; the next writer rebuilds it)")
 
 
 def summarize(path: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Layout (``PATH`` is a local directory or any fsspec URL zarr supports)::
 
     PATH/                         root attributes ``flywheel_store``: schema version, rig spec (JSON),
                                   image codec, and the commit record {num_episodes, num_steps}
-      data/state/<name>           (T, ...) float32, Blosc-zstd, chunked along time
+      data/state/<name>           (T, ...) float32, Blosc-zstd, chunked along time (LOWDIM_CHUNK steps)
       data/images/<camera>        (T, H, W, 3) uint8, one JPEG (or JPEG-XL / PNG) image per chunk
       data/depth/<camera>         (T, H, W) uint16, Blosc-zstd, one image per chunk
       data/action                 (T, 7) float32, the spec's normalised action
@@ -13,14 +13,22 @@ Layout (``PATH`` is a local directory or any fsspec URL zarr supports)::
       data/timestamp              (T,) float64      measurement time of the step, s (epoch)
       meta/episode_ends           (E,) int64        cumulative step counts (diffusion_policy's ReplayBuffer)
       meta/episodes               (E,) str          one JSON record per episode (see EpisodeRecord)
+      journal.jsonl               a redundant copy of the commit metadata (local stores; see journal.py)
 
-Crash safety. Step data of a new episode is written beyond the committed end;
-``meta/*`` rows beyond the committed count; then the commit record in the root
-attributes is replaced in one small atomic write (zarr's local store writes a
-temporary file and renames it). Readers trust only the commit record, so a
-writer killed at any point leaves every committed episode readable; the next
-writer truncates the uncommitted tail. Chunks shared with committed steps are
+Crash safety. Step data of a new episode is written beyond the committed end, ``meta/*``
+rows beyond the committed count, then the journal line, then the commit record in the root
+attributes is replaced in one atomic write (temporary file, rename). Readers trust only the
+commit record, so a writer killed at any point leaves every committed episode readable; the
+next writer truncates the uncommitted tail. Chunks shared with committed steps are
 rewritten atomically too, so no torn chunk can damage committed data.
+
+Damage (a bad disk, a stray ``dd``) is contained and named. A low-dimensional
+chunk spans ``LOWDIM_CHUNK`` steps, so a damaged one costs only the episodes
+overlapping those steps; an image chunk is one step. Every read error names the
+array, the episodes and the chunk file; ``flywheel-data check`` lists the
+damaged episodes, and ``flywheel-data repair`` rebuilds damaged metadata from
+the journal and quarantines damaged episodes (``EpisodeRecord.quarantined``:
+:meth:`EpisodeStore.select` and iteration skip them), leaving the rest readable.
 
 One writer at a time (an exclusive ``flock`` on ``PATH.writer.lock`` for local
 stores), any number of readers; readers call :meth:`EpisodeStore.refresh` to
@@ -29,104 +37,45 @@ see newly committed episodes.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
-import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from flywheel.data import journal
+from flywheel.data.store_layout import (
+    ARRAY_CONFIG,
+    IMAGE_FLUSH,
+    LOWDIM_CHUNK,
+    MAX_PENDING_IMAGES,
+    META_FIELDS,
+    ROOT_ATTR,
+    SCHEMA_VERSION,
+    SOURCES,
+    STEP_KEYS,
+    EpisodeRecord,
+    StoreError,
+    StoreLocked,
+    WriterLock,
+    check_meta,
+    chunk_file,
+    create_store,
+    is_local,
+    local_path,
+    spec_arrays,
+)
+from flywheel.data.store_writer import EpisodeWriter, truncate_uncommitted, write_episode
 from rig.spec import ArraySpec, RigSpec, SpecError, check_compatible
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-ROOT_ATTR = "flywheel_store"
-SOURCES = ("human", "policy", "rl")
-STEP_KEYS = ("reward", "intervention", "timestamp")
-LOWDIM_CHUNK = 4096  # steps per chunk of low-dimensional arrays
-IMAGE_FLUSH = 16  # images buffered per camera before they are written (zarr path: remote stores, depth)
-MAX_PENDING_IMAGES = 64  # images being encoded at once (direct path) before add() waits
-
-
-class StoreError(RuntimeError):
-    """The store cannot do what was asked (missing, locked, corrupt, disk full...)."""
-
-
-class StoreLocked(StoreError):
-    """Another writer holds the store."""
-
-
-@dataclass
-class EpisodeRecord:
-    """What the store knows about one episode besides its step arrays."""
-
-    index: int = -1
-    start: int = 0  # first step (global index into data/*)
-    end: int = 0  # one past the last step
-    task: str = ""
-    instruction: str = ""
-    success: bool | None = None
-    source: str = "human"  # human | policy | rl
-    policy_version: str = ""
-    rig_id: str = ""
-    camera_ids: dict[str, str] = field(default_factory=dict)  # camera name -> serial / id
-    calibration_id: str = ""
-    notes: str = ""
-    started_at: float = 0.0  # wall time, s since the epoch
-    committed_at: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> EpisodeRecord:
-        d = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-META_FIELDS = tuple(f.name for f in fields(EpisodeRecord) if f.name not in ("index", "start", "end"))
-
-
-def _check_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(meta) - set(META_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown episode metadata {unknown}: valid fields are {list(META_FIELDS)}; "
-            "put anything else in extra={...}"
-        )
-    if "source" in meta and meta["source"] not in SOURCES:
-        raise ValueError(f"episode source {meta['source']!r} must be one of {SOURCES}")
-    if "success" in meta and meta["success"] is not None:
-        meta = {**meta, "success": bool(meta["success"])}
-    try:
-        json.dumps({k: v for k, v in meta.items()})
-    except TypeError as e:
-        raise ValueError(f"episode metadata must be JSON-serialisable: {e}") from None
-    return dict(meta)
-
-
-def _is_local(path: str | os.PathLike) -> bool:
-    s = str(path)
-    return "://" not in s or s.startswith("file://")
-
-
-def _local_path(path: str | os.PathLike) -> Path:
-    s = str(path)
-    return Path(s[len("file://") :] if s.startswith("file://") else s)
+# names other modules import from here
+_is_local, _local_path = is_local, local_path
+__all__ = ["IMAGE_FLUSH", "LOWDIM_CHUNK", "MAX_PENDING_IMAGES", "SCHEMA_VERSION", "SOURCES", "STEP_KEYS",
+           "Episode", "EpisodeRecord", "EpisodeStore", "EpisodeWriter", "StoreError", "StoreLocked"]
 
 
 class Episode:
@@ -157,6 +106,10 @@ class Episode:
         return f"Episode({r.index}, task={r.task!r}, source={r.source}, success={r.success}, steps={len(self)})"
 
 
+def _repair_hint(path: str) -> str:
+    return f"run `flywheel-data check {path}` (and `flywheel-data repair {path}`)"
+
+
 class EpisodeStore:
     """A zarr v3 episode store. See the module docstring for the layout and guarantees.
 
@@ -180,10 +133,11 @@ class EpisodeStore:
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         self.path = str(path)
         self.mode = mode
-        self._lock_fd: int | None = None
+        self._lock = WriterLock(self.path)
         self._executor: ThreadPoolExecutor | None = None
         self._read_codecs: dict[str, Any] = {}
-        self._local_root = str(_local_path(path)) if _is_local(path) else ""
+        self._local_root = str(local_path(path)) if is_local(path) else ""
+        self._journal_root = self._local_root if mode != "r" else ""
         self._arrays: dict[str, Any] = {}
         self._writer: EpisodeWriter | None = None
         self._records: list[EpisodeRecord] = []
@@ -193,8 +147,6 @@ class EpisodeStore:
 
     # ------------------------------------------------------------------ open
     def _open(self, spec, image_codec, image_quality, lowdim_chunk, extra_specs) -> None:
-        import zarr
-
         from flywheel.data import codecs
 
         codecs.register()
@@ -202,13 +154,13 @@ class EpisodeStore:
         if self.mode == "r" and not exists:
             raise StoreError(f"no episode store at {self.path} (create one with mode='a' or 'w')")
         if self.mode != "r":
-            self._acquire_lock()
+            self._lock.acquire()
         try:
             if self.mode == "w" or not exists:
                 if spec is None:
                     raise SpecError(f"creating the store {self.path} needs spec=RigSpec(...)")
-                self._create(spec, image_codec, image_quality, lowdim_chunk, extra_specs)
-            self.root = zarr.open_group(self.path, mode="r" if self.mode == "r" else "r+")
+                create_store(self.path, spec, image_codec, image_quality, lowdim_chunk, extra_specs)
+            self.root = self._open_root()
             info = self.root.attrs.get(ROOT_ATTR)
             if info is None:
                 raise StoreError(f"{self.path} is a zarr group but not a flywheel episode store")
@@ -225,14 +177,25 @@ class EpisodeStore:
             self.extra_specs = {k: ArraySpec(**v) for k, v in info.get("extra_specs", {}).items()}
             self.refresh()
             if self.mode != "r":
-                self._truncate_uncommitted()
+                truncate_uncommitted(self)
+                if self._journal_root:
+                    journal.sync(self._journal_root, dict(info), self.array_names, self._records)
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
 
+    def _open_root(self) -> Any:
+        import zarr
+
+        try:
+            return zarr.open_group(self.path, mode="r" if self.mode == "r" else "r+")
+        except Exception as e:  # noqa: BLE001 - a damaged zarr.json raises whatever its parser raises
+            raise StoreError(f"{self.path}: the store's root metadata ({self.path}/zarr.json) does not read "
+                             f"({type(e).__name__}: {e}); {_repair_hint(self.path)}") from e
+
     def _exists(self) -> bool:
-        if _is_local(self.path):
-            return (_local_path(self.path) / "zarr.json").exists()
+        if is_local(self.path):
+            return (local_path(self.path) / "zarr.json").exists()
         import zarr
 
         try:
@@ -241,125 +204,13 @@ class EpisodeStore:
         except Exception:
             return False
 
-    def _create(self, spec, image_codec, image_quality, lowdim_chunk, extra_specs) -> None:
-        import zarr
-        from zarr.codecs import BloscCodec
-
-        from flywheel.data import codecs
-
-        root = zarr.open_group(self.path, mode="w")
-        blosc = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-        img = codecs.image_codec(image_codec, image_quality)
-        for key, s in {**self._spec_arrays(spec), **extra_specs}.items():
-            shape = (0, *s.shape)
-            if key.startswith("images/"):
-                root.create_array(f"data/{key}", shape=shape, chunks=(1, *s.shape), dtype=s.dtype,
-                                  serializer=img, compressors=None, fill_value=0)
-            elif key.startswith("depth/"):
-                root.create_array(f"data/{key}", shape=shape, chunks=(1, *s.shape), dtype=s.dtype,
-                                  compressors=[blosc], fill_value=0)
-            else:
-                root.create_array(f"data/{key}", shape=shape, chunks=(lowdim_chunk, *s.shape),
-                                  dtype=s.dtype, compressors=[blosc], fill_value=0)
-        root.create_array("meta/episode_ends", shape=(0,), chunks=(1024,), dtype="int64",
-                          compressors=[blosc], fill_value=0)
-        root.create_array("meta/episodes", shape=(0,), chunks=(256,), dtype=str)
-        root.attrs[ROOT_ATTR] = {
-            "schema_version": SCHEMA_VERSION,
-            "spec": spec.to_dict(),
-            "image_codec": img.to_dict(),
-            "extra_specs": {k: asdict(v) for k, v in extra_specs.items()},
-            "created_at": time.time(),
-            "commit": {"num_episodes": 0, "num_steps": 0},
-        }
-
-    @staticmethod
-    def _spec_arrays(spec: RigSpec) -> dict[str, ArraySpec]:
-        return {
-            **spec.observation_specs(),
-            "action": spec.action_spec(),
-            "reward": ArraySpec("reward", (), "float32", "1", "per-step reward"),
-            "intervention": ArraySpec("intervention", (), "bool", "", "a human had control"),
-            "timestamp": ArraySpec("timestamp", (), "float64", "s", "measurement time"),
-        }
-
-    def _acquire_lock(self) -> None:
-        if not _is_local(self.path):
-            log.warning("no writer lock on remote store %s: make sure only one writer appends", self.path)
-            return
-        p = _local_path(self.path)
-        lock = p.parent / (p.name + ".writer.lock")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o664)
-        except OSError as e:
-            raise StoreError(f"cannot open the writer lock {lock}: {e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreLocked(
-                f"episode store {self.path} is being written by another process ({holder or 'unknown'}); "
-                "open it with mode='r' to read, or stop the other writer"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def _truncate_uncommitted(self) -> None:
-        """Drop whatever a crashed writer left beyond the committed end."""
-        n, t = self.num_episodes, self.num_steps
-        dropped = False
-        for key in self.keys:
-            a = self._array(key)
-            if a.shape[0] != t:
-                dropped = dropped or a.shape[0] > t
-                a.resize((t, *a.shape[1:]))
-        for name, size in (("meta/episode_ends", n), ("meta/episodes", n)):
-            a = self.root[name]
-            if a.shape[0] != size:
-                dropped = True
-                a.resize((size,))
-        if _is_local(self.path):
-            for tmp in _local_path(self.path).rglob("*.partial"):
-                tmp.unlink(missing_ok=True)
-                dropped = True
-            self._delete_chunks_beyond(t)
-        if dropped:
-            log.warning("%s: dropped the uncommitted tail a previous writer left behind", self.path)
-        self._arrays.clear()
-
     def _direct_codec(self, key: str) -> Any:
         """The image codec of ``key`` when its chunks can be written as plain local files."""
-        if not _is_local(self.path) or not key.startswith("images/"):
+        if not is_local(self.path) or not key.startswith("images/"):
             return None
         from flywheel.data.codecs import codec_from_metadata
 
         return codec_from_metadata(self._array(key).metadata.codecs)
-
-    def _chunk_path(self, key: str, step: int) -> Path:
-        return _local_path(self.path) / "data" / key / "c" / str(step) / "0" / "0" / "0"
-
-    def _write_chunk(self, key: str, step: int, codec: Any, img: np.ndarray) -> None:
-        """Encode one image and write its chunk file atomically (temporary file, then rename)."""
-        data = codec.encode_image(img)
-        path = self._chunk_path(key, step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -367,28 +218,20 @@ class EpisodeStore:
                                                 thread_name_prefix="store-encode")
         return self._executor
 
-    def _delete_chunks_beyond(self, t: int) -> None:
-        """Remove image chunk files at steps >= t (left by an aborted or crashed writer)."""
-        if not _is_local(self.path):
-            return
-        import shutil
-
-        for key in self.image_keys:
-            root = _local_path(self.path) / "data" / key / "c"
-            if root.is_dir():
-                for d in root.iterdir():
-                    if d.name.isdigit() and int(d.name) >= t:
-                        shutil.rmtree(d, ignore_errors=True)
-
     # ---------------------------------------------------------------- access
     @property
     def keys(self) -> list[str]:
         """Every per-step array: observation keys, action, reward, intervention, timestamp, extras."""
-        return [*self._spec_arrays(self.spec), *self.extra_specs]
+        return [*spec_arrays(self.spec), *self.extra_specs]
 
     @property
     def array_specs(self) -> dict[str, ArraySpec]:
-        return {**self._spec_arrays(self.spec), **self.extra_specs}
+        return {**spec_arrays(self.spec), **self.extra_specs}
+
+    @property
+    def array_names(self) -> list[str]:
+        """Every zarr array of the store, by its path under the root."""
+        return [*(f"data/{k}" for k in self.keys), "meta/episode_ends", "meta/episodes"]
 
     @property
     def image_keys(self) -> list[str]:
@@ -414,7 +257,7 @@ class EpisodeStore:
         import zarr
 
         if self.mode == "r":
-            self.root = zarr.open_group(self.path, mode="r")
+            self.root = self._open_root()
         commit = self.root.attrs[ROOT_ATTR]["commit"]
         n, t = int(commit["num_episodes"]), int(commit["num_steps"])
         if n == len(self._records) and t == self.num_steps:
@@ -422,16 +265,21 @@ class EpisodeStore:
         if n < len(self._records):
             raise StoreError(f"{self.path}: committed episodes went from {len(self._records)} to {n}; "
                              "was the store replaced?")
-        ends_arr = zarr.open_array(self.path, path="meta/episode_ends", mode="r")
-        recs_arr = zarr.open_array(self.path, path="meta/episodes", mode="r")
         old = len(self._records)
-        ends = np.asarray(ends_arr[:n], np.int64)
-        texts = recs_arr[old:n] if n > old else []
+        name = "meta/episode_ends"
+        try:
+            ends = np.asarray(zarr.open_array(self.path, path=name, mode="r")[:n], np.int64)
+            name = "meta/episodes"
+            texts = zarr.open_array(self.path, path=name, mode="r")[old:n] if n > old else []
+            records = [EpisodeRecord.from_json(str(s)) for s in texts]
+        except Exception as e:  # noqa: BLE001 - name the metadata that does not read
+            raise StoreError(f"{self.path}: the episode metadata {name} ({self.path}/{name}) does not read "
+                             f"({type(e).__name__}: {e}); {_repair_hint(self.path)}") from e
         if n and int(ends[-1]) != t:
             raise StoreError(f"{self.path}: episode_ends[-1]={int(ends[-1])} disagrees with the commit "
-                             f"record ({t} steps); run `flywheel-data check {self.path}`")
+                             f"record ({t} steps); {_repair_hint(self.path)}")
         self._ends = ends
-        self._records.extend(EpisodeRecord.from_json(str(s)) for s in texts)
+        self._records.extend(records)
         self.num_steps = t
         self._arrays.clear()
         return True
@@ -443,9 +291,32 @@ class EpisodeStore:
 
             if key not in self.array_specs:
                 raise KeyError(f"{key!r} is not an array of this store; keys: {self.keys}")
-            a = zarr.open_array(self.path, path=f"data/{key}", mode="r" if self.mode == "r" else "r+")
+            try:
+                a = zarr.open_array(self.path, path=f"data/{key}", mode="r" if self.mode == "r" else "r+")
+                a = a.with_config(ARRAY_CONFIG)  # open_array ignores a config argument
+            except Exception as e:  # noqa: BLE001
+                raise StoreError(f"{self.path}: the metadata of array data/{key} ({self.path}/data/{key}/zarr.json)"
+                                 f" does not read ({type(e).__name__}: {e}); {_repair_hint(self.path)}") from e
             self._arrays[key] = a
         return a
+
+    def episodes_at(self, start: int, end: int) -> list[int]:
+        """Indices of the committed episodes that overlap steps [start, end)."""
+        if end <= start:
+            return []
+        lo = int(np.searchsorted(self._ends, start, side="right"))
+        hi = int(np.searchsorted(self._ends, end - 1, side="right"))
+        return list(range(lo, min(hi, self.num_episodes - 1) + 1))
+
+    def chunk_steps(self, key: str) -> int:
+        """Steps per chunk of array ``key``."""
+        return int(self._array(key).chunks[0])
+
+    def chunk_files(self, key: str, start: int, end: int) -> list[tuple[int, str]]:
+        """(chunk index, file) of the chunks holding steps [start, end) of ``key`` (local stores)."""
+        c = self.chunk_steps(key)
+        dims = len(self.array_specs[key].shape)
+        return [(i, chunk_file(f"{self._local_root}/data", key, dims, i)) for i in range(start // c, (end - 1) // c + 1)]
 
     def read(self, key: str, start: int, end: int) -> np.ndarray:
         """Steps [start, end) of one array (committed steps only)."""
@@ -453,7 +324,32 @@ class EpisodeStore:
             raise IndexError(f"steps [{start}, {end}) outside the committed range [0, {self.num_steps})")
         if end > start and key.startswith("images/") and self._direct_codec(key) is not None:
             return np.stack([self.read_image(key, i) for i in range(start, end)])  # faster than zarr's pipeline
-        return np.asarray(self._array(key)[start:end])
+        arr = self._array(key)
+        if end > start and self._local_root and self.info.get("every_chunk_written"):
+            for _, f in self.chunk_files(key, start, end):  # zarr would read a missing chunk as zeros
+                if not os.path.exists(f):
+                    raise self._damage(key, start, end, f"its chunk file {f} is missing")
+        try:
+            return np.asarray(arr[start:end])
+        except Exception as e:  # noqa: BLE001 - codec errors name no file: find it and say so
+            raise self._damage(key, start, end, self._locate(key, start, end) or f"{type(e).__name__}: {e}") from e
+
+    def _damage(self, key: str, start: int, end: int, what: str) -> StoreError:
+        eps = self.episodes_at(start, end)
+        return StoreError(f"{self.path}: data/{key}, steps [{start}, {end}) of episode(s) {eps[:10]}, does not "
+                          f"read: {what}; {_repair_hint(self.path)}")
+
+    def _locate(self, key: str, start: int, end: int) -> str:
+        """Which chunk file of [start, end) does not decode, and why ('' if none is found)."""
+        if not self._local_root:
+            return ""
+        arr, c = self._array(key), self.chunk_steps(key)
+        for i, f in self.chunk_files(key, start, end):
+            try:
+                np.asarray(arr[i * c:min((i + 1) * c, self.num_steps)])
+            except Exception as e:  # noqa: BLE001
+                return f"chunk file {f} does not decode ({type(e).__name__}: {e})"
+        return ""
 
     def read_image(self, key: str, step: int) -> np.ndarray:
         """One image by global step index; decodes the chunk file directly when the store is local."""
@@ -466,11 +362,15 @@ class EpisodeStore:
             f = f"{self._local_root}/data/{key}/c/{step}/0/0/0"  # str, not pathlib: this is the hot path
             try:
                 with open(f, "rb") as fh:
-                    return codec.decode_image(fh.read())
+                    data = fh.read()
             except FileNotFoundError:
-                raise StoreError(f"{self.path}: the image chunk of committed step {step} of {key} is missing "
-                                 f"({f}); run `flywheel-data check {self.path}`") from None
-        return np.asarray(self._array(key)[step])
+                raise self._damage(key, step, step + 1, f"its image chunk {f} is missing") from None
+            try:
+                return codec.decode_image(data)
+            except Exception as e:  # noqa: BLE001
+                raise self._damage(key, step, step + 1, f"the image chunk {f} does not decode "
+                                   f"({type(e).__name__}: {e})") from e
+        return self.read(key, step, step + 1)[0]
 
     def record(self, i: int) -> EpisodeRecord:
         if not -self.num_episodes <= i < self.num_episodes:
@@ -484,7 +384,8 @@ class EpisodeStore:
         return self.episode(i)
 
     def __iter__(self) -> Iterator[Episode]:
-        for i in range(self.num_episodes):
+        """Every committed episode but the quarantined ones."""
+        for i in self.select():
             yield self.episode(i)
 
     def select(self, **filters: Any) -> list[int]:
@@ -492,13 +393,16 @@ class EpisodeStore:
 
         A filter value may be a scalar (equality) or a list/tuple/set (membership);
         e.g. ``select(success=True, source=["human", "rl"], task="pick_cube")``.
+        Quarantined episodes are left out unless a ``quarantined`` filter asks for them.
         """
-        valid = set(META_FIELDS) | {"index"}
+        valid = set(META_FIELDS) | {"index", "quarantined"}
         unknown = sorted(set(filters) - valid)
         if unknown:
             raise ValueError(f"unknown filter {unknown}: filter on {sorted(valid)}")
         out = []
         for r in self._records:
+            if r.quarantined and "quarantined" not in filters:
+                continue
             ok = True
             for k, want in filters.items():
                 have = getattr(r, k)
@@ -517,8 +421,8 @@ class EpisodeStore:
 
     def nbytes_stored(self) -> int:
         """Bytes on disk (local stores) or the sum of stored objects."""
-        if _is_local(self.path):
-            return sum(f.stat().st_size for f in _local_path(self.path).rglob("*") if f.is_file())
+        if is_local(self.path):
+            return sum(f.stat().st_size for f in local_path(self.path).rglob("*") if f.is_file())
         return int(sum(self._array(k).nbytes_stored() for k in self.keys))
 
     def nbytes_raw(self) -> int:
@@ -531,7 +435,7 @@ class EpisodeStore:
         self._check_writable()
         if self._writer is not None and not self._writer.closed:
             raise StoreError("an episode is already being written: commit() or abort() it first")
-        self._writer = EpisodeWriter(self, _check_meta(meta))
+        self._writer = EpisodeWriter(self, check_meta(meta))
         return self._writer
 
     def add_episode(self, arrays: Mapping[str, Any], **meta: Any) -> int:
@@ -542,41 +446,16 @@ class EpisodeStore:
         """
         self._check_writable()
         success = meta.pop("success", None)
-        meta = _check_meta(meta)
-        specs = self.array_specs
-        unknown = sorted(set(arrays) - set(specs))
-        if unknown:
-            raise SpecError(f"unknown keys {unknown}: this store holds {list(specs)}")
-        required = [*self.spec.observation_specs(), "action", *self.extra_specs]
-        missing = [k for k in required if k not in arrays]
-        if missing:
-            raise SpecError(f"episode misses keys {missing} (rig spec {self.spec.name!r})")
-        lengths = {k: len(np.asarray(v)) for k, v in arrays.items()}
-        n = lengths["action"]
-        bad = {k: v for k, v in lengths.items() if v != n}
-        if bad:
-            raise SpecError(f"arrays disagree on the episode length: action has {n} steps, {bad}")
-        if n == 0:
-            raise SpecError("an episode needs at least one step")
-        now = time.time()
-        defaults = {
-            "reward": np.zeros(n, np.float32),
-            "intervention": np.zeros(n, bool),
-            "timestamp": now + np.arange(n) / float(self.spec.action.control_hz),
-        }
-        cols = {k: np.asarray(arrays.get(k, defaults.get(k))) for k in specs}
-        for k in STEP_KEYS:
-            cols[k] = cols[k].astype(specs[k].dtype)
-        for k, s in specs.items():
-            _check_steps(s, cols[k], self.spec)
-        w = self.begin_episode(**meta)
-        try:
-            w._extend(cols)
-            return w.commit(success=success)
-        except BaseException:
-            if not w.closed:
-                w.abort()
-            raise
+        return write_episode(self, arrays, success, meta)
+
+    def quarantine(self, i: int, reason: str) -> None:
+        """Set episode ``i`` aside (``select`` and iteration skip it); recorded in meta/episodes and the journal."""
+        self._check_writable()
+        rec = EpisodeRecord.from_dict({**self.record(i).to_dict(), "quarantined": reason or "damaged"})
+        self.root["meta/episodes"][rec.index] = rec.to_json()
+        if self._journal_root:
+            journal.append(self._journal_root, {"update": rec.to_dict()})
+        self._records[rec.index] = rec
 
     def _check_writable(self) -> None:
         if self.mode == "r":
@@ -597,7 +476,7 @@ class EpisodeStore:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._release_lock()
+        self._lock.release()
         self._arrays.clear()
         self.root = None
 
@@ -613,248 +492,9 @@ class EpisodeStore:
 
     def __del__(self) -> None:
         try:
-            self._release_lock()
+            self._lock.release()
         except Exception:
             pass
 
     def __repr__(self) -> str:
         return f"EpisodeStore({self.path!r}, mode={self.mode!r}, episodes={self.num_episodes}, steps={self.num_steps})"
-
-
-def _check_steps(s: ArraySpec, arr: np.ndarray, spec: RigSpec) -> None:
-    """Check a (T, ...) column against its per-step spec."""
-    if arr.shape[1:] != tuple(s.shape):
-        raise SpecError(f"{s.key}: expected per-step shape {tuple(s.shape)}, got {arr.shape[1:]} "
-                        f"(array of shape {arr.shape})")
-    if arr.dtype != np.dtype(s.dtype):
-        raise SpecError(f"{s.key}: expected dtype {s.dtype}, got {arr.dtype}")
-    if arr.dtype.kind == "f" and s.key != "timestamp" and not np.all(np.isfinite(arr)):
-        bad = np.flatnonzero(~np.all(np.isfinite(arr.reshape(len(arr), -1)), axis=1))
-        raise SpecError(f"{s.key}: contains NaN or Inf at steps {bad[:10].tolist()}")
-    if s.key == "action" and np.any(np.abs(arr) > 1.0 + 1e-6):
-        raise SpecError(f"action: values outside [-1, 1] (max |a| = {float(np.abs(arr).max()):.3g}); "
-                        "the spec's action is normalised, see ActionSpec.from_target")
-
-
-def _done_future() -> Future:
-    f: Future = Future()
-    f.set_exception(OSError("image write pending a retry"))
-    return f
-
-
-class EpisodeWriter:
-    """Appends steps of one episode; images are encoded and written as they come in.
-
-    Low-dimensional steps are buffered in memory and written at :meth:`commit`;
-    images are encoded and written beyond the committed end as they come (local stores:
-    on a thread pool, at most ``MAX_PENDING_IMAGES`` in flight; otherwise through zarr
-    every ``IMAGE_FLUSH`` frames).
-    """
-
-    def __init__(self, store: EpisodeStore, meta: dict[str, Any]) -> None:
-        self.store = store
-        self.meta = meta
-        self.start = store.num_steps
-        self.started_at = time.time()
-        self.closed = False
-        specs = store.array_specs
-        self._image_keys = [k for k in specs if k.startswith(("images/", "depth/"))]
-        self._lowdim_keys = [k for k in specs if k not in self._image_keys]
-        self._low: dict[str, list[np.ndarray]] = {k: [] for k in self._lowdim_keys}
-        self._img: dict[str, list[np.ndarray]] = {k: [] for k in self._image_keys}
-        self._img_written: dict[str, int] = dict.fromkeys(self._image_keys, 0)
-        # local stores: JPEG/PNG chunks are encoded on a thread pool and written straight to their
-        # chunk files (atomically, as zarr does), ~3x faster than zarr's per-chunk pipeline
-        self._direct = {k: c for k in self._image_keys if (c := store._direct_codec(k)) is not None}
-        self._jobs: dict[tuple[str, int], tuple[np.ndarray, Future]] = {}
-        self.num_steps = 0
-
-    # ------------------------------------------------------------------ add
-    def add(
-        self,
-        obs: Mapping[str, Any],
-        action: Any,
-        reward: float = 0.0,
-        intervention: bool = False,
-        timestamp: float | None = None,
-        **extras: Any,
-    ) -> None:
-        """Append one step.
-
-        Bad input raises SpecError and leaves the episode as it was. A failed write (disk
-        full, permissions) raises StoreError but keeps the step in memory: fix the cause and
-        go on; :meth:`commit` writes whatever is still pending.
-        """
-        self._check_open()
-        store = self.store
-        obs_specs = store.spec.observation_specs()
-        unknown = sorted(set(obs) - set(obs_specs))
-        if unknown:
-            raise SpecError(f"observation keys {unknown} are not in the rig spec {store.spec.name!r} "
-                            f"(expected {list(obs_specs)})")
-        store.spec.check_observation(obs)
-        a = np.asarray(action)
-        store.spec.action_spec().check(a)
-        if np.any(np.abs(a) > 1.0 + 1e-6):
-            raise SpecError(f"action: values outside [-1, 1]: {a.tolist()}")
-        missing_extra = [k for k in store.extra_specs if k not in extras]
-        unknown_extra = sorted(set(extras) - set(store.extra_specs))
-        if missing_extra or unknown_extra:
-            raise SpecError(f"extra step arrays: missing {missing_extra}, unknown {unknown_extra}")
-        for k, v in extras.items():
-            store.extra_specs[k].check(v)
-        if not np.isfinite(reward):
-            raise SpecError(f"reward: must be finite, got {reward}")
-        step = {
-            **{k: np.array(v, copy=True) for k, v in obs.items()},
-            "action": np.array(a, copy=True),
-            "reward": np.float32(reward),
-            "intervention": np.bool_(intervention),
-            "timestamp": np.float64(time.time() if timestamp is None else timestamp),
-            **{k: np.array(v, copy=True) for k, v in extras.items()},
-        }
-        for k in self._lowdim_keys:
-            self._low[k].append(step[k])
-        for k in self._image_keys:
-            self._img[k].append(step[k])
-        self.num_steps += 1
-        self._flush_images(force=False)
-
-    def set_reward(self, step: int, reward: float) -> None:
-        """Change the reward of a step not yet committed (e.g. the success reward of the last step)."""
-        self._check_open()
-        if not -self.num_steps <= step < self.num_steps:
-            raise IndexError(f"step {step} outside this episode's {self.num_steps} steps")
-        self._low["reward"][step] = np.float32(reward)
-
-    def _extend(self, cols: Mapping[str, np.ndarray]) -> None:
-        """Append checked (T, ...) columns (used by add_episode)."""
-        n = len(cols["action"])
-        for k in self._lowdim_keys:
-            self._low[k].extend(list(cols[k]))
-        for k in self._image_keys:
-            self._img[k].extend(list(cols[k]))
-        self.num_steps += n
-        self._flush_images(force=False)
-
-    def _flush_images(self, force: bool = True) -> None:
-        """Hand buffered images to the encoders; ``force`` waits until every image is on disk."""
-        for k, codec in self._direct.items():
-            for img in self._img[k]:
-                step = self.start + self._img_written[k]
-                fut = self.store._pool().submit(self.store._write_chunk, k, step, codec, img)
-                self._jobs[(k, step)] = (img, fut)
-                self._img_written[k] += 1
-            self._img[k] = []
-        self._wait_jobs(0 if force else MAX_PENDING_IMAGES)
-        for k in self._image_keys:
-            frames = self._img[k]
-            if k in self._direct or not frames or (not force and len(frames) < IMAGE_FLUSH):
-                continue
-            arr = self.store._array(k)
-            lo = self.start + self._img_written[k]
-            hi = lo + len(frames)
-            try:
-                if arr.shape[0] < hi:
-                    arr.resize((hi, *arr.shape[1:]))
-                arr[lo:hi] = np.stack(frames)
-            except OSError as e:
-                raise StoreError(self._io_message(e)) from e
-            self._img_written[k] += len(frames)
-            self._img[k] = []
-
-    def _wait_jobs(self, keep: int) -> None:
-        """Wait until at most ``keep`` image writes are in flight; failed ones are retried once
-        here and otherwise kept (with their image) for the next call, and raise StoreError."""
-        error: OSError | None = None
-        for key in list(self._jobs):  # oldest first
-            img, fut = self._jobs[key]
-            if not fut.done() and len(self._jobs) <= keep:
-                continue  # still encoding, and within the in-flight budget
-            try:
-                fut.result()
-                del self._jobs[key]
-            except OSError:
-                try:  # one synchronous retry (the cause may be gone)
-                    self.store._write_chunk(key[0], key[1], self._direct[key[0]], img)
-                    del self._jobs[key]
-                except OSError as e:
-                    error = e
-                    self._jobs[key] = (img, _done_future())
-        if error is not None:
-            raise StoreError(self._io_message(error)) from error
-
-    def _io_message(self, e: OSError) -> str:
-        return (f"writing episode {self.store.num_episodes} to {self.store.path} failed: {e}. "
-                f"Nothing of this episode was committed; the store still holds {self.store.num_episodes} "
-                "committed episodes. Free space / fix permissions and call commit() again, or abort().")
-
-    # --------------------------------------------------------------- commit
-    def commit(self, success: bool | None = None, **meta: Any) -> int:
-        """Write the rest of the episode and make it visible in one atomic step; returns its index."""
-        self._check_open()
-        if self.num_steps == 0:
-            raise StoreError("cannot commit an empty episode (add steps first, or abort())")
-        store = self.store
-        record_meta = {**self.meta, **_check_meta(meta)}
-        if success is not None:
-            record_meta["success"] = bool(success)
-        n, end = store.num_episodes, self.start + self.num_steps
-        rec = EpisodeRecord(index=n, start=self.start, end=end, started_at=self.started_at,
-                            committed_at=time.time(), **record_meta)
-        try:
-            self._flush_images()
-            for k in self._direct:  # their chunks are on disk: publish the array's new length
-                arr = store._array(k)
-                if arr.shape[0] < end:
-                    arr.resize((end, *arr.shape[1:]))
-            for k in self._lowdim_keys:
-                arr = store._array(k)
-                if arr.shape[0] < end:
-                    arr.resize((end, *arr.shape[1:]))
-                arr[self.start:end] = np.stack(self._low[k])
-            ends = store.root["meta/episode_ends"]
-            recs = store.root["meta/episodes"]
-            ends.resize((n + 1,))
-            ends[n] = end
-            recs.resize((n + 1,))
-            recs[n] = rec.to_json()
-            store._write_commit(n + 1, end)  # the commit point
-        except OSError as e:
-            raise StoreError(self._io_message(e)) from e
-        self.closed = True
-        store._records.append(rec)
-        store._ends = np.append(store._ends, np.int64(end))
-        store.num_steps = end
-        return n
-
-    def abort(self) -> None:
-        """Drop the episode; what was written beyond the committed end is truncated."""
-        if self.closed:
-            return
-        self.closed = True
-        for _, fut in self._jobs.values():
-            try:
-                fut.result()
-            except OSError:
-                pass
-        self._jobs.clear()
-        try:
-            for k in self._image_keys:
-                arr = self.store._array(k)
-                if arr.shape[0] > self.store.num_steps:
-                    arr.resize((self.store.num_steps, *arr.shape[1:]))
-            self.store._delete_chunks_beyond(self.store.num_steps)
-        except OSError as e:  # the next writer truncates
-            log.warning("%s: could not truncate the aborted episode: %s", self.store.path, e)
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise StoreError("this episode was already committed or aborted; begin_episode() a new one")
-
-    def __enter__(self) -> EpisodeWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if not self.closed:
-            self.abort()

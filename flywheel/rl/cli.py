@@ -256,10 +256,19 @@ def _learner_config(cfg: Any) -> LearnerConfig:
     return LearnerConfig(**OmegaConf.to_container(cfg.learner, resolve=True))
 
 
-def _transport_config(cfg: Any) -> TransportConfig:
+def _transport_config(cfg: Any, agent: Any) -> TransportConfig:
+    """The transport settings; an unset frame cap is sized from this agent's largest message (frame_cap)."""
     from omegaconf import OmegaConf
 
-    return TransportConfig(**OmegaConf.to_container(cfg.transport, resolve=True))
+    from flywheel.rl.buffers import transition_layout
+    from flywheel.rl.learner import weights_to_bytes
+    from flywheel.rl.transport import frame_cap
+
+    tcfg = TransportConfig(**OmegaConf.to_container(cfg.transport, resolve=True))
+    if not tcfg.max_frame_bytes:
+        tcfg.max_frame_bytes = frame_cap(transition_layout(agent.obs_shapes), int(cfg.send_every),
+                                         len(weights_to_bytes(agent)))
+    return tcfg
 
 
 # ------------------------------------------------------------------- roles
@@ -289,10 +298,10 @@ def run(cfg: Any) -> dict[str, Any]:
                       reward_fn=_reward_fn(cfg), seed=rng_seed, name=cfg.actor_name,
                       recorder=make_recorder(cfg, env))
         t0 = time.time()
-        with ActorEndpoint(_transport_config(cfg), cfg.actor_name) as ep:
+        with ActorEndpoint(_transport_config(cfg, agent), cfg.actor_name) as ep:
             run_actor(actor, ep, int(cfg.total_steps), send_every=int(cfg.send_every), progress=cfg.progress,
                       random_steps=int(cfg.learner.random_steps), rate_hz=float(cfg.actor_rate_hz))
-            results.update(sent=ep.sent, dropped=ep.dropped, rejected=ep.rejected)
+            results.update(sent=ep.sent, dropped=ep.dropped, **ep.counters)
         results.update(env_steps=actor.env_steps, episodes=actor.episodes,
                        steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))
         _write_results(out / f"results_{cfg.actor_name}.json", results)
@@ -330,11 +339,11 @@ def run(cfg: Any) -> dict[str, Any]:
     else:  # learner
         from flywheel.rl.transport import LearnerEndpoint
 
-        tcfg = _transport_config(cfg)
+        tcfg = _transport_config(cfg, agent)
         with LearnerEndpoint(tcfg) as ep:
             serve(learner, ep, int(cfg.total_steps), weights_period_s=tcfg.weights_period_s,
                   checkpoint_dir=ckpt, eval_actor=eval_actor, progress=cfg.progress)
-            results.update(received=ep.received, rejected=ep.rejected)
+            results.update(received=ep.received, **ep.counters)
     train_s = time.time() - t0
     final = eval_actor.evaluate(int(cfg.final_eval_episodes), seed=1_000_000)
     learner.log_eval(final)

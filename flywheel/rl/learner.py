@@ -343,7 +343,12 @@ def serve(
         for m in msgs:
             if m.get("type") == "transitions":
                 before = learner.env_steps
-                learner.add(m["batch"])
+                try:  # the transport checked the message's form; the buffers check its fields' shapes
+                    learner.add(m["batch"])
+                except (KeyError, TypeError, ValueError) as e:
+                    if hasattr(endpoint, "refuse"):
+                        endpoint.refuse(m, e)
+                    continue
                 bar.update(learner.env_steps - before)
                 for st in m.get("episodes", []):
                     learner.log_episode(EpisodeStats(

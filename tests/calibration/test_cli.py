@@ -26,6 +26,20 @@ def test_board_pdf_and_png(tmp_path, capsys):
     assert "smaller than square_length" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["x.pdf", "x.png"])
+def test_board_to_an_unwritable_path_is_one_line(tmp_path, capsys, name):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for out in (afile / name, afile / "sub" / name):  # under a file: unwritable, even for root
+        assert main(["board", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("calibrate-handeye board: error: cannot write") and str(afile) in err
+    r = subprocess.run([sys.executable, "-m", "calibration.cli", "board", "--out", str(afile / name)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.render
 def test_solve_writes_the_calibration_yaml(sim_sessions, tmp_path, capsys):
     out = tmp_path / "wrist.yaml"

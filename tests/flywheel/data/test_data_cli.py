@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -41,16 +42,58 @@ def test_info(store_path, capsys):
 def test_check_passes_then_finds_damage(store_path, capsys):
     assert main(["check", store_path]) == 0
     assert "0 errors" in capsys.readouterr().out
-    from pathlib import Path
 
     chunk = Path(store_path) / "data/images/front/c/7/0/0/0"
     chunk.write_bytes(b"not a jpeg")
     (Path(store_path) / "data/images/wrist/c/3/0/0/0").unlink()
     assert main(["check", store_path]) == 1
     out = capsys.readouterr().out
-    assert "data/images/front: step 7 does not decode" in out
-    assert "data/images/wrist: 1 image chunks missing, first at step 3" in out
+    assert "data/images/front: steps [7, 8) of episode(s) 1: the image chunk" in out
+    assert "data/images/wrist: steps [3, 4) of episode(s) 0: chunk file missing" in out
+    assert "2 damaged episodes: 0, 1; `flywheel-data repair" in out
     assert main(["check", str(Path(store_path).parent / "nope.zarr")]) == 1
+    # repair quarantines the damaged episodes; the rest reads and checks clean
+    assert main(["repair", store_path]) == 0
+    assert "quarantined episode 0" in capsys.readouterr().out
+    assert EpisodeStore(store_path).select() == [2]
+    assert main(["check", store_path]) == 0
+    assert main(["repair", store_path]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
+
+
+def test_check_passes_on_a_healthy_empty_store(tmp_path, capsys):
+    with EpisodeStore(tmp_path / "e.zarr", "w", small_spec(size=16, depth=False)):
+        pass
+    assert main(["check", str(tmp_path / "e.zarr")]) == 0
+    assert "0 errors, 0 warnings - OK" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "e.zarr")]) == 0
+
+
+def _one_line_error(capsys, argv: list[str], *want: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"flywheel-data {argv[0]}: ")
+    for w in want:
+        assert w in err, err
+
+
+def test_cli_errors_are_one_clear_line(store_path, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    _one_line_error(capsys, ["info", str(tmp_path / "nope.zarr")], "no episode store at")
+    _one_line_error(capsys, ["info", str(afile)], "no episode store at")
+    _one_line_error(capsys, ["stats", store_path, str(tmp_path / "o"), "--keys", "state/bogus"],
+                    "'state/bogus' is not an array of this store")
+    _one_line_error(capsys, ["stats", store_path, str(afile / "o")], str(afile))
+    _one_line_error(capsys, ["stats", str(tmp_path / "nope.zarr"), str(tmp_path / "o")], "no episode store")
+    _one_line_error(capsys, ["repair", str(tmp_path / "nope.zarr")], "no episode store")
+    (Path(store_path) / "zarr.json").write_text("{")  # damaged metadata: named, with the way out
+    _one_line_error(capsys, ["info", store_path], "zarr.json", "flywheel-data repair")
+    _one_line_error(capsys, ["stats", store_path, str(tmp_path / "o")], "zarr.json")
+    assert main(["check", store_path]) == 1
+    out = capsys.readouterr().out
+    assert "cannot open the store" in out and "zarr.json" in out and "Traceback" not in out
 
 
 def test_stats_command(store_path, tmp_path, capsys):
