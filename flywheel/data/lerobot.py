@@ -113,18 +113,48 @@ def _downsample(img: np.ndarray) -> np.ndarray:
     return img[:, ::f, ::f]
 
 
-def _hist_quantile(col: np.ndarray, lo: Any, hi: Any, target: float) -> float:
-    edges = np.linspace(lo - 1e-10, hi + 1e-10, QUANTILE_BINS + 1)
-    cum = np.cumsum(np.histogram(col, bins=edges)[0])
-    i = int(np.searchsorted(cum, target))
-    if i == 0:
-        return float(edges[0])
-    if i >= len(cum):
-        return float(edges[-1])
-    before, inside = cum[i - 1], cum[i] - cum[i - 1]
-    if inside == 0:
-        return float(edges[i])
-    return float(edges[i] + (target - before) / inside * (edges[i + 1] - edges[i]))
+def _hist_quantiles(col: np.ndarray, quantiles: Sequence[float], weights: np.ndarray | None = None) -> list[float]:
+    """LeRobot's histogram quantiles of one dimension: 5000 equal bins over [min - 1e-10, max + 1e-10].
+
+    ``weights``: counts of each value of ``col`` (the 256 values of a uint8 channel: the same histogram).
+    """
+    present = col if weights is None else col[weights > 0]
+    lo, hi = float(present.min()) - 1e-10, float(present.max()) + 1e-10
+    try:
+        hist, edges = np.histogram(col, bins=QUANTILE_BINS, range=(lo, hi), weights=weights)
+    except ValueError:  # a (near) constant column: LeRobot's explicit edges, some of them equal
+        edges = np.linspace(lo, hi, QUANTILE_BINS + 1)
+        hist, _ = np.histogram(col, bins=edges, weights=weights)
+    cum = np.cumsum(hist)
+    n = len(col) if weights is None else float(weights.sum())
+    out = []
+    for q in quantiles:
+        target = q * n
+        i = int(np.searchsorted(cum, target))
+        if i == 0:
+            out.append(float(edges[0]))
+        elif i >= len(cum):
+            out.append(float(edges[-1]))
+        elif cum[i] == cum[i - 1]:
+            out.append(float(edges[i]))
+        else:
+            out.append(float(edges[i] + (target - cum[i - 1]) / (cum[i] - cum[i - 1]) * (edges[i + 1] - edges[i])))
+    return out
+
+
+def _uint8_channel_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, C, H, W) uint8 -> per-channel stats from 256-value counts (exactly the per-pixel ones)."""
+    vals = np.arange(256, dtype=np.float64)
+    counts = np.stack([np.bincount(x[:, c].ravel(), minlength=256) for c in range(x.shape[1])]).astype(np.float64)
+    n = counts.sum(1)
+    mean = counts @ vals / n
+    var = counts @ (vals ** 2) / n - mean ** 2
+    out = {"min": np.array([vals[c > 0][0] for c in counts]), "max": np.array([vals[c > 0][-1] for c in counts]),
+           "mean": mean, "std": np.sqrt(np.maximum(0, var)), "count": np.array([len(x)])}
+    qs = np.array([_hist_quantiles(vals, QUANTILES, weights=c) for c in counts])
+    for j, q in enumerate(QUANTILES):
+        out[f"q{int(q * 100):02d}"] = qs[:, j]
+    return out
 
 
 def feature_stats(x: np.ndarray, *, image: bool = False) -> dict[str, np.ndarray]:
@@ -136,6 +166,8 @@ def feature_stats(x: np.ndarray, *, image: bool = False) -> dict[str, np.ndarray
     difference: LeRobot squares uint8 pixels in uint8 (which wraps); here they are squared as floats.
     """
     x = np.asarray(x)
+    if image and x.dtype == np.uint8:
+        return {k: (v if k == "count" else v.reshape(-1, 1, 1) / 255.0) for k, v in _uint8_channel_stats(x).items()}
     if image:
         flat = x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1]).astype(np.float64)
     else:
@@ -150,10 +182,9 @@ def feature_stats(x: np.ndarray, *, image: bool = False) -> dict[str, np.ndarray
         mn, mx = flat.min(0), flat.max(0)
         var = np.mean(num ** 2, axis=0) - mean ** 2
         out = {"min": mn, "max": mx, "mean": mean, "std": np.sqrt(np.maximum(0, var)), "count": count}
-        for q in QUANTILES:
-            out[f"q{int(q * 100):02d}"] = np.array(
-                [_hist_quantile(num[:, d], num[:, d].min(), num[:, d].max(), q * len(flat))
-                 for d in range(flat.shape[1])])
+        qs = np.array([_hist_quantiles(num[:, d], QUANTILES) for d in range(flat.shape[1])])  # (D, Q)
+        for j, q in enumerate(QUANTILES):
+            out[f"q{int(q * 100):02d}"] = qs[:, j]
     if image:
         return {k: (v if k == "count" else v.reshape(-1, 1, 1) / 255.0) for k, v in out.items()}
     return out

@@ -115,6 +115,11 @@ def test_feature_stats_follow_lerobot():
     np.testing.assert_allclose(s["q01"], [0.0, -198.0], atol=0.05)
     one = feature_stats(np.array([3.0]))  # fewer than 2 frames: quantiles are the mean
     assert one["q99"].tolist() == [3.0] and one["std"].tolist() == [0.0]
+    imgs = np.random.default_rng(1).integers(0, 200, (6, 3, 8, 10), dtype=np.uint8)
+    fast, slow = feature_stats(imgs, image=True), feature_stats(imgs.astype(np.float64), image=True)
+    for k in slow:  # uint8 images go through 256-value counts: the same numbers as per pixel
+        np.testing.assert_allclose(np.asarray(fast[k], float), np.asarray(slow[k], float), atol=1e-12, err_msg=k)
+    assert fast["mean"].shape == (3, 1, 1) and fast["count"].tolist() == [6]
     a, b = feature_stats(np.arange(10.0)), feature_stats(np.arange(10.0, 30.0))
     agg = aggregate_stats([a, b])
     assert agg["count"].tolist() == [30]
