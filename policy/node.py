@@ -78,7 +78,8 @@ class NonFiniteActions(ValueError):
 
 def check_chunk(actions: Any, dim: int) -> np.ndarray:
     """``actions`` as a (H, dim) float32 chunk; raises :class:`NonFiniteActions` otherwise."""
-    chunk = np.asarray(actions, np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 becomes Inf: refused below
+        chunk = np.asarray(actions, np.float32)
     if chunk.ndim != 2 or chunk.shape[0] == 0 or chunk.shape[1] != dim:
         raise NonFiniteActions(f"policy returned actions of shape {chunk.shape}: expected (H, {dim})")
     if not np.all(np.isfinite(chunk)):
@@ -216,7 +217,7 @@ class PolicyNode(RigNode):
             changed = msg.data != self._instruction
             self._instruction = msg.data
         if changed:
-            self.get_logger().info(f"instruction: {msg.data!r}")
+            self.get_logger().info(f"instruction: {msg.data[:200]!r}")
             self.scheduler.reset()  # a new task: do not finish the old plan
 
     def _observation(self, now_wall: float) -> tuple[dict[str, Any] | None, float, str]:

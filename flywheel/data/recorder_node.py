@@ -158,7 +158,8 @@ class RecorderNode(RigNode):
     def _on_event(self, m: String) -> None:
         ev = m.data.strip().lower()
         if ev not in EVENTS:
-            self.get_logger().warning(f"episode/event {m.data[:40]!r} ignored: expected one of {EVENTS}")
+            self.get_logger().warning(f"episode/event {m.data[:40]!r} ignored: expected one of {EVENTS}",
+                                      throttle_duration_sec=1.0)
             return
         meta = {"instruction": self._instruction} if ev == "start" else {}
         self.recorder.on_event(ev, **meta)

@@ -43,7 +43,7 @@ from robot.backends.realsense import (
     camera_info_fields,
 )
 from robot.backends.sim_camera import SimCamera, SimCameraSource
-from robot.ros.convert import ConversionError, gripper_width, joints_to_numpy, numpy_to_image, to_stamp
+from robot.ros.convert import finite, gripper_width, joints_to_numpy, numpy_to_image, to_stamp
 from robot.ros.diagnostics import ERROR, OK, WARN
 from robot.ros.lifecycle import RigNode, run_lifecycle_node
 from robot.ros.params import declare_dataclass, read_dataclass, require
@@ -195,15 +195,13 @@ class CameraNode(RigNode):
     # ------------------------------------------------------------- mirror
     def _on_joints(self, msg: JointState) -> None:
         q, _ = joints_to_numpy(msg)
-        if not np.all(np.isfinite(q)):
-            raise ConversionError("joint_states position: NaN or Inf")
+        finite("joint_states position", q)
         with self._mirror_lock:
             self._mirror["q"] = q
 
     def _on_gripper(self, msg: JointState) -> None:
         w = gripper_width(msg)
-        if not np.isfinite(w):
-            raise ConversionError(f"gripper/state width {w}: not finite")
+        finite("gripper/state width", w)
         with self._mirror_lock:
             self._mirror["width"] = min(max(w, 0.0), 0.08)
 

@@ -245,8 +245,12 @@ def gripper_width(msg: Any) -> float:
     return float(msg.position[0])
 
 
-def finite(what: str, *arrays: Any) -> None:
-    """Raise :class:`ConversionError` naming ``what`` unless every value of ``arrays`` is finite."""
-    for a in arrays:
-        if not np.all(np.isfinite(np.asarray(a, np.float64))):
-            raise ConversionError(f"{what}: NaN or Inf")
+def finite(what: str, *arrays: Any, dtype: Any = np.float32) -> None:
+    """Raise :class:`ConversionError` naming ``what`` unless every value of ``arrays`` is finite as ``dtype``.
+
+    The default, float32 (the spec's state dtype), also refuses magnitudes that overflow it (e.g. 1e308).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in arrays:
+            if not np.all(np.isfinite(np.asarray(a, np.float64).astype(dtype))):
+                raise ConversionError(f"{what}: NaN, Inf or beyond {np.dtype(dtype).name}")

@@ -178,3 +178,55 @@ def test_node_stays_silent_when_inference_fails(checkpoint):
         pub.stop()
         spinner.close()
         probe.close()
+
+
+def test_node_stays_silent_on_a_non_finite_chunk_and_reports_it(checkpoint):
+    import policy
+    from robot.ros.diagnostics import ERROR
+
+    class NaNPolicy:
+        def __init__(self, inner):
+            self.inner, self.spec, self.device = inner, inner.spec, inner.device
+            self.calls = 0
+
+        def infer(self, obs, **kwargs):
+            self.calls += 1
+            a = self.inner.infer(obs)["actions"].copy()
+            a[-1, 0] = np.nan  # one value: the whole chunk is refused
+            return {"actions": a}
+
+    probe, instr, String = _probe()
+    pub = SimPublisher(probe)
+    spinner = Spinner()
+    try:
+        p = NaNPolicy(policy.load(checkpoint))
+        _node(spinner, policy=p, instruction="pick up the red cube")
+        spinner.start()
+        st = wait_for(lambda: (s := _status(probe)) and "NonFiniteActions" in s.message and s, timeout=30)
+        assert st and st.level == ERROR and "non-finite" in st.message
+        assert wait_for(lambda: p.calls >= 3, timeout=15), "the node stopped asking after a NaN chunk"
+        assert not probe.got("target_pose") and not probe.got("gripper/command"), "a NaN chunk was executed"
+    finally:
+        pub.stop()
+        spinner.close()
+        probe.close()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_policy_node_executable_stops_through_its_lifecycle(checkpoint, sig, tmp_path):
+    import signal
+    import uuid
+
+    from _executables import ACTIVE, SHUT_DOWN, kill_all, start, stop_all, wait_ready
+
+    run = start("policy-node", ["--ros-args", "-r", f"__ns:=/pn{uuid.uuid4().hex[:8]}", "-p",
+                                f"checkpoint:={checkpoint}", "-p", "device:=cpu"], tmp_path)
+    try:
+        assert not wait_ready([run], timeout=180), f"policy-node did not come up:\n{run.output()[-3000:]}"
+        stop_all([run], getattr(signal, sig), 20.0)
+        out = run.output()
+        assert run.proc.returncode == 0 and out.count(SHUT_DOWN) == out.count(ACTIVE) == 1, \
+            f"exit {run.proc.returncode} after {run.exit_s:.1f} s:\n{out[-3000:]}"
+        assert "Traceback" not in out, out
+    finally:
+        kill_all([run])

@@ -25,8 +25,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 
 from robot.backends.base import Backend
-from robot.ros.qos import STATE_QOS
 from robot.nodes.franka_node import FrankaNode, make_backend
+from robot.ros.qos import STATE_QOS
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 

@@ -10,8 +10,8 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from std_srvs.srv import SetBool, Trigger
 
 from robot.config import RobotConfig
-from robot.ros.params import ParameterError
 from robot.nodes.franka_node import FrankaNode, validate_robot_config
+from robot.ros.params import ParameterError
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 

@@ -18,8 +18,8 @@ from geometry_msgs.msg import TwistStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 
-from robot.ros.qos import LATCHED_QOS
 from robot.nodes.teleop_node import TeleopNode
+from robot.ros.qos import LATCHED_QOS
 
 pytestmark = pytest.mark.ros
 
