@@ -17,10 +17,11 @@ Examples::
     rig-up rig=lab rig.cameras.cameras.0.serial=123 rig.cameras.cameras.1.serial=456
     rig-up rig.teleop.device=none duration=10  # 10 s, no operator device
     rig-up policy_checkpoint=ckpt/ instruction="pick up the cube" record_path=data/episodes.zarr task=pick_cube
+    rig-up policy_server=gpu-box:8000 instruction="pick up the cube"   # a remote policy (policy-serve, openpi)
     rig-up console=true record_path=data/episodes.zarr   # + the operator console on http://127.0.0.1:8080/
 
-The policy and recorder nodes start when ``policy_checkpoint`` / ``record_path``
-are set; they are imported by module path only then, so ``robot`` never imports
+The policy and recorder nodes start when ``policy_checkpoint`` (or ``policy_server``) /
+``record_path`` are set; they are imported by module path only then, so ``robot`` never imports
 torch.
 """
 
@@ -59,6 +60,8 @@ class RigUpConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"rig": "sim"}])
     rig: Any = MISSING  # the rig group (typed by its options; a typed field would fill MISSING serials)
     policy_checkpoint: str = ""  # start the policy node with this checkpoint
+    policy_server: str = ""  # or with a remote policy: HOST:PORT of policy-serve / an openpi server
+    policy_mapping: str = ""  # policy_server's key mapping: "" (policy-serve), droid, or a YAML/JSON file
     instruction: str = ""  # initial language instruction for the policy
     record_path: str = ""  # start the recorder node writing episodes to this zarr store
     task: str = ""  # task name the recorder stores with every episode
@@ -149,12 +152,14 @@ def graph(cfg: Any) -> list[NodeDescription]:
             {**flatten(_plain(rig.teleop), "teleop."), "gripper_speed": float(rig.robot.gripper_speed),
              "gripper_force": float(rig.robot.gripper_force)},
         ))
-    if cfg.get("policy_checkpoint"):
-        nodes.append(NodeDescription(
-            "policy-node", "policy", ns, "policy.node:PolicyNode",
-            {"checkpoint": str(cfg.policy_checkpoint), "instruction": str(cfg.get("instruction", "")),
-             "control_hz": float(rig.control_hz), "gripper_speed": float(rig.robot.gripper_speed)},
-        ))
+    if cfg.get("policy_checkpoint") or cfg.get("policy_server"):
+        params = {"checkpoint": str(cfg.get("policy_checkpoint", "")), "instruction": str(cfg.get("instruction", "")),
+                  "control_hz": float(rig.control_hz), "gripper_speed": float(rig.robot.gripper_speed)}
+        if cfg.get("policy_server"):  # the remote backend (policy.remote); its API key: $POLICY_SERVE_API_KEY
+            host, _, port = str(cfg.policy_server).rpartition(":")
+            params.update(backend="remote", host=host or "127.0.0.1", port=int(port),
+                          remote_mapping=str(cfg.get("policy_mapping", "")))
+        nodes.append(NodeDescription("policy-node", "policy", ns, "policy.node:PolicyNode", params))
     if cfg.get("record_path"):
         nodes.append(NodeDescription(
             "recorder-node", "recorder", ns, "flywheel.data.recorder_node:RecorderNode",
@@ -167,8 +172,8 @@ def graph(cfg: Any) -> list[NodeDescription]:
                 "max_rotation": float(rig.max_rotation),
                 "chunk_horizon": int(rig.chunk_horizon),
                 "task": str(cfg.get("task", "")),
-                "source": "policy" if cfg.get("policy_checkpoint") else "human",
-                "policy_version": str(cfg.get("policy_checkpoint", "")),
+                "source": "policy" if cfg.get("policy_checkpoint") or cfg.get("policy_server") else "human",
+                "policy_version": str(cfg.get("policy_checkpoint") or cfg.get("policy_server") or ""),
                 "rig_id": str(rig.name),
                 "calibration_id": str(rig.calibration_id),
                 "camera_ids": [f"{c['name']}={c['serial'] or rig.cameras.backend}" for c in cams],

@@ -308,3 +308,14 @@ def test_node_parameters_build_a_remote_backend(monkeypatch):
         wrong = tiny_spec(chunk_horizon=4)
         with pytest.raises(ValueError, match="chunk_horizon"):
             RemotePolicy.from_params(p, spec=wrong).connect()
+
+
+def test_rig_up_starts_the_policy_node_on_a_remote_server():
+    from apps.bringup import compose_rig, graph
+
+    nodes = {n.name: n for n in graph(compose_rig(["rig.teleop.device=none", "policy_server=gpu-box:8123",
+                                                   "policy_mapping=droid", "record_path=/data/ep.zarr"]))}
+    p = nodes["policy"].parameters
+    assert (p["backend"], p["host"], p["port"], p["remote_mapping"]) == ("remote", "gpu-box", 8123, "droid")
+    assert nodes["recorder"].parameters["source"] == "policy"
+    assert nodes["recorder"].parameters["policy_version"] == "gpu-box:8123"
