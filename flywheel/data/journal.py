@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.data.store_layout import ROOT_ATTR, EpisodeRecord
+from flywheel.data.store_layout import JOURNAL, ROOT_ATTR, EpisodeRecord
 
 log = logging.getLogger(__name__)
 
-JOURNAL = "journal.jsonl"
+__all__ = ["JOURNAL", "JournalState", "append", "read_journal", "rewrite", "sync"]
 
 
 @dataclass

@@ -66,6 +66,7 @@ from flywheel.data.store_layout import (
     is_local,
     local_path,
     spec_arrays,
+    store_exists,
 )
 from flywheel.data.store_writer import EpisodeWriter, truncate_uncommitted, write_episode
 from rig.spec import ArraySpec, RigSpec, SpecError, check_compatible
@@ -150,7 +151,7 @@ class EpisodeStore:
         from flywheel.data import codecs
 
         codecs.register()
-        exists = self._exists()
+        exists = self.mode != "w" and store_exists(self.path)
         if self.mode == "r" and not exists:
             raise StoreError(f"no episode store at {self.path} (create one with mode='a' or 'w')")
         if self.mode != "r":
@@ -192,17 +193,6 @@ class EpisodeStore:
         except Exception as e:  # noqa: BLE001 - a damaged zarr.json raises whatever its parser raises
             raise StoreError(f"{self.path}: the store's root metadata ({self.path}/zarr.json) does not read "
                              f"({type(e).__name__}: {e}); {_repair_hint(self.path)}") from e
-
-    def _exists(self) -> bool:
-        if is_local(self.path):
-            return (local_path(self.path) / "zarr.json").exists()
-        import zarr
-
-        try:
-            zarr.open_group(self.path, mode="r")
-            return True
-        except Exception:
-            return False
 
     def _direct_codec(self, key: str) -> Any:
         """The image codec of ``key`` when its chunks can be written as plain local files."""
@@ -366,6 +356,8 @@ class EpisodeStore:
             except FileNotFoundError:
                 raise self._damage(key, step, step + 1, f"its image chunk {f} is missing") from None
             try:
+                if codec.fmt == "jpeg" and not data.endswith(b"\xff\xd9"):  # libjpeg decodes a torn one
+                    raise ValueError("a truncated JPEG (no end-of-image marker)")
                 return codec.decode_image(data)
             except Exception as e:  # noqa: BLE001
                 raise self._damage(key, step, step + 1, f"the image chunk {f} does not decode "

@@ -36,6 +36,7 @@ MAX_PENDING_IMAGES = 64  # images being encoded at once (direct path) before add
 # zarr does not write a chunk that holds only the fill value; a store that says "every_chunk_written"
 # was created with write_empty_chunks, so a missing low-dimensional chunk file is damage, not zeros
 ARRAY_CONFIG = {"write_empty_chunks": True}
+JOURNAL = "journal.jsonl"  # the redundant copy of the commit metadata (flywheel.data.journal)
 
 
 class StoreError(RuntimeError):
@@ -118,6 +119,24 @@ def local_path(path: str | os.PathLike) -> Path:
     return Path(s[len("file://") :] if s.startswith("file://") else s)
 
 
+def store_exists(path: str) -> bool:
+    """Whether a store is at ``path``; a local store whose root zarr.json is gone but whose journal is
+    there raises (creating a store there would wipe what the journal can restore)."""
+    if is_local(path):
+        root = local_path(path)
+        if not (root / "zarr.json").exists() and (root / JOURNAL).exists():
+            raise StoreError(f"{path}: the store's root metadata {root}/zarr.json is missing but its journal is "
+                             f"there; run `flywheel-data repair {path}`")
+        return (root / "zarr.json").exists()
+    import zarr
+
+    try:
+        zarr.open_group(path, mode="r")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def chunk_file(root: str | os.PathLike, key: str, extra_dims: int, index: int) -> str:
     """The file of chunk ``index`` (along time) of array ``key`` (zarr v3 default chunk key encoding)."""
     return "/".join([str(root), key, "c", str(index), *["0"] * extra_dims])
@@ -137,14 +156,15 @@ def create_store(path: str, spec: RigSpec, image_codec: str, image_quality: int 
                  extra_specs: Mapping[str, ArraySpec]) -> None:
     """Create an empty store at ``path`` (replacing whatever is there)."""
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     from flywheel.data import codecs
 
     if lowdim_chunk < 1:
         raise ValueError(f"lowdim_chunk={lowdim_chunk}: give a positive number of steps per chunk")
     root = zarr.open_group(path, mode="w")
-    blosc = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+    # a CRC-32C per chunk: blosc stores small chunks uncompressed and reads a truncated one without error
+    blosc = [BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec()]
     img = codecs.image_codec(image_codec, image_quality)
     for key, s in {**spec_arrays(spec), **extra_specs}.items():
         shape = (0, *s.shape)
@@ -153,13 +173,14 @@ def create_store(path: str, spec: RigSpec, image_codec: str, image_quality: int 
                               serializer=img, compressors=None, fill_value=0, config=ARRAY_CONFIG)
         elif key.startswith("depth/"):
             root.create_array(f"data/{key}", shape=shape, chunks=(1, *s.shape), dtype=s.dtype,
-                              compressors=[blosc], fill_value=0, config=ARRAY_CONFIG)
+                              compressors=blosc, fill_value=0, config=ARRAY_CONFIG)
         else:
             root.create_array(f"data/{key}", shape=shape, chunks=(lowdim_chunk, *s.shape),
-                              dtype=s.dtype, compressors=[blosc], fill_value=0, config=ARRAY_CONFIG)
+                              dtype=s.dtype, compressors=blosc, fill_value=0, config=ARRAY_CONFIG)
     root.create_array("meta/episode_ends", shape=(0,), chunks=(1024,), dtype="int64",
-                      compressors=[blosc], fill_value=0, config=ARRAY_CONFIG)
-    root.create_array("meta/episodes", shape=(0,), chunks=(256,), dtype=str, config=ARRAY_CONFIG)
+                      compressors=blosc, fill_value=0, config=ARRAY_CONFIG)
+    root.create_array("meta/episodes", shape=(0,), chunks=(256,), dtype=str, compressors=[Crc32cCodec()],
+                      config=ARRAY_CONFIG)
     root.attrs[ROOT_ATTR] = {
         "schema_version": SCHEMA_VERSION,
         "spec": spec.to_dict(),

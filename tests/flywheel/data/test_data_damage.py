@@ -78,6 +78,20 @@ def test_a_damaged_chunk_costs_only_its_episodes_and_is_named(store):
     assert EpisodeStore(path).select() == [0, 5]
 
 
+def test_torn_chunks_are_caught_not_read_as_garbage(store):
+    """A truncated small chunk (blosc stores it raw) fails its CRC; a truncated JPEG its end marker."""
+    path, eps = store
+    for rel in ("data/state/ee_pos/c/0/0", "data/images/front/c/30/0/0/0"):
+        f = path / rel
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    s = EpisodeStore(path)
+    with pytest.raises(StoreError, match=r"data/state/ee_pos.*episode\(s\) \[0\].*c/0/0 does not decode.*checksum"):
+        s.episode(0)["state/ee_pos"]
+    with pytest.raises(StoreError, match=r"data/images/front.*episode\(s\) \[4\].*truncated JPEG"):
+        s.episode(4)["images/front"]
+    assert check_store(str(path))[-1].episodes == (0, 1, 4)
+
+
 @pytest.mark.parametrize("target, named, how", [
     ("zarr.json", "root metadata", "truncate"),
     ("zarr.json", "root metadata", "garble"),
