@@ -147,6 +147,39 @@ def phase(watch: Watch, seconds: float, settle: float = 5.0) -> dict:
     return watch.window(t0, time.monotonic())
 
 
+def ws_phase(watch: Watch, base: str, token: str, n: int, seconds: float) -> tuple[dict, list[float], list[float]]:
+    """A phase with ``n`` plain websocket clients (no browser): the console server's own cost."""
+    import json
+
+    from websockets.sync.client import connect
+
+    url = base.replace("http://", "ws://") + f"ws?token={token}"
+    stop = threading.Event()
+    lat: list[list[float]] = [[] for _ in range(n)]
+
+    def client(i: int) -> None:
+        with connect(url, max_size=None) as ws:
+            while not stop.is_set():
+                try:
+                    m = ws.recv(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if isinstance(m, bytes):
+                    k = int.from_bytes(m[:2], "big")
+                    lat[i].append(time.time() - json.loads(m[2:2 + k])["stamp"])
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    row = phase(watch, seconds)
+    dt = time.monotonic() - t0
+    stop.set()
+    for t in threads:
+        t.join(timeout=5)
+    return row, [x for v in lat for x in v], [len(v) / dt for v in lat]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -165,6 +198,8 @@ def main() -> None:
     rows: dict[str, dict] = {}
     lat: list[float] = []
     frames_per_s: list[float] = []
+    ws_lat: list[float] = []
+    ws_fps: list[float] = []
     load0 = os.getloadavg()[0]
     watch = Watch()
     with tempfile.TemporaryDirectory() as d:
@@ -186,7 +221,7 @@ def main() -> None:
             end = time.monotonic() + 60
             while not (url_file.exists() and url_file.read_text().strip()) and time.monotonic() < end:
                 time.sleep(0.2)
-            base = url_file.read_text().strip().split("?token=")[0]
+            base, token = url_file.read_text().strip().split("?token=")
             watch.event("start")
             from playwright.sync_api import sync_playwright
 
@@ -208,6 +243,10 @@ def main() -> None:
                         lat.extend(x for x in st["lat"] if x == x)
                         frames_per_s.append((sum(st["frames"].values()) - sum(b.values())) / (time.monotonic() - t0))
                         pg.close()
+                    row, wl, wf = ws_phase(watch, base, token, args.pages, args.seconds)
+                    rows[f"W{args.pages}.{rep}: console node, {args.pages} websocket clients (no browser)"] = row
+                    ws_lat.extend(wl)
+                    ws_fps.extend(wf)
                 browser.close()
         finally:
             watch.event("abort")
@@ -228,6 +267,9 @@ def main() -> None:
               f"p50 {pct(lat_ms, 50):.0f} ms, p95 {pct(lat_ms, 95):.0f} ms, max {max(lat_ms, default=float('nan')):.0f} ms; "
               f"frames shown per page and second (both cameras): "
               f"{', '.join(f'{f:.1f}' for f in frames_per_s)}.",
+              f"Frame-to-client latency of the plain websocket clients (no decode) over {len(ws_lat)} frames: "
+              f"p50 {pct([1000 * x for x in ws_lat], 50):.0f} ms, p95 {pct([1000 * x for x in ws_lat], 95):.0f} ms; "
+              f"frames per client and second: {', '.join(f'{f:.1f}' for f in ws_fps)}.",
               f"Cameras {args.width}x{args.height} at {args.fps:g} fps; {args.seconds:g} s per phase; "
               f"load average {load0:.1f} before, {load1:.1f} after."]
     text = "\n".join(lines)
