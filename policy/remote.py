@@ -279,6 +279,13 @@ class RemotePolicy:
             self._ws.close()
             self._ws = None
 
+    def _drop(self) -> None:
+        """Forget a broken connection (a timed-out reply would otherwise answer the next request)."""
+        try:
+            self.close()
+        except Exception:  # already broken
+            self._ws = None
+
     def __enter__(self) -> RemotePolicy:
         return self.connect() if self._ws is None else self
 
@@ -306,8 +313,19 @@ class RemotePolicy:
         t0 = time.perf_counter()
         data = packb(self._request(obs, prefix))
         with self._lock:
-            self._ws.send(data)
-            reply = self._ws.recv(timeout=self.timeout)
+            try:
+                self._ws.send(data)
+                reply = self._ws.recv(timeout=self.timeout)
+            except (OSError, TimeoutError, ConnectionError) as e:  # websockets' ConnectionClosed is neither
+                self._drop()
+                raise RemoteError(f"{self.uri}: {type(e).__name__}: {e} (reconnects on the next call)") from e
+            except Exception as e:
+                from websockets.exceptions import ConnectionClosed
+
+                if not isinstance(e, ConnectionClosed):
+                    raise
+                self._drop()
+                raise RemoteError(f"{self.uri}: connection closed ({e}); reconnects on the next call") from e
         if isinstance(reply, str):
             raise RemoteError(f"{self.uri}: {reply}")
         out = unpackb(reply)

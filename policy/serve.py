@@ -167,6 +167,7 @@ class PolicyServer:
         self.requests = 0
         self.errors = 0
         self._infer_lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -254,7 +255,8 @@ class PolicyServer:
     def _handle(self, raw: bytes | str, prev_total: float | None) -> bytes | str:
         """One request -> the reply frame (bytes, or text for an error). Runs in a worker thread."""
         t0 = time.monotonic()
-        self.requests += 1
+        with self._count_lock:
+            self.requests += 1
         try:
             if isinstance(raw, str):
                 raise RequestError("request", "expected a binary msgpack frame, got text")
@@ -266,7 +268,8 @@ class PolicyServer:
                 return packb({"__ack__": str(req["__ctrl__"])})
             obs, prefix = check_request(req, self.policy.spec)
         except RequestError as e:
-            self.errors += 1
+            with self._count_lock:
+                self.errors += 1
             return f"bad request: {e}"
         t1 = time.monotonic()
         with self._infer_lock:
@@ -275,7 +278,8 @@ class PolicyServer:
                 out = self.policy.infer(obs, prefix=prefix) if prefix is not None else self.policy.infer(obs)
                 actions = np.asarray(out["actions"], np.float32)
             except Exception as e:  # the server stays up; the client sees why
-                self.errors += 1
+                with self._count_lock:
+                    self.errors += 1
                 log.exception("inference failed")
                 return f"inference failed: {type(e).__name__}: {e}"
             t3 = time.monotonic()

@@ -319,3 +319,17 @@ def test_rig_up_starts_the_policy_node_on_a_remote_server():
     assert (p["backend"], p["host"], p["port"], p["remote_mapping"]) == ("remote", "gpu-box", 8123, "droid")
     assert nodes["recorder"].parameters["source"] == "policy"
     assert nodes["recorder"].parameters["policy_version"] == "gpu-box:8123"
+
+
+def test_remote_policy_reconnects_after_the_server_restarts():
+    pol = FakePolicy()
+    server = PolicyServer(pol, ServeConfig(port=0)).connect()
+    port = server.port
+    remote = RemotePolicy("127.0.0.1", port, timeout=5.0).connect()
+    assert remote.infer(observation(pol.spec))["actions"].shape == (8, 7)
+    server.close()
+    with pytest.raises(RemoteError, match="reconnects on the next call"):
+        remote.infer(observation(pol.spec))
+    with PolicyServer(pol, ServeConfig(port=port)):
+        assert remote.infer(observation(pol.spec))["actions"].shape == (8, 7)  # a fresh connection
+    remote.close()
