@@ -29,6 +29,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool
 
+from apps.console.curves import read_curves
 from apps.console.frames import FrameCache, encode_jpeg, fit
 from apps.console.review import ReviewPolicy, ReviewQueue
 from apps.console.state import EVENTS, ConsoleState
@@ -62,6 +63,7 @@ class ConsoleParams:
     task: str = ""  # the task the session records
     store: str = ""  # episode store whose classifier positives are reviewed ("" none)
     review_refresh: float = 2.0  # s between looks at the store for new episodes
+    learner_log: str = ""  # flywheel-rl logdir whose curves the page shows ("" none)
     service_timeout: float = 2.0  # s to wait for the franka node's hold service
     review: ReviewParams = field(default_factory=ReviewParams)
 
@@ -74,6 +76,8 @@ class ConsoleNode(RigNode):
         self.review_queue: ReviewQueue | None = None
         self._review_lock = threading.Lock()
         self._review_next = 0.0
+        self._curves_lock = threading.Lock()
+        self._curves: tuple[float, dict[str, Any]] = (-1e9, {})
         self.url = ""
 
     # ---------------------------------------------------------- life cycle
@@ -218,6 +222,20 @@ class ConsoleNode(RigNode):
                       "steps": r.length, "committed_at": r.committed_at} for r in q.pending()[:20]]
             return {"enabled": True, "pending": items, "audit": q.audit().as_dict(), "episodes": len(q.records),
                     "error": q.error}
+
+    def curves(self) -> dict[str, Any]:
+        """The learner's curves (read at most every 10 s), or ``{"enabled": False}``."""
+        if not self.p.learner_log:
+            return {"enabled": False}
+        with self._curves_lock:
+            t, got = self._curves
+            if time.monotonic() - t >= 10.0:
+                try:
+                    got = {"enabled": True, **read_curves(self.p.learner_log), "error": ""}
+                except Exception as e:  # a run not started yet, a torn event file: say so, keep the page up
+                    got = {"enabled": True, "curves": {}, "episodes": 0, "error": f"{type(e).__name__}: {e}"[:300]}
+                self._curves = (time.monotonic(), got)
+            return got
 
     def review(self, index: int, verdict: str) -> tuple[bool, str]:
         q = self.review_queue

@@ -6,6 +6,7 @@ Routes (every ``/api`` route and the websocket need the session token; see :clas
 * ``GET /api/state``: the snapshot (:meth:`Backend.snapshot`) with the review queue;
 * ``POST /api/action/<name>``: one of :data:`ACTIONS` (start, success, ... stop), anything else is 400;
 * ``POST /api/instruction`` ``{"text": ...}``; ``POST /api/review/<index>`` ``{"verdict": "confirm"|"reject"}``;
+* ``GET /api/curves``: the RL learner's curves (:mod:`apps.console.curves`), when it runs;
 * ``GET /api/frame/<camera>[?full=1]``: the latest image as JPEG (policy resolution, or full);
   ``GET /api/review/<index>/frame/<camera>``: the last image of a queued episode;
 * ``WS /ws?token=...``: the server pushes the state (JSON text, ``state_hz``) and the camera
@@ -51,6 +52,7 @@ class Backend(Protocol):
     def review_items(self) -> dict[str, Any]: ...
     def review(self, index: int, verdict: str) -> tuple[bool, str]: ...
     def review_frame(self, index: int, camera: str) -> bytes | None: ...
+    def curves(self) -> dict[str, Any]: ...
 
 
 def is_loopback(host: str) -> bool:
@@ -192,6 +194,9 @@ def make_app(backend: Backend, auth: Auth, frame_hz: float = 10.0, state_hz: flo
             raise LookupError("no such image in the store")
         return Response(jpg, media_type="image/jpeg")
 
+    async def curves(request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(backend.curves))
+
     async def ws(websocket: WebSocket) -> None:
         h = websocket.headers
         if not (auth.host_ok(h.get("host")) and auth.origin_ok(h.get("origin"), h.get("host"))
@@ -209,6 +214,7 @@ def make_app(backend: Backend, auth: Auth, frame_hz: float = 10.0, state_hz: flo
         Route("/api/instruction", guard(instruction, header_only=True), methods=["POST"]),
         Route("/api/review/{index:str}", guard(review, header_only=True), methods=["POST"]),
         Route("/api/frame/{camera:str}", guard(frame)),
+        Route("/api/curves", guard(curves)),
         Route("/api/review/{index:int}/frame/{camera:str}", guard(review_frame)),
         WebSocketRoute("/ws", ws),
     ]

@@ -94,3 +94,25 @@ def test_take_over_publishes_the_flag_unless_a_teleop_device_owns_it():
     finally:
         probe.close()
         sp.close()
+
+
+def test_the_page_draws_the_learner_curves(tmp_path):
+    from playwright.sync_api import sync_playwright
+    from test_console_browser import launch_browser
+    from test_console_curves import write_learner_log
+
+    write_learner_log(tmp_path)
+    sp = Spinner().start()
+    try:
+        node = _node(sp, port=0, learner_log=str(tmp_path))
+        with sync_playwright() as p:
+            browser = launch_browser(p)
+            page = browser.new_page()
+            page.goto(node.web.url)
+            page.wait_for_selector("#curve-success polyline", timeout=30_000)
+            assert page.is_visible("#learner")
+            assert page.locator("#curves svg").count() == 3
+            assert "30 episodes" in page.inner_text("#learner-info")
+            browser.close()
+    finally:
+        sp.close()

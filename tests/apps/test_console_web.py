@@ -47,6 +47,9 @@ class FakeNode:
     def review_frame(self, index, camera):
         return None
 
+    def curves(self):
+        return {"enabled": True, "curves": {"success": [[0, 0.0], [10, 1.0]]}, "episodes": 2}
+
 
 def client(host="127.0.0.1"):
     node = FakeNode()
@@ -107,6 +110,8 @@ def test_state_and_frames():
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert c.get("/api/frame/side", headers=H).status_code == 404
     assert c.get("/api/review/3/frame/front", headers=H).status_code == 404
+    assert c.get("/api/curves").status_code == 401
+    assert c.get("/api/curves", headers=H).json()["curves"]["success"][-1] == [10, 1.0]
 
 
 def test_websocket_streams_state_and_frames_and_refuses_without_token():

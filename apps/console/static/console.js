@@ -129,6 +129,39 @@ $("instruction-form").addEventListener("submit", (e) => {
   e.preventDefault(); post("api/instruction", { text: $("instruction").value });
 });
 
+const SVG = "http://www.w3.org/2000/svg";
+function curve(name, pts) {
+  const wrap = document.createElement("div");
+  const label = document.createElement("div"); label.className = "curve-label";
+  const last = pts.length ? pts[pts.length - 1] : null;
+  label.textContent = `${name}: ${last ? fmt(last[1]) : "-"}` + (last ? ` at ${last[0]} env steps` : "");
+  const svg = document.createElementNS(SVG, "svg"); svg.setAttribute("class", "curve"); svg.id = "curve-" + name;
+  svg.setAttribute("viewBox", "0 0 100 100"); svg.setAttribute("preserveAspectRatio", "none");
+  if (pts.length > 1) {
+    const xs = pts.map(p => p[0]), ys = pts.map(p => p[1]);
+    const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(0, ...ys), y1 = Math.max(1e-9, ...ys);
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("points", pts.map(([x, y]) =>
+      `${(100 * (x - x0) / Math.max(x1 - x0, 1e-9)).toFixed(2)},${(100 - 100 * (y - y0) / (y1 - y0)).toFixed(2)}`
+    ).join(" "));
+    svg.append(line);
+  }
+  wrap.append(label, svg); return wrap;
+}
+async function loadCurves() {
+  try {
+    const r = await fetch("api/curves", { headers: { "X-Console-Token": TOKEN } });
+    const d = await r.json();
+    stats.curves = d;
+    if (!d.enabled) return;
+    $("learner").hidden = false;
+    $("learner-info").textContent = d.error ? d.error : `${d.episodes} episodes (moving mean of 20)`;
+    $("curves").replaceChildren(...Object.entries(d.curves).map(([k, v]) => curve(k, v)));
+  } catch (e) { /* offline: the next round retries */ }
+}
+loadCurves();
+setInterval(loadCurves, 10000);
+
 let ws = null;
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
