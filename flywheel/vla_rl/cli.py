@@ -1,0 +1,268 @@
+"""``flywheel-vla-rl``: on-policy RL / preference learning of a generalist as a hydra app.
+
+Examples::
+
+    flywheel-vla-rl algo=rloo policy=outputs/g0 tasks=[PegInsert,LiftCube-Blue] env_steps=30000
+    flywheel-vla-rl algo=ppo prm.enabled=true tasks=[PegInsert]          # PPO + process reward
+    flywheel-vla-rl algo=gfpo algo.adaptive=true algo.group_size=16
+    flywheel-vla-rl algo=dpo policy=outputs/g0 registry=outputs/registry  # a candidate for the gate
+
+``policy``: a compact VLA checkpoint (its frozen features, its own head as the mean / the flow),
+an RL policy directory written by this app (continue training), or empty: a state-only policy
+from scratch on ``env.state_keys`` (sim, privileged state). ``algo`` picks a config group (one
+per algorithm: ``algo.<field>=`` sets its fields). Outputs in ``out_dir``: ``checkpoint/``
+(resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/``.
+With ``registry=DIR`` the trained policy is registered there as a candidate (not promoted: the
+promotion gate decides).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel.vla_rl import ALGORITHMS, algorithm
+from flywheel.vla_rl.prm import PRMConfig
+from flywheel.vla_rl.trainer import TrainConfig
+
+log = logging.getLogger("flywheel.vla_rl")
+
+
+@dataclass
+class HeadConfig:
+    kind: str = "gaussian"  # gaussian | flow
+    hidden: list[int] = field(default_factory=lambda: [128, 128])
+    value_hidden: list[int] = field(default_factory=lambda: [128, 128])
+    init_log_std: float = -1.0  # gaussian
+    steps: int = 5  # flow: denoising steps
+    noise_level: float = 0.5  # flow: SDE noise
+    horizon: int = 0  # 0: the generalist's chunk horizon (1 for a state policy from scratch)
+    action_dim: int = 7
+
+
+@dataclass
+class EnvConfig:
+    cameras: list[str] = field(default_factory=list)  # [] -> state only (a generalist's spec overrides it)
+    image_size: int = 64
+    privileged_state: bool = True
+    state_keys: list[str] = field(default_factory=lambda: ["state/ee_pos", "state/privileged"])
+    factory: str = ""  # "module:function" (task, num_envs) -> vector env, instead of sim.make_vec
+    max_steps: int = 0  # 0: the env's own limit
+
+
+@dataclass
+class VlaRLConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"algo": "rloo"}])
+    algo: Any = None  # the config group
+    policy: str = ""
+    tasks: list[str] = field(default_factory=lambda: ["PegInsert"])
+    task_weights: list[float] = field(default_factory=list)
+    env_steps: int = 30_000
+    seed: int = 0
+    num_envs: int = 16
+    exec_horizon: int = 0  # executed actions per chunk (0: the whole chunk)
+    out_dir: str = "outputs/vla_rl"
+    record_to: str = ""  # an EpisodeStore: training episodes go there (source=rl)
+    registry: str = ""  # a ModelRegistry root: register the result as a candidate
+    registry_parent: str = ""  # the id of the starting generalist in that registry
+    torch_threads: int = 1
+    device: str = "cpu"
+    head: HeadConfig = field(default_factory=HeadConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="flywheel_vla_rl", node=VlaRLConfig)
+    for name in ALGORITHMS:
+        _, cfg_cls = algorithm(name)
+        cs.store(group="algo", name=name, node={"name": name, **asdict(cfg_cls())})
+
+
+# ------------------------------------------------------------------ building
+def make_vec_factory(cfg: Any, encoder_spec: Any = None):
+    e = cfg.env
+    if e.factory:
+        mod, _, fn = e.factory.partition(":")
+        if not fn:
+            raise ValueError(f"env.factory={e.factory!r}: write it as 'package.module:function'")
+        return getattr(importlib.import_module(mod), fn)
+    from flywheel.vla_rl.engine import make_sim_vec
+
+    kw: dict[str, Any] = {"privileged_state": bool(e.privileged_state)}
+    if encoder_spec is not None:  # the generalist's cameras and image size
+        cams = encoder_spec.cameras
+        kw.update(cameras=tuple(c.name for c in cams), image_size=(cams[0].height, cams[0].width) if cams else 64)
+    else:
+        kw.update(cameras=tuple(e.cameras), image_size=int(e.image_size))
+    return make_sim_vec(kw)
+
+
+def build(cfg: Any) -> tuple[Any, Any]:
+    """(policy, vector env factory) from the config."""
+    from omegaconf import OmegaConf
+
+    from flywheel.vla_rl.checkpoint import build_policy, is_rl_policy, load_policy
+
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    kind = head.pop("kind")
+    h = {"kind": kind, "hidden": head["hidden"], "value_hidden": head["value_hidden"],
+         "horizon": head["horizon"], "action_dim": head["action_dim"]}
+    h.update({"init_log_std": head["init_log_std"]} if kind == "gaussian" else
+             {"steps": head["steps"], "noise_level": head["noise_level"]})
+    if cfg.policy and is_rl_policy(cfg.policy):
+        pol = load_policy(cfg.policy, cfg.device)
+    elif cfg.policy:
+        h["horizon"], h["action_dim"] = 0, 0  # the generalist's
+        pol = build_policy(h, {"type": "checkpoint", "path": str(cfg.policy)}, cfg.device)
+    else:
+        vec = make_vec_factory(cfg)(cfg.tasks[0], 2)
+        obs, _ = vec.reset(seed=[int(cfg.seed), int(cfg.seed) + 1])
+        keys = list(cfg.env.state_keys)
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise KeyError(f"env.state_keys {missing} are not in the observation (has {sorted(obs)})")
+        dims = [int(np.prod(obs[k].shape[1:])) for k in keys]
+        h["horizon"] = int(h["horizon"]) or 1
+        pol = build_policy(h, {"type": "state", "keys": keys, "dims": dims}, cfg.device)
+        pol.encoder.fit(obs)
+        pol.encoder.scale.clamp_(min=0.05)
+        vec.close()
+    return pol, make_vec_factory(cfg, getattr(pol.encoder, "spec", None))
+
+
+def expert_features(cfg: Any, policy: Any, n: int, exec_horizon: int) -> list[Any]:
+    """Features of ``n`` successful scripted-expert episodes per task (the process reward's demos),
+    one per decision (every ``exec_horizon`` steps), through :mod:`flywheel.rollout`."""
+    import sim
+    from flywheel.rollout import Rollout
+
+    out = []
+    for task in cfg.tasks:
+        vec = make_vec_factory(cfg, getattr(policy.encoder, "spec", None))(task, 1)
+        env = vec.envs[0]
+        expert = sim.expert(env, noise=0.3, seed=int(cfg.seed) + 7)
+        instr = str(getattr(env.unwrapped, "instruction", task))
+        got, seed = 0, int(cfg.seed) + 500_000
+        while got < n and seed < int(cfg.seed) + 500_000 + 20 * n:
+            obs_list: list[dict[str, Any]] = []
+            r = Rollout(env, expert, max_steps=cfg.env.max_steps or None,
+                        on_step=lambda s, acc=obs_list: acc.append(s.obs) if s.t % exec_horizon == 0 else None)
+            ep = r.run(seed)
+            seed += 1
+            if ep.success:
+                batch = {k: np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
+                out.append(policy.features({**batch, "instruction": [instr] * len(obs_list)}))
+                got += 1
+        vec.close()
+    if not out:
+        raise RuntimeError("process reward: the scripted expert gave no successful episode")
+    return out
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    import torch
+
+    from flywheel.vla_rl.engine import RolloutEngine, StoreRecorder
+    from flywheel.vla_rl.trainer import Trainer
+
+    name = cfg.algo.name
+    algo_cls, algo_cfg_cls = algorithm(name)
+    from omegaconf import OmegaConf
+
+    a = {k: v for k, v in OmegaConf.to_container(cfg.algo, resolve=True).items() if k != "name"}
+    acfg = algo_cfg_cls(**a)
+    torch.set_num_threads(int(cfg.torch_threads))
+    torch.manual_seed(int(cfg.seed))
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    policy, make_vec = build(cfg)
+    exec_h = int(cfg.exec_horizon) or policy.horizon
+    recorder = None
+    if cfg.record_to:
+        from flywheel.data import EpisodeStore
+
+        probe = make_vec(cfg.tasks[0], 1)
+        spec = probe.envs[0].unwrapped.rig_spec
+        probe.close()
+        recorder = StoreRecorder(EpisodeStore(cfg.record_to, mode="a", spec=spec), name,
+                                 policy_version=f"vla_rl:{name}:{out}")
+    engine = RolloutEngine(policy, make_vec, list(cfg.tasks), group_size=acfg.group_size,
+                           num_envs=max(int(cfg.num_envs), acfg.group_size), exec_horizon=exec_h,
+                           max_steps=int(cfg.env.max_steps) or None,
+                           task_weights=list(cfg.task_weights) or None, seed=int(cfg.seed), recorder=recorder)
+    algo = algo_cls(policy, acfg, seed=int(cfg.seed))
+    prm = None
+    resuming = (out / "checkpoint" / "state.json").exists()
+    if cfg.prm.enabled:
+        from flywheel.vla_rl.prm import ProgressModel
+
+        prm = ProgressModel(policy.feature_dim, tuple(cfg.prm.hidden))
+        if not resuming:
+            feats = expert_features(cfg, policy, int(cfg.prm.demos), exec_h)
+            mse = prm.fit_episodes(feats, steps=int(cfg.prm.steps), lr=float(cfg.prm.lr),
+                                   batch_size=int(cfg.prm.batch_size), seed=int(cfg.seed))
+            log.info("process reward model: fit on %d demos, MSE %.4f", len(feats), mse)
+    tcfg = TrainConfig(**{**OmegaConf.to_container(cfg.train, resolve=True), "env_steps": int(cfg.env_steps)})
+    info = {"policy": str(cfg.policy), "seed": int(cfg.seed), "prm": bool(cfg.prm.enabled),
+            "head": str(cfg.head.kind), "config": OmegaConf.to_container(cfg, resolve=True)}
+    trainer = Trainer(policy, algo, engine, tcfg, out, prm=prm, prm_coef=float(cfg.prm.coef) if prm else 0.0,
+                      prm_gamma=float(cfg.prm.gamma), run_info=info)
+    t0 = time.time()
+    try:
+        results = trainer.run()
+    finally:
+        trainer.close()
+    results["wall_seconds"] = time.time() - t0
+    if cfg.registry:
+        results["candidate_id"] = register_candidate(cfg, results, out / "policy")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+def register_candidate(cfg: Any, results: dict[str, Any], path: Path) -> str:
+    """Register the trained policy in the model registry as a candidate (the gate promotes)."""
+    from flywheel.registry import ModelRecord, ModelRegistry
+
+    reg = ModelRegistry(cfg.registry)
+    rid = f"vla_rl-{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    reg.register(ModelRecord(
+        id=rid, path=str(path), parent=cfg.registry_parent or None,
+        data={"source": "rl", "algo": cfg.algo.name, "tasks": list(cfg.tasks), "env_steps": results["env_steps"]},
+        metrics={"success": results["final_eval"]["success"], "per_task": results["final_eval"]["per_task"],
+                 "initial_success": results["initial_eval"]["success"]},
+        notes="candidate from flywheel-vla-rl",
+    ))
+    return rid
+
+
+def main() -> None:
+    import hydra
+
+    register()
+
+    @hydra.main(version_base=None, config_name="flywheel_vla_rl")
+    def _app(cfg: Any) -> None:
+        logging.basicConfig(level=logging.INFO)
+        res = run(cfg)
+        keep = ("algo", "tasks", "env_steps", "iterations", "env_steps_per_s", "groups_rejected_mean",
+                "update_compute_saved", "candidate_id", "wall_seconds")
+        print(json.dumps({**{k: res.get(k) for k in keep}, "initial_success": res["initial_eval"]["success"],
+                          "final_success": res["final_eval"]["success"]}, indent=2, default=str))
+
+    _app()
+
+
+if __name__ == "__main__":
+    main()

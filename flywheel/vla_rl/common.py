@@ -1,0 +1,148 @@
+"""What every algorithm file shares: its config fields, the optimiser, the reference policy, the
+clipped policy-gradient epochs, and the bookkeeping of update compute.
+
+An algorithm is a small class with ``update(batch: RolloutBatch) -> dict[str, float]`` (one
+iteration's learning from one batch of rollouts), ``state_dict()`` / ``load_state_dict()`` (its
+optimiser, for resuming), and two class attributes the trainer reads: ``name`` and ``uses_value``.
+``samples_trained`` counts the decisions that went through a gradient step (times epochs): the
+update compute; ``samples_offered`` what it would have been without dynamic rejection (the saving).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from flywheel.vla_rl.engine import RolloutBatch
+from flywheel.vla_rl.objectives import kl_to_reference, mixed_groups, ppo_clip_loss
+
+
+@dataclass
+class AlgoConfig:
+    """Fields every algorithm has (each file's config adds its own)."""
+
+    lr: float = 3e-4
+    epochs: int = 4  # passes over each batch
+    minibatch_size: int = 256  # decisions per gradient step (trajectories for GSPO, pairs for DPO)
+    clip: float = 0.2  # PPO ratio clip
+    max_grad_norm: float = 1.0
+    kl_coef: float = 0.0  # weight of KL(pi || pi_ref) to the frozen starting (SFT) policy
+    ent_coef: float = 0.0  # entropy bonus (heads with a closed-form entropy)
+    groups_per_iter: int = 8  # groups collected per iteration
+    group_size: int = 8  # rollouts per (task, seed) group (1: no groups, as plain PPO)
+    reject_uniform: bool = False  # dynamic rejection: drop groups that all succeed or all fail
+
+
+def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
+    """The reference policy: a frozen deep copy (the encoder is shared, it is frozen anyway)."""
+    enc = getattr(policy, "encoder", None)
+    memo = {id(enc): enc} if enc is not None else {}
+    ref = copy.deepcopy(policy, memo)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+class Algorithm:
+    """Base: optimiser over the policy's trainable parameters, reference policy, counters."""
+
+    name = "base"
+    uses_value = False
+
+    def __init__(self, policy: Any, cfg: AlgoConfig, ref: Any | None = None, seed: int = 0) -> None:
+        self.policy, self.cfg = policy, cfg
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{self.name}: the policy has no trainable parameters")
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.ref = ref if ref is not None else (frozen_copy(policy) if cfg.kl_coef > 0 else None)
+        self.samples_trained = 0  # decisions x epochs that went through gradient steps
+        self.samples_offered = 0  # the same without dynamic rejection / filtering
+        self.gen = torch.Generator().manual_seed(seed)
+
+    # ------------------------------------------------------------------ pieces
+    def reject(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """Dynamic rejection (if configured): keep the groups with mixed outcomes. Counts the
+        update compute the whole batch would have cost (``samples_offered``)."""
+        n_groups = len(torch.unique(batch.group))
+        self.samples_offered += batch.num_steps * self.cfg.epochs
+        if not self.cfg.reject_uniform:
+            return batch, {"groups_rejected": 0.0}
+        keep = mixed_groups(batch.success, batch.group)
+        kept = len(torch.unique(batch.group[keep])) if keep.any() else 0
+        return batch.select(keep), {"groups_rejected": 1.0 - kept / max(n_groups, 1)}
+
+    @torch.no_grad()
+    def ref_logp(self, batch: RolloutBatch) -> torch.Tensor | None:
+        if self.ref is None:
+            return None
+        return self.ref.log_prob(batch.feats, batch.actions, batch.extra)
+
+    def step(self, loss: torch.Tensor, n: int) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],
+                                            self.cfg.max_grad_norm)
+        self.opt.step()
+        self.samples_trained += n
+        return float(gn)
+
+    def minibatches(self, n: int, size: int) -> list[torch.Tensor]:
+        perm = torch.randperm(n, generator=self.gen)
+        return [perm[i: i + size] for i in range(0, n, max(1, size))]
+
+    def clipped_epochs(self, batch: RolloutBatch, adv: torch.Tensor, weights: torch.Tensor | None = None,
+                       value_targets: torch.Tensor | None = None, vf_coef: float = 0.0) -> dict[str, float]:
+        """PPO-clipped epochs over the decisions of ``batch`` with per-step advantages ``adv``;
+        KL to the reference, entropy bonus and (``value_targets``) a value loss when configured."""
+        cfg, pol = self.cfg, self.policy
+        ref = self.ref_logp(batch)
+        logs: dict[str, list[float]] = {}
+        for _ in range(cfg.epochs):
+            for mb in self.minibatches(batch.num_steps, cfg.minibatch_size):
+                ex = {k: v[mb] for k, v in batch.extra.items()}
+                f = batch.feats[mb]
+                logp = pol.log_prob(f, batch.actions[mb], ex)
+                w = None if weights is None else weights[mb]
+                loss, st = ppo_clip_loss(logp, batch.logp[mb], adv[mb], cfg.clip, w)
+                if ref is not None and cfg.kl_coef > 0:
+                    kl = kl_to_reference(logp, ref[mb], w)
+                    loss = loss + cfg.kl_coef * kl
+                    st["kl_ref"] = float(kl.detach())
+                if cfg.ent_coef > 0:
+                    ent = pol.entropy(f)
+                    if ent is not None:
+                        loss = loss - cfg.ent_coef * ent.mean()
+                        st["entropy"] = float(ent.mean().detach())
+                if value_targets is not None:
+                    vl = ((pol.value(f) - value_targets[mb]) ** 2).mean()
+                    loss = loss + vf_coef * vl
+                    st["value_loss"] = float(vl.detach())
+                st["grad_norm"] = self.step(loss, len(mb))
+                st["loss"] = float(loss.detach())
+                for k, v in st.items():
+                    logs.setdefault(k, []).append(v)
+        return {k: float(np.mean(v)) for k, v in logs.items()}
+
+    # -------------------------------------------------------------- resuming
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "samples_trained": self.samples_trained,
+                "samples_offered": self.samples_offered, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.opt.load_state_dict(sd["opt"])
+        self.samples_trained, self.samples_offered = int(sd["samples_trained"]), int(sd["samples_offered"])
+        self.gen.set_state(sd["gen"])
+
+
+def episode_stats(batch: RolloutBatch) -> dict[str, float]:
+    """success, return, episode length (all, and of the successes) of a batch."""
+    succ = batch.success.float()
+    out = {"success": float(succ.mean()), "return": float(batch.ret.mean()),
+           "episode_length": float(batch.length.float().mean())}
+    if batch.success.any():
+        out["success_length"] = float(batch.length[batch.success].float().mean())
+    return out

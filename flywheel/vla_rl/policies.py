@@ -1,0 +1,224 @@
+"""Stochastic generalist heads with log-probabilities, over a policy's feature extractor.
+
+An **encoder** is anything with ``policy_features(obs) -> (B, D)`` tensor (``obs``: a batch of spec
+observations, arrays with a leading batch axis, plus ``"instruction"``: a list of strings) and an
+int ``feature_dim``. The compact VLA exposes its frozen EfficientNet + MiniLM + proprio features
+this way; :class:`StateFeatures` is the state-only one (sim state keys, tests, from-scratch runs).
+An encoder may also offer ``policy_mean``: a module (B, D) -> (B, H, A) (its behaviour-cloned
+regression head, normalised actions), which then becomes the Gaussian's mean, so RL fine-tunes the
+generalist's own head; ``flow_velocity(feats) -> v(x, t)`` with a module ``flow_module`` (its flow
+head, used by :class:`FlowChunkPolicy`); and ``unnormalize_actions(a) -> a`` (normalised -> spec
+units). :mod:`flywheel.vla_rl.adapters` wraps the compact VLA this way.
+
+The encoder is frozen: features are computed once in the rollout and reused by every update (the
+algorithms never call it), as with iRe-VLA's frozen backbone.
+
+A **chunk policy** (:class:`GaussianChunkPolicy`, :class:`FlowChunkPolicy`) gives, on features:
+``act(feats, deterministic) -> (actions (B, H, A), logp (B,), extra)``, ``log_prob(feats, actions,
+extra) -> (B,)``, ``value(feats) -> (B,)``, ``entropy(feats)`` (or None). ``extra`` holds what the
+log-likelihood needs beyond the actions (the flow sampler's chain); the rollout stores it per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flywheel.vla_rl import flow_sde
+
+
+def mlp(sizes: Sequence[int], act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class StateFeatures(nn.Module):
+    """State-only features: the listed observation keys flattened and concatenated, then
+    ``(x - shift) / scale`` (fixed; fit with :meth:`fit`). No trainable parameters."""
+
+    def __init__(self, keys: Sequence[str], dims: Sequence[int]) -> None:
+        super().__init__()
+        if len(keys) != len(dims) or not keys:
+            raise ValueError(f"StateFeatures: keys {list(keys)} and dims {list(dims)} must be non-empty and match")
+        self.keys, self.dims = list(keys), [int(d) for d in dims]
+        self.feature_dim = int(sum(self.dims))
+        self.register_buffer("shift", torch.zeros(self.feature_dim))
+        self.register_buffer("scale", torch.ones(self.feature_dim))
+
+    def raw(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        missing = [k for k in self.keys if k not in obs]
+        if missing:
+            raise KeyError(f"StateFeatures: observation misses {missing} (has {sorted(obs)})")
+        parts = [torch.as_tensor(np.asarray(obs[k], np.float32)).reshape(len(obs[k]), -1) for k in self.keys]
+        x = torch.cat(parts, -1)
+        if x.shape[1] != self.feature_dim:
+            raise ValueError(f"StateFeatures: {self.keys} give {x.shape[1]} values, expected {self.feature_dim}")
+        return x.to(self.shift.device)
+
+    def fit(self, obs: Mapping[str, Any]) -> None:
+        x = self.raw(obs)
+        self.shift.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp_min(1e-3) if len(x) > 1 else torch.ones_like(self.scale))
+
+    @torch.no_grad()
+    def policy_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        return (self.raw(obs) - self.shift) / self.scale
+
+
+class ChunkPolicyBase(nn.Module):
+    """What both stochastic heads share: the frozen encoder, a value head, spec conversion."""
+
+    def __init__(self, encoder: Any, horizon: int, action_dim: int, value_hidden: Sequence[int]) -> None:
+        super().__init__()
+        if not hasattr(encoder, "policy_features") or not hasattr(encoder, "feature_dim"):
+            raise TypeError("encoder: needs policy_features(obs) -> (B, D) and feature_dim")
+        self.encoder = encoder
+        if isinstance(encoder, nn.Module):
+            encoder.requires_grad_(False)
+            for name in ("policy_mean", "flow_module"):  # the generalist's own head trains
+                if isinstance(getattr(encoder, name, None), nn.Module):
+                    getattr(encoder, name).requires_grad_(True)
+        self.horizon, self.action_dim = int(horizon), int(action_dim)
+        self.feature_dim = int(encoder.feature_dim)
+        self.value_net = mlp([self.feature_dim, *value_hidden, 1])
+
+    @torch.no_grad()
+    def features(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        return self.encoder.policy_features(obs).float()
+
+    def value(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.value_net(feats).squeeze(-1)
+
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        """Normalised chunks -> spec actions in [-1, 1] (numpy)."""
+        un = getattr(self.encoder, "unnormalize_actions", None)
+        a = actions.detach()
+        if un is not None:
+            a = torch.as_tensor(un(a))
+        return np.clip(a.cpu().numpy().astype(np.float32), -1.0, 1.0)
+
+    def entropy(self, feats: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class GaussianChunkPolicy(ChunkPolicyBase):
+    """A diagonal Gaussian over the (normalised) action chunk, with a learned state-dependent scale:
+    log_std = lo + (hi - lo) * sigmoid(W f + b), W initialised to 0 and b so log_std starts at
+    ``init_log_std``. ``deterministic`` acts with the mean."""
+
+    def __init__(
+        self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
+        init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 1.0),
+        value_hidden: Sequence[int] = (128, 128),
+    ) -> None:
+        super().__init__(encoder, horizon, action_dim, value_hidden)
+        lo, hi = log_std_bounds
+        if not lo < init_log_std < hi:
+            raise ValueError(f"init_log_std={init_log_std} must lie inside log_std_bounds={log_std_bounds}")
+        self.lo, self.hi = float(lo), float(hi)
+        d, n = self.feature_dim, self.horizon * self.action_dim
+        mean = getattr(encoder, "policy_mean", None)
+        if mean is not None:  # the generalist's own head: fine-tune it
+            self.mean_net: nn.Module = mean
+            self._own_mean = False
+        else:
+            self.mean_net = mlp([d, *hidden, n])
+            self._own_mean = True
+        self.log_std_net = nn.Linear(d, n)
+        nn.init.zeros_(self.log_std_net.weight)
+        p = (init_log_std - lo) / (hi - lo)
+        nn.init.constant_(self.log_std_net.bias, math.log(p / (1 - p)))
+
+    def dist(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std), each (B, H, A)."""
+        b = feats.shape[0]
+        mean = self.mean_net(feats).reshape(b, self.horizon, self.action_dim)
+        log_std = self.lo + (self.hi - self.lo) * torch.sigmoid(self.log_std_net(feats))
+        return mean, log_std.reshape(b, self.horizon, self.action_dim)
+
+    def act(self, feats: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
+        mean, log_std = self.dist(feats)
+        if deterministic:
+            return mean, torch.zeros(feats.shape[0], device=feats.device), {}
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        a = mean + log_std.exp() * eps
+        return a, _normal_logp(a, mean, log_std), {}
+
+    def log_prob(self, feats: torch.Tensor, actions: torch.Tensor, extra: Mapping[str, torch.Tensor] | None = None):
+        mean, log_std = self.dist(feats)
+        return _normal_logp(actions, mean, log_std)
+
+    def entropy(self, feats: torch.Tensor) -> torch.Tensor:
+        _, log_std = self.dist(feats)
+        return (log_std + 0.5 * math.log(2 * math.pi * math.e)).flatten(1).sum(1)
+
+
+def _normal_logp(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    z = (x - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+def _time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    ang = t.float()[:, None] * freqs[None] * 100.0
+    return torch.cat([ang.sin(), ang.cos()], -1)
+
+
+class FlowChunkPolicy(ChunkPolicyBase):
+    """A flow-matching chunk head (an MLP velocity network on features) sampled with the stochastic
+    SDE of :mod:`flywheel.vla_rl.flow_sde`: ``extra["chain"]`` carries the denoising chain, and the
+    log-probability is the sum of its per-step Gaussian transitions. ``deterministic`` is the ODE."""
+
+    def __init__(
+        self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
+        steps: int = 5, noise_level: float = 0.5, t_max: float = 0.9, time_dim: int = 16,
+        value_hidden: Sequence[int] = (128, 128),
+    ) -> None:
+        super().__init__(encoder, horizon, action_dim, value_hidden)
+        if noise_level <= 0:
+            raise ValueError(f"FlowChunkPolicy: noise_level={noise_level} must be > 0 (0 is the evaluation ODE)")
+        self.steps, self.noise_level, self.t_max, self.time_dim = int(steps), float(noise_level), float(t_max), time_dim
+        n = self.horizon * self.action_dim
+        self.external = hasattr(encoder, "flow_velocity")  # the generalist's own flow head
+        if not self.external:
+            self.vel_net = mlp([n + time_dim + self.feature_dim, *hidden, n], act=nn.GELU)
+
+    def velocity_fn(self, feats: torch.Tensor) -> flow_sde.Velocity:
+        if self.external:
+            return self.encoder.flow_velocity(feats)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            h = torch.cat([x.flatten(1), _time_embedding(t, self.time_dim), feats], -1)
+            return self.vel_net(h).reshape(x.shape)
+
+        return velocity
+
+    def flow_loss(self, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The behaviour-cloning (flow-matching) loss, for supervised warm starts."""
+        noise = torch.randn_like(actions)
+        t = torch.rand(actions.shape[0], device=actions.device)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        return ((self.velocity_fn(feats)(x_t, t) - (noise - actions)) ** 2).mean()
+
+    def act(self, feats: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
+        b = feats.shape[0]
+        noise = torch.randn((b, self.horizon, self.action_dim), generator=generator).to(feats.device)
+        level = 0.0 if deterministic else self.noise_level
+        a, chain, lp = flow_sde.sample(self.velocity_fn(feats), noise, self.steps, level, t_max=self.t_max,
+                                       generator=generator)
+        return a, lp.sum(1), {"chain": chain}
+
+    def log_prob(self, feats: torch.Tensor, actions: torch.Tensor, extra: Mapping[str, torch.Tensor] | None = None):
+        if extra is None or "chain" not in extra:
+            raise KeyError("FlowChunkPolicy.log_prob needs extra['chain'] (the stored denoising chain)")
+        return flow_sde.chain_log_prob(self.velocity_fn(feats), extra["chain"], self.noise_level, t_max=self.t_max)

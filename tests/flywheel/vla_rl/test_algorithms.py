@@ -1,0 +1,170 @@
+"""A short run of each algorithm improves the point-reach toy task; PRM, rejection, DPO pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vla_rl_toy import PointReach, expert_action, make_vec
+
+from flywheel.vla_rl import ALGORITHMS, algorithm
+from flywheel.vla_rl.common import frozen_copy
+from flywheel.vla_rl.dpo import grape_scores, intervention_pairs, preference_pairs
+from flywheel.vla_rl.engine import RolloutEngine
+from flywheel.vla_rl.policies import FlowChunkPolicy, GaussianChunkPolicy, StateFeatures
+from flywheel.vla_rl.prm import ProgressModel, progress_targets
+
+EVAL_SEEDS = list(range(10**6, 10**6 + 48))
+
+
+def _setup(name, flow=False, seed=0, **over):
+    torch.manual_seed(seed)
+    enc = StateFeatures(["state/pos", "state/goal"], [2, 2])
+    enc.scale.fill_(0.3)
+    cls = FlowChunkPolicy if flow else GaussianChunkPolicy
+    pol = cls(enc, 1, 2, hidden=(64, 64), value_hidden=(64, 64))
+    algo_cls, cfg_cls = algorithm(name)
+    cfg = cfg_cls(lr=1e-3, **over)
+    algo = algo_cls(pol, cfg, seed=seed)
+    eng = RolloutEngine(pol, make_vec, ["reach"], group_size=cfg.group_size, num_envs=32, seed=seed)
+    return pol, algo, eng
+
+
+def _eval(eng) -> float:
+    b = eng.collect(len(EVAL_SEEDS), group_size=1, deterministic=True, seeds=EVAL_SEEDS, count=False)
+    return float(b.success.float().mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_each_algorithm_improves_the_toy_task(name):
+    pol, algo, eng = _setup(name)
+    before = _eval(eng)
+    for _ in range(20):
+        stats = algo.update(eng.collect(algo.cfg.groups_per_iter))
+    after = _eval(eng)
+    assert after >= before + 0.25, (name, before, after, stats)
+    assert algo.samples_trained > 0
+
+
+@pytest.mark.slow
+def test_flow_head_improves_with_ppo():
+    pol, algo, eng = _setup("ppo", flow=True)
+    before = _eval(eng)
+    for _ in range(20):
+        algo.update(eng.collect(algo.cfg.groups_per_iter))
+    assert _eval(eng) >= before + 0.1
+
+
+def test_dynamic_rejection_skips_uniform_groups_and_saves_compute():
+    pol, algo, eng = _setup("rloo")
+    b = eng.collect(6)
+    mixed = sum(0 < float(b.success[b.group == g].float().mean()) < 1 for g in torch.unique(b.group))
+    st = algo.update(b)
+    assert st["groups_rejected"] == pytest.approx(1 - mixed / 6)
+    assert algo.samples_offered == b.num_steps * algo.cfg.epochs
+    kept_steps = sum(int(b.length[b.group == g].sum()) for g in torch.unique(b.group)
+                     if 0 < float(b.success[b.group == g].float().mean()) < 1)
+    assert algo.samples_trained == kept_steps * algo.cfg.epochs
+
+
+def test_kl_keeps_grpo_near_the_reference():
+    """With a large KL weight the policy stays closer to its start than without."""
+    dists = []
+    for kl in (0.0, 5.0):
+        pol, algo, eng = _setup("grpo", kl_coef=kl)
+        algo.ref = algo.ref or frozen_copy(pol)
+        probe = eng.collect(4, count=False)
+        for _ in range(5):
+            algo.update(eng.collect(algo.cfg.groups_per_iter))
+        with torch.no_grad():
+            m, _ = pol.dist(probe.feats)
+            m0, _ = algo.ref.dist(probe.feats)
+        dists.append(float((m - m0).abs().mean()))
+    assert dists[1] < dists[0]
+
+
+def test_gfpo_trains_on_the_k_shortest():
+    pol, algo, eng = _setup("gfpo", keep=4, group_size=8, groups_per_iter=2)
+    b = eng.collect(2)
+    st = algo.update(b)
+    kept = sum(int(torch.sort(b.length[b.group == g]).values[:4].sum()) for g in torch.unique(b.group))
+    assert algo.samples_trained == kept * algo.cfg.epochs
+    assert st["kept_fraction"] == pytest.approx(kept / b.num_steps)
+
+
+def test_grape_pairs_rank_success_then_progress():
+    pol, algo, eng = _setup("dpo")
+    b = eng.collect(4)
+    scores = grape_scores(b, torch.zeros(b.num_episodes), 1.0, 0.5, 0.0)
+    ch, rj = preference_pairs(scores, b.group, "best_worst")
+    for c, r in zip(ch.tolist(), rj.tolist(), strict=True):
+        assert b.group[c] == b.group[r]
+        assert (b.success[c] > b.success[r]) or (b.success[c] == b.success[r] and b.progress[c] > b.progress[r])
+    ch_all, _ = preference_pairs(scores, b.group, "all")
+    assert len(ch_all) >= len(ch)
+
+
+def test_intervention_pairs_teach_the_operators_action():
+    """State-level DPO pairs (the operator's chunk preferred over the policy's) raise the operator's
+    likelihood relative to the policy's own proposal."""
+    import numpy as np
+
+    pol, algo, eng = _setup("dpo", epochs=10)
+    env = PointReach()
+    obs = [env.reset(seed=s)[0] for s in range(32)]
+    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    feats = pol.features(batch)
+    op = torch.as_tensor(expert_action(batch))[:, None]
+    with torch.no_grad():
+        own, _, _ = pol.act(feats)
+    pairs = intervention_pairs(feats, own, op, torch.arange(32) % 2 == 0)
+    assert len(pairs.feats) == 16 and torch.equal(pairs.chosen, op[::2])
+
+    def margin() -> float:
+        with torch.no_grad():
+            return float((pol.log_prob(pairs.feats, pairs.chosen) - pol.log_prob(pairs.feats, pairs.rejected)).mean())
+
+    before = margin()
+    b = eng.collect(1)
+    b.group[:] = torch.arange(b.num_episodes)  # no trajectory pairs: groups of one
+    st = algo.update(b, state_pairs=pairs)
+    assert st["pairs"] == 0 and st["state_pairs"] == 16
+    assert margin() > before + 1.0
+
+
+def test_process_reward_model_learns_progress_and_shapes():
+    import numpy as np
+
+    torch.manual_seed(0)
+    enc = StateFeatures(["state/pos", "state/goal"], [2, 2])
+    enc.scale.fill_(0.3)
+    demos = []
+    for s in range(30):
+        env = PointReach()
+        o, _ = env.reset(seed=s)
+        obs = [o]
+        done = False
+        while not done:
+            o, _, term, trunc, _ = env.step(expert_action({k: v[None] for k, v in o.items()})[0])
+            done = term or trunc
+            obs.append(o) if not done else None
+        demos.append(enc.policy_features({k: np.stack([x[k] for x in obs]) for k in obs[0]}))
+    assert progress_targets([2, 4]).tolist() == [0.5, 1.0, 0.25, 0.5, 0.75, 1.0]
+    prm = ProgressModel(4, (32, 32))
+    mse = prm.fit_episodes(demos[:25], steps=600, lr=3e-3)
+    assert mse < 0.02
+    held = torch.cat(demos[25:])
+    tgt = progress_targets([len(d) for d in demos[25:]])
+    with torch.no_grad():
+        pred = prm(held)
+    assert float(torch.corrcoef(torch.stack([pred, tgt]))[0, 1]) > 0.8
+    # shaping adds gamma * P(s') - P(s) per decision; the return is re-summed
+    pol = GaussianChunkPolicy(enc, 1, 2, hidden=(16,), value_hidden=(16,))
+    b = RolloutEngine(pol, make_vec, ["reach"], group_size=2, num_envs=4).collect(2)
+    sb = prm.shape(b, coef=1.0, gamma=1.0)
+    with torch.no_grad():
+        p, pf = prm(b.feats), prm(b.final_feats)
+    first = torch.cat([torch.tensor([True]), b.episode[1:] != b.episode[:-1]])
+    telescoped = b.ret + pf - p[first]  # gamma 1: the shaping telescopes to P(final) - P(start)
+    assert torch.allclose(sb.ret, telescoped, atol=1e-5)
+    assert prm.progress_of(b).shape == (b.num_episodes,)
