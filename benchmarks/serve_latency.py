@@ -5,6 +5,8 @@ Two 224 px cameras (``default_spec(224)``), loopback. For each policy:
 * ``in-process``: ``policy.infer(obs)`` in this process;
 * ``remote raw`` / ``remote jpeg``: ``RemotePolicy.infer`` against ``PolicyServer`` in this process
   (its own event-loop thread, inference in a worker thread), images as raw rgb8 or JPEG (quality 90);
+* ``remote ... @N Mbit/s``: the same through a loopback proxy pacing bytes at N Mbit/s each way
+  (a stand-in for the lab's network; stub policy only);
 * ``4 clients``: requests per second with 4 concurrent clients, each in its own thread.
 
 Policies: ``stub`` (returns a zero chunk: the protocol's own cost) and ``tiny`` (a random tiny
@@ -79,6 +81,43 @@ def timed(fns: dict, obs, iters, warmup=3) -> dict[str, list[float]]:
     return out
 
 
+class ThrottledProxy:
+    """A loopback TCP proxy that paces bytes at ``mbit`` Mbit/s each way (a slower link than loopback)."""
+
+    def __init__(self, target_port: int, mbit: float) -> None:
+        import asyncio
+
+        self.target, self.rate = target_port, mbit * 1e6 / 8  # bytes/s
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        ready = threading.Event()
+
+        async def pipe(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    await asyncio.sleep(len(data) / self.rate)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(cr, cw):
+            sr, sw = await asyncio.open_connection("127.0.0.1", self.target)
+            await asyncio.gather(pipe(cr, sw), pipe(sr, cw))
+
+        async def start():
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+        threading.Thread(target=lambda: self.loop.run_until_complete(start()), daemon=True).start()
+        ready.wait(5)
+
+
 def throughput(port: int, obs, clients: int, seconds: float, codec: str) -> float:
     remotes = [RemotePolicy("127.0.0.1", port, image_codec=codec).connect() for _ in range(clients)]
     counts = [0] * clients
@@ -101,23 +140,28 @@ def throughput(port: int, obs, clients: int, seconds: float, codec: str) -> floa
     return sum(counts) / elapsed
 
 
-def bench(name: str, policy, iters: int, seconds: float) -> list[dict]:
+def bench(name: str, policy, iters: int, seconds: float, link_mbit=()) -> list[dict]:
     spec = policy.spec
     obs = observation(spec)
     raw_bytes = len(packb(obs))
     jpg_bytes = len(packb({k: (encode_jpeg(v) if k.startswith("images/") else v) for k, v in obs.items()}))
     with PolicyServer(policy, ServeConfig(port=0)) as server:
-        raw = RemotePolicy("127.0.0.1", server.port, image_codec="raw").connect()
-        jpg = RemotePolicy("127.0.0.1", server.port, image_codec="jpeg").connect()
-        lat = timed({"in-process": policy.infer, "remote raw": raw.infer, "remote jpeg": jpg.infer}, obs, iters)
-        raw.close()
-        jpg.close()
+        fns, remotes = {"in-process": policy.infer}, []
+        links = [("", server.port)] + [(f" @{m:g} Mbit/s", ThrottledProxy(server.port, m).port) for m in link_mbit]
+        for link, port in links:
+            for codec in ("raw", "jpeg"):
+                remotes.append(RemotePolicy("127.0.0.1", port, image_codec=codec).connect())
+                fns[f"remote {codec}{link}"] = remotes[-1].infer
+        lat = timed(fns, obs, iters)
+        for r in remotes:
+            r.close()
         local = stats(lat["in-process"])
         rows = [{"policy": name, "mode": "in-process", **local}]
-        for codec, size in (("raw", raw_bytes), ("jpeg", jpg_bytes)):
-            r = stats(lat[f"remote {codec}"])
+        for mode in list(fns)[1:]:
+            r = stats(lat[mode])
             r["overhead_p50_ms"] = round(r["p50_ms"] - local["p50_ms"], 2)
-            rows.append({"policy": name, "mode": f"remote {codec}", "request_kB": round(size / 1024, 1), **r})
+            size = raw_bytes if " raw" in mode else jpg_bytes
+            rows.append({"policy": name, "mode": mode, "request_kB": round(size / 1024, 1), **r})
         for codec in ("raw", "jpeg"):
             rps = throughput(server.port, obs, 4, seconds, codec)
             rows.append({"policy": name, "mode": f"4 clients {codec}", "requests_per_s": round(rps, 1)})
@@ -148,9 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each 4-client run")
     p.add_argument("--out", default="", help="write the rows as JSON here")
+    p.add_argument("--link-mbit", default="1000,100", help="also through a paced loopback proxy at these rates")
     args = p.parse_args(argv)
     spec = default_spec(224)
-    rows = bench("stub", StubPolicy(spec), 50 if args.quick else 200, args.seconds)
+    links = [float(x) for x in args.link_mbit.split(",") if x]
+    rows = bench("stub", StubPolicy(spec), 50 if args.quick else 200, args.seconds, links)
     rows += bench(f"tiny ({args.device})", tiny_policy(args.device), 10 if args.quick else 30, args.seconds)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
