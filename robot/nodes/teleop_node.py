@@ -153,7 +153,7 @@ class TeleopNode(RigNode):
             self.pub_gripper.publish(g)
         for ev in cmd.events:
             self.pub_event.publish(String(data=ev))
-            self.get_logger().info(f"episode event: {ev}")
+            self.get_logger().info(f"episode event: {ev[:40]!r}")
         if self.connected:
             self.diag.update(intervening=cmd.intervening)
 
