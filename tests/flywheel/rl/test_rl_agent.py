@@ -11,7 +11,8 @@ from flywheel.rl.actions import GRIP_CLOSE, GRIP_OPEN, GRIP_STAY, compose_action
 from flywheel.rl.actor import Actor, collect_demos
 from flywheel.rl.buffers import ReplayBuffer, rlpd_batch, route_transitions, stack_transitions
 from flywheel.rl.encoders import obs_shapes_of, random_shift
-from flywheel.rl.learner import Learner, LearnerConfig, train_local
+from flywheel.rl.learner import Learner, LearnerConfig
+from flywheel.rl.loops import train_local
 from flywheel.rl.sac import SACAgent, SACConfig
 
 SHAPES = {"state/x": ((2,), "float32")}

@@ -9,7 +9,8 @@ import torch
 from rl_toy_envs import AlwaysIntervener, LineEnv, LineExpert
 
 from flywheel.rl.actor import Actor
-from flywheel.rl.learner import Learner, LearnerConfig, train_local
+from flywheel.rl.learner import Learner, LearnerConfig
+from flywheel.rl.loops import train_local
 from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
 
 

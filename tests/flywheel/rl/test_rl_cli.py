@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from flywheel.rl.app import register, run
 from flywheel.rl.buffers import episodes_to_transitions
-from flywheel.rl.cli import register, run
 from robot.config import compose
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from flywheel.rl.cli import latent_encoder_from_policy
+from flywheel.rl.build import latent_encoder_from_policy
 from flywheel.rl.sac import SACAgent, SACConfig
 from rig.spec import default_spec
 

@@ -12,7 +12,8 @@ import torch
 from rl_toy_envs import LineEnv
 
 from flywheel.rl.actor import Actor
-from flywheel.rl.learner import Learner, LearnerConfig, run_actor, serve, weights_from_bytes, weights_to_bytes
+from flywheel.rl.learner import Learner, LearnerConfig, weights_from_bytes, weights_to_bytes
+from flywheel.rl.loops import run_actor, serve
 from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
 from flywheel.rl.transport import (
     ActorEndpoint,

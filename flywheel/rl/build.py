@@ -1,0 +1,164 @@
+"""Builders of the RL app's parts from its composed config (``flywheel.rl.app.RLAppConfig``).
+
+The env (sim, or any ``module:function`` factory such as the ROS env adapter),
+the agent (with the generalist's frozen backbone as the encoder for latent RL),
+the simulated intervener, the demos (the scripted operator or a store's human
+episodes), the reward function, the rollout recorder, and the learner and
+transport settings. A library: the ``flywheel-rl`` app and the distillation's
+``sac`` specialist both build through it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from flywheel.rl.learner import LearnerConfig
+from flywheel.rl.sac import SACConfig
+from flywheel.rl.transport import TransportConfig
+
+
+def make_env(cfg: Any) -> Any:
+    e = cfg.env
+    if e.factory:
+        mod, _, fn = e.factory.partition(":")
+        if not fn:
+            raise ValueError(f"env.factory={e.factory!r}: write it as 'package.module:function'")
+        return getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
+    import sim
+
+    return sim.make(e.task, cameras=tuple(e.cameras), image_size=int(e.image_size),
+                    privileged_state=bool(e.privileged_state))
+
+
+def sac_config(cfg: Any) -> SACConfig:
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(cfg.agent, resolve=True)
+    return SACConfig(**d)
+
+
+def build_agent(cfg: Any, env: Any) -> Any:
+    import torch
+
+    from flywheel.rl.sac import SACAgent, obs_shapes_of
+
+    torch.manual_seed(int(cfg.seed))
+    latent = None
+    if cfg.agent.encoder == "latent":
+        latent = latent_encoder(cfg)
+    return SACAgent(sac_config(cfg), obs_shapes_of(env.observation_space), latent_encoder=latent,
+                    device=cfg.device)
+
+
+def latent_encoder(cfg: Any) -> Any:
+    """The generalist's frozen backbone features (iRe-VLA latent RL) from ``latent_policy=PATH``."""
+    if not cfg.latent_policy:
+        raise ValueError("agent.encoder=latent needs latent_policy=<generalist checkpoint dir>")
+    import policy
+
+    return latent_encoder_from_policy(policy.load(cfg.latent_policy, device=cfg.device), cfg.latent_instruction)
+
+
+def latent_encoder_from_policy(pol: Any, instruction: str = "") -> Any:
+    """A frozen image encoder from a loaded generalist: uint8 images (B, H, W, 3) -> (B, D).
+
+    The backbone sees the image in each of its camera slots with zero proprioception and
+    the task instruction; its last hidden states are mean-pooled over the attention mask.
+    """
+    import torch
+
+    model = pol.model
+    cams = model.spec.camera_names
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        imgs = images.cpu().numpy()
+        b = imgs.shape[0]
+        batch: dict[str, Any] = {f"images/{c}": imgs for c in cams}
+        batch.update({"state/ee_pos": np.zeros((b, 3), np.float32), "state/ee_quat": np.tile([1, 0, 0, 0], (b, 1)).astype(
+            np.float32), "state/gripper_width": np.zeros((b, 1), np.float32), "instruction": [instruction] * b})
+        f = model.features(batch, device=pol.device)
+        m = f["mask"].unsqueeze(-1).float()
+        return ((f["hidden"].float() * m).sum(1) / m.sum(1).clamp(min=1.0)).to(images.device)
+
+    return encode
+
+
+def make_intervener(cfg: Any, env: Any) -> Any:
+    if not cfg.intervention.enabled:
+        return None
+    import sim
+
+    i = cfg.intervention
+    expert = sim.expert(env, noise=float(i.noise), seed=int(cfg.seed) + 1)
+    return sim.SimulatedIntervener(env, expert, disagreement=i.disagreement, patience=i.patience,
+                                   stall_steps=i.stall_steps, takeover_steps=i.takeover_steps,
+                                   criterion=i.criterion)
+
+
+def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:
+    if int(cfg.demos.num) <= 0:
+        return None, {}
+    if cfg.demos.store:
+        from flywheel.data import EpisodeStore
+        from flywheel.rl.buffers import episodes_to_transitions
+
+        store = EpisodeStore(cfg.demos.store, mode="r")
+        eps = store.episodes(source="human", success=True)[: int(cfg.demos.num)]
+        if not eps:
+            raise ValueError(f"{cfg.demos.store}: no successful source=human episodes to use as demos")
+        batch = episodes_to_transitions(eps, agent.obs_keys, agent.cfg.gripper_fixed)
+        return batch, {"demo_episodes": float(len(eps)), "demo_transitions": float(len(batch["reward"]))}
+    import sim
+    from flywheel.rl.actor import collect_demos
+
+    expert = sim.expert(env, noise=float(cfg.demos.noise), seed=int(cfg.seed) + 2)
+    return collect_demos(env, expert, int(cfg.demos.num), agent.obs_keys, seed=int(cfg.seed) + 3,
+                         max_attempts=int(cfg.demos.max_attempts))
+
+
+def reward_fn(cfg: Any) -> Any:
+    if cfg.reward != "classifier":
+        return None
+    from flywheel.rl.reward_classifier import RewardClassifier
+
+    if not cfg.classifier:
+        raise ValueError("reward=classifier needs classifier=<path to the reward classifier .safetensors>")
+    return RewardClassifier.load(cfg.classifier).reward
+
+
+def make_recorder(cfg: Any, env: Any) -> Any:
+    if not cfg.record_to:
+        return None
+    from flywheel.data import EpisodeStore
+    from flywheel.rl.actor import RolloutRecorder
+
+    u = env.unwrapped
+    spec = getattr(u, "rig_spec", None)
+    store = EpisodeStore(cfg.record_to, mode="a", spec=spec)
+    return RolloutRecorder(store, task=str(getattr(u, "task_id", cfg.env.task)),
+                           instruction=str(getattr(u, "instruction", "")), policy_version=f"rl:{cfg.out_dir}")
+
+
+def learner_config(cfg: Any) -> LearnerConfig:
+    from omegaconf import OmegaConf
+
+    return LearnerConfig(**OmegaConf.to_container(cfg.learner, resolve=True))
+
+
+def transport_config(cfg: Any, agent: Any) -> TransportConfig:
+    """The transport settings; an unset frame cap is sized from this agent's largest message (frame_cap)."""
+    from omegaconf import OmegaConf
+
+    from flywheel.rl.buffers import transition_layout
+    from flywheel.rl.learner import weights_to_bytes
+    from flywheel.rl.transport import frame_cap
+
+    tcfg = TransportConfig(**OmegaConf.to_container(cfg.transport, resolve=True))
+    if not tcfg.max_frame_bytes:
+        tcfg.max_frame_bytes = frame_cap(transition_layout(agent.obs_shapes), int(cfg.send_every),
+                                         len(weights_to_bytes(agent)))
+    return tcfg
