@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.data import journal
+from flywheel.data.labels import apply_labels
 from flywheel.data.store_layout import (
     ARRAY_CONFIG,
     IMAGE_FLUSH,
@@ -251,6 +252,7 @@ class EpisodeStore:
         commit = self.root.attrs[ROOT_ATTR]["commit"]
         n, t = int(commit["num_episodes"]), int(commit["num_steps"])
         if n == len(self._records) and t == self.num_steps:
+            apply_labels(self.path, self._records)  # operators' reviews (flywheel.data.labels)
             return False
         if n < len(self._records):
             raise StoreError(f"{self.path}: committed episodes went from {len(self._records)} to {n}; "
@@ -270,6 +272,7 @@ class EpisodeStore:
                              f"record ({t} steps); {_repair_hint(self.path)}")
         self._ends = ends
         self._records.extend(records)
+        apply_labels(self.path, self._records)
         self.num_steps = t
         self._arrays.clear()
         return True

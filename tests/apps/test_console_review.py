@@ -117,6 +117,7 @@ def store_path(tmp_path):
 def test_queue_reviews_relabel_the_episode_for_every_reader(store_path):
     from flywheel.data import EpisodeStore
 
+    opened_before = EpisodeStore(store_path, "r")
     q = ReviewQueue(str(store_path))
     q.refresh()
     assert [r.index for r in q.pending()] == [0, 3]  # the rl and policy successes, not the human one
@@ -126,10 +127,9 @@ def test_queue_reviews_relabel_the_episode_for_every_reader(store_path):
     assert rec.extra["review"]["audit"]["fp_per_100"] == pytest.approx(20.0)  # 1 of 5 episodes
     q.review(3, "confirm")
     assert q.pending() == [] and q.audit().precision == pytest.approx(0.5)
-    # a reader that applies the sidecar sees the operator's labels
-    records = EpisodeStore(store_path, "r").records
-    apply_labels(store_path, records)
-    assert [r.success for r in records] == [False, False, True, True, None]
+    # every reader sees the operator's labels: the store applies the sidecar on load and refresh
+    assert [r.success for r in EpisodeStore(store_path, "r").records] == [False, False, True, True, None]
+    assert opened_before.refresh() is False and opened_before.records[0].success is False
     assert len(read_labels(store_path)) == 2
     # a second review replaces the first; its "previous" is still the classifier's label
     q.review(0, "confirm")
@@ -148,10 +148,11 @@ def test_labels_of_a_replaced_store_are_ignored(store_path):
     q = ReviewQueue(str(store_path))
     q.refresh()
     q.review(0, "reject")
+    assert EpisodeStore(store_path, "r").records[0].success is False
+    make_store(store_path)  # mode="w": the same indices, new episodes
     records = EpisodeStore(store_path, "r").records
-    for r in records:
-        r.started_at += 10.0  # what a store made again with mode="w" looks like
-    assert apply_labels(store_path, records) == 0 and records[0].success is True
+    assert records[0].success is True and "review" not in records[0].extra
+    assert apply_labels(store_path, records) == 0
 
 
 def test_a_missing_store_gives_an_empty_queue(tmp_path):
