@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +164,63 @@ def test_a_rig_recorded_bag_imports_through_the_recorders_sampling_rule(tmp_path
     assert np.abs(ep["images/front"][:, 0, 0, 0].astype(int) - frame).max() <= 2  # the latest frame at or before the tick (JPEG)
     assert rec.success is True and rec.instruction == "stack the cubes" and rec.source == "human"
     assert ep["reward"][-1] == 1.0 and not ep["reward"][:-1].any()  # the recorder's success reward
+
+
+@pytest.mark.ros
+def test_exported_messages_are_what_rclpy_reads_and_writes(store_path, tmp_path):
+    """`ros2 bag play` publishes each message's bytes: rclpy must read them as the rig's values; and what
+    rclpy writes (as `ros2 bag record` stores it) must decode with the bag's schemas, as import-mcap reads it."""
+    from pathlib import Path
+
+    from geometry_msgs.msg import PoseStamped, WrenchStamped
+    from mcap.reader import make_reader
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Bool, Float32, Header, String
+
+    import flywheel.data.mcap as fm
+
+    types = {"sensor_msgs/msg/JointState": JointState, "geometry_msgs/msg/PoseStamped": PoseStamped,
+             "geometry_msgs/msg/WrenchStamped": WrenchStamped, "sensor_msgs/msg/Image": Image,
+             "std_msgs/msg/Bool": Bool, "std_msgs/msg/String": String, "std_msgs/msg/Float32": Float32,
+             "std_msgs/msg/Header": Header}
+    fm.export_mcap(store_path, tmp_path / "bags", episodes=[0], progress=False)
+    from mcap_ros2._dynamic import generate_dynamic
+
+    seen: dict[str, list] = {}
+    with open(tmp_path / "bags/episode_000000/episode_000000_0.mcap", "rb") as f:
+        for schema, channel, message in make_reader(f).iter_messages():
+            msg = deserialize_message(message.data, types[schema.name])
+            seen.setdefault(channel.topic, []).append(msg)
+            ours = generate_dynamic(schema.name, schema.data.decode())[schema.name]
+            back = ours(serialize_message(msg))  # rclpy's bytes, read with the bag's schema
+            assert getattr(back, "header", back).__class__.__name__ != "", schema.name
+            if schema.name == "sensor_msgs/msg/JointState":
+                assert list(back.position) == list(msg.position) and list(back.name) == list(msg.name)
+            if schema.name == "sensor_msgs/msg/Image":
+                assert bytes(back.data) == bytes(msg.data) and back.encoding == msg.encoding
+    assert {type(m[0]) for m in seen.values()} == set(types.values())
+    ep = EpisodeStore(store_path).episode(0)
+    js = seen["joint_states"][3]
+    np.testing.assert_allclose(js.position, ep["state/joint_pos"][3], rtol=1e-7)
+    np.testing.assert_allclose(js.velocity, ep["state/joint_vel"][3], rtol=1e-7)
+    assert js.header.stamp.sec + js.header.stamp.nanosec * 1e-9 == pytest.approx(ep["timestamp"][3], abs=1e-6)
+    pose = seen["ee_pose"][2].pose
+    np.testing.assert_allclose([pose.position.x, pose.position.y, pose.position.z], ep["state/ee_pos"][2], rtol=1e-7)
+    img = seen["cameras/front/image_raw"][1]
+    assert (img.encoding, img.height, img.width) == ("rgb8", 32, 40)
+    assert np.array_equal(np.frombuffer(bytes(img.data), np.uint8).reshape(32, 40, 3), ep["images/front"][1])
+    depth = seen["cameras/front/depth/image_raw"][1]
+    assert depth.encoding == "16UC1"
+    assert np.array_equal(np.frombuffer(bytes(depth.data), "<u2").reshape(32, 40), ep["depth/front"][1])
+    wrench = seen["ee_wrench"][0].wrench
+    np.testing.assert_allclose([wrench.force.x, wrench.torque.z], ep["state/ee_wrench"][0][[0, 5]], rtol=1e-7)
+    assert [m.data for m in seen["teleop/intervening"]] == ep["intervention"].tolist()
+    # the definitions in the bag are the installed ROS packages' .msg files (comments and blank lines aside)
+    for name in fm._DEFS:  # the ROS packages from PyPI install their .msg files under <prefix>/share
+        pkg, msg = name.split("/")
+        path = Path(sys.prefix) / "share" / pkg / "msg" / f"{msg}.msg"
+        fields = [line.split("#")[0].split() for line in path.read_text().splitlines()]
+        want = [(t.split("/")[-1], n) for t, n, *_ in (f for f in fields if len(f) >= 2)]
+        got = [(t.split("/")[-1], n) for t, n, *_ in (line.split() for line in fm._DEFS[name].splitlines())]
+        assert got == want, name
