@@ -47,6 +47,7 @@ def test_every_executable_stops_through_its_lifecycle(sig, tmp_path):
         assert not pending, "\n\n".join(f"{r.name} did not come up (exit {r.proc.poll()}):\n{r.output()[-3000:]}"
                                         for r in pending)
         stop_all(runs, sig, EXIT_WITHIN)
+        print(f"{sig.name}: s to exit: " + ", ".join(f"{r.name} {r.exit_s:.1f}" for r in runs))  # with -s
         failed = []
         for r in runs:
             out = r.output()
