@@ -192,6 +192,11 @@ class RosRigEnv(gym.Env):
         self._pub_gripper = n.create_publisher(JointState, "gripper/command", COMMAND_QOS)
         self._pub_event = n.create_publisher(String, "episode/event", COMMAND_QOS)
         self._pub_instruction = n.create_publisher(String, "policy/instruction", LATCHED_QOS)
+        from std_msgs.msg import Float32  # the reward classifier's belief, for the operator's console
+
+        self._pub_reward = n.create_publisher(Float32, "reward/probability", COMMAND_QOS)
+        self._pub_threshold = n.create_publisher(Float32, "reward/threshold", LATCHED_QOS)
+        self._pub_threshold.publish(Float32(data=float(self.cfg.success_threshold)))
         self._home = n.create_client(Trigger, "home")
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(n)
@@ -333,6 +338,9 @@ class RosRigEnv(gym.Env):
         reward, success = 0.0, "success" in events
         if self.reward_fn is not None:
             reward = float(self.reward_fn(obs))
+            from std_msgs.msg import Float32
+
+            self._pub_reward.publish(Float32(data=reward))
             if reward >= self.cfg.success_threshold and not success:
                 success = True
                 self._publish_event("success")

@@ -1,6 +1,7 @@
 """``operator-console``: the operator's web page beside the rig, as a node of the graph.
 
-Subscribes ``teleop/intervening``, ``episode/event``, ``policy/instruction`` and ``/diagnostics``, and
+Subscribes ``teleop/intervening``, ``episode/event``, ``policy/instruction``, ``/diagnostics`` and the
+reward classifier's ``reward/probability`` / ``reward/threshold`` (std_msgs/Float32, from the env adapter), and
 takes the newest ``cameras/<name>/image_raw``, ``ee_pose`` and ``gripper/state`` only when a page asks
 (:mod:`apps.console.taker`: the console's cost follows the pages' rates, not the publishers'); acts through the same topics and
 services as the keyboard: ``episode/event`` (start, success, failure, reset, abort),
@@ -26,7 +27,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import SetBool
 
 from apps.console.curves import read_curves
@@ -108,6 +109,9 @@ class ConsoleNode(RigNode):
         sub(String, "policy/instruction", lambda m: self.state.on_instruction(m.data), LATCHED_QOS,
             "policy/instruction")
         sub(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        sub(Float32, "reward/probability", lambda m: self.state.on_reward(m.data, time.time()), COMMAND_QOS,
+            "reward/probability")
+        sub(Float32, "reward/threshold", lambda m: self.state.on_threshold(m.data), LATCHED_QOS, "reward/threshold")
         # high-rate topics: the newest message only, taken when a page asks (apps/console/taker.py)
         self.taker = LatestTaker(self.context, self.get_namespace())
         self.taker.add("ee_pose", PoseStamped, "ee_pose")

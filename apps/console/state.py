@@ -42,6 +42,10 @@ def _num(v: str) -> Any:
     return f if math.isfinite(f) else None
 
 
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
 class ConsoleState:
     def __init__(self, task: str = "") -> None:
         self._lock = threading.Lock()
@@ -58,6 +62,8 @@ class ConsoleState:
         self.statuses: dict[str, dict[str, Any]] = {}
         self.arm: dict[str, Any] = {}
         self.last_action = ""
+        self.reward: tuple[float, float] | None = None  # (probability, time) from reward/probability
+        self.threshold: float | None = None
 
     # ------------------------------------------------------------------ inputs
     def on_event(self, event: str, t: float) -> None:
@@ -113,6 +119,15 @@ class ConsoleState:
             self.statuses[name] = {"level": LEVELS.get(int(level), str(level)), "message": message[:200],
                                    "values": {k: _num(v) for k, v in list(values.items())[:64]}}
 
+    def on_reward(self, probability: float, t: float) -> None:
+        """The reward classifier's success probability on the latest observation (reward/probability)."""
+        with self._lock:
+            self.reward = (float(probability), t)
+
+    def on_threshold(self, threshold: float) -> None:
+        with self._lock:
+            self.threshold = float(threshold)
+
     def on_arm(self, **values: Any) -> None:
         """Arm state for display (joint positions, TCP position, gripper width...)."""
         with self._lock:
@@ -164,4 +179,9 @@ class ConsoleState:
                 "arm": dict(self.arm),
                 "nodes": {k: {"level": v["level"], "message": v["message"]} for k, v in self.statuses.items()},
                 "last_action": self.last_action,
+                "classifier": {
+                    "probability": _finite(self.reward[0]) if self.reward else None,
+                    "age": t - self.reward[1] if self.reward else None,
+                    "threshold": _finite(self.threshold) if self.threshold is not None else None,
+                },
             }

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS p
 from _ros_probe import Probe, Spinner, wait_for  # noqa: E402
 
 from apps.console.node import ConsoleNode
-from robot.ros.qos import LATCHED_QOS
+from robot.ros.qos import COMMAND_QOS, LATCHED_QOS
 
 pytestmark = [pytest.mark.ros]
 
@@ -83,6 +83,18 @@ def test_take_over_publishes_the_flag_unless_a_teleop_device_owns_it():
                         timeout=5)
         assert _req(base + "api/action/hand_back", "POST", token, b"{}")[0] == 200
         assert wait_for(lambda: [m.data for m in probe.got("teleop/intervening")][-1:] == [False], timeout=5)
+        # the reward classifier's belief, as the env adapter publishes it
+        from std_msgs.msg import Float32
+
+        probe.publisher("reward/threshold", Float32, LATCHED_QOS).publish(Float32(data=0.5))
+        prob = probe.publisher("reward/probability", Float32, COMMAND_QOS)
+
+        def classifier():
+            prob.publish(Float32(data=0.75))
+            return json.loads(_req(base + "api/state", token=token)[1])["classifier"]
+
+        assert wait_for(lambda: classifier()["probability"] == 0.75 and classifier()["threshold"] == 0.5,
+                        timeout=10, period=0.2), classifier()
         # a teleop node publishes the flag: the console does not fight it
         probe.publisher("teleop/intervening", Bool, LATCHED_QOS)
         assert wait_for(lambda: node.count_publishers("teleop/intervening") >= 2, timeout=5)

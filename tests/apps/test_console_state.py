@@ -61,6 +61,17 @@ def test_instruction_and_status_limits():
     assert snap["franka"]["level"] == "STALE"  # no franka status yet
 
 
+def test_classifier_probability_and_threshold():
+    s = ConsoleState()
+    assert s.snapshot(0.0)["classifier"] == {"probability": None, "age": None, "threshold": None}
+    s.on_threshold(0.5)
+    s.on_reward(0.73, 10.0)
+    c = s.snapshot(11.0)["classifier"]
+    assert c["probability"] == pytest.approx(0.73) and c["threshold"] == 0.5 and c["age"] == pytest.approx(1.0)
+    s.on_reward(float("nan"), 12.0)
+    assert s.snapshot(12.0)["classifier"]["probability"] is None  # JSON has no NaN
+
+
 class _Img:
     def __init__(self, arr):
         self.arr = arr

@@ -70,6 +70,15 @@ function render(s) {
   if (document.activeElement !== inp) inp.value = s.instruction || "";
   $("timer").textContent = fmt(s.episode.elapsed, 1) + " s";
   $("episode-state").textContent = s.episode.active ? "running" : (s.episode.last_outcome || "idle");
+  const rc = s.classifier || {};
+  if (rc.probability === null || rc.probability === undefined) $("reward").textContent = "-";
+  else {
+    $("reward").textContent = `${rc.probability.toFixed(2)}` +
+      (rc.threshold === null ? "" : (rc.probability >= rc.threshold ? " >= " : " < ") + rc.threshold.toFixed(2)) +
+      (rc.age > 2 ? ` (${rc.age.toFixed(0)} s old)` : "");
+    $("reward-meter").value = rc.probability;
+    if (rc.threshold !== null) $("reward-meter").optimum = rc.threshold;
+  }
   const f = s.safety, a = s.arm;
   table($("arm"), [
     ["franka", `${s.franka.level}: ${s.franka.message}`, "lvl-" + s.franka.level],
