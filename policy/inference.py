@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy.checks import check_finite_output
+from policy.checks import check_finite_output, check_finite_weights
 from policy.model import VLA
 from rig.spec import PROPRIO_KEYS, RigSpec, SpecError
 
@@ -113,6 +113,16 @@ def load(
     path: str | Path, spec: RigSpec | None = None, device: str | torch.device | None = None, *,
     compile: bool = False,
 ) -> Policy:
-    """Load a checkpoint directory; ``spec`` (the rig's) must match the one it was trained for."""
-    model = VLA.from_checkpoint(path, spec=spec)
+    """Load a checkpoint directory; ``spec`` (the rig's) must match the one it was trained for.
+
+    The checkpoint's ``family`` picks the model class: ``compact`` (:mod:`policy.compact`) or
+    ``vlm`` (:class:`policy.model.VLA`; checkpoints without the field are VLM ones)."""
+    from policy.compact import CompactVLA, checkpoint_family
+
+    family = checkpoint_family(path)
+    if family not in ("vlm", "compact"):
+        raise ValueError(f"{path}: unknown policy family {family!r} (expected 'vlm' or 'compact')")
+    model = CompactVLA.from_checkpoint(path, spec=spec) if family == "compact" else VLA.from_checkpoint(path, spec=spec)
+    if family != "vlm":  # VLA.from_checkpoint checks its own weights
+        check_finite_weights(model.state_dict(), path)  # NaN/Inf weights: refuse, naming the tensor
     return Policy(model, device=device, compile=compile, path=path)

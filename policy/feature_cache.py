@@ -1,0 +1,199 @@
+"""Frozen-encoder feature cache: each stored frame is encoded once, then reused by every training job.
+
+With the image encoder frozen its features are a pure function of (frame, encoder), so SFT,
+RLDG, iRe-VLA and the reward classifier can all train on cached features instead of pixels.
+Layout, one float16 ``.npy`` per episode and camera (plain arrays, nothing pickled)::
+
+    ROOT/<encoder_id>/encoder.json                         what the features are
+    ROOT/<encoder_id>/<store_key>/ep<index>-<stamp>.<camera>.npy   (T, C, h, w) float16
+    ROOT/<encoder_id>/<store_key>/ep<index>-<stamp>.<camera>.s<k>.npy  every k-th frame only
+
+``frame_stride`` k > 1 encodes every k-th frame of an episode (k times cheaper; neighbouring
+frames at 10 Hz are near duplicates): the samples are then those steps, each with its full
+action chunk. An entry of a stride that divides k serves k too (subsampled).
+
+``encoder_id`` names the weights file digest, the cut block, the input size and the
+normalisation (:func:`policy.encoders.image_encoder_id`), so another encoder never reads these
+features. ``store_key`` is a digest of the store's resolved path; ``stamp`` of the episode's
+commit time, start and length, so a store rebuilt in place (``mode="w"``) misses the old
+entries. Writes go to a temporary file and are renamed: a killed job leaves no torn entry.
+The default ``ROOT`` is ``<store>.features`` next to the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_root(store: Any) -> Path:
+    return Path(str(store.path).rstrip("/") + ".features")
+
+
+class FeatureCache:
+    """Cached encoder features of an episode store's frames.
+
+    ``encode`` maps a (N, H, W, 3) uint8 batch to (N, C, h, w) features (a frozen
+    :class:`policy.encoders.EfficientNetTrunk`, or any callable); ``encoder_id`` must change
+    whenever its output would."""
+
+    def __init__(self, store: Any, encode: Callable[[torch.Tensor], torch.Tensor], encoder_id: str,
+                 root: str | os.PathLike | None = None, *, cameras: Sequence[str] | None = None,
+                 batch_size: int = 64, encoder_meta: Mapping[str, Any] | None = None,
+                 frame_stride: int = 1) -> None:
+        if not encoder_id or "/" in encoder_id:
+            raise ValueError(f"encoder_id={encoder_id!r}: give a non-empty name without '/'")
+        self.store, self.encode, self.encoder_id = store, encode, encoder_id
+        self.root = Path(root) if root is not None else default_root(store)
+        self.cameras = list(cameras) if cameras is not None else list(store.spec.camera_names)
+        missing = [c for c in self.cameras if f"images/{c}" not in store.keys]
+        if missing:
+            raise KeyError(f"cameras {missing} are not in the store {store.path} (it has {store.image_keys})")
+        self.batch_size = int(batch_size)
+        if int(frame_stride) < 1:
+            raise ValueError(f"frame_stride={frame_stride}: must be >= 1")
+        self.stride = int(frame_stride)
+        self.dir = self.root / encoder_id / _digest(str(Path(str(store.path)).resolve()))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.root / encoder_id / "encoder.json"
+        if not meta.is_file():
+            meta.write_text(json.dumps({"encoder_id": encoder_id, **dict(encoder_meta or {})}, indent=1))
+        self.hits = self.misses = 0
+        self.encode_seconds = 0.0
+
+    def _path(self, index: int, camera: str, stride: int | None = None) -> Path:
+        r = self.store.record(index)
+        stamp = _digest(f"{r.committed_at!r}:{r.start}:{r.end}")
+        stride = self.stride if stride is None else stride
+        return self.dir / f"ep{index:06d}-{stamp}.{camera}{'' if stride == 1 else f'.s{stride}'}.npy"
+
+    def _source(self, index: int, camera: str) -> tuple[Path, int] | None:
+        """The cached file to read and its subsampling: this stride's, else a divisor's (a superset)."""
+        for d in [k for k in range(self.stride, 0, -1) if self.stride % k == 0]:
+            path = self._path(index, camera, d)
+            if path.is_file():
+                return path, self.stride // d
+        return None
+
+    def cached(self, index: int) -> bool:
+        return all(self._source(index, c) is not None for c in self.cameras)
+
+    def _load(self, index: int, camera: str) -> np.ndarray:
+        path, sub = self._source(index, camera)
+        return np.load(path, allow_pickle=False)[::sub]
+
+    @torch.no_grad()
+    def _encode_episode(self, index: int) -> dict[str, np.ndarray]:
+        r = self.store.record(index)
+        out = {}
+        t0 = time.perf_counter()
+        for cam in self.cameras:
+            frames = np.stack([self.store.read_image(f"images/{cam}", t) for t in range(r.start, r.end, self.stride)])
+            parts = [self.encode(torch.from_numpy(np.ascontiguousarray(frames[i: i + self.batch_size])))
+                     for i in range(0, len(frames), self.batch_size)]
+            feats = torch.cat(parts).float().cpu().numpy().astype(np.float16)
+            path = self._path(index, cam)
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial.npy")
+            np.save(tmp, feats, allow_pickle=False)
+            os.replace(tmp, path)
+            out[cam] = feats
+        self.encode_seconds += time.perf_counter() - t0
+        return out
+
+    def episode(self, index: int) -> dict[str, np.ndarray]:
+        """{camera: (ceil(T / stride), C, h, w) float16} of one episode, encoded now if not cached."""
+        if self.cached(index):
+            self.hits += 1
+            return {c: self._load(index, c) for c in self.cameras}
+        self.misses += 1
+        return self._encode_episode(index)
+
+    def build(self, indices: Iterable[int], progress: bool = True) -> dict[str, Any]:
+        """Encode every listed episode that is not cached yet; returns hit/miss counts and seconds."""
+        from tqdm.auto import tqdm
+
+        indices = list(indices)
+        todo = [i for i in indices if not self.cached(i)]
+        t0 = time.perf_counter()
+        for i in tqdm(todo, desc=f"features {self.encoder_id}", disable=not progress, leave=False):
+            self._encode_episode(i)
+            self.misses += 1
+        self.hits += len(indices) - len(todo)
+        return {"episodes": len(indices), "encoded": len(todo), "cached": len(indices) - len(todo),
+                "seconds": time.perf_counter() - t0}
+
+
+class CachedChunks:
+    """Training samples over cached features: per (cached) step the features of every camera,
+    proprio, the instruction and the next ``horizon`` actions (padded past the episode's end).
+
+    Everything is held in memory (float16 features), so :meth:`batches` draws random batches
+    with numpy indexing alone: the form :func:`policy.train.train` takes, with ``features/<camera>``
+    in place of ``images/<camera>``."""
+
+    def __init__(self, cache: FeatureCache, indices: Sequence[int], horizon: int) -> None:
+        from rig.spec import PROPRIO_KEYS
+
+        store = cache.store
+        self.cameras, self.horizon = cache.cameras, int(horizon)
+        feats: dict[str, list[np.ndarray]] = {c: [] for c in self.cameras}
+        state: dict[str, list[np.ndarray]] = {k: [] for k in PROPRIO_KEYS}
+        actions, instr, steps, ends = [], [], [], []
+        n = 0
+        for i in indices:
+            r = store.record(i)
+            ep = cache.episode(i)
+            for c in self.cameras:
+                feats[c].append(ep[c])
+            local = np.arange(0, r.length, cache.stride)
+            for k in PROPRIO_KEYS:
+                state[k].append(store.read(k, r.start, r.end)[local])
+            actions.append(store.read("action", r.start, r.end))
+            instr.append(r.instruction)
+            steps.append(n + local)
+            ends.append(np.full(len(local), n + r.length))
+            n += r.length
+        if not n:
+            raise ValueError("no steps to train on: the episode list is empty")
+        self.features = {c: np.concatenate(v) for c, v in feats.items()}
+        self.state = {k: np.concatenate(v).astype(np.float32) for k, v in state.items()}
+        self.actions = np.concatenate(actions).astype(np.float32)  # every step (chunk targets)
+        self.instructions = instr
+        self.episode_of_sample = np.repeat(np.arange(len(steps)), [len(s) for s in steps])
+        step, end = np.concatenate(steps), np.concatenate(ends)
+        idx = step[:, None] + np.arange(self.horizon)[None]  # (N, H) action indices
+        self.is_pad = idx >= end[:, None]
+        self.chunk_index = np.minimum(idx, end[:, None] - 1)
+
+    def __len__(self) -> int:
+        return len(self.chunk_index)
+
+    def get(self, idx: np.ndarray) -> dict[str, Any]:
+        batch: dict[str, Any] = {f"features/{c}": self.features[c][idx] for c in self.cameras}
+        batch.update({k: v[idx] for k, v in self.state.items()})
+        batch["instruction"] = [self.instructions[e] for e in self.episode_of_sample[idx]]
+        batch["actions"] = self.actions[self.chunk_index[idx]]
+        batch["action_is_pad"] = self.is_pad[idx]
+        return batch
+
+    def batches(self, batch_size: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+        """Endless random batches (with replacement across batches, none within one)."""
+        rng = np.random.default_rng(seed)
+        while True:
+            yield self.get(rng.choice(len(self), size=min(batch_size, len(self)), replace=False))
