@@ -256,8 +256,16 @@ class RemotePolicy:
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
-        self._ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers,
-                           open_timeout=self.timeout).__enter__()  # entered: websockets >= 17.1 warns otherwise
+        deadline = time.monotonic() + self.timeout
+        while True:  # as openpi's client: wait for a server that is still starting (up to `timeout`)
+            try:
+                self._ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers,
+                                   open_timeout=self.timeout).__enter__()  # websockets >= 17.1 warns otherwise
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise ConnectionRefusedError(f"no policy server at {self.uri} after {self.timeout:g} s") from None
+                time.sleep(0.5)
         self.metadata = unpackb(self._ws.recv(timeout=self.timeout))
         served = self.metadata.get("rig_spec") if isinstance(self.metadata, dict) else None
         if self.spec is None and served:

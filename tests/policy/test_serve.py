@@ -333,3 +333,29 @@ def test_remote_policy_reconnects_after_the_server_restarts():
     with PolicyServer(pol, ServeConfig(port=port)):
         assert remote.infer(observation(pol.spec))["actions"].shape == (8, 7)  # a fresh connection
     remote.close()
+
+
+@pytest.mark.slow
+def test_policy_serve_console_script_serves_a_checkpoint(checkpoint):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "policy.serve", str(checkpoint), "--port", str(port),
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.monotonic()
+        with RemotePolicy("127.0.0.1", port, timeout=120.0) as remote:  # waits while the server loads
+            assert time.monotonic() - t0 < 120
+            out = remote.infer(observation(remote.spec))
+            assert out["actions"].shape == (8, 7) and np.all(np.abs(out["actions"]) <= 1)
+            assert remote.metadata["checkpoint"] == "policy"
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=30)[0]
+    assert "policy-serve on ws://127.0.0.1" in log
