@@ -34,6 +34,7 @@ with several tasks (the store holds one instruction per episode).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ import numpy as np
 from flywheel.data.lerobot import PROVENANCE_PATH, VIDEO_PATH
 from flywheel.data.store import EpisodeStore
 from rig.spec import RigSpec
+
+log = logging.getLogger(__name__)
 
 
 class MappingError(ValueError):
@@ -102,8 +105,14 @@ class LeRobotMapping:
 
     @classmethod
     def from_provenance(cls, prov: Mapping[str, Any]) -> LeRobotMapping:
-        """The mapping back of a dataset that ``export-lerobot`` wrote."""
+        """The mapping back of a dataset that ``export-lerobot`` wrote (depth is not exported: the spec
+        comes back without it)."""
+        import dataclasses
+
         spec = RigSpec.from_dict(prov["rig_spec"])
+        if any(c.depth for c in spec.cameras):
+            log.warning("the LeRobot export holds no depth images: importing with a spec without depth")
+            spec = dataclasses.replace(spec, cameras=tuple(dataclasses.replace(c, depth=False) for c in spec.cameras))
         obs: dict[str, Column] = {}
         start = 0
         for key, shape in prov["state_keys"].items():

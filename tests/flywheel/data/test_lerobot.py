@@ -263,3 +263,15 @@ def test_what_cannot_be_mapped_is_refused_before_writing(tmp_path, change, messa
         import_lerobot(tmp_path / "ds", tmp_path / "s.zarr", spec=change.get("spec", _so100_spec()),
                        mapping=tmp_path / "map.yaml" if mapping is not None else None, progress=False)
     assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.slow
+def test_an_export_of_a_store_with_depth_imports_without_it(tmp_path):
+    spec = small_spec(size=32, depth=True)
+    with EpisodeStore(tmp_path / "s.zarr", "w", spec) as s:
+        s.add_episode(make_episode(spec, 5), task="t", instruction="do t", success=True)
+    export_lerobot(tmp_path / "s.zarr", tmp_path / "lr", vcodec="libx264", progress=False)
+    import_lerobot(tmp_path / "lr", tmp_path / "back.zarr", progress=False)
+    back = EpisodeStore(tmp_path / "back.zarr")
+    assert not any(c.depth for c in back.spec.cameras) and back.spec.camera_names == spec.camera_names
+    np.testing.assert_array_equal(back.episode(0)["action"], EpisodeStore(tmp_path / "s.zarr").episode(0)["action"])
