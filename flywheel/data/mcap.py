@@ -246,15 +246,26 @@ def _write_episode(bag: _Bag, spec: RigSpec, rec: Any, ep: Any) -> None:
 
 
 # ------------------------------------------------------------------------- import
-def bag_files(path: str | Path) -> list[Path]:
-    """The .mcap files of a bag directory, a single file, or a directory of bags (sorted)."""
+def bags(path: str | Path) -> list[list[Path]]:
+    """The bags under ``path`` (a bag directory, an .mcap file, or a directory of bags), each as its files
+    in order: a bag that ``ros2 bag record`` split (``NAME_0.mcap``, ``NAME_1.mcap``, ...) is one stream."""
+    import re
+
     p = Path(path)
     if p.is_file():
-        return [p]
+        return [[p]]
     files = sorted(p.rglob("*.mcap"))
     if not files:
         raise FileNotFoundError(f"{p}: no .mcap files")
-    return files
+    by_dir: dict[Path, list[Path]] = {}
+    for f in files:
+        by_dir.setdefault(f.parent, []).append(f)
+
+    def order(f: Path) -> tuple:
+        m = re.search(r"_(\d+)$", f.stem)
+        return (f.stem[: m.start()] if m else f.stem, int(m.group(1)) if m else 0)
+
+    return [sorted(fs, key=order) for _, fs in sorted(by_dir.items())]
 
 
 def _messages(path: Path) -> Iterator[tuple[str, int, Any]]:
@@ -432,8 +443,8 @@ def import_mcap(bag: str | Path, store: str | Path, *, spec: RigSpec | None = No
     """Record the episodes of ``bag`` into ``store`` with the recorder's sampling rule; returns their indices."""
     from tqdm import tqdm
 
-    files = bag_files(bag)
-    meta0 = _metadata(files[0])
+    groups = bags(bag)
+    meta0 = _metadata(groups[0][0])
     if spec is None:
         if "rig_spec" not in meta0:
             raise ValueError(f"{bag} has no flywheel metadata (not an export): give the rig spec (--spec)")
@@ -441,21 +452,22 @@ def import_mcap(bag: str | Path, store: str | Path, *, spec: RigSpec | None = No
     out = EpisodeStore(store, "a", spec)
     added: list[int] = []
     try:
-        for f in tqdm(files, desc="import-mcap", disable=not progress):
-            meta = _metadata(f)
-            rec_meta: dict[str, Any] = {"source": source, "notes": f"imported from {f.name}"}
+        for files in tqdm(groups, desc="import-mcap", disable=not progress):
+            meta = _metadata(files[0])
+            rec_meta: dict[str, Any] = {"source": source, "notes": f"imported from {files[0].parent.name}"}
             if "record" in meta:
                 rec = json.loads(meta["record"])
                 rec_meta = {k: rec[k] for k in ("task", "source", "policy_version", "rig_id", "camera_ids",
                                                 "calibration_id", "notes", "extra") if k in rec}
-            topics = _topics(f)
+            topics = set().union(*(_topics(f) for f in files))
             imp = _BagImporter(out, spec, has_ticks="recorder/tick" in topics,
                                has_rewards="recorder/reward" in topics, meta=rec_meta, max_age=max_age)
             last = 0
             try:
-                for topic, t_ns, msg in _messages(f):
-                    imp.feed(topic, t_ns, msg)
-                    last = t_ns
+                for f in files:  # a split bag's files continue one another
+                    for topic, t_ns, msg in _messages(f):
+                        imp.feed(topic, t_ns, msg)
+                        last = t_ns
                 imp.event("reset", last + 1)  # a bag that ends mid-episode: keep it, unlabelled
             except BaseException:
                 if imp.writer is not None and not imp.writer.closed:

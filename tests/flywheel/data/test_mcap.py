@@ -88,20 +88,22 @@ def test_export_then_import_round_trips_every_key(store_path, tmp_path):
             assert getattr(ra, f) == getattr(rb, f), f
 
 
-def _rig_bag(path, spec, t0=1000.0):
-    """A bag as `ros2 bag record` writes it on a namespaced rig: streams at their own rates, no ticks."""
+def _rig_bag(paths, spec, t0=1000.0):
+    """A bag as `ros2 bag record` writes it on a namespaced rig: streams at their own rates, no ticks;
+    with two paths, split at t0 + 0.8 s as `ros2 bag record --max-bag-duration` splits."""
     from mcap_ros2.writer import Writer
 
     ns = 1_000_000_000
     t0n = int(t0 * ns)
-    schemas = {}
-    f = open(path, "wb")
-    w = Writer(f)
+    files = [open(p, "wb") for p in paths]
+    writers = [Writer(f) for f in files]
+    schemas: list[dict] = [{} for _ in paths]
 
     def put(topic, typ, msg, t):
-        if typ not in schemas:
-            schemas[typ] = w.register_msgdef(ros_type(typ), msgdef(typ))
-        w.write_message(f"/rig1/{topic}", schemas[typ], msg, log_time=t, publish_time=t)
+        i = 1 if len(paths) > 1 and t >= t0n + 800_000_000 else 0
+        if typ not in schemas[i]:
+            schemas[i][typ] = writers[i].register_msgdef(ros_type(typ), msgdef(typ))
+        writers[i].write_message(f"/rig1/{topic}", schemas[i][typ], msg, log_time=t, publish_time=t)
 
     def header(t):
         return {"stamp": {"sec": t // ns, "nanosec": t % ns}, "frame_id": "panda_link0"}
@@ -138,18 +140,22 @@ def _rig_bag(path, spec, t0=1000.0):
     stream += [(t, "episode/event", "std_msgs/String", {"data": e}) for t, e in events]
     for t, topic, typ, msg in sorted(stream, key=lambda s: s[0]):
         put(topic, typ, msg, t)
-    w.finish()
-    f.close()
+    for w, f in zip(writers, files, strict=True):
+        w.finish()
+        f.close()
     return t0n
 
 
-def test_a_rig_recorded_bag_imports_through_the_recorders_sampling_rule(tmp_path):
+@pytest.mark.parametrize("split", [False, True])
+def test_a_rig_recorded_bag_imports_through_the_recorders_sampling_rule(tmp_path, split):
     spec = small_spec(size=32, depth=False)
     (tmp_path / "spec.json").write_text(spec.to_json())
-    t0n = _rig_bag(tmp_path / "rig.mcap", spec)
-    assert main(["import-mcap", str(tmp_path / "rig.mcap"), str(tmp_path / "s.zarr")]) == 2  # needs --spec
-    assert main(["import-mcap", str(tmp_path / "rig.mcap"), str(tmp_path / "s.zarr"),
-                 "--spec", str(tmp_path / "spec.json")]) == 0
+    (tmp_path / "rig").mkdir()
+    paths = [tmp_path / "rig/rig_0.mcap", tmp_path / "rig/rig_1.mcap"] if split else [tmp_path / "rig/rig_0.mcap"]
+    t0n = _rig_bag(paths, spec)
+    bag = str(tmp_path / "rig") if split else str(paths[0])
+    assert main(["import-mcap", bag, str(tmp_path / "s.zarr")]) == 2  # not an export: needs --spec
+    assert main(["import-mcap", bag, str(tmp_path / "s.zarr"), "--spec", str(tmp_path / "spec.json")]) == 0
     s = EpisodeStore(tmp_path / "s.zarr")
     assert s.num_episodes == 1
     ep, rec = s.episode(0), s.record(0)
