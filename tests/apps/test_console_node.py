@@ -108,6 +108,7 @@ def test_take_over_publishes_the_flag_unless_a_teleop_device_owns_it():
         sp.close()
 
 
+@pytest.mark.slow
 def test_the_page_draws_the_learner_curves(tmp_path):
     from playwright.sync_api import sync_playwright
     from test_console_browser import launch_browser
