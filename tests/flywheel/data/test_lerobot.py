@@ -275,3 +275,68 @@ def test_an_export_of_a_store_with_depth_imports_without_it(tmp_path):
     back = EpisodeStore(tmp_path / "back.zarr")
     assert not any(c.depth for c in back.spec.cameras) and back.spec.camera_names == spec.camera_names
     np.testing.assert_array_equal(back.episode(0)["action"], EpisodeStore(tmp_path / "s.zarr").episode(0)["action"])
+
+
+@pytest.mark.slow
+def test_video_episodes_spread_over_files_import_frame_exact(tmp_path):
+    """LeRobot rotates video files: episodes 0 and 2 in file-000 (2 after 0), episode 1 alone in file-001."""
+    from flywheel.data.lerobot import _VideoWriter
+
+    root, fps, (h, w) = tmp_path / "ds", 10, (24, 32)
+    feats = {
+        "observation.state": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
+        "action": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
+        "observation.images.top": {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"]},
+        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+        "index": {"dtype": "int64", "shape": [1], "names": None},
+        "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    }
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    (root / "meta/info.json").write_text(json.dumps({
+        "codebase_version": "v3.0", "fps": fps, "features": feats,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}))
+    pq.write_table(pa.table({"task_index": [0], "task": ["pick the cube"]}), root / "meta/tasks.parquet")
+    lengths, where = [4, 6, 5], [(0, 0.0), (1, 0.0), (0, 0.4)]  # (video file, from_timestamp)
+    frames = [np.full((n, h, w, 3), 40 + 60 * e, np.uint8) for e, n in enumerate(lengths)]
+    vdir = root / "videos/observation.images.top/chunk-000"
+    writers = {i: _VideoWriter(vdir / f"file-{i:03d}.mp4", w, h, fps, "libx264") for i in (0, 1)}
+    for e in (0, 2, 1):  # file-000 holds episode 0 then episode 2
+        writers[where[e][0]].write(frames[e])
+    for wr in writers.values():
+        wr.close()
+    cols: dict[str, list] = {k: [] for k in ("observation.state", "action", "timestamp", "frame_index",
+                                             "episode_index", "index", "task_index")}
+    episodes, offset = [], 0
+    for e, n in enumerate(lengths):
+        state = np.full((n, 6), 0.1 * e, np.float32)
+        cols["observation.state"] += state.tolist()
+        cols["action"] += state.tolist()
+        cols["timestamp"] += (np.arange(n) / fps).tolist()
+        cols["frame_index"] += list(range(n))
+        cols["episode_index"] += [e] * n
+        cols["index"] += list(range(offset, offset + n))
+        cols["task_index"] += [0] * n
+        vf, t0 = where[e]
+        episodes.append({"episode_index": e, "tasks": ["pick the cube"], "length": n, "data/chunk_index": 0,
+                         "data/file_index": 0, "dataset_from_index": offset, "dataset_to_index": offset + n,
+                         "videos/observation.images.top/chunk_index": 0,
+                         "videos/observation.images.top/file_index": vf,
+                         "videos/observation.images.top/from_timestamp": t0,
+                         "videos/observation.images.top/to_timestamp": t0 + n / fps})
+        offset += n
+    pq.write_table(pa.table({k: (pa.array(v, pa.list_(pa.float32())) if k in ("observation.state", "action")
+                                 else pa.array(v, pa.float32() if k == "timestamp" else pa.int64()))
+                             for k, v in cols.items()}), root / "data/chunk-000/file-000.parquet")
+    pq.write_table(pa.Table.from_pylist(episodes), root / "meta/episodes/chunk-000/file-000.parquet")
+    (tmp_path / "map.yaml").write_text(MAPPING.replace("reward: next.reward\n", ""))
+    import_lerobot(root, tmp_path / "s.zarr", spec=_so100_spec(), mapping=tmp_path / "map.yaml", progress=False)
+    s = EpisodeStore(tmp_path / "s.zarr")
+    assert [len(s.episode(i)) for i in range(3)] == lengths
+    for e in range(3):
+        img = s.episode(e)["images/front"].astype(int)
+        assert np.abs(img - (40 + 60 * e)).max() <= 6, e  # every frame from its own episode (H.264 + JPEG)
+        np.testing.assert_allclose(s.episode(e)["state/joint_pos"][:, 0], 0.1 * e, atol=1e-6)
