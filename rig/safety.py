@@ -18,11 +18,14 @@ shape, dtype or time) gives either a command inside every limit below or a
 * **rate limits**: each tick the applied command moves toward the (clipped) target
   by at most ``min(max_step_translation, max_linear_velocity * dt)`` metres and
   ``min(max_step_rotation, max_angular_velocity * dt)`` radians, always measured
-  from the last *applied* pose;
+  from the last *applied* pose (``dt``: the measured tick; a tick under 1 us moves
+  nothing);
 * **acceleration limits**: the commanded velocity (applied step / dt) changes by
   at most ``max_linear_acceleration * dt`` (m/s) and ``max_angular_acceleration *
   dt`` (rad/s) per tick, and slows down in time to stop at the target without
-  overshooting it; alternating targets therefore never reverse at full speed.
+  overshooting it; alternating targets therefore never reverse at full speed. The
+  angular speed is also kept low enough to brake within a quarter turn
+  (``sqrt(pi * max_angular_acceleration)``, above the velocity limit at the defaults).
   Two exceptions, both only slowing the command: a stop (watchdog, hold, reset)
   freezes it at once (the impedance controller brakes the arm), and a tick longer
   than ``max_step_translation / max_linear_velocity`` (6 ms at the defaults) is
@@ -58,6 +61,8 @@ import numpy as np
 
 from rig.safety_math import (
     _MIN_QUAT_NORM,
+    MAX_TWIST_ROTATION,
+    MAX_TWIST_TRANSLATION,
     CommandRejected,
     _accelerate,
     _brake,
@@ -65,10 +70,13 @@ from rig.safety_math import (
     _norm,
     _qmul,
     _quat_of,
+    _realized,
     _rotvec_between,
+    _stop_speed,
     _time,
     _unit_quat,
     _vec,
+    apply_twist,
 )
 
 __all__ = [
@@ -88,10 +96,10 @@ __all__ = [
 GRIPPER_MAX_SPEED = 0.1  # m/s, Franka Hand
 GRIPPER_MIN_SPEED = 0.001  # m/s
 GRIPPER_MAX_FORCE = 70.0  # N, Franka Hand continuous grasp force
-MAX_TWIST_TRANSLATION = 10.0  # m in one apply_twist (the Panda reaches 0.855 m): beyond is rejected
-MAX_TWIST_ROTATION = math.pi  # rad in one apply_twist: beyond, a rotation vector is ambiguous
 _TILT_EPS = 1e-12  # rad: rounding allowance of the braking-path checks (the applied pose is clamped)
 _BOX_EPS = 1e-12  # m
+_QUARTER_TURN = math.pi / 2  # rad: the longest braking turn (see _move_angular)
+_MIN_DT = 1e-6  # s: a shorter tick moves nothing (no time passed)
 _LAND = 1e-12  # m / rad: closer than this to the goal, land on it
 
 
@@ -213,6 +221,7 @@ class SafetyFilter:
         self._quat: tuple[float, ...] | None = None
         self._vel = (0.0, 0.0, 0.0)  # commanded velocity of the last tick, m/s
         self._omega = (0.0, 0.0, 0.0)  # rad/s, base frame
+        self._safe_lin = self._safe_rot = False  # braking from the last velocity ends inside the box / cone
         self._target: tuple[tuple, tuple] | None = None  # clipped target in force
         self._target_clipped = False
         self._target_time = float("nan")
@@ -265,7 +274,7 @@ class SafetyFilter:
         p = _vec("measured position", pos, 3)
         q = _unit_quat("measured quaternion", quat)
         self._pos, self._quat = p, q
-        self._vel = self._omega = (0.0, 0.0, 0.0)
+        self._stop_here()
         self._target = None
         self._target_time = float("nan")
         self._clock = None
@@ -383,10 +392,12 @@ class SafetyFilter:
             self.stale_holds += 1
             holding = True
         if holding:
-            self._vel = self._omega = (0.0, 0.0, 0.0)
+            self._stop_here()
             return Applied(np.array(self._pos), np.array(self._quat), now, False, True, self._target_time)
 
         goal_p, goal_q = self._target  # type: ignore[misc]
+        if dt < _MIN_DT:  # no time passed: the same pose, the same velocity
+            return Applied(np.array(self._pos), np.array(self._quat), now, True, False, self._target_time)
         pos, vel = self._move_linear(goal_p, dt)
         quat, omega = self._move_angular(goal_q, dt)
         self._pos, self._quat, self._vel, self._omega = pos, quat, vel, omega
@@ -395,8 +406,19 @@ class SafetyFilter:
             self.clipped += 1
         return Applied(np.array(pos), np.array(quat), now, clipped, False, self._target_time)
 
+    def _stop_here(self) -> None:
+        """At rest where it is: the braking path is the pose itself."""
+        self._vel = self._omega = (0.0, 0.0, 0.0)
+        self._safe_lin = self._in_box(self._pos)
+        self._safe_rot = self._tilt(self._quat) <= self._max_tilt + _TILT_EPS
+
     def _move_linear(self, goal: tuple, dt: float) -> tuple[tuple, tuple]:
-        """The next applied position toward ``goal`` and the velocity it realises."""
+        """The next applied position toward ``goal`` and the velocity it realises.
+
+        ``_safe_lin``: the braking path of the last velocity is known to end inside the box (from a
+        start inside it, always); then a velocity whose own braking path would leave the box is
+        replaced by braking along the last one.
+        """
         cfg = self.cfg
         p, v0 = self._pos, self._vel
         acc = float(cfg.max_linear_acceleration)
@@ -404,76 +426,48 @@ class SafetyFilter:
         e = (goal[0] - p[0], goal[1] - p[1], goal[2] - p[2])
         dist = _norm(e)
         if dist <= _LAND and dist / dt + _norm(v0) <= min(acc * dt, cap):  # land on it and stop
+            self._safe_lin = self._in_box(goal)
             return goal, (e[0] / dt, e[1] / dt, e[2] / dt)
         v = _accelerate(v0, e, dist, cap, acc, dt)
-        inside = self._in_box(p)
-        if inside:  # the braking path from here must stay in the box, else brake along the last velocity
+        safe = self._safe_lin
+        if self._in_box(p):
             k = dt + _norm(v) / (2.0 * acc)
-            if not self._in_box((p[0] + v[0] * k, p[1] + v[1] * k, p[2] + v[2] * k), _BOX_EPS):
-                v = _brake(v0, acc * dt, cap)
+            if self._in_box((p[0] + v[0] * k, p[1] + v[1] * k, p[2] + v[2] * k), _BOX_EPS):
+                self._safe_lin = True
+            else:
+                v = _brake(v0, acc * dt, cap)  # stays on the last braking path: inside if that was safe
+        else:
+            self._safe_lin = False  # outside (the arm started there): no promise until the check passes
         new = (p[0] + v[0] * dt, p[1] + v[1] * dt, p[2] + v[2] * dt)
-        if inside and not self._in_box(new):  # rounding only
+        if (safe or self._safe_lin) and not self._in_box(new):  # rounding only
             new = tuple(min(max(x, lo), hi) for x, lo, hi in zip(new, self._lo, self._hi, strict=True))
         # the velocity actually realised (a tiny dt rounds the step away): the next tick accelerates from it
         return new, _realized((new[0] - p[0], new[1] - p[1], new[2] - p[2]), dt, cap)
 
     def _move_angular(self, goal: tuple, dt: float) -> tuple[tuple, tuple]:
-        """The next applied orientation toward ``goal`` and the angular velocity it realises."""
+        """The next applied orientation toward ``goal`` and the angular velocity it realises (as for the box,
+        with the tilt cone and ``_safe_rot``)."""
         cfg = self.cfg
         q, w0 = self._quat, self._omega
         acc = float(cfg.max_angular_acceleration)
-        cap = min(float(cfg.max_angular_velocity), float(cfg.max_step_rotation) / dt)
+        # and slow enough to brake within a quarter turn: a longer braking arc could leave the cone between
+        # two ends inside it (sqrt(pi * acc): 7.9 rad/s at the default acceleration, above the velocity limit)
+        cap = min(float(cfg.max_angular_velocity), float(cfg.max_step_rotation) / dt, _stop_speed(_QUARTER_TURN, acc, dt))
         r = _rotvec_between(goal, q)  # goal = quat(r) * q
         dist = _norm(r)
         if dist <= _LAND and dist / dt + _norm(w0) <= min(acc * dt, cap):
+            self._safe_rot = self._tilt(goal) <= self._max_tilt + _TILT_EPS
             return goal, (r[0] / dt, r[1] / dt, r[2] / dt)
         w = _accelerate(w0, r, dist, cap, acc, dt)
-        inside = self._tilt(q) <= self._max_tilt + _TILT_EPS
-        if inside and self._tilt(_qmul(_quat_of(w, dt + _norm(w) / (2.0 * acc)), q)) > self._max_tilt + _TILT_EPS:
-            w = _brake(w0, acc * dt, cap)
+        safe = self._safe_rot
+        if self._tilt(q) <= self._max_tilt + _TILT_EPS:
+            if self._tilt(_qmul(_quat_of(w, dt + _norm(w) / (2.0 * acc)), q)) <= self._max_tilt + _TILT_EPS:
+                self._safe_rot = True
+            else:
+                w = _brake(w0, acc * dt, cap)
+        else:
+            self._safe_rot = False
         new = _canonical(_qmul(_quat_of(w, dt), q))
-        if inside:
+        if safe or self._safe_rot:
             new = self._into_cone(new)[0]  # rounding only
         return new, _realized(_rotvec_between(new, q), dt, cap)
-
-def _realized(d: tuple, dt: float, cap: float) -> tuple[float, float, float]:
-    """The velocity of a step ``d`` in ``dt``, at most ``cap`` (a rounding-level step in a tiny dt is not fast)."""
-    n = _norm(d)
-    if n == 0.0:
-        return (0.0, 0.0, 0.0)
-    k = 1.0 / dt if n < cap * dt else cap / n
-    return (d[0] * k, d[1] * k, d[2] * k)
-
-
-def apply_twist(
-    pos: np.ndarray,
-    quat: np.ndarray,
-    linear: Any,
-    angular: Any,
-    scale: float = 1.0,
-    ee_frame: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Displace a pose by a twist times ``scale`` (dt for a velocity, 1 for a per-message delta).
-
-    ``ee_frame``: the twist is expressed in the TCP frame (rotated into the base frame
-    by ``quat``); otherwise in the base frame. Raises :class:`CommandRejected` naming
-    the field on NaN/Inf, wrong shapes, a displacement over :data:`MAX_TWIST_TRANSLATION`
-    or a turn over :data:`MAX_TWIST_ROTATION`; never another error.
-    """
-    v = _vec("twist linear", linear, 3)
-    w = _vec("twist angular", angular, 3)
-    q = _unit_quat("pose quaternion", quat)
-    p = _vec("pose position", pos, 3)
-    s = _time("twist scale", scale)
-    if ee_frame:  # rotate into the base frame: q * (v, 0) * q^-1 (a rotation: no overflow below 1e308 / 3)
-        qc = (-q[0], -q[1], -q[2], q[3])
-        v = _vec("twist linear", _qmul(_qmul(q, (*v, 0.0)), qc)[:3], 3)
-        w = _vec("twist angular", _qmul(_qmul(q, (*w, 0.0)), qc)[:3], 3)
-    d = _vec("twist linear", (v[0] * s, v[1] * s, v[2] * s), 3)
-    if not _norm(d) <= MAX_TWIST_TRANSLATION:
-        raise CommandRejected(f"twist linear: {list(v)} * {s} moves {_norm(d):.3g} m > {MAX_TWIST_TRANSLATION:g} m")
-    rot = _vec("twist angular", (w[0] * s, w[1] * s, w[2] * s), 3)
-    if not _norm(rot) <= MAX_TWIST_ROTATION:
-        raise CommandRejected(f"twist angular: {list(w)} * {s} turns {_norm(rot):.3g} rad > pi")
-    new_p = _vec("twist linear", (p[0] + d[0], p[1] + d[1], p[2] + d[2]), 3)
-    return np.array(new_p), np.array(_canonical(_qmul(_quat_of(rot), q)))

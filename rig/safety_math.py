@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CommandRejected"]
+__all__ = ["CommandRejected", "apply_twist", "MAX_TWIST_TRANSLATION", "MAX_TWIST_ROTATION"]
 
 _MIN_QUAT_NORM = 1e-6  # a quaternion shorter than this is degenerate (uninitialised, underflowed)
+MAX_TWIST_TRANSLATION = 10.0  # m in one apply_twist (the Panda reaches 0.855 m): beyond is rejected
+MAX_TWIST_ROTATION = math.pi  # rad in one apply_twist: beyond, a rotation vector is ambiguous
 
 
 class CommandRejected(ValueError):
@@ -154,3 +156,46 @@ def _accelerate(v: tuple, goal: tuple, dist: float, cap: float, acc: float, dt: 
         want = (0.0, 0.0, 0.0)
     dv = _clamp_norm((want[0] - v[0], want[1] - v[1], want[2] - v[2]), acc * dt)
     return _clamp_norm((v[0] + dv[0], v[1] + dv[1], v[2] + dv[2]), cap)
+
+
+def _realized(d: tuple, dt: float, cap: float) -> tuple[float, float, float]:
+    """The velocity of a step ``d`` in ``dt``, at most ``cap`` (a rounding-level step in a tiny dt is not fast)."""
+    n = _norm(d)
+    if n == 0.0:
+        return (0.0, 0.0, 0.0)
+    k = 1.0 / dt if n < cap * dt else cap / n
+    return (d[0] * k, d[1] * k, d[2] * k)
+
+
+def apply_twist(
+    pos: np.ndarray,
+    quat: np.ndarray,
+    linear: Any,
+    angular: Any,
+    scale: float = 1.0,
+    ee_frame: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Displace a pose by a twist times ``scale`` (dt for a velocity, 1 for a per-message delta).
+
+    ``ee_frame``: the twist is expressed in the TCP frame (rotated into the base frame
+    by ``quat``); otherwise in the base frame. Raises :class:`CommandRejected` naming
+    the field on NaN/Inf, wrong shapes, a displacement over :data:`MAX_TWIST_TRANSLATION`
+    or a turn over :data:`MAX_TWIST_ROTATION`; never another error.
+    """
+    v = _vec("twist linear", linear, 3)
+    w = _vec("twist angular", angular, 3)
+    q = _unit_quat("pose quaternion", quat)
+    p = _vec("pose position", pos, 3)
+    s = _time("twist scale", scale)
+    if ee_frame:  # rotate into the base frame: q * (v, 0) * q^-1 (a rotation: no overflow below 1e308 / 3)
+        qc = (-q[0], -q[1], -q[2], q[3])
+        v = _vec("twist linear", _qmul(_qmul(q, (*v, 0.0)), qc)[:3], 3)
+        w = _vec("twist angular", _qmul(_qmul(q, (*w, 0.0)), qc)[:3], 3)
+    d = _vec("twist linear", (v[0] * s, v[1] * s, v[2] * s), 3)
+    if not _norm(d) <= MAX_TWIST_TRANSLATION:
+        raise CommandRejected(f"twist linear: {list(v)} * {s} moves {_norm(d):.3g} m > {MAX_TWIST_TRANSLATION:g} m")
+    rot = _vec("twist angular", (w[0] * s, w[1] * s, w[2] * s), 3)
+    if not _norm(rot) <= MAX_TWIST_ROTATION:
+        raise CommandRejected(f"twist angular: {list(w)} * {s} turns {_norm(rot):.3g} rad > pi")
+    new_p = _vec("twist linear", (p[0] + d[0], p[1] + d[1], p[2] + d[2]), 3)
+    return np.array(new_p), np.array(_canonical(_qmul(_quat_of(rot), q)))

@@ -43,6 +43,17 @@ class RobotConfig:
     twist_mode: str = "velocity"  # target_twist meaning: velocity (m/s, rad/s) | delta (displacement per message)
     gripper: bool = True  # drive the Franka Hand (false: arm only)
     rt_priority: int = 0  # > 0: run the node's control thread SCHED_FIFO at this priority (needs CAP_SYS_NICE)
+    # franky backend: libfranka's collision reflex stops the arm above this contact torque per joint (N m)
+    collision_torque_thresholds: list[float] = field(default_factory=lambda: [20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0])
+    # franky backend: ... and above this contact force / torque at the TCP (N x y z, N m rx ry rz)
+    collision_force_thresholds: list[float] = field(default_factory=lambda: [20.0, 20.0, 20.0, 25.0, 25.0, 25.0])
+    # franky backend: joint range the impedance tracker repels the arm from (within 0.1 rad), lower end (rad)
+    joint_limits_lower: list[float] = field(default_factory=lambda: [-2.8, -1.7, -2.8, -3.0, -2.8, 0.0, -2.8])
+    # franky backend: ... upper end (rad)
+    joint_limits_upper: list[float] = field(default_factory=lambda: [2.8, 1.7, 2.8, -0.1, 2.8, 3.7, 2.8])
+    max_tracking_error_translation: float = 0.03  # m of TCP error the franky tracker acts on (bounds its force)
+    max_tracking_error_rotation: float = 0.3  # rad of TCP error the franky tracker acts on (bounds its torque)
+    home_joint_velocity_scale: float = 0.2  # franky homing speed, a fraction of the joint velocity limits
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 

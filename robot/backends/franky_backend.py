@@ -14,6 +14,15 @@ configured (``F_T_NE`` is the identity, as on franka-sim), the backend sets the
 Franka Hand's TCP (10.34 cm along the flange z axis, turned -45 deg about it) so
 poses mean the same TCP on the sim, franka-sim and the real rig.
 
+Limits (from :class:`robot.config.RobotConfig`, validated by :func:`validate_franky_limits`,
+applied at every connect and shown by :meth:`FrankyBackend.diagnostics`): libfranka's
+collision reflex thresholds (``Robot.set_collision_behavior``: per joint torque, per TCP
+axis force/torque), the joint range franky's impedance tracker repels the arm from
+(``lower_joint_limits`` / ``upper_joint_limits``), the largest TCP tracking error it
+acts on (``translational_error_clip`` / ``rotational_error_clip``: this bounds the
+force it commands when a target jumps or a contact holds the arm back), and the
+homing speed (``relative_dynamics_factor`` of the joint motion).
+
 Faults: a reflex or a communication-constraints violation ends the tracker's
 motion; :meth:`error` then reports libfranka's message (the state still reads)
 until :meth:`recover` (``recover_from_errors`` + a fresh tracker) clears it. A
@@ -23,8 +32,10 @@ calls :meth:`connect` again every ``reconnect_period``.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,13 +44,95 @@ from rig.geometry import pose_to_matrix, rotvec_to_quat
 from rig.safety import GripperCommand
 from robot.backends.base import ArmState, Backend, ConnectionLost, GripperState, GripperWorker
 
-__all__ = ["FrankyBackend", "HAND_TCP"]
+__all__ = ["FrankyBackend", "FrankyLimits", "HAND_TCP", "PANDA_JOINT_LOWER", "PANDA_JOINT_UPPER",
+           "validate_franky_limits"]
 
 #: flange -> Franka Hand TCP (NE_T_EE when the Desk has no end effector configured)
 HAND_TCP = pose_to_matrix(np.array([0.0, 0.0, 0.1034]), rotvec_to_quat(np.array([0.0, 0.0, -np.pi / 4])))
 
 GRASP_EPSILON_INNER = 0.005  # m: a grasp succeeds on an object down to width - 5 mm ...
 GRASP_EPSILON_OUTER = 0.08  # m: ... and on anything wider (close with force until it stops)
+
+#: the Panda's joint position limits (rad), Franka's datasheet
+PANDA_JOINT_LOWER = (-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973)
+PANDA_JOINT_UPPER = (2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973)
+MAX_COLLISION_TORQUE = 100.0  # N m: a threshold above this would never fire (joint torques peak at 87)
+MAX_COLLISION_FORCE = 150.0  # N (and N m about the TCP axes)
+
+
+@dataclass(frozen=True)
+class FrankyLimits:
+    """What :class:`FrankyBackend` configures on franky at connect (defaults: the lab's, as in RobotConfig)."""
+
+    collision_torque_thresholds: tuple[float, ...] = (20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0)  # N m per joint
+    collision_force_thresholds: tuple[float, ...] = (20.0, 20.0, 20.0, 25.0, 25.0, 25.0)  # N x y z, N m rx ry rz
+    joint_limits_lower: tuple[float, ...] = (-2.8, -1.7, -2.8, -3.0, -2.8, 0.0, -2.8)  # rad
+    joint_limits_upper: tuple[float, ...] = (2.8, 1.7, 2.8, -0.1, 2.8, 3.7, 2.8)  # rad
+    max_tracking_error_translation: float = 0.03  # m
+    max_tracking_error_rotation: float = 0.3  # rad
+    home_joint_velocity_scale: float = 0.2  # fraction of the Panda's joint velocity limits
+    home_joints: tuple[float, ...] = field(default=(0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785))
+
+    @classmethod
+    def of(cls, cfg: Any) -> FrankyLimits:
+        """The limits of a RobotConfig (validated first: ValueError naming the parameter)."""
+        validate_franky_limits(cfg)
+        return cls(**{k: tuple(float(v) for v in getattr(cfg, k)) if isinstance(getattr(cfg, k), (list, tuple))
+                      else float(getattr(cfg, k)) for k in cls.__dataclass_fields__})
+
+    def summary(self) -> dict[str, str]:
+        """For ``/diagnostics``."""
+        fmt = lambda v: " ".join(f"{x:g}" for x in v)  # noqa: E731
+        return {
+            "collision_torque_thresholds_Nm": fmt(self.collision_torque_thresholds),
+            "collision_force_thresholds_N": fmt(self.collision_force_thresholds),
+            "joint_limits_lower_rad": fmt(self.joint_limits_lower),
+            "joint_limits_upper_rad": fmt(self.joint_limits_upper),
+            "max_tracking_error": f"{self.max_tracking_error_translation:g} m, {self.max_tracking_error_rotation:g} rad",
+            "home_joint_velocity_scale": f"{self.home_joint_velocity_scale:g}",
+        }
+
+
+def validate_franky_limits(cfg: Any, prefix: str = "") -> None:
+    """Raise ValueError naming the parameter, its value and the fix, for bad franky limits in a RobotConfig."""
+
+    def fail(key: str, value: Any, must: str) -> None:
+        raise ValueError(f"{prefix}{key} = {value!r}: {must}")
+
+    def vec(key: str, n: int, lo: float, hi: float, unit: str) -> list[float]:
+        value = getattr(cfg, key)
+        try:
+            v = [float(x) for x in value]
+        except (TypeError, ValueError, OverflowError):
+            v = []
+        if len(v) != n or not all(math.isfinite(x) and lo < x <= hi for x in v):
+            fail(key, value, f"must be {n} numbers in ({lo:g}, {hi:g}] {unit}")
+        return v
+
+    def num(key: str, lo: float, hi: float, unit: str) -> None:
+        value = getattr(cfg, key)
+        try:
+            v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            v = math.nan
+        if not (lo < v <= hi):
+            fail(key, value, f"must be in ({lo:g}, {hi:g}] {unit}")
+
+    vec("collision_torque_thresholds", 7, 0.0, MAX_COLLISION_TORQUE, "N m (one per joint)")
+    vec("collision_force_thresholds", 6, 0.0, MAX_COLLISION_FORCE, "N, N m (x y z, rx ry rz)")
+    lower = vec("joint_limits_lower", 7, -math.inf, math.inf, "rad")
+    upper = vec("joint_limits_upper", 7, -math.inf, math.inf, "rad")
+    for i in range(7):
+        if not (PANDA_JOINT_LOWER[i] <= lower[i] < upper[i] <= PANDA_JOINT_UPPER[i]):
+            key = "joint_limits_lower" if not PANDA_JOINT_LOWER[i] <= lower[i] < upper[i] else "joint_limits_upper"
+            fail(key, getattr(cfg, key), f"joint {i + 1}: need {PANDA_JOINT_LOWER[i]} <= lower ({lower[i]}) < upper "
+                 f"({upper[i]}) <= {PANDA_JOINT_UPPER[i]} rad (the Panda's range)")
+    home = getattr(cfg, "home_joints", None)
+    if home is not None and len(home) == 7 and not all(lower[i] <= float(home[i]) <= upper[i] for i in range(7)):
+        fail("home_joints", list(home), "must lie within joint_limits_lower .. joint_limits_upper")
+    num("max_tracking_error_translation", 0.0, 0.2, "m")
+    num("max_tracking_error_rotation", 0.0, 1.0, "rad")
+    num("home_joint_velocity_scale", 0.0, 1.0, "(a fraction of the joint velocity limits)")
 
 
 class _Done:
@@ -67,14 +160,16 @@ class FrankyBackend(Backend):
         rotational_stiffness: float = 150.0,
         damping_ratio: float = 1.0,
         gripper: bool = True,
-        home_dynamics: float = 0.2,
+        limits: FrankyLimits | None = None,
         gripper_poll_period: float = 0.05,
     ):
         self.host = host
         self.realtime = realtime
         self._gains = (float(translational_stiffness), float(rotational_stiffness), float(damping_ratio))
         self.use_gripper = gripper
-        self.home_dynamics = home_dynamics
+        self.limits = limits or FrankyLimits()
+        validate_franky_limits(self.limits)
+        self.home_dynamics = self.limits.home_joint_velocity_scale
         self.gripper_poll_period = gripper_poll_period
         self._robot: Any = None
         self._tracker: Any = None
@@ -104,6 +199,8 @@ class FrankyBackend(Backend):
                     robot.set_ee(HAND_TCP.flatten(order="F").tolist())
                 if robot.has_errors:
                     robot.recover_from_errors()
+                lim = self.limits  # libfranka's collision reflex (kept by the robot until the next connect)
+                robot.set_collision_behavior(list(lim.collision_torque_thresholds), list(lim.collision_force_thresholds))
             except Exception as e:
                 raise ConnectionLost(f"cannot connect to the FCI at {self.host}: {type(e).__name__}: {e}") from e
             self._robot = robot
@@ -161,6 +258,7 @@ class FrankyBackend(Backend):
         import franky
 
         k_t, k_r, zeta = self._gains
+        lim = self.limits
         self._busy = True
         try:
             self._tracker = franky.CartesianImpedanceTracker(
@@ -168,6 +266,10 @@ class FrankyBackend(Backend):
                 translational_stiffness=k_t,
                 rotational_stiffness=k_r,
                 damping=self._damping(k_t, k_r, zeta),
+                lower_joint_limits=np.asarray(lim.joint_limits_lower, dtype=np.float64),
+                upper_joint_limits=np.asarray(lim.joint_limits_upper, dtype=np.float64),
+                translational_error_clip=np.full(3, lim.max_tracking_error_translation),
+                rotational_error_clip=np.full(3, lim.max_tracking_error_rotation),
             )
         finally:
             self._busy = False
@@ -247,7 +349,7 @@ class FrankyBackend(Backend):
     def diagnostics(self) -> dict[str, object]:
         w = self._worker
         return {"control_command_success_rate": self._success_rate,
-                "gripper_commands": w.commands_sent if w is not None else 0}
+                "gripper_commands": w.commands_sent if w is not None else 0, **self.limits.summary()}
 
     # ------------------------------------------------------------ recover / home
     def recover(self) -> bool:

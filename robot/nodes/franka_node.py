@@ -35,7 +35,11 @@ connects there, retrying until the FCI answers); ``deactivate`` stops them
 (the arm holds); ``cleanup`` closes the backend (:class:`robot.ros.lifecycle.RigNode`
 hooks; SIGINT and SIGTERM shut the node down through them). Every subscription and
 service callback is guarded: a message that raises is counted (``callback_errors``
-on ``/diagnostics``) and the node goes on; a refused command counts in ``rejected``.
+on ``/diagnostics``) and the node goes on; a refused command counts in ``rejected`` (the
+reason in ``last_rejection``). A command is fresh for the watchdog from the earlier of its
+header stamp and its arrival (stamps more than ``safety.max_clock_skew`` ahead, or already
+stale, are refused). The franky backend's limits (collision thresholds, joint range,
+tracking-error clip) are validated at configure and shown on ``/diagnostics``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from rig.safety import CommandRejected, SafetyFilter, apply_twist, validate_safety_config
 from robot.backends.base import Backend, ConnectionLost
+from robot.backends.franky_backend import FrankyLimits, validate_franky_limits
 from robot.config import RobotConfig
 from robot.ros.convert import BASE_FRAME, GRIPPER_JOINT, JOINT_NAMES, TCP_FRAME, stamp_seconds, to_stamp
 from robot.ros.diagnostics import ERROR, OK, WARN, Diagnostics, PeriodStats
@@ -125,6 +130,7 @@ def validate_robot_config(cfg: RobotConfig) -> None:
             "must be 0 (normal scheduling) or a SCHED_FIFO priority in 1..98")
     try:
         validate_safety_config(cfg.safety, prefix="safety.")
+        validate_franky_limits(cfg)
     except ValueError as e:
         raise ParameterError(f"parameter {e}") from None
 
@@ -141,6 +147,7 @@ def make_backend(cfg: RobotConfig) -> Backend:
             rotational_stiffness=cfg.rotational_stiffness,
             damping_ratio=cfg.damping_ratio,
             gripper=cfg.gripper,
+            limits=FrankyLimits.of(cfg),
         )
     from robot.backends.sim_backend import SimBackend
 
@@ -323,9 +330,12 @@ class FrankaNode(RigNode):
                 self._twist = None
                 self._pending_stamp = None
                 # the new command source starts from a still arm where it is now
-                if self.filter is not None and self.filter.ready:
+                if self.filter is not None and self.filter.ready and not self._need_reset:
                     p, q = self.filter.applied_pose
-                    self.filter.set_target(p, q, time.monotonic())
+                    try:
+                        self.filter.set_target(p, q, time.monotonic())
+                    except CommandRejected:  # counted; the watchdog holds the arm anyway
+                        pass
 
     def _frame_is_ee(self, frame_id: str) -> bool | None:
         f = frame_id.lstrip("/")
@@ -338,7 +348,19 @@ class FrankaNode(RigNode):
     def _reject(self, what: str, why: str) -> None:
         if self.filter is not None:
             self.filter.rejected += 1
+            self.filter.last_rejection = f"{what}: {why}"[:200]
         self.get_logger().warning(f"{what} rejected: {why}", throttle_duration_sec=1.0)
+
+    @staticmethod
+    def _times(msg_stamp: Any) -> tuple[float, float | None]:
+        """(now, when the sender stamped the message) on the filter's monotonic clock; None: no stamp.
+
+        The header stamp is wall-clock time: its age (wall now - stamp) is carried over to the
+        monotonic clock, so a message delayed in the network is as old to the watchdog as it is.
+        """
+        now = time.monotonic()
+        t = stamp_seconds(msg_stamp)
+        return now, (now - (time.time() - t) if t > 0 else None)
 
     def _on_target_pose(self, msg: PoseStamped) -> None:
         if self._intervening:
@@ -356,11 +378,11 @@ class FrankaNode(RigNode):
             self.ignored += 1
             return
         with self._lock:
-            if f.holding:
+            if f.holding or self._need_reset or not self._connected:  # a reset would clear it
                 self.ignored += 1
                 return
             try:
-                f.set_target(pos, quat, time.monotonic())
+                f.set_target(pos, quat, *self._times(msg_stamp))
             except CommandRejected as e:
                 self.get_logger().warning(f"target rejected: {e}", throttle_duration_sec=1.0)
                 return
@@ -411,7 +433,11 @@ class FrankaNode(RigNode):
                 except (CommandRejected, ValueError, OverflowError) as e:
                     self._reject(what, f"{type(e).__name__}: {e}")
                     return
-            self._twist = (lin, ang, ee, time.monotonic())
+            now, sent = self._times(msg_stamp)
+            if sent is not None and not (now - self.filter.cfg.watchdog_timeout <= sent <= now + self.filter.cfg.max_clock_skew):
+                self._reject(what, f"header stamp {sent - now:+.3f} s from now: stale or in the future")
+                return
+            self._twist = (lin, ang, ee, now if sent is None else min(now, sent))
             t = stamp_seconds(msg_stamp)
             self._pending_stamp = t if t > 0 else time.time()
 
@@ -426,7 +452,7 @@ class FrankaNode(RigNode):
             base = f.target if f.target is not None else f.applied_pose
             try:
                 pos, quat = apply_twist(base[0], base[1], lin, ang, 1.0, ee)
-                f.set_target(pos, quat, time.monotonic())
+                f.set_target(pos, quat, *self._times(msg_stamp))
             except CommandRejected as e:
                 self._reject("target_twist", str(e))
                 return
@@ -581,8 +607,16 @@ class FrankaNode(RigNode):
                 if tw is not None:
                     if now - tw[3] <= f.cfg.watchdog_timeout:
                         p, q = f.applied_pose
-                        pos, quat = apply_twist(p, q, tw[0], tw[1], dt, tw[2])
-                        f.set_target(pos, quat, tw[3])
+                        try:  # a rejection is counted, never raised: the arm holds
+                            pos, quat = apply_twist(p, q, tw[0], tw[1], dt, tw[2])
+                        except CommandRejected as e:
+                            self._reject("twist", str(e))
+                            self._twist = None
+                        else:
+                            try:
+                                f.set_target(pos, quat, now, stamp=tw[3])
+                            except CommandRejected:  # counted by the filter
+                                self._twist = None
                     else:
                         self._twist = None
                 applied = f.step(now, dt)
@@ -701,7 +735,8 @@ class FrankaNode(RigNode):
             backend=cfg.backend, connected=self._connected, requested_rate_hz=cfg.state_rate_hz,
             rate_hz=st["rate_hz"], period_p50_ms=st["p50_ms"], period_p99_ms=st["p99_ms"],
             period_max_ms=st["max_ms"], cmd_latency_p50_ms=lat["p50_ms"], cmd_latency_p99_ms=lat["p99_ms"],
-            rejected=f.rejected, clipped=f.clipped, stale_holds=f.stale_holds, ignored=self.ignored,
+            rejected=f.rejected, last_rejection=f.last_rejection, clipped=f.clipped, stale_holds=f.stale_holds,
+            ignored=self.ignored,
             intervening=self._intervening, hold=f.holding, reconnects=self.reconnects,
             recoveries=self.recoveries, robot_error=self._robot_error,
             last_disconnect=self._lost_reason if not self._connected else "",

@@ -20,6 +20,7 @@ from rig.geometry import quat_conj, quat_mul, quat_to_rotvec
 from rig.safety import CommandRejected, SafetyFilter, apply_twist
 
 ROUND = 1e-12  # m / rad: rounding allowance on positions and angles
+MIN_DT = 1e-6  # s: the filter does not move in a shorter tick (no time passed)
 
 
 def _rot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -49,10 +50,13 @@ class Oracle:
         self.rejections = 0
         self.ticks = 0
         self.moving_ticks = 0
+        self.by_kind: dict[str, list[int]] = {}  # call name -> [calls, rejected, violations]
 
     # ------------------------------------------------------------ bookkeeping
     def _fail(self, what: str) -> None:
         self.violations.append(what)
+        kind = what.split(":", 1)[0].split("(", 1)[0]
+        self.by_kind.setdefault(kind, [0, 0, 0])[2] += 1
 
     def _tilt(self, q: np.ndarray) -> float:
         return float(np.linalg.norm(_rot(q, self.nominal)))
@@ -67,12 +71,15 @@ class Oracle:
     def _call(self, name: str, fn, *args: Any) -> Any:
         """Run one filter call: a CommandRejected must leave the state as it was; nothing else may raise."""
         self.calls += 1
+        counts = self.by_kind.setdefault(name, [0, 0, 0])
+        counts[0] += 1
         before = self._snapshot()
         rejected_before = self.f.rejected
         try:
             return fn(*args)
         except CommandRejected:
             self.rejections += 1
+            counts[1] += 1
             if self._snapshot() != before:
                 self._fail(f"{name}: rejected, but the state changed")
             if name not in ("reset", "apply_twist") and self.f.rejected != rejected_before + 1:
@@ -146,10 +153,13 @@ class Oracle:
             self._fail(f"step: moved {step_t} m in {d} s")
         if step_r > min(c.max_step_rotation, c.max_angular_velocity * d) + 1e-9:
             self._fail(f"step: turned {step_r} rad in {d} s")
-        if a.holding:
+        if a.holding or d < MIN_DT:
             if step_t != 0.0 or step_r > 1e-15:
-                self._fail("step: moved while holding")
-            v = w = np.zeros(3)
+                self._fail(f"step: moved while holding or in a tick of {d} s")
+            if a.holding:
+                v = w = np.zeros(3)
+            else:  # no time passed: the velocity is what it was
+                v, w = self.prev_v, self.prev_w
         else:
             self.moving_ticks += 1
             age = float(a.stamp) - float(a.target_stamp)
@@ -160,8 +170,9 @@ class Oracle:
             for name, new, old, acc, cap in (
                 ("linear", v, self.prev_v, c.max_linear_acceleration,
                  min(c.max_linear_velocity, c.max_step_translation / d)),
-                ("angular", w, self.prev_w, c.max_angular_acceleration,
-                 min(c.max_angular_velocity, c.max_step_rotation / d)),
+                ("angular", w, self.prev_w, c.max_angular_acceleration,  # braking turns at most pi / 2:
+                 min(c.max_angular_velocity, c.max_step_rotation / d,
+                     c.max_angular_acceleration * (math.sqrt(d * d + math.pi / c.max_angular_acceleration) - d))),
             ):
                 change = float(np.linalg.norm(new - old))
                 allowed = acc * d + max(0.0, float(np.linalg.norm(old)) + acc * d - cap)
@@ -240,10 +251,11 @@ def random_session(o: Oracle, rng: np.random.Generator, n_ops: int) -> None:
     alternate = None
     for _ in range(n_ops):
         k = rng.integers(100)
-        if alternate is not None and k < 60:  # alternating far targets, one per tick
+        if alternate is not None and rng.integers(2):  # alternating far targets, one per tick
             pos, quat = alternate[o.ticks % 2]
             o.set_target(pos, quat, now)
-        elif k < 25:
+            k = 50  # and a tick
+        if k < 25:
             pos, quat = _pose(rng, o)
             stamp = None if rng.integers(2) else _time(rng, now - rng.uniform(0, 0.1))
             o.set_target(pos, quat, _time(rng, now), stamp)
@@ -263,6 +275,5 @@ def random_session(o: Oracle, rng: np.random.Generator, n_ops: int) -> None:
         else:
             dt = [o.f.dt, float(rng.uniform(1e-4, 0.05)), None, HOSTILE_SCALARS[rng.integers(len(HOSTILE_SCALARS))],
                   float(rng.uniform(0.05, 2.0))][rng.integers(5) if rng.integers(4) == 0 else 0]
-            step_dt = _valid_dt(dt, o.f.dt)
-            now += step_dt
+            now += min(_valid_dt(dt, o.f.dt), 1.0)  # the session's clock (the filter may be told otherwise)
             o.step(_time(rng, now) if rng.integers(10) == 0 else now, dt)
