@@ -224,7 +224,6 @@ class PandaRigEnv(gym.Env):
         self.rig.step(25)  # 50 ms: objects settle, a grasp closes
         # as the franka node does on (re)connect: the filter starts from the measured pose, no target in force
         self.safety_filter.reset(self.rig.ee_pos, matrix_to_quat(self.rig.ee_rot))
-        self._applied: tuple[np.ndarray, np.ndarray] | None = None
         self._last_success = self.task.success()
         return self._obs(), self._info()
 
@@ -239,13 +238,9 @@ class PandaRigEnv(gym.Env):
         g = f.gripper(width, self.gripper_speed, self.gripper_force)
         self.rig.set_gripper(g.width, g.speed, g.force)
         dt = f.dt
-        for i in range(self.filter_ticks):
+        for i in range(self.filter_ticks):  # the franka node's control loop: filter tick, command, physics
             applied = f.step(now + i * dt, dt)
-            last = self._applied
-            # the impedance controller's target changes only while the filter moves it
-            if last is None or not (np.array_equal(last[0], applied.pos) and np.array_equal(last[1], applied.quat)):
-                self.rig.set_cartesian_target(applied.pos, applied.quat)
-                self._applied = (applied.pos, applied.quat)
+            self.rig.set_cartesian_target(applied.pos, applied.quat)
             self.rig.step(self.physics_per_tick)
         self._last_success = self.task.success()
         reward = 1.0 if self._last_success else 0.0

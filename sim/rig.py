@@ -197,12 +197,19 @@ class SimRig:
 
     def set_cartesian_target(self, pos: np.ndarray, quat: np.ndarray) -> None:
         """Absolute TCP target in the base frame; quaternion (x, y, z, w)."""
-        pos = np.asarray(pos, dtype=np.float64)
+        pos = np.array(pos, dtype=np.float64)  # a copy
         quat = np.asarray(quat, dtype=np.float64)
-        if pos.shape != (3,) or quat.shape != (4,) or not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat))):
+        if pos.shape != (3,) or quat.shape != (4,) or not np.isfinite(pos.sum() + quat.sum()):
             raise ValueError(f"target must be finite pos (3,) and quat (4,), got {pos!r}, {quat!r}")
-        self.target_pos = pos.copy()
-        self._set_target_rot(quat_to_matrix(quat))
+        n = float(np.sqrt(quat @ quat))
+        if n < 1e-12:
+            raise ValueError(f"target quaternion {quat!r} has zero norm")
+        # MuJoCo's C helpers (w, x, y, z): the safety filter sets a target every tick, numpy would dominate
+        wxyz = np.array((quat[3], quat[0], quat[1], quat[2])) / n
+        rot = np.empty(9)
+        mujoco.mju_quat2Mat(rot, wxyz)
+        self.target_pos = pos
+        self._set_target_rot(rot.reshape(3, 3))
 
     def _set_target_rot(self, r: np.ndarray) -> None:
         self.target_rot = np.asarray(r, dtype=np.float64)
