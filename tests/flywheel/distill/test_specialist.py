@@ -52,3 +52,36 @@ def test_sac_specialist_trains_through_flywheel_rl_resumes_and_acts_on_a_camera_
 
     with pytest.raises(FileNotFoundError, match="not a finished flywheel-rl run"):
         train(task, SpecialistConfig(algo="sac", rl_run=str(tmp_path / "nothing")), tmp_path / "other")
+
+
+def test_sil_specialist_fits_demos_refits_on_its_successes_resumes_and_acts(tmp_path):
+    task = "PandaRig/PegInsert-v0"
+    cfg = SpecialistConfig(algo="sil", demos=2, demo_noise=0.0, generations=1, rollouts_per_generation=2,
+                           bc_steps=20, hidden_dims=[16], eval_episodes=1)
+    info = train(task, cfg, tmp_path / "sil", progress=False)
+    assert info["algo"] == "sil" and info["generations"] == 1 and info["env_steps"] > 0
+    assert info["history"][0] == {"generation": 0, "demos": 2} and 0.0 <= info["eval_success_rate"] <= 1.0
+    assert (tmp_path / "sil" / "policy.safetensors").is_file()
+    assert train(task, cfg, tmp_path / "sil", progress=False) == json.loads(
+        (tmp_path / "sil" / "specialist.json").read_text())  # finished: the record, not a second run
+
+    agent = load_agent(task, info)
+    env = collect.make_env(task, cameras=("wrist",), image_size=16, privileged_state=True)
+    try:
+        obs, _ = env.reset(seed=3)
+        agent.reset()
+        a = agent.act(obs)
+        assert a.shape == (7,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1.0)
+        np.testing.assert_array_equal(a, agent.act(obs))
+    finally:
+        env.close()
+
+
+def test_scripted_stand_in_and_unknown_algos(tmp_path):
+    info = train("PandaRig/PegInsert-v0", SpecialistConfig(algo="scripted"), tmp_path)
+    assert info["algo"] == "scripted" and info["eval_episodes"] == 0 and np.isnan(info["eval_success_rate"])
+    agent = load_agent("PandaRig/PegInsert-v0", info)
+    with pytest.raises(RuntimeError, match="bind"):
+        agent.act({})
+    with pytest.raises(ValueError, match="specialist.algo='nope'"):
+        train("PandaRig/PegInsert-v0", SpecialistConfig(algo="nope"), tmp_path)
