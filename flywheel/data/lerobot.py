@@ -304,7 +304,7 @@ def export_lerobot(
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out)
-    eps = list(range(store.num_episodes)) if episodes is None else [int(e) for e in episodes]
+    eps = store.select() if episodes is None else [int(e) for e in episodes]  # not the quarantined
     if not eps:
         raise ValueError(f"{store.path}: no episodes to export")
     spec = store.spec

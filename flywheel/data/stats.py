@@ -60,7 +60,7 @@ def compute_stats(
     """Statistics of ``keys`` (default: every state key and the action; images if named)."""
     spec = store.spec
     keys = list(keys) if keys is not None else [*spec.state_specs(), "action"]
-    eps = list(range(store.num_episodes)) if episodes is None else list(episodes)
+    eps = store.select() if episodes is None else list(episodes)  # select(): not the quarantined
     if not eps:
         raise ValueError(f"{store.path}: no episodes to compute statistics from")
     recs = [store.record(e) for e in eps]

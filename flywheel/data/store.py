@@ -98,6 +98,8 @@ class Episode:
         return self.store.keys
 
     def __getitem__(self, key: str) -> np.ndarray:
+        if self.record.quarantined:  # its damaged chunks were overwritten with zeros: never train on them
+            raise StoreError(f"{self.store.path}: episode {self.index} is quarantined ({self.record.quarantined})")
         return self.store.read(key, self.record.start, self.record.end)
 
     def to_dict(self, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:

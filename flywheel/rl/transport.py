@@ -262,6 +262,8 @@ class _Receiver:
         while self._monitor is not None and self._monitor.poll(0):
             self._monitor.recv_multipart()
             self.disconnects += 1
+            log.info("a transport peer was disconnected (it went away, or sent a frame over %d bytes)",
+                     self.cfg.max_frame_bytes or DEFAULT_FRAME_CAP)
 
     def _close_monitor(self, sock: zmq.Socket | None) -> None:
         if self._monitor is not None:

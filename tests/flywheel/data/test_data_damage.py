@@ -69,6 +69,8 @@ def test_a_damaged_chunk_costs_only_its_episodes_and_is_named(store):
     s = EpisodeStore(path)
     assert s.select() == [0] and [e.index for e in s] == [0]
     assert s.select(quarantined=s.record(1).quarantined) == [1] and "data/action" in s.record(1).quarantined
+    with pytest.raises(StoreError, match="episode 1 is quarantined"):
+        s.episode(1)["state/ee_pos"]  # its chunks were zero-filled: never read as data
     _same(s, 0, eps[0])
     for k in s.keys:  # whole-array reads work again
         assert len(s.read(k, 0, s.num_steps)) == s.num_steps
