@@ -386,3 +386,20 @@ def test_frame_cap_holds_the_largest_legitimate_messages():
     assert len(encode({"type": "weights", "version": 1, "data": weights, "session": "0" * 16, "epoch": 1,
                        "sent": 1}, key)) <= cap
     assert cap < 4 * max(len(encode(msg, key)), len(weights)) + (64 << 10)  # tight: not a blanket cap
+
+
+def test_the_app_sizes_the_frame_cap_from_its_agent():
+    from omegaconf import OmegaConf
+
+    from flywheel.rl.app import RLAppConfig
+    from flywheel.rl.buffers import transition_layout
+    from flywheel.rl.build import transport_config
+    from flywheel.rl.transport import frame_cap
+
+    cfg = OmegaConf.structured(RLAppConfig)
+    cfg.send_every = 20
+    agent = SACAgent(SACConfig(hidden_dims=[8], arm_dims=[0]), obs_shapes_of(LineEnv().observation_space))
+    want = frame_cap(transition_layout(agent.obs_shapes), 20, len(weights_to_bytes(agent)))
+    assert transport_config(cfg, agent).max_frame_bytes == want
+    cfg.transport.max_frame_bytes = 12345  # an explicit cap wins
+    assert transport_config(cfg, agent).max_frame_bytes == 12345
