@@ -31,11 +31,12 @@ Import reads a bag (a rosbag2 directory, an ``.mcap`` file, or a directory of
 bags) in log-time order and feeds it to :class:`flywheel.data.recorder.Recorder`,
 the recorder node's core, so a bag recorded on the rig with ``ros2 bag record``
 becomes the episodes the recorder node would have written: ``episode/event``
-starts and ends episodes, and at every control tick each stream's latest sample
-at or before the tick is taken (stale or missing streams skip the tick) and the
-applied command becomes the spec action. Ticks are the bag's ``recorder/tick``
-stamps when it has them (an export), else every ``1 / control_hz`` from each
-``start`` event, as the node's timer.
+starts and ends episodes, ticks come every ``1 / control_hz`` from each
+``start`` (as the node's timer) and go through ``Recorder.tick`` and its writer
+(each stream's latest sample at or before the tick; stale or missing streams
+skip it; the applied command becomes the spec action), with nothing dropped. A
+bag that ``export-mcap`` wrote carries its ticks (``recorder/tick``) and
+rewards: those episodes come back through ``Recorder.sample`` at those ticks.
 """
 
 from __future__ import annotations
@@ -331,60 +332,26 @@ def _img(msg: Any) -> np.ndarray:
     return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
 
 
-class _BagImporter:
-    """One bag's messages through the recorder's sampling rule (:meth:`Recorder.sample`) into the store.
+class _Feeder:
+    """One bag's messages into a :class:`flywheel.data.recorder.Recorder`'s streams; subclasses tick."""
 
-    The recorder's streams hold the samples; ticks come from ``recorder/tick`` or a grid from each
-    ``start``; steps are written synchronously (nothing is dropped, unlike a live recorder under load).
-    """
-
-    def __init__(self, store: EpisodeStore, spec: RigSpec, *, has_ticks: bool, has_rewards: bool,
-                 meta: dict[str, Any], max_age: float, success_reward: float = 1.0) -> None:
+    def __init__(self, store: EpisodeStore, spec: RigSpec, meta: dict[str, Any], max_age: float) -> None:
         from flywheel.data.recorder import Recorder
 
         self.store, self.spec, self.meta = store, spec, meta
-        self.r = Recorder(store, max_age=max_age)  # its streams and sample(); its writer thread is not started
-        self.has_ticks, self.has_rewards, self.success_reward = has_ticks, has_rewards, success_reward
-        self.period_ns = int(round(1e9 / spec.action.control_hz))
-        self.next_tick: int | None = None
+        self.r = Recorder(store, max_age=max_age, queue_size=1 << 30, episode_meta=meta)
         self.instruction = ""
         self.rewards: dict[int, float] = {}
-        self.writer: Any = None
         self.sizes = {f"images/{c.name}": (c.height, c.width) for c in spec.cameras}
         self.depth = {c.name for c in spec.cameras if c.depth}
         self.depth_streams: dict[str, Any] = {}
         self.added: list[int] = []
-        self.skipped = 0
 
-    def _run_ticks(self, until_ns: int) -> None:
-        while self.next_tick is not None and self.next_tick < until_ns and self.writer is not None:
-            self._tick(self.next_tick)
-            self.next_tick += self.period_ns
-
-    def _tick(self, t_ns: int) -> None:
-        from flywheel.data.recorder import _resize
-
-        if self.writer is None:
-            return
-        t = t_ns * 1e-9
-        s = self.r.sample(t)
-        if isinstance(s, str):
-            self.skipped += 1
-            return
-        obs, action, intervening = s
-        obs = {k: _resize(v, *self.sizes[k]) if k in self.sizes else v for k, v in obs.items()}
-        for cam in self.depth:
-            d = self.depth_streams.get(cam)
-            got = d.at(t) if d is not None else None
-            if got is None:
-                self.skipped += 1
-                return
-            obs[f"depth/{cam}"] = got[1]
-        self.writer.add(obs, action, reward=self.rewards.get(t_ns, 0.0), intervention=intervening, timestamp=t)
+    def before(self, t_ns: int) -> None:
+        """Called before each message (log time ``t_ns``)."""
 
     def feed(self, topic: str, t_ns: int, m: Any) -> None:
-        if not self.has_ticks:
-            self._run_ticks(t_ns)
+        self.before(t_ns)
         push = self.r.push
         if topic == "joint_states":
             pos, vel = np.zeros(7), np.zeros(7)
@@ -411,24 +378,97 @@ class _BagImporter:
             if topic == f"cameras/{cam}/image_raw" and f"images/{cam}" in self.sizes:
                 push(f"images/{cam}", _stamp(m, t_ns), _img(m))
             elif topic == f"cameras/{cam}/depth/image_raw" and cam in self.depth:
-                from flywheel.data.recorder import Stream
+                if f"depth/{cam}" in self.r.streams:  # a recorder that samples depth itself
+                    push(f"depth/{cam}", _stamp(m, t_ns), _img(m))
+                else:
+                    from flywheel.data.recorder import Stream
 
-                self.depth_streams.setdefault(cam, Stream()).push(_stamp(m, t_ns), _img(m))
+                    self.depth_streams.setdefault(cam, Stream()).push(_stamp(m, t_ns), _img(m))
         elif topic == "recorder/tick":
-            self._tick(_stamp_ns(m, t_ns))
+            self.tick(_stamp_ns(m, t_ns))
         elif topic == "episode/event":
             self.event(m.data.strip().lower(), t_ns)
+
+    def tick(self, t_ns: int) -> None:
+        raise NotImplementedError
+
+    def event(self, ev: str, t_ns: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, t_ns: int) -> None:
+        self.event("reset", t_ns)  # a bag that ends mid-episode: keep it, unlabelled
+
+
+class _LiveFeeder(_Feeder):
+    """A bag recorded on the rig: the recorder node's own path (``Recorder.on_event``/``tick`` and its
+    writer thread, nothing dropped), ticking every ``1 / control_hz`` from each ``start`` as its timer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.r.connect()
+        self.period_ns = int(round(1e9 / self.spec.action.control_hz))
+        self.next_tick: int | None = None
+        self.first = self.store.num_episodes
+
+    def before(self, t_ns: int) -> None:
+        while self.next_tick is not None and self.next_tick < t_ns:
+            self.tick(self.next_tick)
+            self.next_tick += self.period_ns
+
+    def tick(self, t_ns: int) -> None:
+        self.r.tick(t_ns * 1e-9)
+        if self.r.queue_depth > 32:
+            self.r.wait_idle()
+
+    def event(self, ev: str, t_ns: int) -> None:
+        if ev not in ("start", "success", "failure", "reset", "abort"):
+            return
+        self.before(t_ns + 1)
+        self.r.on_event(ev, **({"instruction": self.instruction} if ev == "start" else {}))
+        self.next_tick = t_ns if ev == "start" else None
+
+    def finish(self, t_ns: int) -> None:
+        self.before(t_ns)
+        self.r.close()  # an open episode is committed unlabelled; the writer thread finishes
+        self.added = list(range(self.first, self.store.num_episodes))
+
+
+class _ExportFeeder(_Feeder):
+    """A bag that ``export-mcap`` wrote: at its recorded ticks, :meth:`Recorder.sample` (the observation
+    the recorder takes, the action as the applied target against the measured pose, which is what the
+    export encodes) and the recorded reward, written synchronously."""
+
+    def __init__(self, *args: Any, has_rewards: bool, success_reward: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.has_rewards, self.success_reward = has_rewards, success_reward
+        self.writer: Any = None
+
+    def tick(self, t_ns: int) -> None:
+        from robot.ros.convert import resize
+
+        if self.writer is None:
+            return
+        t = t_ns * 1e-9
+        s = self.r.sample(t)
+        if isinstance(s, str):
+            return
+        obs, action, intervening = s
+        obs = {k: resize(v, self.sizes[k]) if k in self.sizes else v for k, v in obs.items()}
+        for cam in (c for c in self.depth if f"depth/{c}" not in obs):
+            d = self.depth_streams.get(cam)
+            got = d.at(t) if d is not None else None
+            if got is None:
+                return
+            obs[f"depth/{cam}"] = got[1]
+        self.writer.add(obs, action, reward=self.rewards.get(t_ns, 0.0), intervention=intervening, timestamp=t)
 
     def event(self, ev: str, t_ns: int) -> None:
         """``episode/event`` as the recorder takes it: start | success | failure | reset | abort."""
         if ev == "start":
             self.event("reset", t_ns)  # an open episode is kept, unlabelled
             self.writer = self.store.begin_episode(**{**self.meta, "instruction": self.instruction})
-            self.next_tick = None if self.has_ticks else t_ns
         elif ev in ("success", "failure", "reset", "abort") and self.writer is not None:
-            if not self.has_ticks:
-                self._run_ticks(t_ns + 1)
-            w, self.writer, self.next_tick = self.writer, None, None
+            w, self.writer = self.writer, None
             if ev == "abort" or w.num_steps == 0:
                 w.abort()
                 return
@@ -436,6 +476,10 @@ class _BagImporter:
             if success and not self.has_rewards:
                 w.set_reward(w.num_steps - 1, self.success_reward)
             self.added.append(w.commit(success=success))
+
+    def abort(self) -> None:
+        if self.writer is not None and not self.writer.closed:
+            self.writer.abort()
 
 
 def import_mcap(bag: str | Path, store: str | Path, *, spec: RigSpec | None = None, max_age: float = 0.5,
@@ -460,20 +504,26 @@ def import_mcap(bag: str | Path, store: str | Path, *, spec: RigSpec | None = No
                 rec_meta = {k: rec[k] for k in ("task", "source", "policy_version", "rig_id", "camera_ids",
                                                 "calibration_id", "notes", "extra") if k in rec}
             topics = set().union(*(_topics(f) for f in files))
-            imp = _BagImporter(out, spec, has_ticks="recorder/tick" in topics,
-                               has_rewards="recorder/reward" in topics, meta=rec_meta, max_age=max_age)
+            if "recorder/tick" in topics:
+                feeder: _Feeder = _ExportFeeder(out, spec, rec_meta, max_age,
+                                                has_rewards="recorder/reward" in topics)
+            else:
+                feeder = _LiveFeeder(out, spec, rec_meta, max_age)
             last = 0
             try:
                 for f in files:  # a split bag's files continue one another
                     for topic, t_ns, msg in _messages(f):
-                        imp.feed(topic, t_ns, msg)
+                        feeder.feed(topic, t_ns, msg)
                         last = t_ns
-                imp.event("reset", last + 1)  # a bag that ends mid-episode: keep it, unlabelled
+                feeder.finish(last + 1)
             except BaseException:
-                if imp.writer is not None and not imp.writer.closed:
-                    imp.writer.abort()
+                if isinstance(feeder, _ExportFeeder):
+                    feeder.abort()
+                else:
+                    feeder.r.abort_episode()
+                    feeder.r.close()
                 raise
-            added += imp.added
+            added += feeder.added
     finally:
         out.close()
     return added

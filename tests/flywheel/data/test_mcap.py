@@ -108,8 +108,8 @@ def _rig_bag(paths, spec, t0=1000.0):
     def header(t):
         return {"stamp": {"sec": t // ns, "nanosec": t % ns}, "frame_id": "panda_link0"}
 
-    def pose(t, x):
-        return {"header": header(t), "pose": {"position": {"x": x, "y": 0.0, "z": 0.3},
+    def pose(t, x):  # the TCP moves along x at 0.1 m/s; the applied target leads it by 1 cm
+        return {"header": header(t), "pose": {"position": {"x": 0.1 * x, "y": 0.0, "z": 0.3},
                                               "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}}
 
     put("policy/instruction", "std_msgs/String", {"data": "stack the cubes"}, t0n - 400_000_000)
@@ -122,7 +122,7 @@ def _rig_bag(paths, spec, t0=1000.0):
                     {"header": header(t), "name": JOINT_NAMES, "position": [x] * 7, "velocity": [0.0] * 7,
                      "effort": []}),
                    (t, "ee_pose", "geometry_msgs/PoseStamped", pose(t, x)),
-                   (t, "command_applied", "geometry_msgs/PoseStamped", pose(t, x + 0.01)),
+                   (t, "command_applied", "geometry_msgs/PoseStamped", pose(t, x + 0.1)),
                    (t, "ee_wrench", "geometry_msgs/WrenchStamped",
                     {"header": header(t), "wrench": {"force": {"x": 1.0, "y": 0.0, "z": 0.0},
                                                      "torque": {"x": 0.0, "y": 0.0, "z": 0.0}}}),
@@ -164,7 +164,8 @@ def test_a_rig_recorded_bag_imports_through_the_recorders_sampling_rule(tmp_path
     want = [k / 10 for k in range(16) if k not in (11, 12, 13)]
     np.testing.assert_allclose(ep["timestamp"] - t0n / 1e9, want, atol=1e-6)
     np.testing.assert_allclose(ep["state/joint_pos"][:, 0], want, atol=1e-6)  # the sample at the tick
-    np.testing.assert_allclose(ep["action"][:, 0], 0.5, atol=1e-5)  # 0.01 m ahead / 0.02 m per unit
+    # 0.01 m per period, 0.02 m per unit of action: the target 1 cm ahead of the pose, or its step per tick
+    np.testing.assert_allclose(ep["action"][:, 0], 0.5, atol=1e-4)
     sent = [j for j in range(76) if not 550_000_000 < -500_000_000 + j * 33_333_333 < 1_350_000_000]
     frame = [max(j for j in sent if -500_000_000 + j * 33_333_333 <= round(w * 1e9)) for w in want]
     assert np.abs(ep["images/front"][:, 0, 0, 0].astype(int) - frame).max() <= 2  # the latest frame at or before the tick (JPEG)
