@@ -187,9 +187,11 @@ class ConsoleNode(RigNode):
             self.pub_event.publish(String(data=name))
             return True, f"episode/event {name}"
         if name in ("take_over", "hand_back"):
-            others = self.count_publishers("teleop/intervening") - 1
-            if others > 0:
-                return False, "a teleop device publishes teleop/intervening: use its take-over button"
+            # another console (same node name) may share the flag; a teleop node owns it
+            owners = {i.node_name for i in self.get_publishers_info_by_topic("teleop/intervening")} - {self.get_name()}
+            if owners:
+                return False, (f"{', '.join(sorted(owners))} publishes teleop/intervening: "
+                               "use the teleop device's take-over button")
             self.pub_intervening.publish(Bool(data=name == "take_over"))
             return True, "operator has control" if name == "take_over" else "control back to the policy"
         return self._hold(name != "release")  # hold, stop: hold; release: follow targets again
@@ -221,6 +223,7 @@ class ConsoleNode(RigNode):
         with self._review_lock:
             if time.monotonic() >= self._review_next:
                 self._review_next = time.monotonic() + self.p.review_refresh
+                q.classifier_starts = self.state.classifier_success_starts(time.time())
                 q.refresh()
             items = [{"index": r.index, "task": r.task, "instruction": r.instruction, "source": r.source,
                       "steps": r.length, "committed_at": r.committed_at} for r in q.pending()[:20]]

@@ -134,6 +134,9 @@ def audit(reviews: Iterable[tuple[bool, float]], num_episodes: int, policy: Revi
     return Audit(n_ok + n_bad, n_ok, n_bad, precision, fp_per_100, review_rate(n_ok, n_bad, policy))
 
 
+START_TOLERANCE = 1.0  # s between a start event the console saw and the record's started_at
+
+
 class ReviewQueue:
     """The classifier positives of one episode store awaiting review, and the audit so far.
 
@@ -147,6 +150,24 @@ class ReviewQueue:
         self.store: Any = None
         self._decided: dict[str, float] = {}  # episode key -> sampling rate (0: not sampled)
         self.error = ""
+        self.classifier_starts: list[float] = []  # episodes the console saw the classifier call (start times)
+        self._observed: set[int] = set()
+
+    def is_positive(self, rec: Any) -> bool:
+        """A classifier positive: by its record (:func:`is_classifier_positive`), or the success whose
+        start is the nearest (within :data:`START_TOLERANCE` s) to one the console saw the classifier call."""
+        return is_classifier_positive(rec) or rec.index in self._observed
+
+    def _match_observed(self) -> None:
+        successes = []
+        for r in self.records:
+            review = r.extra.get("review") if isinstance(r.extra, Mapping) else None
+            if (review.get("previous") if isinstance(review, Mapping) else r.success) is True:
+                successes.append(r)
+        for s in self.classifier_starts:
+            best = min(successes, key=lambda r: abs(float(r.started_at) - s), default=None)
+            if best is not None and abs(float(best.started_at) - s) <= START_TOLERANCE:
+                self._observed.add(best.index)
 
     def refresh(self) -> None:
         """See newly committed episodes; sample the new classifier positives at the current rate."""
@@ -164,10 +185,11 @@ class ReviewQueue:
             self.store, self.error = None, f"{type(e).__name__}: {e}"
             return
         apply_labels(self.path, self.store._records)  # the reviews so far (also when the store applies them)
+        self._match_observed()
         rate = self.audit().rate
         for rec in self.store.records:
             key = episode_key(rec)
-            if key in self._decided or not is_classifier_positive(rec):
+            if key in self._decided or not self.is_positive(rec):
                 continue
             review = rec.extra.get("review")
             if isinstance(review, Mapping):  # reviewed before (another console, an earlier session)
@@ -189,7 +211,7 @@ class ReviewQueue:
         for r in self.records:
             rv = r.extra.get("review")
             if isinstance(rv, Mapping) and rv.get("by") == "operator" and r.index != skip \
-                    and is_classifier_positive(r):
+                    and self.is_positive(r):
                 out.append((rv.get("verdict") == "confirm", float(rv.get("rate", 1.0))))
         return out
 
@@ -203,7 +225,7 @@ class ReviewQueue:
         if self.store is None:
             raise LookupError(f"no episode store at {self.path} yet")
         rec = next((r for r in self.records if r.index == index), None)
-        if rec is None or not is_classifier_positive(rec):
+        if rec is None or not self.is_positive(rec):
             raise LookupError(f"episode {index} is not a classifier positive of {self.path}")
         from flywheel.data.labels import append_label, apply_labels
 

@@ -4,14 +4,16 @@
 ``policy/instruction``, ``/diagnostics`` statuses, arm state) with their times and gives a
 JSON-ready :meth:`~ConsoleState.snapshot`: who is in control (``holding`` when the franka node
 holds, else ``operator`` while ``teleop/intervening`` is True, else ``policy``), the episode
-timer, the safety filter's counts and the session counters (episodes, successes, failures,
-interventions per episode, operator time). Thread-safe; no ROS.
+timer, the safety filter's counts, the session counters (episodes, successes, failures,
+interventions per episode, operator time) and which successes the reward classifier called
+(:meth:`~ConsoleState.classifier_success_starts`). Thread-safe; no ROS.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 EVENTS = ("start", "success", "failure", "reset", "abort")
 LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
 MAX_INSTRUCTION = 10_000  # characters (the recorder's limit)
+REWARD_HISTORY = 600  # reward/probability samples kept (a minute at 10 Hz)
+CALL_WINDOW = (-1.0, 0.5)  # s around a success event in which the classifier's call counts
 
 
 @dataclass
@@ -64,6 +68,9 @@ class ConsoleState:
         self.last_action = ""
         self.reward: tuple[float, float] | None = None  # (probability, time) from reward/probability
         self.threshold: float | None = None
+        self._rewards: deque[tuple[float, float]] = deque(maxlen=REWARD_HISTORY)
+        self._successes: list[tuple[float, float]] = []  # (episode start, success time), not yet judged
+        self._classifier_starts: list[float] = []
 
     # ------------------------------------------------------------------ inputs
     def on_event(self, event: str, t: float) -> None:
@@ -88,6 +95,8 @@ class ConsoleState:
             self._end(t, event)
 
     def _end(self, t: float, outcome: str) -> None:
+        if outcome == "success" and self.episode_start is not None:
+            self._successes.append((self.episode_start, t))
         s = self.session
         s.episodes += 1
         s.successes += outcome == "success"
@@ -123,10 +132,30 @@ class ConsoleState:
         """The reward classifier's success probability on the latest observation (reward/probability)."""
         with self._lock:
             self.reward = (float(probability), t)
+            self._rewards.append((t, float(probability)))
 
     def on_threshold(self, threshold: float) -> None:
         with self._lock:
             self.threshold = float(threshold)
+
+    def classifier_success_starts(self, now: float) -> list[float]:
+        """Start times of the episodes whose success the reward classifier called.
+
+        A success counts as the classifier's when ``reward/probability`` reached ``reward/threshold``
+        within :data:`CALL_WINDOW` s of the success event (the env adapter publishes the probability,
+        then the event); a success is judged once that window has passed.
+        """
+        with self._lock:
+            keep = []
+            for start, ts in self._successes:
+                if now < ts + CALL_WINDOW[1]:
+                    keep.append((start, ts))
+                elif self.threshold is not None and any(
+                        ts + CALL_WINDOW[0] <= t <= ts + CALL_WINDOW[1] and p >= self.threshold
+                        for t, p in self._rewards):
+                    self._classifier_starts.append(start)
+            self._successes = keep
+            return list(self._classifier_starts)
 
     def on_arm(self, **values: Any) -> None:
         """Arm state for display (joint positions, TCP position, gripper width...)."""

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from std_msgs.msg import String
+from std_msgs.msg import Float32, String
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
 from _ros_probe import Probe, wait_for  # noqa: E402
 
 from apps.bringup import compose_rig, graph
-from robot.ros.qos import COMMAND_QOS, STATE_QOS
+from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, STATE_QOS
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.render]
 
@@ -85,7 +85,6 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
     from flywheel.data import EpisodeStore
-    from flywheel.data.labels import apply_labels
 
     store = tmp_path / "episodes.zarr"
     url_file = tmp_path / "console.url"
@@ -96,6 +95,10 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
     probe.subscribe("episode/event", String, COMMAND_QOS)
     probe.subscribe("ee_pose", PoseStamped, STATE_QOS)
     probe.subscribe("/diagnostics", DiagnosticArray, 10)
+    probe.subscribe("policy/instruction", String, LATCHED_QOS)
+    probe_event = probe.publisher("episode/event", String, COMMAND_QOS)
+    probe_reward = probe.publisher("reward/probability", Float32, COMMAND_QOS)
+    probe.publisher("reward/threshold", Float32, LATCHED_QOS).publish(Float32(data=0.5))
     log = (tmp_path / "rig-up.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "apps.bringup", "duration=300", *overrides],
                             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
@@ -126,6 +129,9 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
                                    timeout=30_000)
             page.fill("#instruction", "reach the red cube")
             page.click("#instruction-form button")
+            assert wait_for(lambda: [m.data for m in probe.got("policy/instruction")][-1:] == ["reach the red cube"],
+                            timeout=10)
+            time.sleep(0.5)  # the recorder takes it from the same latched topic
             # start, then success: the events go on episode/event and the recorder stores the episode
             page.click("button[data-action=start]")
             assert wait_for(lambda: "start" in [m.data for m in probe.got("episode/event")], timeout=10)
@@ -141,6 +147,15 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
             rec = recorded()[0]
             assert rec.success is True and rec.length > 0 and rec.instruction == "reach the red cube"
             page.wait_for_function("() => window.consoleStats.state.session.successes === 1", timeout=10_000)
+            # the next episode ends as the env adapter ends it: its reward classifier crosses the threshold
+            page.click("button[data-action=start]")
+            assert wait_for(lambda: [m.data for m in probe.got("episode/event")].count("start") == 2, timeout=10)
+            time.sleep(1.5)
+            probe_reward.publish(Float32(data=0.9))
+            probe_event.publish(String(data="success"))
+            assert wait_for(lambda: len(recorded()) == 2, timeout=20), rig_log()
+            page.wait_for_function("() => document.querySelectorAll('#review .item').length === 3", timeout=30_000)
+            assert page.inner_text("#reward").startswith("0.90 >= 0.50")
             page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
             # STOP holds the arm through the franka node's hold service
             page.click("#stop")
@@ -152,12 +167,12 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
             # a classifier positive rejected, the other confirmed: their labels change in the store
             page.click("#review-0 button[data-verdict=reject]")
             page.click("#review-1 button[data-verdict=confirm]")
-            page.wait_for_function("() => window.consoleStats.state.review.audit.reviewed === 2", timeout=15_000)
+            page.click("#review-3 button[data-verdict=reject]")
+            page.wait_for_function("() => window.consoleStats.state.review.audit.reviewed === 3", timeout=15_000)
             audit = page.evaluate("() => window.consoleStats.state.review.audit")
-            assert audit["precision"] == pytest.approx(0.5)
-            records = EpisodeStore(store, "r").records
-            apply_labels(store, records)  # a no-op where the store applies its label sidecar itself
-            assert [r.success for r in records[:2]] == [False, True]
+            assert audit["precision"] == pytest.approx(1 / 3)
+            records = EpisodeStore(store, "r").records  # the store applies the operators' labels
+            assert [r.success for r in records] == [False, True, True, False]  # #2: the operator's own success
             assert records[0].extra["review"]["previous"] is True
             assert records[0].extra["review"]["audit"]["fp_per_100"] is not None
             assert page.evaluate("() => window.consoleStats.errors") == []
@@ -175,7 +190,7 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
         assert wait_for(lambda: len(probe.got("ee_pose")) > 10, timeout=10) and proc.poll() is None, rig_log()
         with urllib.request.urlopen(urllib.request.Request(base + "api/state", headers={"X-Console-Token": token}),
                                     timeout=10) as r:
-            assert json.loads(r.read())["session"]["successes"] == 1
+            assert json.loads(r.read())["session"]["successes"] == 2
         if os.environ.get("CONSOLE_SCREENSHOT"):  # CONSOLE_SCREENSHOT=docs/console.png refreshes the README's
             Path(os.environ["CONSOLE_SCREENSHOT"]).write_bytes((tmp_path / "console.png").read_bytes())
         proc.send_signal(signal.SIGINT)

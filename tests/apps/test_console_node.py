@@ -99,7 +99,7 @@ def test_take_over_publishes_the_flag_unless_a_teleop_device_owns_it():
         probe.publisher("teleop/intervening", Bool, LATCHED_QOS)
         assert wait_for(lambda: node.count_publishers("teleop/intervening") >= 2, timeout=5)
         code, body = _req(base + "api/action/take_over", "POST", token, b"{}")
-        assert code == 409 and b"teleop device" in body
+        assert code == 409 and b"probe publishes teleop/intervening" in body
         # no franka node: STOP says so instead of pretending
         code, body = _req(base + "api/action/stop", "POST", token, b"{}")
         assert code == 409 and b"hold service is not available" in body

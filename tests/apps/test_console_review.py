@@ -142,6 +142,18 @@ def test_queue_reviews_relabel_the_episode_for_every_reader(store_path):
         q.review(3, "maybe")
 
 
+def test_a_success_the_console_saw_the_classifier_call_joins_the_queue(store_path):
+    q = ReviewQueue(str(store_path))
+    q.refresh()
+    human = q.records[2]
+    assert human.source == "human" and human.success is True and not q.is_positive(human)
+    q.classifier_starts = [human.started_at + 0.001, human.started_at + 5.0]  # the second matches nothing
+    q.refresh()
+    assert [r.index for r in q.pending()] == [0, 2, 3]
+    assert q.review(2, "reject").success is False
+    assert not q.is_positive(q.records[1])  # a failure never is, whatever the classifier said
+
+
 def test_labels_of_a_replaced_store_are_ignored(store_path):
     from flywheel.data import EpisodeStore
 

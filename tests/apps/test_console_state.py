@@ -72,6 +72,25 @@ def test_classifier_probability_and_threshold():
     assert s.snapshot(12.0)["classifier"]["probability"] is None  # JSON has no NaN
 
 
+def test_successes_the_classifier_called_are_told_apart_from_the_operators():
+    s = ConsoleState()
+    s.on_event("start", 0.0)
+    s.on_reward(0.8, 9.9)
+    s.on_event("success", 10.0)  # no threshold known yet: nobody can tell
+    assert s.classifier_success_starts(11.0) == []
+    s.on_threshold(0.5)
+    s.on_event("start", 20.0)
+    s.on_reward(0.3, 29.5)
+    s.on_event("success", 30.0)  # the operator's: the classifier said 0.3
+    s.on_event("start", 40.0)
+    s.on_reward(0.2, 49.0)
+    s.on_event("success", 50.0)
+    s.on_reward(0.9, 50.1)  # the probability may arrive just after the event it caused
+    assert s.classifier_success_starts(50.2) == []  # still inside the window: not judged yet
+    assert s.classifier_success_starts(51.0) == [40.0]
+    assert s.classifier_success_starts(60.0) == [40.0]
+
+
 class _Img:
     def __init__(self, arr):
         self.arr = arr
