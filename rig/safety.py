@@ -99,6 +99,7 @@ GRIPPER_MAX_FORCE = 70.0  # N, Franka Hand continuous grasp force
 _TILT_EPS = 1e-12  # rad: rounding allowance of the braking-path checks (the applied pose is clamped)
 _BOX_EPS = 1e-12  # m
 _QUARTER_TURN = math.pi / 2  # rad: the longest braking turn (see _move_angular)
+_MAX_MEASURED = 100.0  # m: a measured TCP position farther out is a broken reading
 _MIN_DT = 1e-6  # s: a shorter tick moves nothing (no time passed)
 _LAND = 1e-12  # m / rad: closer than this to the goal, land on it
 
@@ -272,6 +273,8 @@ class SafetyFilter:
         A bad measured pose raises :class:`CommandRejected` and changes nothing.
         """
         p = _vec("measured position", pos, 3)
+        if max(map(abs, p)) > _MAX_MEASURED:  # a broken reading: float rounding out there breaks every limit
+            raise CommandRejected(f"measured position {list(p)}: more than {_MAX_MEASURED:g} m from the base")
         q = _unit_quat("measured quaternion", quat)
         self._pos, self._quat = p, q
         self._stop_here()

@@ -320,3 +320,55 @@ def test_oracle_catches_a_violation():
     o.set_target(HOME + [0.2, 0, 0], DOWN, now=0.0)
     o.step(0.0)
     assert any("moved" in v for v in o.violations)
+
+
+# ------------------------------------------------------------------ regressions the fuzz benchmark found
+def test_braking_turns_at_most_a_quarter_turn():
+    """With a small angular acceleration the speed is capped so that braking turns at most pi / 2 (a longer
+    braking arc could leave the cone between two ends inside it; the benchmark's first run found 75 such)."""
+    cfg = dataclasses.replace(CFG, max_tilt=1.33, max_step_rotation=0.5, max_angular_velocity=0.88,
+                              max_angular_acceleration=0.127, watchdog_timeout=1.6, max_clock_skew=1.5)
+    alpha = cfg.max_angular_acceleration
+    for seed in range(6):
+        o = Oracle(cfg, 0.001)
+        random_session(o, np.random.default_rng(seed), 400)
+        assert_clean(o)
+    o = Oracle(cfg, 0.01)
+    o.reset(HOME, quat_mul(rotvec_to_quat([-1.3, 0.0, 0.0]), DOWN))
+    o.set_target(HOME, quat_mul(rotvec_to_quat([1.3, 0.0, 0.0]), DOWN), now=0.0)
+    speeds = []
+    for k in range(150):
+        o.step(k * 0.01, 0.01)
+        speeds.append(float(np.linalg.norm(o.f.applied_velocity[1])))
+    assert_clean(o)
+    assert max(speeds) <= alpha * (math.sqrt(1e-4 + math.pi / alpha) - 0.01) + 1e-9
+
+
+def test_a_sub_microsecond_tick_moves_nothing_and_keeps_the_velocity():
+    o = fresh_filter()
+    o.set_target(HOME + [0.1, 0.0, 0.0], quat_mul(rotvec_to_quat([0.0, 0.0, 0.5]), DOWN), now=0.0)
+    for k in range(20):
+        o.step(k * DT)
+    p, q = o.f.applied_pose
+    v, w = o.f.applied_velocity
+    o.step(20 * DT, 5e-324)
+    np.testing.assert_array_equal(o.f.applied_pose[0], p)
+    np.testing.assert_array_equal(o.f.applied_velocity[1], w)
+    for k in range(21, 60):
+        o.step(k * DT)
+    assert_clean(o)
+
+
+def test_entering_the_cone_from_outside_does_not_break_the_limits():
+    """The arm starts tilted outside the cone; a target inside pulls it in; once in, it stays in."""
+    o = Oracle(dataclasses.replace(CFG, max_tilt=0.4, watchdog_timeout=60.0), DT)
+    o.reset(HOME, quat_mul(rotvec_to_quat([0.8, 0.0, 0.0]), DOWN))
+    o.set_target(HOME, quat_mul(rotvec_to_quat([-0.39, 0.0, 0.0]), DOWN), now=0.0)  # across the cone
+    tilts = []
+    for k in range(1500):
+        o.step(k * DT)
+        tilts.append(float(quat_angle(o.f.applied_pose[1], DOWN)))
+    assert_clean(o)
+    inside = next(i for i, t in enumerate(tilts) if t <= 0.4)
+    assert max(tilts[inside + 200:]) <= 0.4 + 1e-9
+    assert tilts[-1] == pytest.approx(0.39, abs=1e-6)
