@@ -82,6 +82,9 @@ class CompactEncoder(nn.Module):
     def flow_velocity(self, feats: torch.Tensor):
         return self.flow_module.velocity(feats)
 
+    def normalize_actions(self, actions):
+        return self.model.normalizer.normalize("actions", actions)
+
     def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self.model.normalizer.unnormalize("actions", actions)
 

@@ -58,6 +58,16 @@ class EnvConfig:
 
 
 @dataclass
+class BCInitConfig:
+    """Behaviour cloning of a fresh policy on scripted-expert demos before RL (a state-only G0)."""
+
+    demos: int = 0  # successful episodes per task (0: no warm start)
+    noise: float = 0.3  # the scripted expert's noise
+    steps: int = 2000
+    lr: float = 1e-3
+
+
+@dataclass
 class VlaRLConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"algo": "rloo"}])
     algo: Any = None  # the config group
@@ -77,6 +87,7 @@ class VlaRLConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
+    bc_init: BCInitConfig = field(default_factory=BCInitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -142,33 +153,63 @@ def build(cfg: Any) -> tuple[Any, Any]:
     return pol, make_vec_factory(cfg, getattr(pol.encoder, "spec", None))
 
 
-def expert_features(cfg: Any, policy: Any, n: int, exec_horizon: int) -> list[Any]:
-    """Features of ``n`` successful scripted-expert episodes per task (the process reward's demos),
-    one per decision (every ``exec_horizon`` steps), through :mod:`flywheel.rollout`."""
+def expert_demos(cfg: Any, policy: Any, n: int, exec_horizon: int, noise: float = 0.3) -> list[tuple[Any, Any]]:
+    """``n`` successful scripted-expert episodes per task, through :mod:`flywheel.rollout`: per
+    decision (every ``exec_horizon`` steps) the policy's features and the expert's next H actions
+    (the last repeated past the end) - (features (T, D), chunks (T, H, A)) per episode."""
+    import torch
+
     import sim
     from flywheel.rollout import Rollout
 
     out = []
+    h = policy.horizon
     for task in cfg.tasks:
         vec = make_vec_factory(cfg, getattr(policy.encoder, "spec", None))(task, 1)
         env = vec.envs[0]
-        expert = sim.expert(env, noise=0.3, seed=int(cfg.seed) + 7)
+        expert = sim.expert(env, noise=noise, seed=int(cfg.seed) + 7)
         instr = str(getattr(env.unwrapped, "instruction", task))
         got, seed = 0, int(cfg.seed) + 500_000
         while got < n and seed < int(cfg.seed) + 500_000 + 20 * n:
-            obs_list: list[dict[str, Any]] = []
-            r = Rollout(env, expert, max_steps=cfg.env.max_steps or None,
-                        on_step=lambda s, acc=obs_list: acc.append(s.obs) if s.t % exec_horizon == 0 else None)
-            ep = r.run(seed)
+            steps: list[Any] = []
+            ep = Rollout(env, expert, max_steps=cfg.env.max_steps or None, on_step=steps.append).run(seed)
             seed += 1
-            if ep.success:
-                batch = {k: np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
-                out.append(policy.features({**batch, "instruction": [instr] * len(obs_list)}))
-                got += 1
+            if not ep.success:
+                continue
+            idx = list(range(0, len(steps), exec_horizon))
+            batch = {k: np.stack([steps[i].obs[k] for i in idx]) for k in steps[0].obs}
+            acts = np.stack([s.action for s in steps]).astype(np.float32)
+            chunks = np.stack([acts[np.minimum(np.arange(i, i + h), len(acts) - 1)] for i in idx])
+            norm = getattr(policy.encoder, "normalize_actions", None)
+            ch = torch.as_tensor(norm(chunks) if norm else chunks)
+            out.append((policy.features({**batch, "instruction": [instr] * len(idx)}), ch[..., : policy.action_dim]))
+            got += 1
         vec.close()
     if not out:
-        raise RuntimeError("process reward: the scripted expert gave no successful episode")
+        raise RuntimeError("the scripted expert gave no successful episode")
     return out
+
+
+def bc_init(policy: Any, demos: list[tuple[Any, Any]], steps: int, lr: float, seed: int = 0) -> float:
+    """Fit the policy's mean (Gaussian) or its flow (flow head) to the demos; returns the last loss."""
+    import torch
+
+    feats = torch.cat([f for f, _ in demos])
+    acts = torch.cat([a for _, a in demos]).float()
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        idx = torch.randint(len(feats), (min(256, len(feats)),), generator=g)
+        if hasattr(policy, "flow_loss"):
+            loss = policy.flow_loss(feats[idx], acts[idx])
+        else:
+            loss = ((policy.dist(feats[idx])[0] - acts[idx]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -202,15 +243,25 @@ def run(cfg: Any) -> dict[str, Any]:
                            num_envs=max(int(cfg.num_envs), acfg.group_size), exec_horizon=exec_h,
                            max_steps=int(cfg.env.max_steps) or None,
                            task_weights=list(cfg.task_weights) or None, seed=int(cfg.seed), recorder=recorder)
+    resuming = (out / "checkpoint" / "state.json").exists()
+    if int(cfg.bc_init.demos) > 0:  # the warm start is the reference policy: kept in out/init for resuming
+        from flywheel.vla_rl.checkpoint import load_policy, save_policy
+
+        if (out / "init").is_dir():
+            policy.load_state_dict(load_policy(out / "init", cfg.device).state_dict())
+        else:
+            demos = expert_demos(cfg, policy, int(cfg.bc_init.demos), exec_h, float(cfg.bc_init.noise))
+            loss = bc_init(policy, demos, int(cfg.bc_init.steps), float(cfg.bc_init.lr), int(cfg.seed))
+            log.info("behaviour cloning on %d demos: loss %.4f", len(demos), loss)
+            save_policy(policy, out / "init", {"bc_demos": len(demos), "bc_loss": loss})
     algo = algo_cls(policy, acfg, seed=int(cfg.seed))
     prm = None
-    resuming = (out / "checkpoint" / "state.json").exists()
     if cfg.prm.enabled:
         from flywheel.vla_rl.prm import ProgressModel
 
         prm = ProgressModel(policy.feature_dim, tuple(cfg.prm.hidden))
         if not resuming:
-            feats = expert_features(cfg, policy, int(cfg.prm.demos), exec_h)
+            feats = [f for f, _ in expert_demos(cfg, policy, int(cfg.prm.demos), exec_h)]
             mse = prm.fit_episodes(feats, steps=int(cfg.prm.steps), lr=float(cfg.prm.lr),
                                    batch_size=int(cfg.prm.batch_size), seed=int(cfg.seed))
             log.info("process reward model: fit on %d demos, MSE %.4f", len(feats), mse)

@@ -197,6 +197,8 @@ class RolloutEngine:
         groups (held-out evaluation); else the next seeds and sampled tasks. ``count``: add the env steps
         to :attr:`env_steps` (the training budget)."""
         g = int(group_size or self.group_size)
+        if not 1 <= g <= self.num_envs:
+            raise ValueError(f"group_size={g} must be in [1, num_envs={self.num_envs}]: a group runs in one wave")
         if seeds is None:
             seeds = list(range(self.next_seed, self.next_seed + num_groups))
             self.next_seed += num_groups

@@ -74,3 +74,28 @@ def _tb_tags(out):
         ea.Reload()
         tags |= set(ea.Tags()["scalars"])
     return tags
+
+
+@pytest.mark.slow
+def test_behaviour_cloning_warm_start_on_sim_demos(tmp_path):
+    """bc_init: the scripted expert's successful PegInsert episodes (through the one rollout loop)
+    fit a fresh state policy's mean."""
+    import torch
+    from hydra import compose, initialize
+    from hydra.core.global_hydra import GlobalHydra
+
+    from flywheel.vla_rl.cli import bc_init, build, expert_demos, register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize(version_base=None, config_path=None):
+        cfg = compose("flywheel_vla_rl", overrides=["tasks=[PegInsert]", "head.hidden=[32]", "head.value_hidden=[8]"])
+    pol, _ = build(cfg)
+    demos = expert_demos(cfg, pol, 1, 1)
+    (feats, chunks), = demos
+    assert feats.shape == (len(chunks), pol.feature_dim) and chunks.shape[1:] == (1, 7)
+    assert float(chunks.abs().max()) <= 1.0
+    with torch.no_grad():
+        before = float(((pol.dist(feats)[0] - chunks) ** 2).mean())
+    after = bc_init(pol, demos, steps=200, lr=3e-3)
+    assert after < 0.5 * before

@@ -1,0 +1,180 @@
+"""On-policy RL and preference learning side by side at the same env-step budget (issue #18).
+
+Every method starts from the same policy (``--policy``: the compact generalist G0; empty: a
+state-only policy from scratch) and gets the same env-step budget on the same tasks; each run is
+``flywheel-vla-rl`` (``flywheel.vla_rl.cli.run``) in ``WORKDIR/<method>`` - resumable, so a killed
+benchmark continues where it stopped, and a finished method is not run again. Methods: ``ppo``,
+``grpo``, ``rloo`` (LOOP), ``gspo``, ``gfpo``, ``dpo`` (GRAPE) and ``ppo_prm`` (PPO with the
+process reward model's shaping). The report (``--out``) has one row per method: held-out success
+before and after, mean successful episode length, rollout speed, groups rejected and the update
+compute that rejection / filtering saved, and the success curves in one PNG beside it.
+
+    .venv/bin/python benchmarks/vla_rl.py --policy outputs/bench/g0/g0 --tasks PegInsert \\
+        --env-steps 30000 --out docs/bench/vla_rl.md
+    # the toy point-reach task of the tests (seconds per method):
+    .venv/bin/python benchmarks/vla_rl.py --toy --env-steps 4000 --out /tmp/vla_rl_toy.md
+
+Extra hydra overrides for every run: ``--set key=value`` (repeatable), e.g. ``--set exec_horizon=4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METHODS = ("ppo", "grpo", "rloo", "gspo", "gfpo", "dpo", "ppo_prm")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]) -> Any:
+    from hydra import compose as _compose
+    from hydra import initialize
+    from hydra.core.global_hydra import GlobalHydra
+
+    from flywheel.vla_rl.cli import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize(version_base=None, config_path=None):
+        return _compose("flywheel_vla_rl", overrides=overrides)
+
+
+def method_overrides(method: str) -> list[str]:
+    if method == "ppo_prm":
+        return ["algo=ppo", "prm.enabled=true"]
+    return [f"algo={method}"]
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from flywheel.vla_rl.cli import run
+
+    out = work / method / f"seed{seed}"
+    done = out / "results.json"
+    if done.is_file():
+        res = json.loads(done.read_text())
+        if res.get("env_steps", 0) >= args.env_steps and "final_eval" in res:
+            return res
+    ov = [*method_overrides(method), f"policy={args.policy}", f"tasks=[{','.join(args.tasks)}]",
+          f"env_steps={args.env_steps}", f"out_dir={out}", f"seed={seed}", f"num_envs={args.num_envs}",
+          f"train.eval_every={args.eval_every}", f"train.eval_episodes={args.eval_episodes}",
+          f"train.final_eval_episodes={args.final_eval_episodes}", f"torch_threads={args.threads}",
+          "train.progress=false"]
+    if args.toy:
+        ov += ["env.factory=vla_rl_toy:make_vec", "env.state_keys=[state/pos,state/goal]", "head.action_dim=2",
+               "head.hidden=[64,64]", "head.value_hidden=[64,64]", "algo.lr=0.001"]
+    t0 = time.time()
+    res = run(compose(ov + list(args.set)))
+    res["bench_wall_seconds"] = time.time() - t0
+    done.write_text(json.dumps(res, indent=2, default=str))
+    return res
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
+    """Each method's held-out success against env steps: the mean over seeds (one line per method)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for m, runs in results.items():
+        n = min(len(r["evals"]) for r in runs)
+        x = np.mean([[e["env_steps"] for e in r["evals"][:n]] for r in runs], 0)
+        y = np.mean([[e["success"] for e in r["evals"][:n]] for r in runs], 0)
+        ax.plot(x, y, "o-", ms=3, label=m)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("held-out success (deterministic)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _mean(runs: list[dict[str, Any]], get: Any) -> float | None:
+    import numpy as np
+
+    vals = [v for r in runs if (v := get(r)) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, png: Path) -> str:
+    import numpy as np
+
+    lines = [
+        "| method | success start | success end (mean +- sd over seeds) | change | successful episode length | "
+        "env steps/s | groups rejected | update compute saved | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m, runs in results.items():
+        a = _mean(runs, lambda r: r["initial_eval"]["success"])
+        ends = [r["final_eval"]["success"] for r in runs]
+        b, sd = float(np.mean(ends)), float(np.std(ends))
+        length = _mean(runs, lambda r: r["final_eval"].get("success_length"))
+        sps = _mean(runs, lambda r: r.get("env_steps_per_s"))
+        rej = _mean(runs, lambda r: r.get("groups_rejected_mean", 0.0))
+        saved = _mean(runs, lambda r: r.get("update_compute_saved", 0.0))
+        wall = _mean(runs, lambda r: r.get("bench_wall_seconds", r.get("wall_seconds", 0.0)))
+        lines.append(f"| {m} | {a:.2f} | {b:.2f} +- {sd:.2f} | {b - a:+.2f} | {_f(length, '{:.1f}')} | "
+                     f"{_f(sps, '{:.0f}')} | {rej:.2f} | {saved:.0%} | {wall:.0f} |")
+    cmd = "python benchmarks/vla_rl.py " + " ".join(sys.argv[1:])
+    return "\n".join([
+        f"Policy: `{args.policy or 'state policy from scratch'}`{' (toy point-reach task)' if args.toy else ''}; "
+        f"tasks {', '.join(args.tasks)}; {args.env_steps} env steps per method and seed; seeds {args.seeds}; "
+        f"held-out evaluation every {args.eval_every} env steps ({args.eval_episodes} episodes) and at the end "
+        f"({args.final_eval_episodes}).", "", *lines, "", f"![curves]({png.name})", "",
+        f"Command: `{cmd}`", ""])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", default="", help="G0 checkpoint (compact VLA); empty: a state policy from scratch")
+    p.add_argument("--tasks", nargs="+", default=["PegInsert"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--env-steps", type=int, default=30_000)
+    p.add_argument("--eval-every", type=int, default=5_000)
+    p.add_argument("--eval-episodes", type=int, default=50)
+    p.add_argument("--final-eval-episodes", type=int, default=100)
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--toy", action="store_true", help="the tests' point-reach task instead of the sim")
+    p.add_argument("--set", action="append", default=[], help="an extra hydra override for every run")
+    p.add_argument("--workdir", default="outputs/bench/vla_rl")
+    p.add_argument("--out", default="docs/bench/vla_rl.md")
+    args = p.parse_args()
+    if args.toy:
+        sys.path.insert(0, str(ROOT / "tests" / "flywheel" / "vla_rl"))
+        args.methods = [m for m in args.methods if m != "ppo_prm"]  # the PRM's demos come from the sim expert
+        args.tasks = ["reach"]
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for m in args.methods:
+        for seed in args.seeds:
+            r = run_method(m, seed, args, work)
+            results.setdefault(m, []).append(r)
+            print(f"== {m} seed {seed}: {r['initial_eval']['success']:.2f} -> {r['final_eval']['success']:.2f}",
+                  flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = out.with_name(out.stem + "_curves.png")
+    plot(results, png, f"{', '.join(args.tasks)}: {args.env_steps} env steps")
+    body = report(results, args, png)
+    (work / "report.md").write_text(body)
+    print(body)
+    out.write_text(f"# On-policy RL and preference learning (issue #18)\n\n{body}")
+
+
+if __name__ == "__main__":
+    main()

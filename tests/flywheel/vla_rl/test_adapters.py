@@ -1,0 +1,91 @@
+"""The compact VLA as the encoder of the stochastic heads: its own head is the mean / the flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+compact = pytest.importorskip("policy.compact")
+
+INSTR = "insert the peg into the hole"
+
+
+def make_checkpoint(path, head: str = "mlp", image: int = 32):
+    """A small compact VLA checkpoint (random encoder weights) that knows the PegInsert instruction."""
+    from policy.config import CompactConfig
+    from policy.encoders import SentenceEncoder
+    from rig.spec import default_spec
+
+    text = SentenceEncoder()
+    text.preload({INSTR: np.random.default_rng(0).normal(size=text.dim).astype(np.float32)})
+    torch.manual_seed(0)
+    model = compact.CompactVLA(CompactConfig(image_size=image, head=head, hidden_dim=64, conv_dim=16,
+                                             num_keypoints=8, flow_steps=4, expert_layers=1),
+                               default_spec(image), text=text, pretrained=False)
+    model.save_pretrained(path)
+    return model
+
+
+def _obs(spec, n, seed=0):
+    rng = np.random.default_rng(seed)
+    obs = {k: rng.normal(size=(n, *s.shape)).astype(np.float32) for k, s in spec.state_specs().items()}
+    for c in spec.cameras:
+        obs[f"images/{c.name}"] = rng.integers(0, 256, (n, c.height, c.width, 3), dtype=np.uint8)
+    obs["instruction"] = [INSTR] * n
+    return obs
+
+
+def test_gaussian_mean_is_the_generalists_head(tmp_path):
+    from flywheel.vla_rl.checkpoint import build_policy, load_policy, save_policy
+
+    model = make_checkpoint(tmp_path / "g0", "mlp")
+    pol = build_policy({"kind": "gaussian", "hidden": [16], "value_hidden": [16]},
+                       {"type": "checkpoint", "path": str(tmp_path / "g0")})
+    assert (pol.horizon, pol.action_dim) == (model.spec.action.chunk_horizon, 7)
+    obs = _obs(model.spec, 3)
+    feats = pol.features(obs)
+    assert feats.shape == (3, pol.feature_dim)
+    with torch.no_grad():
+        mean, _, _ = pol.act(feats, deterministic=True)
+        ref = model.eval().predict(model.prepare(obs))
+    assert torch.allclose(mean, ref, atol=1e-5)
+    # only the head trains: the frozen image encoder gets no gradient
+    a, lp, ex = pol.act(feats)
+    pol.log_prob(feats, a.detach(), ex).sum().backward()
+    assert all(p.grad is None for p in pol.encoder.model.encoder.parameters())
+    assert any(p.grad is not None for p in pol.encoder.model.head.parameters())
+    # the RL policy directory holds the head, not the encoder, and reloads to the same policy
+    with torch.no_grad():
+        for p in pol.encoder.model.head.parameters():
+            p.add_(0.01)
+    save_policy(pol, tmp_path / "rl")
+    back = load_policy(tmp_path / "rl")
+    with torch.no_grad():
+        assert torch.allclose(back.act(feats, deterministic=True)[0], pol.act(feats, deterministic=True)[0],
+                              atol=1e-5)
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(tmp_path / "rl" / "policy.safetensors")) if k.startswith("encoder.model.encoder")]
+
+
+def test_flow_policy_runs_the_generalists_flow_head(tmp_path):
+    from flywheel.vla_rl.checkpoint import build_policy
+
+    model = make_checkpoint(tmp_path / "g0", "flow")
+    pol = build_policy({"kind": "flow", "steps": 4, "noise_level": 0.5},
+                       {"type": "checkpoint", "path": str(tmp_path / "g0")})
+    obs = _obs(model.spec, 2)
+    feats = pol.features(obs)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        det, _, _ = pol.act(feats, deterministic=True)
+        torch.manual_seed(5)
+        prep = model.eval().prepare(obs)
+        ref = model.predict(prep)
+        a, lp, ex = pol.act(feats)
+    assert torch.allclose(det, ref, atol=1e-4)
+    new = pol.log_prob(feats, a, ex)
+    assert torch.allclose(new.detach(), lp, atol=1e-2)
+    new.sum().backward()
+    assert any(p.grad is not None for p in pol.encoder.model.head.action.parameters())
