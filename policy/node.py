@@ -1,13 +1,18 @@
 """``policy-node``: the VLA on the GPU, closing the loop at control rate with asynchronous chunks.
 
-Subscribes (relative names): ``cameras/<name>/image_raw`` for every camera of
-the checkpoint's rig spec (sensor QoS; resized to the spec's resolution),
-``ee_pose``, ``gripper/state``, ``joint_states`` (read by joint name),
-``ee_wrench`` and ``policy/instruction``; every callback is guarded (a bad
-message is counted and reported on ``/diagnostics``, the node goes on).
+Subscribes (relative names) through :class:`robot.ros.observer.Observer` (the
+project's one observation assembly): ``cameras/<name>/image_raw`` for every
+camera of the checkpoint's rig spec (sensor QoS; resized to the spec's
+resolution), ``ee_pose``, ``gripper/state``, ``joint_states`` (read by joint
+name), ``ee_wrench`` (both zeros while silent or stale) and the franka node's
+``command_applied``; and ``policy/instruction``. Every callback is guarded (a
+bad message is counted and reported on ``/diagnostics``, the node goes on).
 Publishes ``target_pose`` (absolute TCP target from
-:meth:`rig.spec.ActionSpec.to_target`) and ``gripper/command`` for the franka
-node, and its health and latency on ``/diagnostics``.
+:meth:`rig.spec.ActionSpec.to_target` around the commanded pose, i.e. the
+latest ``command_applied``, so an action is the step of the arm's command, the
+meaning the recorder stores; the measured pose until the franka node applies
+one, or always with ``action_origin: measured``) and ``gripper/command`` for the
+franka node, and its health and latency on ``/diagnostics``.
 
 A worker thread runs inference while a control timer (``control_hz``) executes
 the current chunk; :class:`policy.chunking.ChunkScheduler` aligns each new chunk
@@ -33,31 +38,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped, WrenchStamped
-from sensor_msgs.msg import Image, JointState
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from policy.chunking import ChunkScheduler
 from policy.config import PolicyNodeConfig
 from rig.spec import RigSpec, check_compatible
-from robot.ros.convert import (
-    BASE_FRAME,
-    GRIPPER_JOINT,
-    ConversionError,
-    finite,
-    gripper_width,
-    header_time,
-    image_to_numpy,
-    joints_to_numpy,
-    pose_stamped,
-    pose_to_numpy,
-    to_stamp,
-    wrench_to_numpy,
-)
+from robot.ros.convert import BASE_FRAME, GRIPPER_JOINT, ConversionError, finite, pose_stamped, to_stamp
 from robot.ros.diagnostics import ERROR, OK, WARN
 from robot.ros.lifecycle import RigNode, run_lifecycle_node
+from robot.ros.observer import ObservationUnavailable, Observer
 from robot.ros.params import ParameterError, declare_dataclass, read_dataclass, require
-from robot.ros.qos import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+from robot.ros.qos import COMMAND_QOS
 
 MAX_INSTRUCTION = 10_000  # characters of policy/instruction accepted
 
@@ -70,6 +63,7 @@ class PolicyNodeParams(PolicyNodeConfig):
     port: int = 8000
     remote_mapping: str = ""  # backend=remote: "" (policy-serve), a preset (droid) or a mapping YAML/JSON
     image_codec: str = "raw"  # backend=remote: raw | jpeg (used when the server decodes JPEG)
+    action_origin: str = "commanded"  # commanded (command_applied) | measured: the pose an action steps from
 
 
 class NonFiniteActions(ValueError):
@@ -88,16 +82,6 @@ def check_chunk(actions: Any, dim: int) -> np.ndarray:
     return chunk
 
 
-class _Latest:
-    """The newest sample of one input, with its measurement time (wall clock, s)."""
-
-    __slots__ = ("value", "t")
-
-    def __init__(self) -> None:
-        self.value: Any = None
-        self.t = 0.0
-
-
 class PolicyNode(RigNode):
     def __init__(self, name: str = "policy", policy: Any = None, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -105,7 +89,7 @@ class PolicyNode(RigNode):
         self._policy = policy  # injected (tests) or loaded in configure
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._inputs: dict[str, _Latest] = {}
+        self.observer: Observer | None = None
         self._instruction = ""
         self._request: tuple[dict[str, Any], int, np.ndarray | None] | None = None
         self._result: tuple[np.ndarray, int, float] | None = None
@@ -126,6 +110,8 @@ class PolicyNode(RigNode):
         require(p.max_obs_age > 0, "max_obs_age", p.max_obs_age, "must be > 0 s")
         require(p.blend_steps >= 0, "blend_steps", p.blend_steps, "must be >= 0")
         require(p.control_hz >= 0, "control_hz", p.control_hz, "must be >= 0 (0: the spec's rate)")
+        require(p.action_origin in ("commanded", "measured"), "action_origin", p.action_origin,
+                "must be commanded or measured")
         if self._policy is None:  # a missing checkpoint, non-finite weights, a spec mismatch: configure fails
             require(p.backend in ("local", "remote"), "backend", p.backend, "must be local or remote")
             rig = RigSpec.from_json(open(p.rig_spec).read()) if p.rig_spec else None
@@ -150,18 +136,10 @@ class PolicyNode(RigNode):
         self.diag.set(WARN, "configured, waiting for observations and an instruction")
         self._target_pub = self.make_publisher(PoseStamped, "target_pose", COMMAND_QOS)
         self._gripper_pub = self.make_publisher(JointState, "gripper/command", COMMAND_QOS)
-        sub = self.guarded_subscription
-        for cam in self.spec.cameras:
-            self._inputs[f"images/{cam.name}"] = _Latest()
-            topic = f"cameras/{cam.name}/image_raw"
-            sub(Image, topic, lambda m, c=cam: self._on_image(m, c.name, c.height, c.width), SENSOR_QOS, topic)
-        for key in ("ee_pose", "gripper", "joints", "wrench"):
-            self._inputs[key] = _Latest()
-        sub(PoseStamped, "ee_pose", self._on_pose, STATE_QOS)
-        sub(JointState, "gripper/state", self._on_gripper, STATE_QOS)
-        sub(JointState, "joint_states", self._on_joints, STATE_QOS)
-        sub(WrenchStamped, "ee_wrench", self._on_wrench, STATE_QOS)
-        sub(String, "policy/instruction", self._on_instruction, 10)
+        self.observer = Observer(self.spec, max_age=p.max_obs_age, optional=("joint_states", "ee_wrench"),
+                                 commands=True)
+        self.observer.subscribe(self)
+        self.guarded_subscription(String, "policy/instruction", self._on_instruction, 10)
 
     def start(self) -> None:
         self._running = True
@@ -180,36 +158,6 @@ class PolicyNode(RigNode):
             self._worker = None
 
     # --------------------------------------------------------------- inputs
-    def _store(self, key: str, value: Any, t: float) -> None:
-        with self._lock:
-            self._inputs[key].value, self._inputs[key].t = value, t
-
-    def _on_image(self, msg: Image, name: str, h: int, w: int) -> None:
-        img = image_to_numpy(msg, (h, w))
-        if img.ndim != 3:
-            raise ConversionError(f"camera {name}: image encoding {msg.encoding!r}: expected rgb8 (or bgr8, mono8)")
-        self._store(f"images/{name}", img, header_time(msg))
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        pos, quat = pose_to_numpy(msg)
-        finite("ee_pose", pos, quat)
-        self._store("ee_pose", (pos.astype(np.float32), quat.astype(np.float32)), header_time(msg))
-
-    def _on_gripper(self, msg: JointState) -> None:
-        width = gripper_width(msg)
-        finite("gripper/state", width)
-        self._store("gripper", np.array([width], np.float32), header_time(msg))
-
-    def _on_joints(self, msg: JointState) -> None:
-        pos, vel = joints_to_numpy(msg)
-        finite("joint_states", pos, vel)
-        self._store("joints", (pos.astype(np.float32), vel.astype(np.float32)), header_time(msg))
-
-    def _on_wrench(self, msg: WrenchStamped) -> None:
-        w = wrench_to_numpy(msg)
-        finite("ee_wrench", w)
-        self._store("wrench", w.astype(np.float32), header_time(msg))
-
     def _on_instruction(self, msg: String) -> None:
         if len(msg.data) > MAX_INSTRUCTION:
             raise ConversionError(f"policy/instruction of {len(msg.data)} characters: at most {MAX_INSTRUCTION}")
@@ -221,34 +169,32 @@ class PolicyNode(RigNode):
             self.scheduler.reset()  # a new task: do not finish the old plan
 
     def _observation(self, now_wall: float) -> tuple[dict[str, Any] | None, float, str]:
-        """(obs, oldest sample time, why not) from the newest inputs, or None when incomplete/stale.
+        """(obs, oldest sample time, why not) at ``now_wall`` from the observer, or None when incomplete/stale.
 
         Joints and the wrench are optional (zeros until their topics publish, or when stale).
         """
         with self._lock:
-            if not self._instruction:
-                return None, 0.0, "no instruction (publish one on policy/instruction)"
-            need = [f"images/{c}" for c in self.spec.camera_names] + ["ee_pose", "gripper"]
-            missing = [k for k in need if self._inputs[k].value is None]
-            if missing:
-                return None, 0.0, f"waiting for {missing}"
-            oldest = min(self._inputs[k].t for k in need)
-            stale = [k for k in need if now_wall - self._inputs[k].t > self.p.max_obs_age]
-            if stale:
-                return None, oldest, f"stale inputs {stale} (older than max_obs_age={self.p.max_obs_age} s)"
-            pos, quat = self._inputs["ee_pose"].value
-            obs: dict[str, Any] = {f"images/{c}": self._inputs[f"images/{c}"].value for c in self.spec.camera_names}
-            obs.update({"state/ee_pos": pos, "state/ee_quat": quat,
-                        "state/gripper_width": self._inputs["gripper"].value, "instruction": self._instruction})
+            instruction = self._instruction
+        if not instruction:
+            return None, 0.0, "no instruction (publish one on policy/instruction)"
+        assert self.observer is not None
+        try:
+            o = self.observer.observe(now_wall)
+        except ObservationUnavailable as e:
+            if e.kind == "missing":
+                return None, 0.0, f"waiting for {e.key!r} ({e.topic}): {e.why}"
+            return None, e.sample_t or 0.0, (f"stale input {e.key!r} ({e.topic}, {e.age:.3f} s old; "
+                                             f"max_obs_age={self.p.max_obs_age} s)")
+        obs: dict[str, Any] = dict(o.obs)
+        obs["instruction"] = instruction
+        return obs, o.tick - o.age, ""
 
-            def fresh(key: str) -> Any:
-                s = self._inputs[key]
-                return s.value if s.value is not None and now_wall - s.t <= self.p.max_obs_age else None
-
-            joints, wrench = fresh("joints"), fresh("wrench")
-            obs["state/joint_pos"], obs["state/joint_vel"] = joints if joints else (np.zeros(7, np.float32),) * 2
-            obs["state/ee_wrench"] = wrench if wrench is not None else np.zeros(6, np.float32)
-            return obs, oldest, ""
+    def _origin(self, now_wall: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pose the next action steps from (the applied command, else the measured pose), or None if stale."""
+        assert self.observer is not None
+        cmd = self.observer.fresh("command", now_wall) if self.p.action_origin == "commanded" else None
+        pose = cmd if cmd is not None else self.observer.fresh("ee_pose", now_wall)
+        return None if pose is None else (np.asarray(pose[0], np.float64), np.asarray(pose[1], np.float64))
 
     # --------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -309,14 +255,11 @@ class PolicyNode(RigNode):
                 with self._lock:
                     self._request, self._busy = (obs, obs_tick, prefix), True
                     self._wake.notify()
-        with self._lock:
-            pose = self._inputs["ee_pose"]
-            pose_ok = pose.value is not None and now_wall - pose.t <= self.p.max_obs_age
-            cur = pose.value
+        origin = self._origin(now_wall) if self.observer.fresh("ee_pose", now_wall) is not None else None
         action = self.scheduler.next_action(now)
-        sent = action is not None and pose_ok
+        sent = action is not None and origin is not None
         if sent:
-            self._publish(action, cur[0], cur[1])
+            self._publish(action, *origin)
         elif action is not None:
             self.scheduler.reset()  # robot state went stale: drop the plan, stay silent
         self._diagnose(sent)

@@ -3,13 +3,17 @@
 :class:`RosRigEnv` speaks the rig spec: the observation is the spec's dict
 (``state/...`` and ``images/<camera>`` at the spec's size), the action is the
 spec's normalised 7-d delta, turned into an absolute ``target_pose`` and a
-``gripper/command`` by :meth:`rig.spec.ActionSpec.to_target` from the
-measured TCP pose. One :meth:`step` publishes the targets, waits for the next
-control tick (``1 / control_hz``) and assembles the observation at that tick
-from the latest sample of every topic stamped at or before it. A sample older
-than ``max_obs_age`` is not used: the env waits up to ``wait_timeout`` for a
-fresh one and then raises :class:`StaleObservation` naming the topic, the age
-and the node to check.
+``gripper/command`` by :meth:`rig.spec.ActionSpec.to_target` around the
+commanded pose (``action_origin="commanded"``: the franka node's
+``command_applied`` at the tick, so an action is the step of the arm's command,
+the meaning the recorder stores; the measured TCP pose until the node applies
+one, or always with ``action_origin="measured"``). One :meth:`step` publishes
+the targets, waits for the next control tick (``1 / control_hz``) and takes the
+observation at that tick from :class:`robot.ros.observer.Observer` (the latest
+sample of every topic stamped at or before it). A sample older than
+``max_obs_age`` is not used: the env waits up to ``wait_timeout`` for a fresh
+one and then raises :class:`StaleObservation` naming the topic, the age and the
+node to check.
 
 Episodes: :meth:`reset` calls the franka node's ``home`` service, then the
 task's reset callback, and publishes ``episode/event`` ``start``. An episode
@@ -19,7 +23,8 @@ device), when the optional ``reward_fn`` (a learned reward classifier,
 ``success``), or after ``max_episode_steps`` (truncated; the env publishes
 ``failure``); ``info["is_success"]`` says which. A recorder node on the graph
 therefore labels every episode the env runs. ``info["intervening"]`` and ``info["intervene_action"]`` (the
-operator's applied command as a spec action) feed HIL-SERL.
+command the operator gave the arm between the previous tick and this one, as a spec action:
+:meth:`~robot.ros.observer.Observer.commanded_action`) feed HIL-SERL.
 
 The env owns its own rclpy context and a single-threaded executor in a
 worker thread, so it works next to an in-process ``rig-up`` graph.
@@ -38,16 +43,8 @@ import gymnasium as gym
 import numpy as np
 
 from rig.spec import RigSpec
-from robot.ros.convert import (
-    BASE_FRAME,
-    gripper_width,
-    image_to_numpy,
-    joints_to_numpy,
-    pose_to_numpy,
-    stamp_seconds,
-    to_stamp,
-    wrench_to_numpy,
-)
+from robot.ros.convert import BASE_FRAME, to_stamp
+from robot.ros.observer import ObservationUnavailable, Observer
 
 
 class StaleObservation(RuntimeError):
@@ -66,6 +63,7 @@ class RosEnvConfig:
     home_timeout: float = 30.0  # s for the home service
     success_threshold: float = 0.5  # reward_fn output that counts as success
     connect_timeout: float = 10.0  # s to wait for the first samples of every topic
+    action_origin: str = "commanded"  # commanded (command_applied) | measured: the pose an action steps from
 
 
 def observation_space(spec: RigSpec) -> gym.spaces.Dict:
@@ -83,38 +81,6 @@ def observation_space(spec: RigSpec) -> gym.spaces.Dict:
 
 def action_space(spec: RigSpec) -> gym.spaces.Box:
     return gym.spaces.Box(-1.0, 1.0, (spec.action.dim,), np.float32)
-
-
-class SampleBuffer:
-    """Recent (stamp, value) samples of one topic; :meth:`at` picks the latest at or before a time."""
-
-    def __init__(self, maxlen: int = 64):
-        self._buf: deque[tuple[float, Any]] = deque(maxlen=maxlen)
-        self._lock = threading.Lock()
-
-    def add(self, stamp: float, value: Any) -> None:
-        with self._lock:
-            if self._buf and stamp < self._buf[-1][0]:  # out of order: keep the deque sorted
-                items = sorted([*self._buf, (stamp, value)], key=lambda x: x[0])
-                self._buf.clear()
-                self._buf.extend(items)
-            else:
-                self._buf.append((stamp, value))
-
-    def at(self, t: float) -> tuple[float, Any] | None:
-        with self._lock:
-            for s, v in reversed(self._buf):
-                if s <= t:
-                    return s, v
-        return None
-
-    def latest(self) -> tuple[float, Any] | None:
-        with self._lock:
-            return self._buf[-1] if self._buf else None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._buf.clear()
 
 
 class RosRigEnv(gym.Env):
@@ -142,8 +108,9 @@ class RosRigEnv(gym.Env):
         self._context, self._own_context = context, context is None
         self._node: Any = None
         self._thread: threading.Thread | None = None
-        self._bufs: dict[str, SampleBuffer] = {}
-        self._topics: dict[str, str] = {}  # observation source -> topic
+        if self.cfg.action_origin not in ("commanded", "measured"):
+            raise ValueError(f"RosEnvConfig.action_origin {self.cfg.action_origin!r}: commanded or measured")
+        self.observer = Observer(spec, max_age=self.cfg.max_obs_age, commands=True)
         self._events: deque[str] = deque()
         self._events_lock = threading.Lock()
         self._steps = 0
@@ -154,13 +121,13 @@ class RosRigEnv(gym.Env):
     # ---------------------------------------------------------- life cycle
     def connect(self) -> RosRigEnv:
         import rclpy
-        from geometry_msgs.msg import PoseStamped, WrenchStamped
+        from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Bool, String
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
+        from robot.ros.qos import COMMAND_QOS, LATCHED_QOS
 
         if self._node is not None:
             return self
@@ -170,23 +137,7 @@ class RosRigEnv(gym.Env):
         ns = self.cfg.namespace
         self._node = rclpy.create_node("rig_env", namespace=ns, context=self._context)
         n = self._node
-        sources = {
-            "joint_states": ("joint_states", JointState, STATE_QOS),
-            "ee_pose": ("ee_pose", PoseStamped, STATE_QOS),
-            "ee_wrench": ("ee_wrench", WrenchStamped, STATE_QOS),
-            "gripper": ("gripper/state", JointState, STATE_QOS),
-            "command_applied": ("command_applied", PoseStamped, STATE_QOS),
-            "gripper_applied": ("gripper/command_applied", JointState, STATE_QOS),
-            "intervening": ("teleop/intervening", Bool, LATCHED_QOS),
-        }
-        for cam in self.spec_.cameras:
-            sources[f"images/{cam.name}"] = (f"cameras/{cam.name}/image_raw", Image, SENSOR_QOS)
-            if cam.depth:
-                sources[f"depth/{cam.name}"] = (f"cameras/{cam.name}/depth/image_raw", Image, SENSOR_QOS)
-        for key, (topic, ty, qos) in sources.items():
-            self._bufs[key] = SampleBuffer(256 if key in ("joint_states", "ee_pose", "command_applied") else 32)
-            self._topics[key] = topic
-            n.create_subscription(ty, topic, lambda m, k=key: self._on_msg(k, m), qos)
+        self.observer.subscribe(n)
         n.create_subscription(String, "episode/event", self._on_event, COMMAND_QOS)
         self._pub_target = n.create_publisher(PoseStamped, "target_pose", COMMAND_QOS)
         self._pub_gripper = n.create_publisher(JointState, "gripper/command", COMMAND_QOS)
@@ -231,69 +182,44 @@ class RosRigEnv(gym.Env):
         self.close()
 
     # ---------------------------------------------------------- callbacks
-    def _on_msg(self, key: str, msg: Any) -> None:
-        stamp = stamp_seconds(msg.header.stamp) if hasattr(msg, "header") else time.time()
-        self._bufs[key].add(stamp, msg)
-
     def _on_event(self, msg: Any) -> None:
         with self._events_lock:
             self._events.append(msg.data)
 
     # -------------------------------------------------------- observation
-    def _stale(self, key: str, t: float, s: tuple[float, Any] | None) -> StaleObservation:
-        topic = self._topics[key]
-        if s is None:
-            latest = self._bufs[key].latest()
-            why = ("no sample yet" if latest is None else
-                   f"only samples stamped after the tick (clock skew of {latest[0] - t:.3f} s?)")
-        else:
-            why = f"the newest sample at or before the tick is {t - s[0]:.3f} s old"
+    def _stale(self, e: ObservationUnavailable) -> StaleObservation:
         return StaleObservation(
-            f"observation {key!r} from topic {topic!r} (namespace {self.cfg.namespace or '/'!r}): {why}; "
+            f"observation {e.key!r} from topic {e.topic!r} (namespace {self.cfg.namespace or '/'!r}): {e.why}; "
             f"the limit is max_obs_age={self.cfg.max_obs_age} s. Check that its node runs and publishes "
-            f"(ros2 topic hz {topic}), or raise max_obs_age"
+            f"(ros2 topic hz {e.topic}), or raise max_obs_age"
         )
 
-    def _pick(self, t: float | None) -> tuple[float, dict[str, tuple[float, Any]]]:
-        """The latest sample at or before the tick for every source; waits (moving the tick) if one is stale."""
+    def observe(self, t: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The spec observation at tick ``t`` (now by default); info has the tick and each source's age.
+
+        When a source is stale the env waits (moving the tick to now) up to ``wait_timeout``.
+        """
         t = time.time() if t is None else t
         deadline = time.time() + self.cfg.wait_timeout
-        keys = [k for k in self._bufs if k not in ("command_applied", "gripper_applied", "intervening")]
         while True:
-            picked: dict[str, tuple[float, Any]] = {}
-            for key in keys:
-                s = self._bufs[key].at(t)
-                if s is None or t - s[0] > self.cfg.max_obs_age:
-                    if time.time() >= deadline:
-                        raise self._stale(key, t, s)
-                    break
-                picked[key] = s
-            else:
-                return t, picked
+            try:
+                o = self.observer.observe(t)
+                break
+            except ObservationUnavailable as e:
+                if time.time() >= deadline:
+                    raise self._stale(e) from None
             time.sleep(0.005)
             t = time.time()  # the tick moves to when the sources are fresh again
+        return o.obs, {"tick": o.tick, "ages": o.ages, "obs_age": o.age}
 
-    def observe(self, t: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The spec observation at tick ``t`` (now by default); info has the tick and each source's age."""
-        t, picked = self._pick(t)
-        q, dq = joints_to_numpy(picked["joint_states"][1])
-        pos, quat = pose_to_numpy(picked["ee_pose"][1])
-        g = picked["gripper"][1]
-        obs = {
-            "state/ee_pos": pos.astype(np.float32),
-            "state/ee_quat": quat.astype(np.float32),
-            "state/gripper_width": np.array([gripper_width(g) if len(g.position) else 0.0], np.float32),
-            "state/joint_pos": q.astype(np.float32),
-            "state/joint_vel": dq.astype(np.float32),
-            "state/ee_wrench": wrench_to_numpy(picked["ee_wrench"][1]).astype(np.float32),
-        }
-        for cam in self.spec_.cameras:
-            for kind in ("images", "depth") if cam.depth else ("images",):
-                key = f"{kind}/{cam.name}"
-                obs[key] = image_to_numpy(picked[key][1], (cam.height, cam.width))
-        self.spec_.check_observation(obs)
-        ages = {k: t - s for k, (s, _) in picked.items()}
-        return obs, {"tick": t, "ages": ages, "obs_age": max(ages.values())}
+    def action_origin(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The pose an action at tick ``t`` steps from: the applied command (``action_origin``), else measured."""
+        if self.cfg.action_origin == "commanded":
+            cmd = self.observer.fresh("command", t)
+            if cmd is not None:
+                return np.asarray(cmd[0], np.float64), np.asarray(cmd[1], np.float64)
+        pos, quat = self.observer.sample("ee_pose", t, np.inf)[1]
+        return np.asarray(pos, np.float64), np.asarray(quat, np.float64)
 
     # -------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -321,7 +247,8 @@ class RosRigEnv(gym.Env):
         if self._obs is None:
             raise RuntimeError("step() before reset(): call env.reset() first")
         a = self.spec_.action.check(np.asarray(action, np.float32))
-        pos, quat, width = self.spec_.action.to_target(a, self._obs["state/ee_pos"], self._obs["state/ee_quat"])
+        prev = self._tick
+        pos, quat, width = self.spec_.action.to_target(a, *self.action_origin(prev))
         self._publish_targets(pos, quat, width)
         # wait for the next control tick; a late step starts the next period from now
         self._tick += self.period
@@ -352,7 +279,7 @@ class RosRigEnv(gym.Env):
         if timeout:
             self._publish_event("failure")  # out of time: a failed attempt (the recorder labels it so)
         info = {"is_success": success, "events": events, "late": max(0.0, late), **oinfo,
-                **self._intervention(obs)}
+                **self._intervention(prev, self._tick)}
         self._obs = obs
         return obs, reward, terminated, truncated, info
 
@@ -384,19 +311,15 @@ class RosRigEnv(gym.Env):
 
         self._pub_event.publish(String(data=event))
 
-    def _intervention(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
-        flag = self._bufs["intervening"].latest()
-        intervening = bool(flag[1].data) if flag is not None else False
+    def _intervention(self, t0: float, t1: float) -> dict[str, Any]:
+        """``intervening`` at ``t1`` and, when set, the command the operator gave over (t0, t1] as a spec action."""
+        intervening = self.observer.intervening(t1)
         out: dict[str, Any] = {"intervening": intervening}
-        applied = self._bufs["command_applied"].latest()
-        if intervening and applied is not None:
-            p, o = applied[1].pose.position, applied[1].pose.orientation
-            grip = self._bufs["gripper_applied"].latest()
-            width = grip[1].position[0] if grip is not None and grip[1].position else obs["state/gripper_width"][0]
-            out["intervene_action"] = self.spec_.action.from_target(
-                np.array([p.x, p.y, p.z]), np.array([o.x, o.y, o.z, o.w]), float(width),
-                obs["state/ee_pos"], obs["state/ee_quat"],
-            )
+        if intervening:
+            try:
+                out["intervene_action"] = self.observer.commanded_action(t0, t1)
+            except ObservationUnavailable:  # the franka node applied nothing (holding): no operator action
+                pass
         return out
 
     def _wait_for_subscribers(self) -> None:

@@ -1,7 +1,8 @@
 """The recorder's core (no ROS): streams in, control-tick samples out, written off the control path.
 
 The ``recorder-node`` feeds this from ROS topics; benchmarks and tests feed it
-directly. Streams (each sample carries the time it was measured):
+directly. Streams (each sample carries the time it was measured) are the buffers
+of a :class:`robot.ros.observer.Observer` (the project's one observation assembly):
 
 ==================  ===============================  =========
 stream              value                            required
@@ -18,9 +19,15 @@ stream              value                            required
 
 At every control tick :meth:`Recorder.tick` takes each stream's latest sample at
 or before the tick (a tick with a missing or older-than-``max_age`` stream is
-skipped and counted), builds the spec observation, and turns the applied
-command into the spec action with :meth:`ActionSpec.from_target` against the
-TCP pose at the tick. Steps go to a writer thread through a queue bounded at
+skipped and counted) and builds the spec observation. The step's action is the
+command the arm was given for that tick, as in sim: the applied TCP target's
+step over one period, from the target in force at the tick ``t`` to the one in
+force at ``t + 1 / control_hz``
+(:meth:`robot.ros.observer.Observer.commanded_action`), plus the applied gripper
+command; a late or early timer does not change it. So a step is complete one
+period later; it is queued at the first tick ``ARRIVAL_MARGIN`` after that
+(every command sample has arrived). At the end of an episode the last step's
+motion is the command's rate since its tick, scaled to one period. Steps go to a writer thread through a queue bounded at
 ``queue_size`` steps (a full queue drops the step and counts it; episode events
 are never dropped). The writer thread resizes images to the spec size, appends
 to the store and commits episodes.
@@ -28,7 +35,6 @@ to the store and commits episodes.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import queue
 import threading
@@ -41,11 +47,19 @@ import numpy as np
 
 from flywheel.data.store import EpisodeStore, StoreError
 from rig.spec import SpecError
+from robot.ros.convert import resize
+from robot.ros.observer import ObservationUnavailable, Observer, TimeBuffer
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("joint_states", "ee_pose", "ee_wrench", "gripper", "command")
 OPTIONAL = ("gripper_command", "intervening")
+#: time-ordered samples of one stream (the observer's buffer; the bag importer uses it too)
+Stream = TimeBuffer
+#: the last step of an episode: its motion is scaled from at least this fraction of a period of commands
+MIN_FINAL_COVERAGE = 0.2
+#: s after a step's command window before its action is computed (command samples still in flight)
+ARRIVAL_MARGIN = 0.02
 
 
 @dataclass
@@ -80,40 +94,6 @@ class RecorderConfig:
         )
 
 
-class Stream:
-    """Time-ordered samples of one topic, for latest-at-or-before lookups."""
-
-    def __init__(self, keep_s: float = 2.0, min_keep: int = 8) -> None:
-        self.keep_s = keep_s
-        self.min_keep = min_keep
-        self.t: list[float] = []
-        self.v: list[Any] = []
-
-    def push(self, t: float, v: Any) -> None:
-        if self.t and t < self.t[-1]:  # out of order (rare): keep the list sorted
-            i = bisect.bisect_right(self.t, t)
-            self.t.insert(i, t)
-            self.v.insert(i, v)
-        else:
-            self.t.append(t)
-            self.v.append(v)
-        if len(self.t) > 4 * self.min_keep and self.t[-1] - self.t[0] > 2 * self.keep_s:
-            cut = max(0, min(bisect.bisect_left(self.t, self.t[-1] - self.keep_s), len(self.t) - self.min_keep))
-            del self.t[:cut], self.v[:cut]
-
-    def at(self, t: float) -> tuple[float, Any] | None:
-        i = bisect.bisect_right(self.t, t) - 1
-        return None if i < 0 else (self.t[i], self.v[i])
-
-
-def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    if img.shape[:2] == (h, w):
-        return img
-    import cv2
-
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-
-
 class Recorder:
     """Samples streams at control ticks and writes episodes on its own thread (``connect``/``close``)."""
 
@@ -128,8 +108,13 @@ class Recorder:
         self.success_reward = float(success_reward)
         self.episode_meta = dict(episode_meta or {})
         self.commit_retries = commit_retries
-        self.streams = {k: Stream() for k in (*REQUIRED, *OPTIONAL, *self.cameras)}
+        self.observer = Observer(self.spec, max_age=self.max_age, resize_images=False, commands=True)
+        self.streams = self.observer.streams
+        self.period = 1.0 / self.spec.action.control_hz
         self._lock = threading.Lock()
+        # observed steps waiting for their action: [obs, tick, intervening]
+        self._pending: list[list[Any]] = []
+        self._last_action: np.ndarray | None = None
         self._q: queue.Queue = queue.Queue()
         self._steps_queued = 0
         self._thread: threading.Thread | None = None
@@ -157,11 +142,7 @@ class Recorder:
 
     # ---------------------------------------------------------------- input
     def push(self, stream: str, t: float, value: Any) -> None:
-        s = self.streams.get(stream)
-        if s is None:
-            raise KeyError(f"unknown stream {stream!r}; streams: {list(self.streams)}")
-        with self._lock:
-            s.push(float(t), value)
+        self.observer.push(stream, t, value)
 
     def start_episode(self, **meta: Any) -> None:
         """Begin an episode (an open one is committed unlabelled first)."""
@@ -171,12 +152,17 @@ class Recorder:
         self.active = True
 
     def end_episode(self, success: bool | None) -> None:
+        """End the episode: its pending steps are completed (the last one from the commands so far)."""
         if self.active:
+            self._flush()
             self._q.put(("end", success))
             self.active = False
 
     def abort_episode(self) -> None:
         if self.active:
+            with self._lock:
+                self._steps_queued -= len(self._pending)
+                self._pending.clear()
             self._q.put(("abort", None))
             self.active = False
 
@@ -196,58 +182,94 @@ class Recorder:
             raise ValueError(f"unknown episode event {event!r}: start, success, failure, reset or abort")
 
     # ----------------------------------------------------------------- tick
+    @staticmethod
+    def _reason(e: ObservationUnavailable) -> str:
+        return f"missing:{e.key}" if e.kind == "missing" else f"stale:{e.key} ({e.age:.3f} s old)"
+
     def sample(self, t: float) -> tuple[dict[str, np.ndarray], np.ndarray, bool] | str:
-        """(observation, action, intervening) at ``t``, or the reason the tick cannot be sampled."""
-        got: dict[str, Any] = {}
-        with self._lock:
-            for k in (*REQUIRED, *self.cameras):
-                s = self.streams[k].at(t)
-                if s is None:
-                    return f"missing:{k}"
-                if t - s[0] > self.max_age:
-                    return f"stale:{k} ({t - s[0]:.3f} s old)"
-                got[k] = s[1]
-            for k in OPTIONAL:
-                s = self.streams[k].at(t)
-                got[k] = None if s is None or t - s[0] > self.max_age else s[1]
-        jp, jv = got["joint_states"]
-        pos, quat = got["ee_pose"]
-        width = float(got["gripper"])
-        obs = {
-            "state/ee_pos": np.asarray(pos, np.float32).reshape(3),
-            "state/ee_quat": np.asarray(quat, np.float32).reshape(4),
-            "state/gripper_width": np.array([width], np.float32),
-            "state/joint_pos": np.asarray(jp, np.float32).reshape(7),
-            "state/joint_vel": np.asarray(jv, np.float32).reshape(7),
-            "state/ee_wrench": np.asarray(got["ee_wrench"], np.float32).reshape(6),
-        }
-        for k in self.cameras:
-            obs[k] = got[k]
-        cpos, cquat = got["command"]
-        gcmd = got["gripper_command"]
-        action = self.spec.action.from_target(np.asarray(cpos), np.asarray(cquat),
-                                              width if gcmd is None else float(gcmd),
-                                              np.asarray(pos), np.asarray(quat))
-        return obs, action, bool(got["intervening"]) if got["intervening"] is not None else False
+        """(observation, action, intervening) at ``t``, or the reason the tick cannot be sampled.
+
+        The action here is the applied target relative to the *measured* pose at ``t`` (what a bag
+        exported by ``flywheel-data export-mcap`` encodes); live recording uses :meth:`tick`, whose
+        action is the commanded step.
+        """
+        ob = self.observer
+        try:
+            o = ob.observe(t)
+            cpos, cquat = ob.sample("command", t)[1]
+        except ObservationUnavailable as e:
+            return self._reason(e)
+        obs = o.obs
+        gcmd = ob.fresh("gripper_command", t)
+        width = float(obs["state/gripper_width"][0]) if gcmd is None else float(gcmd)
+        action = self.spec.action.from_target(np.asarray(cpos), np.asarray(cquat), width,
+                                              obs["state/ee_pos"].astype(np.float64),
+                                              obs["state/ee_quat"].astype(np.float64))
+        return obs, action, bool(ob.fresh("intervening", t))
 
     def tick(self, t: float) -> str:
-        """Record the step at control tick ``t``; returns recorded | idle | skipped | dropped."""
+        """Observe the step at control tick ``t``; returns recorded | idle | skipped | dropped.
+
+        "recorded": the step holds a queue slot and is written once its action is known (one tick later).
+        """
         self.counters["ticks"] += 1
         if not self.active:
             return "idle"
-        s = self.sample(t)
-        if isinstance(s, str):
+        with self._lock:  # steps whose command window ended well before this tick: every sample is in
+            self._complete(lambda p: p[1] + self.period + ARRIVAL_MARGIN <= t)
+        ob = self.observer
+        try:
+            obs = ob.observe(t).obs
+            ob.sample("command", t)
+        except ObservationUnavailable as e:
+            s = self._reason(e)
             self.counters["skipped_stale" if s.startswith("stale") else "skipped_missing"] += 1
             self.last_skip = s
             return "skipped"
-        obs, action, intervening = s
         if self._steps_queued >= self.queue_size:
             self.counters["dropped"] += 1
             return "dropped"
         with self._lock:
             self._steps_queued += 1
-        self._q.put(("step", (obs, action, intervening, t)))
+            self._pending.append([obs, t, bool(ob.fresh("intervening", t))])
         return "recorded"
+
+    def _complete(self, ready: Any) -> None:
+        """Queue the pending steps (oldest first) for which ``ready(step)``; the caller holds the lock."""
+        while self._pending and ready(self._pending[0]):
+            obs, t, intervening = self._pending.pop(0)
+            try:
+                action = self._action(t)
+            except ObservationUnavailable as e:
+                self._steps_queued -= 1
+                self.counters["skipped_missing"] += 1
+                self.last_skip = f"command for the step at {t:.3f}: {self._reason(e)}"
+                continue
+            self._last_action = action
+            self._q.put(("step", (obs, action, intervening, t)))
+
+    def _action(self, t: float) -> np.ndarray:
+        """The action commanded over (t, t + period]; at an episode's end, from the commands so far."""
+        ob = self.observer
+        end = t + self.period
+        latest = ob.latest("command")
+        if latest is not None and latest[0] >= end:
+            return ob.commanded_action(t, end)
+        start = ob.streams["command"].at(t)
+        covered = 0.0 if latest is None or start is None else latest[0] - start[0]
+        if covered >= MIN_FINAL_COVERAGE * self.period:
+            a = ob.commanded_action(t, latest[0])
+            a[:6] = np.clip(a[:6] * (self.period / covered), -1.0, 1.0)
+            return a
+        a = ob.commanded_action(t, t)  # the gripper command at t; the motion of the step before
+        if self._last_action is not None:
+            a[:6] = self._last_action[:6]
+        return a
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._complete(lambda p: True)
+            self._last_action = None
 
     @property
     def queue_depth(self) -> int:
@@ -276,7 +298,7 @@ class Recorder:
                     if writer is None or writer.closed:
                         continue
                     obs, action, intervening, t = payload
-                    obs = {k: _resize(v, *sizes[k]) if k in sizes else v for k, v in obs.items()}
+                    obs = {k: resize(v, sizes[k]) if k in sizes else v for k, v in obs.items()}
                     try:
                         writer.add(obs, action, intervention=intervening, timestamp=t)
                         self.counters["recorded"] += 1

@@ -3,8 +3,10 @@
 Subscribes (relative names) to ``joint_states``, ``ee_pose``, ``ee_wrench``,
 ``gripper/state``, ``command_applied``, ``gripper/command_applied``,
 ``teleop/intervening``, ``episode/event``, ``policy/instruction`` and
-``cameras/<name>/image_raw``; samples them at ``control_hz`` by the
-latest-at-or-before rule on the messages' header stamps and writes episodes
+``cameras/<name>/image_raw`` through the recorder's
+:class:`robot.ros.observer.Observer`; samples them at ``control_hz`` by the
+latest-at-or-before rule on the messages' header stamps, records each step's
+action as commanded (the applied target's step over the tick) and writes episodes
 through :class:`flywheel.data.recorder.Recorder` (a writer thread with a bounded
 queue, so the store never blocks the executor). ``episode/event`` starts
 (``start``), labels and ends (``success``/``failure``), ends unlabelled
@@ -19,33 +21,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from geometry_msgs.msg import PoseStamped, WrenchStamped
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import String
 
 from flywheel.data.recorder import Recorder, RecorderConfig
 from flywheel.data.store import SOURCES, EpisodeStore
-from robot.ros.convert import (
-    ConversionError,
-    finite,
-    gripper_width,
-    image_to_numpy,
-    joints_to_numpy,
-    pose_to_numpy,
-    stamp_seconds,
-    wrench_to_numpy,
-)
+from robot.ros.convert import ConversionError
 from robot.ros.diagnostics import ERROR, OK, WARN
 from robot.ros.lifecycle import RigNode, run_lifecycle_node
 from robot.ros.params import declare_dataclass, read_dataclass, require
-from robot.ros.qos import LATCHED_QOS, SENSOR_QOS, STATE_QOS
+from robot.ros.qos import LATCHED_QOS
 
 EVENTS = ("start", "success", "failure", "reset", "abort")
 MAX_INSTRUCTION = 10_000  # characters of policy/instruction kept
-
-
-def _t(msg: Any) -> float:
-    return stamp_seconds(msg.header.stamp)
 
 
 class RecorderNode(RigNode):
@@ -78,20 +65,9 @@ class RecorderNode(RigNode):
         self.recorder = Recorder(self.store, queue_size=p.queue_size, max_age=p.max_age,
                                  success_reward=p.success_reward, episode_meta=meta)
         self.diag = self.make_diagnostics("recorder", hardware_id=p.store)
-        sub = self.guarded_subscription
-        sub(JointState, "joint_states", self._on_joints, STATE_QOS)
-        sub(PoseStamped, "ee_pose", lambda m: self._push_pose("ee_pose", m), STATE_QOS, "ee_pose")
-        sub(WrenchStamped, "ee_wrench", self._on_wrench, STATE_QOS)
-        sub(JointState, "gripper/state", lambda m: self._push_width("gripper", m), STATE_QOS, "gripper/state")
-        sub(PoseStamped, "command_applied", lambda m: self._push_pose("command", m), STATE_QOS,
-            "command_applied")
-        sub(JointState, "gripper/command_applied", lambda m: self._push_width("gripper_command", m), STATE_QOS,
-            "gripper/command_applied")
-        sub(Bool, "teleop/intervening", self._on_intervening, LATCHED_QOS)
-        sub(String, "episode/event", self._on_event, 10)
-        sub(String, "policy/instruction", self._on_instruction, LATCHED_QOS)
-        for cam in p.cameras:
-            sub(Image, f"cameras/{cam}/image_raw", lambda m, c=cam: self._on_image(c, m), SENSOR_QOS)
+        self.recorder.observer.subscribe(self)
+        self.guarded_subscription(String, "episode/event", self._on_event, 10)
+        self.guarded_subscription(String, "policy/instruction", self._on_instruction, LATCHED_QOS)
 
     def start(self) -> None:
         self.recorder.connect()
@@ -119,41 +95,10 @@ class RecorderNode(RigNode):
     def _on_tick(self) -> None:
         self.recorder.tick(self._now())
 
-    def _on_joints(self, m: JointState) -> None:
-        pos, vel = joints_to_numpy(m)
-        finite("joint_states", pos, vel)
-        self.recorder.push("joint_states", _t(m), (pos, vel))
-
-    def _push_pose(self, stream: str, m: PoseStamped) -> None:
-        pos, quat = pose_to_numpy(m)
-        finite(stream, pos, quat)
-        self.recorder.push(stream, _t(m), (pos, quat))
-
-    def _on_wrench(self, m: WrenchStamped) -> None:
-        w = wrench_to_numpy(m)
-        finite("ee_wrench", w)
-        self.recorder.push("ee_wrench", _t(m), w)
-
-    def _push_width(self, stream: str, m: JointState) -> None:
-        w = gripper_width(m)
-        finite(stream, w)
-        self.recorder.push(stream, _t(m), w)
-
-    def _on_intervening(self, m: Bool) -> None:
-        # Bool has no header: stamp with the arrival time
-        self.recorder.push("intervening", self._now(), bool(m.data))
-
     def _on_instruction(self, m: String) -> None:
         if len(m.data) > MAX_INSTRUCTION:
             raise ConversionError(f"policy/instruction of {len(m.data)} characters: at most {MAX_INSTRUCTION}")
         self._instruction = m.data
-
-    def _on_image(self, cam: str, m: Image) -> None:
-        img = image_to_numpy(m)
-        if img.ndim != 3:
-            raise ConversionError(f"cameras/{cam}/image_raw encoding {m.encoding!r}: the recorder takes rgb8 "
-                                  "(or bgr8, mono8)")
-        self.recorder.push(f"images/{cam}", _t(m), img)
 
     def _on_event(self, m: String) -> None:
         ev = m.data.strip().lower()

@@ -15,19 +15,11 @@ from std_srvs.srv import Trigger
 
 from rig.spec import RigSpec, default_spec
 from robot.backends.realsense import synthetic_recording
-from robot.env import RosEnvConfig, RosRigEnv, SampleBuffer, StaleObservation
+from robot.env import RosEnvConfig, RosRigEnv, StaleObservation
 from robot.nodes.camera_node import CameraNode
 from robot.ros.convert import image_to_numpy as decode_image
 from robot.ros.convert import to_stamp as stamp
 from robot.ros.qos import COMMAND_QOS, STATE_QOS
-
-
-def test_sample_buffer_picks_the_latest_at_or_before_the_tick():
-    b = SampleBuffer(maxlen=8)
-    for t in (1.0, 2.0, 4.0, 3.0):  # one out of order
-        b.add(t, f"v{t:g}")
-    assert b.at(3.5) == (3.0, "v3") and b.at(4.0) == (4.0, "v4") and b.at(0.5) is None
-    assert b.latest() == (4.0, "v4")
 
 
 def test_decode_image_encodings_and_resize():

@@ -1,4 +1,4 @@
-"""The recorder core: latest-at-or-before sampling, actions from applied commands, events, drops."""
+"""The recorder core: latest-at-or-before sampling, actions as commanded, events, drops."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 
 from flywheel.data import EpisodeStore
 from flywheel.data.recorder import Recorder, RecorderConfig, Stream
+from robot.ros.observer import TimeBuffer
 from rig.geometry import quat_mul, rotvec_to_quat
 
 CFG = RecorderConfig(cameras=["front"], image_size=16, control_hz=10.0)
@@ -22,10 +23,11 @@ def test_stream_latest_at_or_before():
     for i in range(1000):
         s.push(1 + i * 0.002, i)
     assert len(s.t) < 1000 and s.at(2.998) == (pytest.approx(2.998), 999)
+    assert Stream is TimeBuffer  # one buffer for the recorder, the env adapter and the policy node
 
 
 def _feed(rec: Recorder, t0: float, n_ticks: int, intervene_from: int = 99, rate: float = 100.0):
-    """State at `rate` Hz, images at 30 Hz, a command 1 cm ahead in x and rotated 0.05 rad about z."""
+    """State at `rate` Hz, images at 30 Hz; the command leads the arm and moves 1 cm in x and 0.05 rad about z per tick."""
     dt = 1.0 / CFG.control_hz
     ts = np.arange(t0, t0 + n_ticks * dt, 1.0 / rate)
     for t in ts:
@@ -34,7 +36,7 @@ def _feed(rec: Recorder, t0: float, n_ticks: int, intervene_from: int = 99, rate
         rec.push("ee_pose", t, (np.array([x, 0.0, 0.3]), Q0))
         rec.push("ee_wrench", t, np.arange(6.0))
         rec.push("gripper", t, 0.04)
-        rec.push("command", t, (np.array([x + 0.01, 0.0, 0.3]), quat_mul(rotvec_to_quat([0, 0, 0.05]), Q0)))
+        rec.push("command", t, (np.array([x + 0.01, 0.0, 0.3]), quat_mul(rotvec_to_quat([0, 0, 0.5 * (t - t0)]), Q0)))
         rec.push("gripper_command", t, 0.08)
     for t in np.arange(t0, t0 + n_ticks * dt, 1 / 30):
         rec.push("images/front", t, np.full((48, 64, 3), int((t - t0) * 100) % 255, np.uint8))
@@ -66,7 +68,7 @@ def test_records_an_episode_with_actions_interventions_and_labels(tmp_path):
     assert (r.task, r.source, r.success, r.instruction, len(ep)) == ("push", "policy", True, "push it", 12)
     a = ep["action"]
     np.testing.assert_allclose(a[:, 0], 0.01 / CFG.max_translation, atol=1e-5)  # 1 cm / 2 cm per tick
-    np.testing.assert_allclose(a[:, 5], 0.05 / CFG.max_rotation, atol=1e-5)
+    np.testing.assert_allclose(a[:, 5], 0.05 / CFG.max_rotation, atol=1e-5)  # also the last step (from its rate)
     np.testing.assert_allclose(a[:, 6], 1.0)  # gripper command fully open
     np.testing.assert_array_equal(ep["intervention"], [False] * 5 + [True] * 7)
     np.testing.assert_array_equal(ep["reward"], [0] * 11 + [1])  # success reward on the last step

@@ -83,7 +83,8 @@ class RigPublishers:
         g = JointState(name=["width"], position=[0.03], velocity=[0.0], effort=[0.0])
         self._stamp(g)
         self.pubs["gripper/state"].publish(g)
-        self.pubs["command_applied"].publish(self._pose(x + 0.01))  # 1 cm ahead in x
+        # the applied command leads the arm and moves 1 cm in x per 0.1 s tick: recorded as 0.5
+        self.pubs["command_applied"].publish(self._pose(0.4 + 0.1 * (time.time() - self.t0)))
         gc = JointState(position=[0.0], velocity=[0.1], effort=[0.0])
         self._stamp(gc)
         self.pubs["gripper/command_applied"].publish(gc)
@@ -140,9 +141,9 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
         rig.send("event", "start")
         time.sleep(0.5)
         rig.send("event", "abort")  # a discarded episode
-        assert _wait(lambda: any("recorder" in s.name and any(
-            kv.key == "episodes" and kv.value == "1" for kv in s.values)
-            for d in rig.diagnostics for s in d.status), timeout=10), "no /diagnostics with 1 episode"
+        assert _wait(lambda: any("recorder" in s.name and {("episodes", "1"), ("aborted", "1")} <= {
+            (kv.key, kv.value) for kv in s.values}
+            for d in rig.diagnostics for s in d.status), timeout=10), "no /diagnostics with 1 episode, 1 aborted"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -166,7 +167,9 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     inter = ep["intervention"]
     assert not inter[:4].any() and inter.sum() >= 3 and not inter[-2:].any()
     a = ep["action"]
-    np.testing.assert_allclose(a[:, 0], 0.5, atol=0.05)  # 1 cm / (2 cm per unit)
+    # 1 cm commanded per tick / (2 cm per unit); the 100 Hz test publisher resolves 0.05 and jitters under load
+    assert np.median(a[:, 0]) == pytest.approx(0.5, abs=0.01)
+    np.testing.assert_allclose(a[:, 0], 0.5, atol=0.12)
     np.testing.assert_allclose(a[:, 6], -1.0)  # gripper commanded closed
     np.testing.assert_allclose(ep["state/ee_wrench"][:, 2], -2.0)
     assert ep["images/front"].shape == (len(ep), 16, 16, 3)
