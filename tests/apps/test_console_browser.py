@@ -113,7 +113,7 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
         assert base.startswith("http://127.0.0.1:")
         with sync_playwright() as p:
             browser = launch_browser(p)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(base)  # loopback: the page carries its token
             page.wait_for_function("() => window.consoleStats && window.consoleStats.connected", timeout=30_000)
             # the camera views update, at the policy's resolution (longer side 48), full resolution on click
@@ -156,7 +156,7 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
             assert wait_for(lambda: len(recorded()) == 2, timeout=20), rig_log()
             page.wait_for_function("() => document.querySelectorAll('#review .item').length === 3", timeout=30_000)
             assert page.inner_text("#reward").startswith("0.90 >= 0.50")
-            page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+            page.screenshot(path=str(tmp_path / "console.png"))
             # STOP holds the arm through the franka node's hold service
             page.click("#stop")
             assert wait_for(lambda: franka_hold(probe) is True, timeout=10), "the franka node is not holding"
