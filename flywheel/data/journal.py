@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,25 +132,32 @@ def rewrite(root: str | os.PathLike, info: dict[str, Any], arrays: dict[str, Any
     os.replace(tmp, p)
 
 
+def _key(r: EpisodeRecord) -> tuple:
+    return r.index, r.start, r.end, r.started_at, r.quarantined
+
+
 def sync(root: str | os.PathLike, info: dict[str, Any], array_names: list[str],
-         records: list[EpisodeRecord]) -> bool:
+         records: list[EpisodeRecord], raw_records: Callable[[], list[EpisodeRecord]]) -> bool:
     """Make the journal agree with the committed episodes (a writer calls this on opening).
 
+    ``records``: the store's (compared by index, steps, start time and quarantine; the label
+    sidecar may have changed others), ``raw_records``: reads them as committed, for a rewrite.
     Returns True if it was rewritten. Failing to read the arrays' metadata leaves it as it
     is (``flywheel-data check`` reports that metadata).
     """
     st = read_journal(root)
     same = (st.usable and not st.bad_lines and st.num_episodes == len(records)
-            and all(a.to_dict() == b.to_dict() for a, b in zip(st.records, records, strict=False))
+            and all(_key(a) == _key(b) for a, b in zip(st.records, records, strict=False))
             and set(st.arrays) == set(array_names))
     if same:
         return False
     try:
         arrays = array_metadata(root, array_names)
+        raw = raw_records()
     except (OSError, ValueError, KeyError) as e:
         log.warning("%s: not rebuilding the journal, an array's metadata does not read: %s", root, e)
         return False
-    rewrite(root, {k: v for k, v in info.items() if k != "commit"}, arrays, records)
+    rewrite(root, {k: v for k, v in info.items() if k != "commit"}, arrays, raw)
     if st.header is not None:
         log.warning("%s: rebuilt the journal (it held %d episodes, %d committed)", root, st.num_episodes,
                     len(records))

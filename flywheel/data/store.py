@@ -22,13 +22,11 @@ commit record, so a writer killed at any point leaves every committed episode re
 next writer truncates the uncommitted tail. Chunks shared with committed steps are
 rewritten atomically too, so no torn chunk can damage committed data.
 
-Damage (a bad disk, a stray ``dd``) is contained and named. A low-dimensional
-chunk spans ``LOWDIM_CHUNK`` steps, so a damaged one costs only the episodes
-overlapping those steps; an image chunk is one step. Every read error names the
-array, the episodes and the chunk file; ``flywheel-data check`` lists the
-damaged episodes, and ``flywheel-data repair`` rebuilds damaged metadata from
-the journal and quarantines damaged episodes (``EpisodeRecord.quarantined``:
-:meth:`EpisodeStore.select` and iteration skip them), leaving the rest readable.
+Damage is contained and named: a low-dimensional chunk spans ``LOWDIM_CHUNK`` steps (an image
+chunk one step), so a damaged one costs only the episodes overlapping it; every read error names
+the array, the episodes and the chunk file; ``flywheel-data check`` lists damaged episodes, and
+``flywheel-data repair`` rebuilds damaged metadata from the journal and quarantines damaged
+episodes (``EpisodeRecord.quarantined``: ``select()`` and iteration skip them).
 
 One writer at a time (an exclusive ``flock`` on ``PATH.writer.lock`` for local
 stores), any number of readers; readers call :meth:`EpisodeStore.refresh` to
@@ -183,7 +181,7 @@ class EpisodeStore:
             if self.mode != "r":
                 truncate_uncommitted(self)
                 if self._journal_root:
-                    journal.sync(self._journal_root, dict(info), self.array_names, self._records)
+                    journal.sync(self._journal_root, dict(info), self.array_names, self._records, self._raw_records)
         except BaseException:
             self._lock.release()
             raise
@@ -445,14 +443,19 @@ class EpisodeStore:
         success = meta.pop("success", None)
         return write_episode(self, arrays, success, meta)
 
+    def _raw_records(self) -> list[EpisodeRecord]:
+        """The committed records as stored (without the label sidecar's reviews)."""
+        return [EpisodeRecord.from_json(str(x)) for x in self.root["meta/episodes"][: self.num_episodes]]
+
     def quarantine(self, i: int, reason: str) -> None:
         """Set episode ``i`` aside (``select`` and iteration skip it); recorded in meta/episodes and the journal."""
         self._check_writable()
-        rec = EpisodeRecord.from_dict({**self.record(i).to_dict(), "quarantined": reason or "damaged"})
-        self.root["meta/episodes"][rec.index] = rec.to_json()
+        i = self.record(i).index
+        rec = EpisodeRecord.from_json(str(self.root["meta/episodes"][i]))
+        rec.quarantined = self._records[i].quarantined = reason or "damaged"
+        self.root["meta/episodes"][i] = rec.to_json()
         if self._journal_root:
             journal.append(self._journal_root, {"update": rec.to_dict()})
-        self._records[rec.index] = rec
 
     def _check_writable(self) -> None:
         if self.mode == "r":

@@ -168,3 +168,20 @@ def test_old_stores_stay_readable(tmp_path):
     s = EpisodeStore(path)
     np.testing.assert_array_equal(s.episode(0)["reward"], np.zeros(12, np.float32))
     assert not [p for p in check_store(str(path)) if p.severity == "error"]
+
+
+def test_the_journal_and_quarantine_keep_records_as_committed_beside_operator_labels(store):
+    """The label sidecar changes `success` on load; the journal and meta/episodes keep the committed value."""
+    from flywheel.data.labels import append_label
+
+    path, _ = store
+    append_label(path, EpisodeStore(path).record(1), success=False, verdict="reject")
+    lines = (path / "journal.jsonl").read_text()
+    with EpisodeStore(path, "a") as w:
+        assert w.record(1).success is False  # the review applies
+        w.quarantine(1, "test")
+    assert (path / "journal.jsonl").read_text().startswith(lines)  # appended, not rewritten
+    s = EpisodeStore(path)
+    assert s.record(1).quarantined == "test" and s.record(1).success is False
+    raw = json.loads(str(s.root["meta/episodes"][1]))
+    assert raw["success"] is True and raw["quarantined"] == "test" and "review" not in raw["extra"]
