@@ -46,6 +46,7 @@ import yaml
 from calibration.board import BoardConfig, BoardError
 from calibration.intrinsics import Intrinsics, IntrinsicsError
 from rig.geometry import pose_to_matrix, quat_normalize
+from rig.spec import BASE_FRAME, TCP_FRAME
 
 FORMAT_VERSION = 1
 MODES = ("eye_in_hand", "eye_to_hand")
@@ -95,8 +96,8 @@ class Session:
     board: BoardConfig
     intrinsics: Intrinsics
     samples: list[PoseSample] = field(default_factory=list)
-    base_frame: str = "panda_link0"
-    gripper_frame: str = "panda_hand_tcp"
+    base_frame: str = BASE_FRAME
+    gripper_frame: str = TCP_FRAME
     source: str = "rig"
     created: str = field(default_factory=utc_now)
     ground_truth: dict[str, Any] | None = None
@@ -198,8 +199,8 @@ class Session:
             board=board,
             intrinsics=intr,
             samples=samples,
-            base_frame=str(head.get("base_frame", "panda_link0")),
-            gripper_frame=str(head.get("gripper_frame", "panda_hand_tcp")),
+            base_frame=str(head.get("base_frame", BASE_FRAME)),
+            gripper_frame=str(head.get("gripper_frame", TCP_FRAME)),
             source=str(head.get("source", "rig")),
             created=str(head.get("created", "")),
             ground_truth=head.get("ground_truth"),

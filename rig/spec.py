@@ -49,6 +49,12 @@ from rig.geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, ro
 
 SPEC_VERSION = 1
 GRIPPER_MAX_WIDTH = 0.08  # m, Franka Hand
+#: the arm's base frame: every pose, target and wrench of the rig is in it
+BASE_FRAME = "panda_link0"
+#: the tool centre point frame
+TCP_FRAME = "panda_hand_tcp"
+#: the arm's joints, in the order of every joint vector of the spec (``state/joint_pos``, ``state/joint_vel``)
+JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
 
 STATE_KEYS: dict[str, tuple[tuple[int, ...], str, str]] = {
     # key: (shape, unit, description)

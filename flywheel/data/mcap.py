@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.data.store import EpisodeStore
-from rig.spec import RigSpec
+from rig.spec import BASE_FRAME, JOINT_NAMES, RigSpec
 
 # ROS 2 message definitions (the .msg files of std_msgs, geometry_msgs and sensor_msgs), as rosbag2 stores them
 _DEFS = {
@@ -100,10 +100,6 @@ def ros_type(name: str) -> str:
     """``sensor_msgs/Image`` -> ``sensor_msgs/msg/Image`` (the type name rosbag2 and Foxglove use)."""
     pkg, msg = name.split("/")
     return f"{pkg}/msg/{msg}"
-
-
-JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)]
-BASE_FRAME = "panda_link0"
 
 
 def _header(t_ns: int, frame: str = "") -> dict:
@@ -223,7 +219,7 @@ def _write_episode(bag: _Bag, spec: RigSpec, rec: Any, ep: Any) -> None:
         pos, quat = state["state/ee_pos"][k], state["state/ee_quat"][k]
         width = float(state["state/gripper_width"][k][0])
         bag.write("joint_states", "sensor_msgs/JointState",
-                  _joints(t, JOINT_NAMES, state["state/joint_pos"][k], state["state/joint_vel"][k]), t)
+                  _joints(t, list(JOINT_NAMES), state["state/joint_pos"][k], state["state/joint_vel"][k]), t)
         bag.write("ee_pose", "geometry_msgs/PoseStamped", _pose(t, pos, quat), t)
         w = np.asarray(state["state/ee_wrench"][k], float).tolist()
         bag.write("ee_wrench", "geometry_msgs/WrenchStamped",

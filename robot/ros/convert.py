@@ -1,4 +1,4 @@
-"""ROS messages to and from numpy, and the rig's frame and joint names (defined here, once).
+"""ROS messages to and from numpy, and the rig's frame and joint names (re-exported from :mod:`rig.spec`, where they are defined once).
 
 * stamps: :func:`to_stamp` (seconds -> builtin_interfaces/Time), :func:`stamp_seconds`,
   :func:`header_time` (a message's header stamp, or now when the publisher left it zero);
@@ -18,6 +18,9 @@ import time
 from typing import Any
 
 import numpy as np
+
+# the arm's base frame, its TCP frame and its joint names are defined once, in the rig spec
+from rig.spec import BASE_FRAME, JOINT_NAMES, TCP_FRAME
 
 __all__ = [
     "BASE_FRAME",
@@ -43,12 +46,6 @@ __all__ = [
     "finite",
 ]
 
-#: the arm's base frame: every pose, target and wrench of the graph is in it
-BASE_FRAME = "panda_link0"
-#: the tool centre point frame (twists may be given in it)
-TCP_FRAME = "panda_hand_tcp"
-#: the arm's joints, in the order of every joint vector of the rig spec
-JOINT_NAMES: tuple[str, ...] = tuple(f"panda_joint{i}" for i in range(1, 8))
 #: the name of the gripper's one "joint" (its opening width, m) in gripper JointStates
 GRIPPER_JOINT = "width"
 #: encoding -> (bytes per channel, channels) of the images the decoder takes

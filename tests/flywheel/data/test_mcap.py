@@ -60,7 +60,7 @@ def test_export_writes_rosbag2_mcap_with_the_rigs_schemas(store_path, tmp_path):
             msgs.setdefault(ch.topic, []).append(m)
     ep = EpisodeStore(store_path).episode(1)
     js = msgs["joint_states"][4]
-    assert list(js.name) == JOINT_NAMES
+    assert list(js.name) == list(JOINT_NAMES)
     np.testing.assert_allclose(js.position, ep["state/joint_pos"][4], rtol=1e-6)
     img = msgs["cameras/front/image_raw"][2]
     assert img.encoding == "rgb8" and (img.height, img.width, img.step) == (32, 40, 120)
@@ -119,7 +119,7 @@ def _rig_bag(paths, spec, t0=1000.0):
         t = t0n - 500_000_000 + j * 10_000_000
         x = (t - t0n) / ns
         stream += [(t, "joint_states", "sensor_msgs/JointState",
-                    {"header": header(t), "name": JOINT_NAMES, "position": [x] * 7, "velocity": [0.0] * 7,
+                    {"header": header(t), "name": list(JOINT_NAMES), "position": [x] * 7, "velocity": [0.0] * 7,
                      "effort": []}),
                    (t, "ee_pose", "geometry_msgs/PoseStamped", pose(t, x)),
                    (t, "command_applied", "geometry_msgs/PoseStamped", pose(t, x + 0.1)),
