@@ -7,8 +7,8 @@ import pytest
 
 from flywheel.data import EpisodeStore
 from flywheel.data.recorder import Recorder, RecorderConfig, Stream
-from robot.ros.observer import TimeBuffer
 from rig.geometry import quat_mul, rotvec_to_quat
+from robot.ros.observer import TimeBuffer
 
 CFG = RecorderConfig(cameras=["front"], image_size=16, control_hz=10.0)
 Q0 = np.array([1.0, 0.0, 0.0, 0.0])
@@ -102,3 +102,78 @@ def test_full_queue_drops_steps_and_counts_them(tmp_path):
     assert rec.wait_idle()
     rec.close()
     assert store.num_episodes == 1 and len(store.episode(0)) == 3
+
+
+def _closed_loop(tmp_path, source: str, a: np.ndarray, phase: float, n: int = 12, rate: float = 500.0,
+                 tau: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The rig in miniature: the franka node's safety filter at ``rate`` Hz, an arm lagging its command (``tau``),
+    and a ``source`` commanding spec action ``a`` every tick: a policy (a target per 0.1 s tick, stepped from the
+    commanded pose) or an operator (a twist of ``a`` per tick integrated into its target every filter tick). The recorder ticks ``phase`` s after
+    the policy. Returns (recorded actions, measured positions)."""
+    from rig.safety import SafetyConfig, SafetyFilter
+    from rig.safety_math import apply_twist
+
+    cfg = RecorderConfig(cameras=[], control_hz=10.0)
+    spec = cfg.rig_spec()
+    store = EpisodeStore(tmp_path / f"{source}-{phase:.3f}.zarr", "a", spec)
+    rec = Recorder(store).connect()
+    dt, period = 1.0 / rate, 1.0 / cfg.control_hz
+    f = SafetyFilter(SafetyConfig(), dt)
+    meas = np.array([0.45, -0.05, 0.3])
+    f.reset(meas, Q0)
+    target = (meas, Q0)
+    twist = (a[:3] * spec.action.max_translation * cfg.control_hz, a[3:6] * spec.action.max_rotation * cfg.control_hz)
+    t0, next_policy, next_rec, recorded = 1000.0, 1000.0, 1000.0 + phase, 0
+    rec.start_episode()
+    for i in range(int((n + 3) * period * rate)):
+        now = t0 + i * dt
+        if source == "policy" and now >= next_policy - 1e-9:
+            f.set_target(*spec.action.to_target(a, *f.applied_pose)[:2], now)
+            next_policy += period
+        elif source == "operator":  # the twist integrated on the operator's target, which the filter follows
+            target = apply_twist(*target, *twist, dt)
+            f.set_target(*target, now)
+        applied = f.step(now, dt)
+        meas = meas + (applied.pos - meas) * dt / tau
+        for k, v in (("joint_states", (np.zeros(7), np.zeros(7))), ("ee_pose", (meas, Q0)), ("ee_wrench", np.zeros(6)),
+                     ("gripper", 0.08), ("command", (applied.pos, applied.quat)), ("gripper_command", 0.08)):
+            rec.push(k, now, v)
+        if now >= next_rec - 1e-9 and recorded < n:
+            assert rec.tick(next_rec) == "recorded"
+            next_rec += period
+            recorded += 1
+    rec.end_episode(None)
+    assert rec.wait_idle()
+    rec.close()
+    ep = store.episode(0)
+    return ep["action"], ep["state/ee_pos"]
+
+
+@pytest.mark.parametrize("source", ["policy", "operator"])
+def test_recorded_action_is_the_commanded_one_at_any_timer_phase(tmp_path, source):
+    """A 0.5 commanded is recorded as 0.5 (not the tracking lag), whatever the recorder's phase (#17)."""
+    a = np.array([0.5, -0.3, 0.0, 0.0, 0.0, 0.4, 1.0], np.float32)
+    worst = 0.0
+    for phase in np.arange(0.0, 0.1, 0.0125):
+        acts, pos = _closed_loop(tmp_path, source, a, float(phase))
+        assert acts.shape == (12, 7)
+        # step 0 starts from rest: the filter's acceleration limit gives the operator's command a little less
+        worst = max(worst, float(np.abs(acts[1:] - a).max()), float(np.abs(acts[0] - a).max()) - 0.05)
+        # the arm really moves a * 2 cm per tick (after the start), lagging its command by about v * tau = 5 mm
+        np.testing.assert_allclose(np.diff(pos[4:, :2], axis=0) / 0.02, np.tile(a[:2], (7, 1)), atol=0.02)
+    assert worst <= 0.02, f"recorded actions differ from the commanded ones by {worst:.4f} (limit 0.02)"
+
+
+def test_recorder_skips_ticks_and_steps_without_a_command(tmp_path):
+    store = EpisodeStore(tmp_path / "s.zarr", "a", CFG.rig_spec())
+    rec = Recorder(store).connect()
+    rec.start_episode()
+    assert _feed(rec, 0.0, 4) == ["recorded"] * 4  # steps 0 and 1 complete at the 4th tick (0.3 s)
+    rec.streams["command"].clear()  # the franka node stopped applying (e.g. homing)
+    assert rec.tick(0.45) == "skipped" and rec.last_skip == "missing:command"
+    rec.end_episode(None)  # steps 2 and 3 have no command at their ends: dropped, counted
+    assert rec.wait_idle()
+    rec.close()
+    a = store.episode(0)["action"]
+    np.testing.assert_allclose(a[:, 0], 0.5, atol=1e-5)
+    assert len(a) == 2 and rec.counters["skipped_missing"] == 3 and "command" in rec.last_skip
