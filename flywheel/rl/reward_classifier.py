@@ -181,8 +181,9 @@ def frames_from_store(store: Any, image_keys: list[str], **filters: Any) -> tupl
     labels: list[np.ndarray] = []
     groups: list[np.ndarray] = []
     for i, ep in enumerate(store.episodes(**filters)):
-        data = ep if isinstance(ep, Mapping) else getattr(ep, "data", ep)
-        obs = data.get("obs", data) if isinstance(data, Mapping) else data
+        # a store Episode (lazy arrays, keys(), record) or a plain dict of arrays
+        data = ep if isinstance(ep, Mapping) else {k: ep[k] for k in ep.keys() if k in (*image_keys, "reward")}
+        obs = data.get("obs", data)
         missing = [k for k in image_keys if k not in obs]
         if missing:
             raise KeyError(f"episode {i} has no {missing}; record with those cameras or change image_keys")
@@ -190,7 +191,11 @@ def frames_from_store(store: Any, image_keys: list[str], **filters: Any) -> tupl
         rew = np.asarray(data.get("reward", data.get("rewards", np.zeros(n))), np.float32).reshape(-1)[:n]
         for k in image_keys:
             images[k].append(np.asarray(obs[k]))
-        labels.append(rew > 0)
+        record = getattr(ep, "record", None)
+        success = getattr(record, "success", None) if record is not None else (
+            data.get("success") if isinstance(data, Mapping) else None)
+        # an episode labelled a failure (e.g. a classifier positive the operator rejected) is all negative
+        labels.append(np.zeros(n, bool) if success is False else rew > 0)
         groups.append(np.full(n, i))
     if not labels:
         raise ValueError(f"no episodes in the store match {filters}")

@@ -62,3 +62,28 @@ def test_classifier_rejects_bad_input():
         train_classifier({"images/wrist": imgs}, np.arange(10) % 2, cfg)
     with pytest.raises(ValueError, match="labels"):
         train_classifier({"images/front": imgs}, np.arange(9) % 2, cfg)
+
+
+def test_frames_from_store_treats_a_failed_episode_as_all_negative(tmp_path):
+    """A classifier positive the operator rejected (success=False) must not train as a success."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from flywheel_data_helpers import make_episode, small_spec
+
+    from flywheel.data import EpisodeStore
+    from flywheel.rl.reward_classifier import frames_from_store
+
+    spec = small_spec(depth=False)
+    with EpisodeStore(tmp_path / "s.zarr", mode="w", spec=spec) as store:
+        for i, success in enumerate([True, False]):
+            ep = make_episode(spec, 6, seed=i)
+            ep["reward"] = np.array([0, 0, 0, 1, 1, 1], np.float32)  # the success event at step 3
+            store.add_episode(ep, success=success, task="t")
+    with EpisodeStore(tmp_path / "s.zarr", mode="r") as store:
+        images, labels, groups = frames_from_store(store, ["images/front"])
+    assert images["images/front"].shape[0] == 12
+    assert labels[:6].tolist() == [False] * 3 + [True] * 3
+    assert not labels[6:].any()
+    assert groups.tolist() == [0] * 6 + [1] * 6
