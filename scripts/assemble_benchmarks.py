@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ORDER = ["foundation", "robot_franka", "robot_graph", "sim", "data", "policy", "rl", "distill", "calibration"]
+ORDER = ["foundation", "safety", "faults", "robot_franka", "robot_graph", "sim", "data", "policy", "generalist", "rl",
+         "distill", "vla_rl", "interop", "console", "calibration"]
 
 
 def shift_headings(text: str) -> str:
