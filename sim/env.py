@@ -2,8 +2,11 @@
 
 One control step (``control_hz``, 10 Hz default as in HIL-SERL): the 7-d
 normalised action becomes an absolute TCP target with
-:meth:`rig.spec.ActionSpec.to_target` (from the measured TCP pose, as the ROS
-env adapter does), and the target goes through the same
+:meth:`rig.spec.ActionSpec.to_target` around the measured TCP pose
+(``action_origin="measured"``, the default: the scripted operators are
+closed-loop on the measured pose) or around the commanded pose
+(``"commanded"``: the safety filter's applied command, as the ROS env adapter
+steps from the franka node's ``command_applied``), and the target goes through the same
 :class:`rig.safety.SafetyFilter` as on the rig's franka node: clipped into the
 workspace box and the tilt cone, then approached by rate-limited steps, one
 filter tick every ``1 / filter_hz`` s (the franka node's ``state_rate_hz``,
@@ -78,6 +81,7 @@ class PandaRigEnv(gym.Env):
         gripper_force: float = 20.0,
         safety: SafetyConfig | None = None,
         filter_hz: float = 500.0,
+        action_origin: str = "measured",
         render_mode: str | None = None,
         render_size: tuple[int, int] = (480, 640),
     ) -> None:
@@ -119,6 +123,10 @@ class PandaRigEnv(gym.Env):
         self.gripper_force = float(gripper_force)
         self.safety = safety or SafetyConfig()
         self.safety_filter = SafetyFilter(self.safety, 1.0 / filter_hz)  # validates the config
+        if action_origin not in ("commanded", "measured"):
+            raise ValueError(f"action_origin={action_origin!r}: commanded (the filter's applied command, as on "
+                             "the rig) or measured (the TCP pose)")
+        self.action_origin = action_origin
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")
         self.render_mode = render_mode
@@ -229,10 +237,12 @@ class PandaRigEnv(gym.Env):
 
     def step(self, action: np.ndarray):
         a = self.spec_rig.action.check(np.asarray(action, dtype=np.float32))
-        ee_pos = self.rig.ee_pos
-        ee_quat = matrix_to_quat(self.rig.ee_rot)
-        pos, quat, width = self.spec_rig.action.to_target(a, ee_pos, ee_quat)
         f = self.safety_filter
+        if self.action_origin == "commanded":
+            origin = f.applied_pose
+        else:
+            origin = (self.rig.ee_pos, matrix_to_quat(self.rig.ee_rot))
+        pos, quat, width = self.spec_rig.action.to_target(a, *origin)
         now = self.rig.time
         f.set_target(pos, quat, now)
         g = f.gripper(width, self.gripper_speed, self.gripper_force)

@@ -94,3 +94,23 @@ def test_filter_rate_must_fit_the_physics_and_control_rates():
         sim.make(TASK, cameras=(), filter_hz=300.0)
     with pytest.raises(ValueError, match="max_tilt"):
         _env(max_tilt=0.0)
+
+
+def test_actions_step_from_the_measured_or_the_commanded_pose():
+    for origin in ("measured", "commanded"):
+        env = sim.make(TASK, cameras=(), action_origin=origin)
+        try:
+            env.reset(seed=0)
+            u = env.unwrapped
+            a = np.zeros(7, np.float32)
+            a[0], a[6] = 1.0, 1.0
+            env.step(a)
+            first = u.rig.target_pos.copy()
+            measured = u.rig.ee_pos.copy()
+            env.step(a)
+            base = first if origin == "commanded" else measured
+            np.testing.assert_allclose(u.rig.target_pos[0], base[0] + 0.02, atol=1e-6)
+        finally:
+            env.close()
+    with pytest.raises(ValueError, match="action_origin"):
+        sim.make(TASK, cameras=(), action_origin="nope")
