@@ -51,7 +51,7 @@ def build_policy(head: Mapping[str, Any], encoder_desc: Mapping[str, Any], devic
     kind = h.pop("kind", "gaussian")
     horizon = int(h.pop("horizon", 0)) or int(getattr(enc, "horizon", 1))
     action_dim = int(h.pop("action_dim", 0)) or int(getattr(enc, "action_dim", 7))
-    for k in ("hidden", "value_hidden", "log_std_bounds"):
+    for k in ("hidden", "value_hidden", "log_std_bounds", "fixed_dims"):
         if k in h:
             h[k] = tuple(h[k])
     if kind == "gaussian":

@@ -41,6 +41,7 @@ class HeadConfig:
     hidden: list[int] = field(default_factory=lambda: [128, 128])
     value_hidden: list[int] = field(default_factory=lambda: [128, 128])
     init_log_std: float = -1.0  # gaussian
+    fixed_dims: list[int] = field(default_factory=list)  # gaussian: action dims executed at the mean (6: gripper)
     steps: int = 5  # flow: denoising steps
     noise_level: float = 0.5  # flow: SDE noise
     horizon: int = 0  # 0: the generalist's chunk horizon (1 for a state policy from scratch)
@@ -130,7 +131,7 @@ def build(cfg: Any) -> tuple[Any, Any]:
     kind = head.pop("kind")
     h = {"kind": kind, "hidden": head["hidden"], "value_hidden": head["value_hidden"],
          "horizon": head["horizon"], "action_dim": head["action_dim"]}
-    h.update({"init_log_std": head["init_log_std"]} if kind == "gaussian" else
+    h.update({"init_log_std": head["init_log_std"], "fixed_dims": head["fixed_dims"]} if kind == "gaussian" else
              {"steps": head["steps"], "noise_level": head["noise_level"]})
     if cfg.policy and is_rl_policy(cfg.policy):
         pol = load_policy(cfg.policy, cfg.device)

@@ -118,9 +118,17 @@ class GaussianChunkPolicy(ChunkPolicyBase):
     def __init__(
         self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
         init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 1.0),
-        value_hidden: Sequence[int] = (128, 128),
+        value_hidden: Sequence[int] = (128, 128), fixed_dims: Sequence[int] = (),
     ) -> None:
         super().__init__(encoder, horizon, action_dim, value_hidden)
+        bad = [d for d in fixed_dims if not 0 <= int(d) < action_dim]
+        if bad:
+            raise ValueError(f"fixed_dims {bad} are not action dims 0..{action_dim - 1}")
+        # dims executed at the mean, without noise and outside the log-probability (e.g. the gripper
+        # while a peg is held: exploring it drops the peg)
+        sampled = torch.ones(action_dim)
+        sampled[[int(d) for d in fixed_dims]] = 0.0
+        self.register_buffer("sampled", sampled, persistent=False)
         lo, hi = log_std_bounds
         if not lo < init_log_std < hi:
             raise ValueError(f"init_log_std={init_log_std} must lie inside log_std_bounds={log_std_bounds}")
@@ -150,21 +158,23 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         if deterministic:
             return mean, torch.zeros(feats.shape[0], device=feats.device), {}
         eps = torch.randn(mean.shape, generator=generator).to(mean.device)
-        a = mean + log_std.exp() * eps
-        return a, _normal_logp(a, mean, log_std), {}
+        a = mean + log_std.exp() * eps * self.sampled
+        return a, _normal_logp(a, mean, log_std, self.sampled), {}
 
     def log_prob(self, feats: torch.Tensor, actions: torch.Tensor, extra: Mapping[str, torch.Tensor] | None = None):
         mean, log_std = self.dist(feats)
-        return _normal_logp(actions, mean, log_std)
+        return _normal_logp(actions, mean, log_std, self.sampled)
 
     def entropy(self, feats: torch.Tensor) -> torch.Tensor:
         _, log_std = self.dist(feats)
-        return (log_std + 0.5 * math.log(2 * math.pi * math.e)).flatten(1).sum(1)
+        return ((log_std + 0.5 * math.log(2 * math.pi * math.e)) * self.sampled).flatten(1).sum(1)
 
 
-def _normal_logp(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+def _normal_logp(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
     z = (x - mean) * torch.exp(-log_std)
-    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    lp = -0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)
+    return (lp if mask is None else lp * mask).flatten(1).sum(1)
 
 
 def _time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

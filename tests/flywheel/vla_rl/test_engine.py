@@ -41,6 +41,8 @@ def test_groups_share_seeds_and_steps_add_up():
     # next call: fresh seeds
     b2 = eng.collect(1)
     assert not set(b2.seeds) & set(b.seeds)
+    with pytest.raises(ValueError, match="group_size=9"):
+        eng.collect(1, group_size=9)
 
 
 def test_same_seed_same_start_and_held_out_eval_is_repeatable():

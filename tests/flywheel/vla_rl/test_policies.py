@@ -56,6 +56,24 @@ def test_gaussian_log_prob_matches_sampling():
         assert torch.allclose(d, pol.dist(feats)[0])
 
 
+def test_gaussian_fixed_dims_execute_the_mean():
+    torch.manual_seed(0)
+    pol = GaussianChunkPolicy(_enc(), horizon=2, action_dim=3, fixed_dims=[2])
+    feats = pol.features(_obs(1)).expand(20_000, -1)
+    with torch.no_grad():
+        a, lp, _ = pol.act(feats)
+        mean, log_std = pol.dist(feats[:1])
+        assert torch.allclose(a[:, :, 2], mean[:, :, 2].expand(20_000, -1), atol=1e-6)
+        assert torch.allclose(a[:, :, :2].std(0), log_std[0, :, :2].exp(), rtol=0.03)
+        # the fixed dim is outside the density: moving it changes nothing
+        b = a.clone()
+        b[:, :, 2] += 1.0
+        assert torch.allclose(pol.log_prob(feats, b), lp)
+        assert float(-lp.mean()) == pytest.approx(float(pol.entropy(feats[:1])[0]), abs=0.05)
+    with pytest.raises(ValueError, match="fixed_dims"):
+        GaussianChunkPolicy(_enc(), 1, 3, fixed_dims=[3])
+
+
 def test_gaussian_scale_starts_at_init():
     pol = GaussianChunkPolicy(_enc(), horizon=1, action_dim=2, init_log_std=-1.0)
     _, ls = pol.dist(pol.features(_obs(3)))
