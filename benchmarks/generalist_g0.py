@@ -257,7 +257,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--feature-block", type=int, default=10)
     ap.add_argument("--frame-stride", type=int, default=4, help="encode and train on every k-th frame")
-    ap.add_argument("--max-demos", type=int, default=120, help="train on at most this many demos per task")
+    ap.add_argument("--max-demos", type=int, default=165, help="train on at most this many demos per task")
     ap.add_argument("--name", default="g0", help="the checkpoint's directory name under the workdir")
     ap.add_argument("--head", default="mlp", choices=["mlp", "token_learner", "flow"])
     ap.add_argument("--hidden-dim", type=int, default=512)
