@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.cluster import ClusterConfig, PolicySource, evaluate_tasks
 from flywheel.rollout import Agent, Step
 from flywheel.rollout import run_episodes as _rollouts
 
@@ -93,6 +94,12 @@ class ChunkedPolicy:
     def reset(self) -> None:
         self._chunk, self._i = None, 0
 
+    def seed_episode(self, seed: int) -> None:
+        """Re-seed the policy's sampling noise (flow heads) from the episode seed: an episode is its seed's alone."""
+        gen = getattr(self.policy, "generator", None)
+        if gen is not None:
+            gen.manual_seed(int(seed))
+
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         if self._chunk is None or self._i >= (self.execute or len(self._chunk)):
             out = self.policy.infer({**obs, "instruction": self.instruction})
@@ -112,8 +119,12 @@ def run_episodes(
 ) -> tuple[list[bool], list[int], list[float]]:
     """Roll ``agent`` out once per seed (:mod:`flywheel.rollout`); returns (success, steps, return) per episode.
 
+    Each episode is determined by its seed alone (:func:`flywheel.cluster.seed_agent` re-seeds the agent's
+    own noise), so the episodes can run on any worker (``cluster=ray``) with the same results.
     ``on_step(next_obs, executed_action, reward, info)`` is called after every step.
     """
+    from flywheel.cluster import seed_agent
+
     successes: list[bool] = []
 
     def step_cb(s: Step) -> None:
@@ -125,8 +136,11 @@ def run_episodes(
             progress.update(1)
             progress.set_postfix(success=f"{np.mean(successes):.2f}")
 
-    eps = _rollouts(env, agent, seeds, max_steps=max_steps, on_step=step_cb if on_step is not None else (),
-                    on_episode=episode_cb)
+    eps = []
+    for s in seeds:
+        seed_agent(agent, int(s))
+        eps += _rollouts(env, agent, [int(s)], max_steps=max_steps, on_step=step_cb if on_step is not None else (),
+                         on_episode=episode_cb)
     return [e.success for e in eps], [e.steps for e in eps], [e.ret for e in eps]
 
 
@@ -212,6 +226,8 @@ class EvalConfig:
     namespace: str = ""  # rig: the rig's ROS namespace
     out: str = ""  # results JSON ("" -> eval_results.json in hydra's run directory)
     progress: bool = True
+    device: str = "auto"  # the policy's torch device: auto (CUDA when present) | cpu | cuda | cuda:N
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: episodes on Ray workers
 
 
 def register() -> None:
@@ -244,16 +260,30 @@ def _env_factory(cfg: Any, spec: Any) -> Callable[[str], Any]:
 
 def run_eval(cfg: Any) -> dict[str, TaskResult]:
     """Evaluate ``cfg.policy`` on every task of ``cfg.tasks``; writes and returns the results."""
+    from policy.device import check_device, resolve_device
+
     if cfg.episodes < 1:
         raise ValueError(f"episodes={cfg.episodes}: must be >= 1")
+    device = check_device(cfg.get("device", "auto") if hasattr(cfg, "get") else cfg.device, "device")
+    cluster = ClusterConfig(**dict(cfg.get("cluster") or {})) if hasattr(cfg, "get") else cfg.cluster
+    cluster.validate()
+    if cfg.policy != "expert" and not (Path(cfg.policy) / "policy_config.json").is_file():
+        raise FileNotFoundError(f"policy={cfg.policy!r} is not a checkpoint directory (no policy_config.json); "
+                                "give a checkpoint or policy=expert")
+    if cluster.kind == "ray":
+        if cfg.env != "sim":
+            raise ValueError(f"cluster.kind=ray with env={cfg.env!r}: Ray workers run sim envs (the rig is one robot)")
+        src = PolicySource(checkpoint=str(cfg.policy), expert_noise=float(cfg.expert_noise), execute=int(cfg.execute),
+                           device=device, env="sim", max_steps=cfg.max_steps,
+                           env_kwargs={"cameras": list(cfg.cameras), "image_size": int(cfg.image_size)})
+        results = evaluate_tasks(list(cfg.tasks), src, int(cfg.episodes), seed=int(cfg.seed), cluster=cluster,
+                                 progress=bool(cfg.progress))
+        return _report(cfg, results)
     spec, pol = None, None
     if cfg.policy != "expert":
         import policy as policy_pkg
 
-        if not (Path(cfg.policy) / "policy_config.json").is_file():
-            raise FileNotFoundError(f"policy={cfg.policy!r} is not a checkpoint directory (no policy_config.json); "
-                                    "give a checkpoint or policy=expert")
-        pol = policy_pkg.load(cfg.policy, device="cpu")
+        pol = policy_pkg.load(cfg.policy, device=resolve_device(device))
         spec = pol.spec
 
     def make_agent(env: Any) -> ActsOnObs:
@@ -267,6 +297,10 @@ def run_eval(cfg: Any) -> dict[str, TaskResult]:
     make_env = _env_factory(cfg, spec)
     results = {t: evaluate_task(t, make_agent, int(cfg.episodes), seed=int(cfg.seed), make_env=make_env,
                                 max_steps=cfg.max_steps, show_progress=bool(cfg.progress)) for t in cfg.tasks}
+    return _report(cfg, results)
+
+
+def _report(cfg: Any, results: dict[str, TaskResult]) -> dict[str, TaskResult]:
     out = Path(cfg.out) if cfg.out else Path("eval_results.json")
     save_results(results, out)
     print(results_table({str(cfg.policy): results}))

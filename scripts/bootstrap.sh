@@ -64,7 +64,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 # 4. The project, its extras, and the ROS 2 wheels unless a system ROS 2 is sourced.
-extras="dev,rig"
+extras="dev,rig,cluster"  # cluster: Ray (the cluster tests run in CI)
 if [ -n "${ROS_DISTRO:-}" ] && python3 -c "import rclpy" 2>/dev/null; then
   echo "system ROS 2 ($ROS_DISTRO) is sourced: not installing the ROS 2 wheels"
 else

@@ -53,6 +53,12 @@ class SFTConfig:
     finetune: str = "full"  # full | lora | frozen
     save_every: int = 200
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when present, bf16 autocast there) | cpu | cuda | cuda:N
+
+    def validate(self) -> None:
+        from policy.device import check_device
+
+        check_device(self.device, "sft.device")
 
 
 def env_kwargs(g: Any) -> dict[str, Any]:
@@ -188,8 +194,12 @@ def finetune(
     cfg = TrainConfig(out_dir=str(out_dir), steps=int(sft.steps), lr=float(sft.lr), backbone_lr=float(sft.backbone_lr),
                       warmup_steps=int(sft.warmup_steps), save_every=int(sft.save_every), keep_checkpoints=1,
                       log_every=10, resume=True, seed=int(sft.seed), amp=False)
+    from policy.device import check_device, resolve_device
+
+    dev = resolve_device(check_device(getattr(sft, "device", "auto"), "sft.device"), "sft.device")
+    cfg.amp = dev.type == "cuda"  # bf16 autocast on CUDA
     torch.manual_seed(int(sft.seed))
-    metrics = train(model, data, cfg, device="cpu")
+    metrics = train(model, data, cfg, device=dev)
     log.info("fine-tuned on %d episodes: %s", len(episodes), metrics)
     ckpt = final_checkpoint(out_dir)
     assert ckpt is not None
@@ -204,12 +214,25 @@ def evaluate(
     *,
     seed: int = HELDOUT_SEED,
     progress: bool = True,
+    device: str = "auto",
+    cluster: Any = None,
 ) -> dict[str, TaskResult]:
-    """Success per task over ``episodes`` seeded held-out episodes of the checkpoint."""
+    """Success per task over ``episodes`` seeded held-out episodes of the checkpoint.
+
+    ``cluster`` (a :class:`flywheel.cluster.ClusterConfig`, ``kind=ray``) runs the episodes on Ray workers;
+    the results equal the serial run's episode by episode.
+    """
     import policy
     from flywheel.distill.collect import make_env
+    from policy.device import resolve_device
 
-    pol = policy.load(checkpoint, device="cpu")
+    if cluster is not None and getattr(cluster, "kind", "local") == "ray":
+        from flywheel.cluster import PolicySource, evaluate_tasks
+
+        src = PolicySource(checkpoint=str(checkpoint), execute=int(g.execute), device=str(device),
+                           env="collect", env_kwargs=env_kwargs(g))
+        return evaluate_tasks(list(tasks), src, episodes, seed=seed, cluster=cluster, progress=progress)
+    pol = policy.load(checkpoint, device=resolve_device(device))
 
     def agent(env: Any) -> ChunkedPolicy:
         return ChunkedPolicy(pol, env.unwrapped.instruction, execute=int(g.execute))

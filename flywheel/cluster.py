@@ -1,0 +1,314 @@
+"""Rollouts on a pool of Ray workers: ``cluster=local|ray`` for ``flywheel-eval`` and ``flywheel-iterate``.
+
+Evaluation is embarrassingly parallel: every episode is a (task, seed) pair, and
+its randomness derives from its seed alone (:func:`run_seeded`: the env resets
+with the seed, the agent's own random stream is re-seeded from it), so an
+episode's result does not depend on which process ran it, nor on the episodes
+before it. The pool:
+
+* starts ``workers`` Ray actors (:class:`EpisodeWorker`), each with its own sim
+  env per task and its own copy of the policy; the checkpoint's files are put
+  in the object store once and every worker reads them by reference;
+* hands out one (task, seed) job at a time to whichever worker is free, so the
+  results, gathered by (task, seed), equal the serial run's episode by episode;
+* replaces a worker that dies (its job goes back to the queue and re-runs;
+  a result is counted once, by its (task, seed) key), up to
+  ``max_worker_restarts`` replacements per run;
+* shows one progress bar across the workers.
+
+``address=""`` starts a local Ray cluster in this process (``num_cpus`` CPUs);
+``address=auto`` (or ``ray://host:10001``) joins a running one. Ray is the
+optional ``cluster`` extra; nothing here imports it until a pool connects.
+The HIL-SERL actor/learner keeps its authenticated ZeroMQ transport: it crosses
+the rig's network, where a Ray cluster does not belong.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KINDS = ("local", "ray")
+
+
+@dataclass
+class ClusterConfig:
+    """Where rollouts run: ``local`` (this process, serially) or a pool of Ray workers."""
+
+    kind: str = "local"  # local | ray
+    address: str = ""  # ray: "" starts a local cluster here; "auto" / "ray://host:10001" joins a running one
+    workers: int = 2  # Ray actors, one CPU each
+    num_cpus: int = 0  # local cluster only: CPUs it may use (0: Ray counts them)
+    max_worker_restarts: int = 4  # dead workers replaced per run before the run fails
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"cluster.kind={self.kind!r}: use one of {KINDS}")
+        if int(self.workers) < 1:
+            raise ValueError(f"cluster.workers={self.workers}: must be >= 1")
+        if int(self.num_cpus) < 0:
+            raise ValueError(f"cluster.num_cpus={self.num_cpus}: must be >= 0")
+        if int(self.max_worker_restarts) < 0:
+            raise ValueError(f"cluster.max_worker_restarts={self.max_worker_restarts}: must be >= 0")
+
+
+@dataclass
+class PolicySource:
+    """What a worker rebuilds: the env factory and the agent (picklable; no callables)."""
+
+    checkpoint: str = ""  # a policy checkpoint directory; "" or "expert": the scripted operator
+    expert_noise: float = 0.0
+    execute: int = 1  # actions of each chunk executed before re-inferring
+    device: str = "cpu"  # the workers' torch device (auto | cpu | cuda)
+    env: str = "sim"  # sim (sim.make) | collect (flywheel.distill.collect.make_env, no privileged state)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # cameras, image_size
+    max_steps: int | None = None
+
+    @property
+    def is_expert(self) -> bool:
+        return self.checkpoint in ("", "expert")
+
+
+# ------------------------------------------------------------------ one episode per seed
+def seed_agent(agent: Any, seed: int) -> None:
+    """Re-seed the agent's own random stream from the episode seed (policy sampling noise, expert noise)."""
+    if hasattr(agent, "seed_episode"):
+        agent.seed_episode(int(seed))
+    elif isinstance(getattr(agent, "rng", None), np.random.Generator):
+        agent.rng = np.random.default_rng(int(seed))
+
+
+def run_seeded(env: Any, agent: Any, seeds: Iterable[int], *, max_steps: int | None = None,
+               on_episode: Callable[[Any], None] | None = None) -> list[Any]:
+    """One :class:`flywheel.rollout.Episode` per seed, each determined by its seed alone."""
+    from flywheel.rollout import Rollout
+
+    r = Rollout(env, agent, max_steps=max_steps)
+    out = []
+    for s in seeds:
+        seed_agent(agent, int(s))
+        ep = r.run(int(s))
+        out.append(ep)
+        if on_episode is not None:
+            on_episode(ep)
+    return out
+
+
+def episode_record(task: str, ep: Any) -> dict[str, Any]:
+    return {"task": task, "seed": int(ep.seed), "success": bool(ep.success), "steps": int(ep.steps),
+            "ret": float(ep.ret)}
+
+
+def make_env(src: PolicySource, task: str) -> Any:
+    if src.env == "sim":
+        import sim
+
+        kw = dict(src.env_kwargs)
+        if "cameras" in kw:
+            kw["cameras"] = tuple(kw["cameras"])
+        return sim.make(task, **kw)
+    if src.env == "collect":
+        from flywheel.distill.collect import make_env as collect_env
+
+        return collect_env(task, privileged_state=False, **src.env_kwargs)
+    raise ValueError(f"env={src.env!r}: a worker builds sim or collect envs (the rig is not a Ray worker)")
+
+
+def make_agent(src: PolicySource, pol: Any, env: Any) -> Any:
+    if pol is None:
+        import sim
+
+        return sim.expert(env, noise=float(src.expert_noise))
+    from flywheel.evaluate import ChunkedPolicy
+
+    return ChunkedPolicy(pol, getattr(env.unwrapped, "instruction", ""), execute=int(src.execute))
+
+
+# ---------------------------------------------------------------------------- the worker
+def checkpoint_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of a checkpoint directory (relative path -> bytes): what goes in the object store once."""
+    root = Path(path)
+    if not (root / "policy_config.json").is_file():
+        raise FileNotFoundError(f"checkpoint={str(path)!r} is not a checkpoint directory (no policy_config.json)")
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class EpisodeWorker:
+    """One worker: its own envs (one per task, made on first use) and its own copy of the policy."""
+
+    def __init__(self, src: PolicySource, files: dict[str, bytes] | None = None):
+        import os
+
+        import torch
+
+        torch.set_num_threads(1)
+        self.src = src
+        self.pid = os.getpid()
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.policy = None
+        if not src.is_expert:
+            import policy as policy_pkg
+            from policy.device import resolve_device
+
+            if files is None:
+                ckpt: Path = Path(src.checkpoint)
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="flywheel-worker-")
+                ckpt = Path(self._tmp.name)
+                for rel, data in files.items():
+                    (ckpt / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (ckpt / rel).write_bytes(data)
+            self.policy = policy_pkg.load(ckpt, device=resolve_device(src.device))
+        self._envs: dict[str, tuple[Any, Any]] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": self.pid}
+
+    def run(self, task: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+        if task not in self._envs:
+            env = make_env(self.src, task)
+            self._envs[task] = (env, make_agent(self.src, self.policy, env))
+        env, agent = self._envs[task]
+        return [episode_record(task, ep) for ep in run_seeded(env, agent, seeds, max_steps=self.src.max_steps)]
+
+    def close(self) -> None:
+        for env, _ in self._envs.values():
+            env.close()
+        self._envs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# ------------------------------------------------------------------------------ the pool
+class RayEpisodePool:
+    """A pool of :class:`EpisodeWorker` Ray actors with a connect/close life cycle."""
+
+    def __init__(self, src: PolicySource, cluster: ClusterConfig):
+        cluster.validate()
+        self.src, self.cluster = src, cluster
+        self.workers: list[Any] = []
+        self.replaced = 0
+        self._ray: Any = None
+        self._own = False
+        self._files: Any = None
+        self._actor: Any = None
+
+    def connect(self) -> RayEpisodePool:
+        try:
+            import ray
+        except ImportError as e:
+            raise ImportError("cluster.kind=ray needs Ray: pip install -e .[cluster]") from e
+        self._ray = ray
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.cluster.address:
+                kw["address"] = self.cluster.address
+            elif self.cluster.num_cpus:
+                kw["num_cpus"] = int(self.cluster.num_cpus)
+            ray.init(**kw)
+            self._own = True
+        self._files = None if self.src.is_expert else ray.put(checkpoint_files(self.src.checkpoint))
+        self._actor = ray.remote(num_cpus=1, max_restarts=0)(EpisodeWorker)
+        self.workers = [self._spawn() for _ in range(int(self.cluster.workers))]
+        return self
+
+    def _spawn(self) -> Any:
+        return self._actor.remote(self.src, self._files)
+
+    def __enter__(self) -> RayEpisodePool:
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, jobs: Sequence[tuple[str, int]], *, progress: Any = None,
+            on_result: Callable[[RayEpisodePool, dict[str, Any]], None] | None = None) -> dict[tuple[str, int], dict]:
+        """Every (task, seed) job once; returns {(task, seed): episode record}."""
+        if self._ray is None:
+            raise RuntimeError("RayEpisodePool: call connect() first")
+        ray = self._ray
+        from ray.exceptions import RayActorError
+
+        queue = collections.deque(dict.fromkeys(jobs))  # a job listed twice runs once
+        results: dict[tuple[str, int], dict] = {}
+        inflight: dict[Any, tuple[int, tuple[str, int]]] = {}
+
+        def submit(i: int) -> None:
+            while queue:
+                job = queue.popleft()
+                if job not in results:
+                    inflight[self.workers[i].run.remote(job[0], [job[1]])] = (i, job)
+                    return
+
+        for i in range(len(self.workers)):
+            submit(i)
+        while inflight:
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            i, job = inflight.pop(done[0])
+            try:
+                recs = ray.get(done[0])
+            except RayActorError:
+                self.replaced += 1
+                if self.replaced > int(self.cluster.max_worker_restarts):
+                    raise RuntimeError(f"{self.replaced} Ray workers died (cluster.max_worker_restarts="
+                                       f"{self.cluster.max_worker_restarts}); last job {job}") from None
+                log.warning("Ray worker %d died on %s: replaced, the episode re-runs", i, job)
+                self.workers[i] = self._spawn()
+                queue.appendleft(job)
+                submit(i)
+                continue
+            for rec in recs:
+                key = (rec["task"], rec["seed"])
+                if key in results:
+                    continue
+                results[key] = rec
+                if progress is not None:
+                    progress.update(1)
+                if on_result is not None:
+                    on_result(self, rec)
+            submit(i)
+        return results
+
+    def close(self) -> None:
+        if self._ray is None:
+            return
+        for w in self.workers:
+            try:
+                self._ray.kill(w)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        self.workers = []
+        if self._own:
+            self._ray.shutdown()
+        self._ray = None
+
+
+def evaluate_tasks(tasks: Sequence[str], src: PolicySource, episodes: int, *, seed: int,
+                   cluster: ClusterConfig, progress: bool = True,
+                   on_result: Callable[[RayEpisodePool, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """{task: TaskResult} over seeds ``seed .. seed+episodes-1`` per task, on a Ray pool."""
+    from tqdm.auto import tqdm
+
+    from flywheel.evaluate import TaskResult
+
+    seeds = list(range(int(seed), int(seed) + int(episodes)))
+    jobs = [(t, s) for t in tasks for s in seeds]
+    with RayEpisodePool(src, cluster) as pool, \
+            tqdm(total=len(jobs), desc=f"eval x{cluster.workers} ray workers", disable=not progress) as bar:
+        res = pool.run(jobs, progress=bar, on_result=on_result)
+    out = {}
+    for t in tasks:
+        recs = [res[(t, s)] for s in seeds]
+        ok = [r["success"] for r in recs]
+        out[t] = TaskResult(t, len(seeds), int(sum(ok)), float(np.mean([r["steps"] for r in recs])),
+                            float(np.mean([r["ret"] for r in recs])), seeds, ok)
+    return out
