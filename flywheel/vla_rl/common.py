@@ -35,6 +35,7 @@ class AlgoConfig:
     groups_per_iter: int = 8  # groups collected per iteration
     group_size: int = 8  # rollouts per (task, seed) group (1: no groups, as plain PPO)
     reject_uniform: bool = False  # dynamic rejection: drop groups that all succeed or all fail
+    target_kl: float = 0.05  # stop the epochs once the approximate KL to the sampling policy passes it (0: never)
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
@@ -100,8 +101,10 @@ class Algorithm:
         KL to the reference, entropy bonus and (``value_targets``) a value loss when configured."""
         cfg, pol = self.cfg, self.policy
         ref = self.ref_logp(batch)
-        logs: dict[str, list[float]] = {}
+        logs: dict[str, list[float]] = {"early_stop": [0.0]}
         for _ in range(cfg.epochs):
+            if logs["early_stop"][0]:
+                break
             for mb in self.minibatches(batch.num_steps, cfg.minibatch_size):
                 ex = {k: v[mb] for k, v in batch.extra.items()}
                 f = batch.feats[mb]
@@ -125,6 +128,9 @@ class Algorithm:
                 st["loss"] = float(loss.detach())
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
+                if cfg.target_kl and st["approx_kl"] > cfg.target_kl:  # the policy moved enough for this batch
+                    logs["early_stop"] = [1.0]
+                    break
         return {k: float(np.mean(v)) for k, v in logs.items()}
 
     # -------------------------------------------------------------- resuming
