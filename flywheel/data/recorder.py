@@ -24,8 +24,12 @@ command the arm was given for that tick, as in sim: the applied TCP target's
 step over one period, from the target in force at the tick ``t`` to the one in
 force at ``t + 1 / control_hz``
 (:meth:`robot.ros.observer.Observer.commanded_action`), plus the applied gripper
-command; a late or early timer does not change it. So a step is complete one
-period later; it is queued at the first tick ``ARRIVAL_MARGIN`` after that
+command; a late or early timer does not change it. Unless the operator
+intervenes, each window end moves to just before the policy's next
+``target_pose`` (the safety filter ramps a target in over part of a tick), so
+each step counts whole for the tick in which it was commanded, at any phase of
+the recorder's timer (:meth:`~robot.ros.observer.Observer.boundary`). So a step
+is complete up to two periods later; it is queued at the first tick ``ARRIVAL_MARGIN`` after that
 (every command sample has arrived). At the end of an episode the last step's
 motion is the command's rate since its tick, scaled to one period. Steps go to a writer thread through a queue bounded at
 ``queue_size`` steps (a full queue drops the step and counts it; episode events
@@ -216,7 +220,7 @@ class Recorder:
         if not self.active:
             return "idle"
         with self._lock:  # steps whose command window ended well before this tick: every sample is in
-            self._complete(lambda p: p[1] + self.period + ARRIVAL_MARGIN <= t)
+            self._complete(lambda p: p[1] + 2 * self.period + ARRIVAL_MARGIN <= t)
         ob = self.observer
         try:
             obs = ob.observe(t).obs
@@ -254,7 +258,7 @@ class Recorder:
         end = t + self.period
         latest = ob.latest("command")
         if latest is not None and latest[0] >= end:
-            return ob.commanded_action(t, end)
+            return ob.commanded_action(t, end, snap=self.period)
         start = ob.streams["command"].at(t)
         covered = 0.0 if latest is None or start is None else latest[0] - start[0]
         if covered >= MIN_FINAL_COVERAGE * self.period:

@@ -8,14 +8,16 @@ node all use :class:`Observer`.
   lookups (:meth:`TimeBuffer.at`); old samples are dropped after ``keep_s``;
 * :class:`Observer`: one buffer per stream (``joint_states``, ``ee_pose``, ``ee_wrench``,
   ``gripper``, ``images/<cam>``, ``depth/<cam>``, and with ``commands`` the franka node's
-  ``command``, ``gripper_command`` and the operator's ``intervening``). :meth:`Observer.observe`
+  ``command``, ``gripper_command``, the operator's ``intervening`` and the ``target`` poses sent to
+  it). :meth:`Observer.observe`
   takes, for every stream, the latest sample stamped at or before the tick and builds the spec
   observation (``state/...``, ``images/<camera>``) with each stream's age; a missing stream or one
   older than ``max_age`` raises :class:`ObservationUnavailable` naming it and its topic (streams
   listed in ``optional`` give zeros instead). :meth:`Observer.commanded_action` is the spec action
   the arm was commanded between two ticks: the applied target's step from the target in force at
   the first tick (:meth:`rig.spec.ActionSpec.from_target` around the commanded pose, never the
-  measured one, so tracking lag does not shrink it);
+  measured one, so tracking lag does not shrink it), its window ends moved to the policy's targets
+  (:meth:`Observer.boundary`) so the phase of the ticks does not split a step;
 * :meth:`Observer.subscribe` makes the ROS subscriptions on a node (guarded on a
   :class:`~robot.ros.lifecycle.RigNode`) and converts each message with :mod:`robot.ros.convert`.
 
@@ -52,10 +54,11 @@ __all__ = ["TimeBuffer", "Observer", "Observation", "ObservationUnavailable", "S
 #: the robot state streams of every observation, in the order they are checked
 STATE_STREAMS = ("joint_states", "ee_pose", "ee_wrench", "gripper")
 #: the franka node's applied commands and the operator's flag (``Observer(commands=True)``)
-COMMAND_STREAMS = ("command", "gripper_command", "intervening")
+COMMAND_STREAMS = ("command", "gripper_command", "intervening", "target")
 _TOPICS = {
     "joint_states": "joint_states", "ee_pose": "ee_pose", "ee_wrench": "ee_wrench", "gripper": "gripper/state",
     "command": "command_applied", "gripper_command": "gripper/command_applied", "intervening": "teleop/intervening",
+    "target": "target_pose",
 }
 
 
@@ -124,6 +127,19 @@ class TimeBuffer:
     def latest(self) -> tuple[float, Any] | None:
         with self._lock:
             return (self.t[-1], self.v[-1]) if self.t else None
+
+    def upto(self, t: float, n: int) -> list[tuple[float, Any]]:
+        """The last ``n`` samples stamped at or before ``t``, oldest first."""
+        with self._lock:
+            j = bisect.bisect_right(self.t, t)
+            i = max(0, j - n)
+            return list(zip(self.t[i:j], self.v[i:j], strict=True))
+
+    def after(self, t0: float, t1: float) -> list[tuple[float, Any]]:
+        """The samples stamped in (``t0``, ``t1``], oldest first."""
+        with self._lock:
+            i, j = bisect.bisect_right(self.t, t0), bisect.bisect_right(self.t, t1)
+            return list(zip(self.t[i:j], self.v[i:j], strict=True))
 
     def clear(self) -> None:
         with self._lock:
@@ -246,17 +262,33 @@ class Observer:
             self.spec.check_observation(obs)
         return Observation(t, obs, ages)
 
-    def commanded_action(self, t0: float, t1: float, *, max_age: float | None = None) -> np.ndarray:
+    def boundary(self, t: float, horizon: float) -> float:
+        """Where a command window starts at tick ``t``: just before the first ``target_pose`` within ``horizon``.
+
+        A policy (or the env adapter) steps its target from the applied command at its own tick; the
+        safety filter ramps it in over part of a tick. Bounding the windows at those targets' stamps
+        counts each step whole for the tick it was commanded in, whatever the phase of the ticks.
+        While the operator intervenes (a continuous twist), or with no target in the horizon, ``t``.
+        """
+        if horizon <= 0 or self.intervening(t):
+            return t
+        nxt = self.streams["target"].after(t, t + horizon)
+        return nxt[0][0] - 1e-6 if nxt else t
+
+    def commanded_action(self, t0: float, t1: float, *, max_age: float | None = None,
+                         snap: float = 0.0) -> np.ndarray:
         """The spec action commanded over (``t0``, ``t1``]: the applied target at ``t1`` relative to ``t0``'s.
 
         Translation and rotation are the applied target's step (as :meth:`ActionSpec.from_target`
         around the target in force at ``t0``); the gripper is the applied gripper command at ``t1``
-        (the measured width when none was applied). Raises :class:`ObservationUnavailable` when the
-        ``command`` stream has no sample at ``t0`` or ``t1``.
+        (the measured width when none was applied). With ``snap`` > 0 each end moves to the policy's
+        next target within ``snap`` s (:meth:`boundary`). Raises
+        :class:`ObservationUnavailable` when the ``command`` stream has no sample at either end.
         """
         limit = self.max_age if max_age is None else max_age
-        p0, q0 = self.sample("command", t0, limit)[1]
-        p1, q1 = self.sample("command", t1, limit)[1]
+        b0, b1 = self.boundary(t0, snap), self.boundary(t1, snap)
+        p0, q0 = self.sample("command", b0, limit)[1]
+        p1, q1 = self.sample("command", b1, limit)[1]
         g = self.streams["gripper_command"].at(t1)
         width = float(g[1]) if g is not None else float(self.sample("gripper", t1, np.inf)[1])
         return self.spec.action.from_target(np.asarray(p1), np.asarray(q1), width, np.asarray(p0), np.asarray(q0))
@@ -279,7 +311,7 @@ class Observer:
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool
 
-        from robot.ros.qos import LATCHED_QOS, SENSOR_QOS, STATE_QOS
+        from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS
 
         def now() -> float:
             return node.get_clock().now().nanoseconds * 1e-9
@@ -331,6 +363,7 @@ class Observer:
             "command": (PoseStamped, pose("command_applied"), STATE_QOS),
             "gripper_command": (JointState, width("gripper/command_applied"), STATE_QOS),
             "intervening": (Bool, flag, LATCHED_QOS),
+            "target": (PoseStamped, pose("target_pose"), COMMAND_QOS),
         }
         for key in self.sizes:
             table[key] = (Image, image(key), SENSOR_QOS)

@@ -103,3 +103,23 @@ def test_commanded_action_is_the_commands_step_not_the_tracking_lag():
     assert ob.intervening(1.1) and not ob.intervening(1.05)
     with pytest.raises(ObservationUnavailable, match="'command'"):
         ob.commanded_action(0.5, 0.6)
+
+
+def test_command_windows_start_at_the_policys_targets_unless_the_operator_intervenes():
+    ob = Observer(RigSpec(cameras=()), commands=True)
+    x = 0.4
+    for i in range(400):  # 1 kHz: a target every 0.1 s (at 1.0x0 s), ramped in over 40 ms, then at rest
+        t = 1.0 + i * 0.001
+        phase = i % 100
+        if phase == 0:
+            ob.push("target", t, (np.array([x + 0.01, 0.0, 0.3]), Q0))
+        if 0 < phase <= 40:
+            x += 0.01 / 40
+        ob.push("command", t, (np.array([x, 0.0, 0.3]), Q0))
+    ob.push("gripper_command", 1.0, 0.08)
+    assert ob.boundary(1.12, 0.1) == pytest.approx(1.2 - 1e-6)  # the next target after the tick
+    assert ob.boundary(1.21, 0.05) == 1.21  # none within the horizon
+    np.testing.assert_allclose(ob.commanded_action(1.12, 1.22, snap=0.1)[0], 0.5, atol=1e-9)  # one whole step
+    assert ob.commanded_action(1.12, 1.22)[0] == pytest.approx(0.5 * 20 / 40 + 0.5 * 20 / 40)
+    ob.push("intervening", 1.0, True)  # the operator's twist: windows stay at the ticks
+    assert ob.boundary(1.12, 0.1) == 1.12

@@ -108,7 +108,8 @@ def _closed_loop(tmp_path, source: str, a: np.ndarray, phase: float, n: int = 12
                  tau: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """The rig in miniature: the franka node's safety filter at ``rate`` Hz, an arm lagging its command (``tau``),
     and a ``source`` commanding spec action ``a`` every tick: a policy (a target per 0.1 s tick, stepped from the
-    commanded pose) or an operator (a twist of ``a`` per tick integrated into its target every filter tick). The recorder ticks ``phase`` s after
+    commanded pose; ``a[k]`` at its tick k when ``a`` is 2-D) or an operator (a twist of ``a`` per tick integrated
+    into its target every filter tick). The recorder ticks ``phase`` s after
     the policy. Returns (recorded actions, measured positions)."""
     from rig.safety import SafetyConfig, SafetyFilter
     from rig.safety_math import apply_twist
@@ -122,14 +123,17 @@ def _closed_loop(tmp_path, source: str, a: np.ndarray, phase: float, n: int = 12
     meas = np.array([0.45, -0.05, 0.3])
     f.reset(meas, Q0)
     target = (meas, Q0)
-    twist = (a[:3] * spec.action.max_translation * cfg.control_hz, a[3:6] * spec.action.max_rotation * cfg.control_hz)
-    t0, next_policy, next_rec, recorded = 1000.0, 1000.0, 1000.0 + phase, 0
+    twist = (a[..., :3] * spec.action.max_translation * cfg.control_hz, a[..., 3:6] * spec.action.max_rotation * cfg.control_hz)
+    t0, next_policy, next_rec, recorded, kp = 1000.0, 1000.0, 1000.0 + phase, 0, 0
     rec.start_episode()
     for i in range(int((n + 3) * period * rate)):
         now = t0 + i * dt
         if source == "policy" and now >= next_policy - 1e-9:
-            f.set_target(*spec.action.to_target(a, *f.applied_pose)[:2], now)
+            tpos, tquat, _ = spec.action.to_target(a[kp] if a.ndim == 2 else a, *f.applied_pose)
+            f.set_target(tpos, tquat, now)
+            rec.push("target", now, (tpos, tquat))
             next_policy += period
+            kp += 1
         elif source == "operator":  # the twist integrated on the operator's target, which the filter follows
             target = apply_twist(*target, *twist, dt)
             f.set_target(*target, now)
@@ -164,16 +168,28 @@ def test_recorded_action_is_the_commanded_one_at_any_timer_phase(tmp_path, sourc
     assert worst <= 0.02, f"recorded actions differ from the commanded ones by {worst:.4f} (limit 0.02)"
 
 
+def test_a_policys_changing_actions_are_recorded_each_at_its_tick_at_any_phase(tmp_path):
+    """The filter ramps each target in over part of a tick: each step still counts whole for its own tick."""
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.uniform(-0.4, 0.4, (16, 3)), rng.uniform(-0.25, 0.25, (16, 3)), np.ones((16, 1))], 1)
+    a = a.astype(np.float32)  # small enough for the filter to finish each ramp within the tick (see settled())
+    for phase in np.arange(0.005, 0.1, 0.0125):
+        acts, _ = _closed_loop(tmp_path, "policy", a, float(phase))
+        # the recorder's tick j (phase s after the policy's tick j) sees the policy's step j + 1
+        err = float(np.abs(acts - a[1:13]).max())
+        assert err <= 0.02, f"phase {phase:.4f}: recorded differs from commanded by {err:.4f}"
+
+
 def test_recorder_skips_ticks_and_steps_without_a_command(tmp_path):
     store = EpisodeStore(tmp_path / "s.zarr", "a", CFG.rig_spec())
     rec = Recorder(store).connect()
     rec.start_episode()
-    assert _feed(rec, 0.0, 4) == ["recorded"] * 4  # steps 0 and 1 complete at the 4th tick (0.3 s)
+    assert _feed(rec, 0.0, 5) == ["recorded"] * 5  # steps 0 and 1 complete by the 5th tick (0.4 s)
     rec.streams["command"].clear()  # the franka node stopped applying (e.g. homing)
-    assert rec.tick(0.45) == "skipped" and rec.last_skip == "missing:command"
-    rec.end_episode(None)  # steps 2 and 3 have no command at their ends: dropped, counted
+    assert rec.tick(0.55) == "skipped" and rec.last_skip == "missing:command"
+    rec.end_episode(None)  # steps 2, 3 and 4 have no command at their ends: dropped, counted
     assert rec.wait_idle()
     rec.close()
     a = store.episode(0)["action"]
     np.testing.assert_allclose(a[:, 0], 0.5, atol=1e-5)
-    assert len(a) == 2 and rec.counters["skipped_missing"] == 3 and "command" in rec.last_skip
+    assert len(a) == 2 and rec.counters["skipped_missing"] == 4 and "command" in rec.last_skip

@@ -1,0 +1,216 @@
+"""Actions as commanded, end to end on the sim backend (#17): franka node + env adapter + recorder cores.
+
+The franka node runs the sim backend (MuJoCo in-process) behind its safety filter; the env adapter
+commands it as a policy (``env.step``) and the operator takes over through ``teleop/twist``;
+recorder cores (the recorder node's core with its observer subscribed over DDS) tick at several
+phases of the env's control tick. Recorded actions must equal the commanded ones within 2 % of
+full scale at every phase (the typical step: on a loaded machine the franka node's control loop
+can starve and apply less than commanded, which is then what is recorded), ``intervene_action``
+likewise, and replaying a recorded episode's actions open loop must reproduce its trajectory.
+``-s`` prints the measured errors (docs/bench/data.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from _franka_harness import Harness
+from _ros_probe import Spinner
+
+from flywheel.data import EpisodeStore
+from flywheel.data.recorder import Recorder
+from rig.spec import RigSpec
+from robot.env import RosEnvConfig, RosRigEnv
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(400)]
+
+SIM = {"backend": "sim", "state_rate_hz": 100.0}
+SPEC = RigSpec(cameras=())
+PHASES = (0.0, 0.03, 0.06, 0.085)  # s after the env's tick
+N = 14  # steps per episode
+TOL = 0.02  # of full scale (the action is normalised to [-1, 1])
+
+
+class PhasedRecorders:
+    """Recorder cores subscribed over DDS, one per timer phase, ticked by a thread at ``control_hz``."""
+
+    def __init__(self, ns: str, tmp_path, phases=PHASES) -> None:
+        self.spinner = Spinner()
+        self.node = rclpy.create_node("recorders", namespace=ns, context=self.spinner.context)
+        self.recs: list[tuple[float, Recorder, EpisodeStore]] = []
+        for i, ph in enumerate(phases):
+            store = EpisodeStore(tmp_path / f"phase{i}.zarr", "a", SPEC)
+            rec = Recorder(store).connect()
+            rec.observer.subscribe(self.node)
+            self.recs.append((ph, rec, store))
+        from std_msgs.msg import Bool
+
+        from robot.ros.qos import LATCHED_QOS
+
+        self.Bool = Bool  # the teleop node's latched flag (a latched subscriber needs a latched publisher)
+        self.pub_intervening = self.node.create_publisher(Bool, "teleop/intervening", LATCHED_QOS)
+        self.spinner.add(self.node, activate=False)
+        self.spinner.start()
+        self.period = 1.0 / SPEC.action.control_hz
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def intervene(self, on: bool) -> None:
+        self.pub_intervening.publish(self.Bool(data=on))
+
+    def record(self, t0: float) -> None:
+        """Start an episode in every recorder, ticking at ``t0 + phase + k * period``."""
+        for _, rec, _ in self.recs:
+            rec.start_episode(task="commanded")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._tick, args=(t0,), daemon=True)
+        self._thread.start()
+
+    def _tick(self, t0: float) -> None:
+        nxt = [t0 + ph for ph, _, _ in self.recs]
+        while not self._stop.is_set():
+            now = time.time()
+            for i, (_, rec, _) in enumerate(self.recs):
+                if now >= nxt[i]:
+                    rec.tick(nxt[i])
+                    nxt[i] += self.period
+            time.sleep(0.001)
+
+    def stop(self) -> list[dict[str, np.ndarray]]:
+        """End the episodes; each recorder's last episode as arrays."""
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(5)
+        out = []
+        for _, rec, store in self.recs:
+            rec.end_episode(None)
+            assert rec.wait_idle(30)
+            store.refresh() if hasattr(store, "refresh") else None
+            ep = store.episode(store.num_episodes - 1)
+            if len(ep) < N // 2:
+                print(f"recorder: {rec.counters}, last skip: {rec.last_skip}")
+            out.append({k: np.asarray(ep[k]) for k in ("action", "state/ee_pos", "timestamp")})
+        return out
+
+    def close(self) -> None:
+        for _, rec, store in self.recs:
+            rec.close()
+            store.close()
+        self.spinner.close()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    h = Harness(SIM)
+    env = RosRigEnv(SPEC, RosEnvConfig(namespace=h.ns, max_obs_age=0.3, wait_timeout=5.0, max_episode_steps=1000))
+    recs = None
+    try:
+        assert h.wait_for(lambda: h.last["ee_pose"], 20.0), "no ee_pose from the sim backend"
+        env.connect()
+        recs = PhasedRecorders(h.ns, tmp_path_factory.mktemp("commanded"))
+        yield h, env, recs
+    finally:
+        if recs is not None:
+            recs.close()
+        env.close()
+        h.close()
+
+
+def _errors(eps: list[dict[str, np.ndarray]], expected: np.ndarray, skip_first: int = 1) -> np.ndarray:
+    """Per phase and step: |recorded - expected| (max over the 6 motion components), over the steps after
+    ``skip_first`` (the start from rest) and before the last three (the commands stop with the episode)."""
+    n = min(len(ep["action"]) for ep in eps) - 3
+    assert n >= N // 2, f"only {n + 3} steps recorded (ticks skipped: is the machine overloaded?)"
+    return np.stack([np.abs(ep["action"][skip_first:n, :6] - expected[:6]).max(axis=1) for ep in eps])
+
+
+def _phase_spread(eps: list[dict[str, np.ndarray]]) -> float:
+    """The largest difference between the phases' recordings of the same steps (aligned within one step)."""
+    n = min(len(ep["action"]) for ep in eps) - 3
+    ref = eps[1]["action"][1:n - 1, :6]
+    worst = 0.0
+    for ep in eps:
+        a = ep["action"][:n, :6]
+        worst = max(worst, min(float(np.abs(a[1 + k:n - 1 + k] - ref).max()) for k in (-1, 0, 1)))
+    return worst
+
+
+def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reproduces_the_episode(rig):
+    h, env, recs = rig
+    a = np.array([0.5, -0.3, 0.2, 0.0, 0.0, 0.3, 1.0], np.float32)
+    # --- a policy commands a through the env adapter
+    obs, info = env.reset()
+    recs.record(info["tick"])
+    for _ in range(N):
+        _, _, _, _, info = env.step(a)
+    time.sleep(0.05)
+    policy_eps = recs.stop()
+    pol = _errors(policy_eps, a)
+    spread = _phase_spread(policy_eps)
+    print(f"\npolicy a={a[:6]}: |recorded - commanded| over {pol.size} steps x {len(PHASES)} phases: "
+          f"median {np.median(pol):.4f}, 90th percentile {np.percentile(pol, 90):.4f}, max {pol.max():.4f}; "
+          f"within {TOL}: {np.mean(pol <= TOL):.0%}; largest difference between phases {spread:.4f}")
+    # a step the franka node did not finish within the tick (its control loop starved on a loaded machine) is
+    # recorded as what it applied, less than commanded: the typical step must match
+    assert np.median(pol) <= TOL / 2, pol
+
+    # --- replay the phase-0 episode's actions open loop from home: the same trajectory
+    ref = policy_eps[0]
+    obs, _ = env.reset()
+    traj = [obs["state/ee_pos"]]
+    for act in ref["action"][:-1]:
+        obs, *_ = env.step(act)
+        traj.append(obs["state/ee_pos"])
+    traj = np.asarray(traj)
+    dev = np.linalg.norm((traj - traj[0]) - (ref["state/ee_pos"] - ref["state/ee_pos"][0]), axis=1)
+    moved = float(np.linalg.norm(ref["state/ee_pos"][-1] - ref["state/ee_pos"][0]))
+    print(f"replay: moved {moved * 1e3:.1f} mm; trajectory deviation mean {dev.mean() * 1e3:.2f} mm, "
+          f"max {dev.max() * 1e3:.2f} mm, at the end {dev[-1] * 1e3:.2f} mm")
+    # no drift (the replay steps from the commanded pose, as recorded); the measured pose at a tick jitters
+    # with the sim's timing on a loaded machine (and a starved control loop finishes a different set of
+    # steps short), so only the end point is held, to 5 % of the travel
+    assert moved > 0.1 and dev[-1] <= 0.05 * moved, dev
+
+    # --- the operator takes over with a twist of a per tick; the env reports it as intervene_action
+    obs, info = env.reset()
+    recs.intervene(True)
+    assert h.wait_for(lambda: env.observer.intervening(time.time()), 5.0), "teleop/intervening not seen"
+    v = a[:3] * SPEC.action.max_translation * SPEC.action.control_hz
+    w = a[3:6] * SPEC.action.max_rotation * SPEC.action.control_hz
+    stop = threading.Event()
+
+    def operator() -> None:
+        while not stop.is_set():
+            h.send_teleop_twist(v, w)
+            time.sleep(0.01)
+
+    op = threading.Thread(target=operator, daemon=True)
+    op.start()
+    try:
+        time.sleep(0.3)  # the operator is moving (past the start from rest)
+        _, info = env.observe()
+        env._tick = info["tick"]
+        recs.record(info["tick"])
+        inter = []
+        for _ in range(N):
+            _, _, _, _, info = env.step(np.zeros(7, np.float32))  # ignored by the franka node while intervening
+            assert info["intervening"]
+            inter.append(info["intervene_action"])
+        teleop_eps = recs.stop()
+    finally:
+        stop.set()
+        op.join(2)
+        recs.intervene(False)
+    # what the arm was commanded: the applied command's motion per tick (the filter may brake a velocity twist)
+    commanded = np.median(np.asarray(inter)[2:], axis=0)
+    print(f"operator twist of a={a[:6]} per tick: the franka node applied {np.round(commanded[:6], 3)} per tick")
+    tel = _errors(teleop_eps, commanded, skip_first=0)
+    ienv = np.abs(np.asarray(inter)[1:, :6] - commanded[:6]).max(axis=1)
+    print(f"operator: |recorded - commanded| over {tel.size} steps x {len(PHASES)} phases: median "
+          f"{np.median(tel):.4f}, max {tel.max():.4f}; env intervene_action: median {np.median(ienv):.4f}, "
+          f"max {ienv.max():.4f}")
+    assert np.median(tel) <= TOL / 2 and np.median(ienv) <= TOL / 2, (tel, ienv)
