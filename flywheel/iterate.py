@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.cluster import ClusterConfig
 from flywheel.distill.generalist import GeneralistConfig, SFTConfig
 from flywheel.distill.rldg import RLDGConfig
 from flywheel.distill.specialist import SpecialistConfig
@@ -85,6 +86,8 @@ class IterateConfig:
     seed: int = 0
     threads: int = 1  # torch CPU threads (1 is fastest on a shared/loaded CPU; raise it on a quiet machine)
     progress: bool = True
+    device: str = "auto"  # evaluation and policy rollouts: auto (CUDA when present) | cpu | cuda; SFT: sft.device
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: evaluations on Ray workers
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
     specialist: SpecialistConfig = field(default_factory=SpecialistConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -156,11 +159,18 @@ class Iteration:
         f = out / "results.json"
         if not f.exists():
             res = evaluate(ckpt, self.eval_tasks, int(self.cfg.budget.eval_episodes), self.cfg.generalist,
-                           seed=HELDOUT_SEED, progress=self.cfg.progress)
+                           seed=HELDOUT_SEED, progress=self.cfg.progress, device=getattr(self.cfg, "device", "auto"),
+                           cluster=self._cluster())
             save_results(res, f)
         res = load_results(f)
         return {"results": str(f), "success": {t: r.rate for t, r in res.items()},
                 "mean_success": float(np.mean([r.rate for r in res.values()]))}
+
+    def _cluster(self) -> ClusterConfig:
+        c = getattr(self.cfg, "cluster", None)
+        cl = c if isinstance(c, ClusterConfig) else ClusterConfig(**_plain(c)) if c is not None else ClusterConfig()
+        cl.validate()
+        return cl
 
     # ------------------------------------------------------------- stages
     def bootstrap(self, ctx: Any) -> dict[str, Any]:
@@ -226,7 +236,9 @@ class Iteration:
         out: dict[str, Any] = {}
         if n <= 0:
             return out
-        pol = policy.load(cur["path"], device="cpu")
+        from policy.device import resolve_device
+
+        pol = policy.load(cur["path"], device=resolve_device(getattr(cfg, "device", "auto"), "device"))
         with self.store() as store:
             for t in cfg.tasks:
                 env = collect.make_env(t, privileged_state=False, **env_kwargs(cfg.generalist))

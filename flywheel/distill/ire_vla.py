@@ -50,6 +50,7 @@ class IReVLAConfig:
     head_lr: float = 3e-4
     critic_lr: float = 1e-3
     stage2_finetune: str = "full"  # full | lora
+    device: str = "auto"  # rollouts and evaluation: auto (CUDA when present) | cpu | cuda; stage 2 uses sft.device
 
 
 class CriticHead:
@@ -164,10 +165,12 @@ def awr_update(model: Any, critic: CriticHead, data: dict[str, np.ndarray], cfg:
 class NoisyVLAAgent:
     """The VLA acting through chunks with Gaussian exploration noise on the arm dims."""
 
-    def __init__(self, model: Any, instruction: str, execute: int, noise: float, seed: int = 0):
+    def __init__(self, model: Any, instruction: str, execute: int, noise: float, seed: int = 0,
+                 device: Any = "cpu"):
+        from policy.device import resolve_device
         from policy.inference import Policy
 
-        self.policy = Policy(model, device="cpu")
+        self.policy = Policy(model, device=resolve_device(device))
         self.instruction, self.execute, self.noise = instruction, int(execute), float(noise)
         self.rng = np.random.default_rng(seed)
         self._chunk: np.ndarray | None = None
@@ -215,7 +218,8 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
         inst = env.unwrapped.instruction
         for it in range(int(state["iteration"]), int(cfg.rl_iterations)):
             name = f"ire/{out_dir.name}/{task}/iter{it}"
-            agent = NoisyVLAAgent(model, inst, g.execute, cfg.exploration_noise, seed=seed + it)
+            agent = NoisyVLAAgent(model, inst, g.execute, cfg.exploration_noise, seed=seed + it,
+                                  device=getattr(cfg, "device", "cpu"))
             interv = None
             if cfg.intervene:
                 interv = sim.SimulatedIntervener(env, sim.expert(env, noise=0.3, seed=seed + it),
@@ -224,7 +228,7 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
             st = collect.record_rollouts(store, env, agent, seeds, source="rl", collection=name,
                                          policy_version=f"{out_dir.name}/iter{it}", intervener=interv,
                                          progress=progress)
-            model.to(torch.float32)
+            model.to("cpu", torch.float32)  # the latent cache and the AWR updates run on the CPU
             eps = collect.select(store, task=task, source="rl", success=None,
                                  collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(it + 1)])
             cache_latents(model, store, eps, out_dir / "latents")
@@ -335,7 +339,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
             ckpt = ctx.output(prev)["checkpoint"]
             if not f.exists():
                 save_results(evaluate(ckpt, eval_tasks, int(cfg.eval_episodes), g, seed=HELDOUT_SEED,
-                                      progress=progress), f)
+                                      progress=progress, device=getattr(ire, "device", "auto")), f)
             res = load_results(f)
             return {"results": str(f), "checkpoint": ckpt,
                     **{grp: float(np.mean([res[t].rate for t in ts])) if ts else None for grp, ts in groups.items()}}

@@ -79,7 +79,7 @@ class RLAppConfig:
     out_dir: str = "outputs/rl"
     resume: bool = True
     torch_threads: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # auto (CUDA when present) | cpu | cuda | cuda:N; the small SAC nets are fastest beside the sim
     reward: str = "success"  # success | env | classifier
     classifier: str = ""  # reward classifier .safetensors (reward=classifier)
     final_eval_episodes: int = 100

@@ -49,8 +49,10 @@ def build_agent(cfg: Any, env: Any) -> Any:
     latent = None
     if cfg.agent.encoder == "latent":
         latent = latent_encoder(cfg)
+    from policy.device import resolve_device
+
     return SACAgent(sac_config(cfg), obs_shapes_of(env.observation_space), latent_encoder=latent,
-                    device=cfg.device)
+                    device=resolve_device(cfg.device, "device"))
 
 
 def latent_encoder(cfg: Any) -> Any:
@@ -58,8 +60,10 @@ def latent_encoder(cfg: Any) -> Any:
     if not cfg.latent_policy:
         raise ValueError("agent.encoder=latent needs latent_policy=<generalist checkpoint dir>")
     import policy
+    from policy.device import resolve_device
 
-    return latent_encoder_from_policy(policy.load(cfg.latent_policy, device=cfg.device), cfg.latent_instruction)
+    return latent_encoder_from_policy(policy.load(cfg.latent_policy, device=resolve_device(cfg.device, "device")),
+                                      cfg.latent_instruction)
 
 
 def latent_encoder_from_policy(pol: Any, instruction: str = "") -> Any:
