@@ -12,7 +12,7 @@ from rig.safety import SafetyConfig, SafetyFilter
 from robot.backends.base import ArmState, Backend, ConnectionLost
 from robot.config import RobotConfig
 from robot.nodes.franka.control import ArmLoop, Latency
-from robot.nodes.franka.mux import CommandMux
+from robot.nodes.franka.mux import CommandMux, Outcome
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
 START = np.array([0.45, 0.0, 0.30])
@@ -165,6 +165,22 @@ def test_a_robot_error_stops_streaming_until_recovered_then_restarts_from_the_me
     arm.recover_ok, arm.fault = False, "still broken"
     ok, msg = loop.recover("requested")  # a failure after a success: logged at error, no crash
     assert not ok and "still broken" in msg and log.lines[-1][0] == "error"
+
+
+def test_commands_are_ignored_while_the_backend_is_lost():
+    loop, arm, mux, log, _, reports = make()
+    loop.connect_now()
+    t = time.monotonic()
+    loop.tick(t, 0.005)
+    assert mux.target_pose(START + [0.01, 0, 0], DOWN, "", time.time()) is Outcome.ACCEPTED
+    arm.lost = True
+    n = len(arm.commands)
+    loop.tick(t + 0.005, 0.005)
+    assert not loop.connected and loop.lost_reason == "UDP timeout" and reports
+    assert mux.target_pose(START + [0.01, 0, 0], DOWN, "", time.time()) is Outcome.IGNORED
+    loop.tick(t + 0.010, 0.005)
+    assert len(arm.commands) == n  # nothing streamed while disconnected
+    assert ("error", "backend lost: UDP timeout; reconnecting every 0.1 s") in log.lines
 
 
 def test_home_restarts_from_the_home_pose():

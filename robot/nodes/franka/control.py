@@ -248,6 +248,7 @@ class ArmLoop:
         self._publish_state(s, applied)
 
     def _lost(self, why: str) -> None:
+        self.mux.request_reset()  # commands are ignored until the reconnected arm's state arrives
         if self.connected:
             self.connected = False
             self.lost_reason = why
