@@ -142,7 +142,7 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
     proprio = np.concatenate([data.state[k] for k in ("state/ee_pos", "state/ee_quat", "state/gripper_width")], -1)
     stats = compute_stats(proprio, data.actions)
     cfg = CompactConfig(feature_block=args.feature_block, image_size=args.image_size, head=args.head,
-                        hidden_dim=args.hidden_dim, head_layers=args.head_layers)
+                        hidden_dim=args.hidden_dim, head_layers=args.head_layers, conv_kernel=args.conv_kernel)
     torch.manual_seed(0)
     model = CompactVLA(cfg, store.spec, stats)
     log.info("train: %d episodes, %d samples, head %d parameters, %d steps at batch %d", len(idx), len(data),
@@ -262,7 +262,8 @@ def main() -> None:
     ap.add_argument("--head", default="mlp", choices=["mlp", "token_learner", "flow"])
     ap.add_argument("--hidden-dim", type=int, default=512)
     ap.add_argument("--head-layers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--conv-kernel", type=int, default=1, choices=[1, 3])
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
