@@ -121,6 +121,9 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = True
     seed: int = 0
+    # several processes (accelerate launch / torchrun): ddp | fsdp (full shard; policy/distributed.py)
+    strategy: str = "ddp"
+    gradient_checkpointing: bool = False  # recompute the backbone's activations in backward (less memory)
 
 
 @dataclass
