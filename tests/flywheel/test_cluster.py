@@ -93,3 +93,36 @@ def test_a_killed_worker_is_replaced_and_nothing_is_double_counted(ray_cluster):
         assert pool.replaced >= 1
     assert got == serial
     assert sorted(seen) == sorted(serial)  # every episode reported exactly once
+
+
+def test_a_worker_rebuilds_the_policy_from_the_object_store_files(tmp_path):
+    """What goes in the object store (the checkpoint's files) is the policy: same actions as policy.load."""
+    import numpy as np
+    import torch
+
+    import policy
+    from flywheel.cluster import EpisodeWorker, checkpoint_files
+    from policy.config import PolicyConfig
+    from policy.model import VLA
+    from policy.tiny import make_tiny_backbone
+    from rig.spec import default_spec
+
+    bb = make_tiny_backbone("smolvlm", tmp_path / "bb")
+    torch.manual_seed(0)
+    VLA.from_backbone(PolicyConfig(backbone=str(bb), hidden_dim=32, num_tokens=4), default_spec(32)).save_pretrained(
+        tmp_path / "ckpt")
+    files = checkpoint_files(tmp_path / "ckpt")
+    assert "policy_config.json" in files and "model.safetensors" in files
+    w = EpisodeWorker(PolicySource(checkpoint="/nonexistent/on/the/worker", device="cpu"), files)
+    try:
+        ref = policy.load(tmp_path / "ckpt", device="cpu")
+        rng = np.random.default_rng(0)
+        obs = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in ref.spec.state_specs().items()}
+        for c in ref.spec.cameras:
+            obs[f"images/{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
+        obs["instruction"] = "insert the peg"
+        np.testing.assert_allclose(w.policy.infer(obs)["actions"], ref.infer(obs)["actions"], atol=1e-6)
+    finally:
+        w.close()
+    with pytest.raises(FileNotFoundError, match="policy_config.json"):
+        checkpoint_files(tmp_path)
