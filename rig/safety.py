@@ -411,6 +411,7 @@ class SafetyFilter:
 
     def _stop_here(self) -> None:
         """At rest where it is: the braking path is the pose itself."""
+        assert self._pos is not None and self._quat is not None, "reset() first"
         self._vel = self._omega = (0.0, 0.0, 0.0)
         self._safe_lin = self._in_box(self._pos)
         self._safe_rot = self._tilt(self._quat) <= self._max_tilt + _TILT_EPS
@@ -424,6 +425,7 @@ class SafetyFilter:
         """
         cfg = self.cfg
         p, v0 = self._pos, self._vel
+        assert p is not None, "reset() first"
         acc = float(cfg.max_linear_acceleration)
         cap = min(float(cfg.max_linear_velocity), float(cfg.max_step_translation) / dt)
         e = (goal[0] - p[0], goal[1] - p[1], goal[2] - p[2])
@@ -441,7 +443,7 @@ class SafetyFilter:
                 v = _brake(v0, acc * dt, cap)  # stays on the last braking path: inside if that was safe
         else:
             self._safe_lin = False  # outside (the arm started there): no promise until the check passes
-        new = (p[0] + v[0] * dt, p[1] + v[1] * dt, p[2] + v[2] * dt)
+        new: tuple[float, ...] = (p[0] + v[0] * dt, p[1] + v[1] * dt, p[2] + v[2] * dt)
         if (safe or self._safe_lin) and not self._in_box(new):  # rounding only
             new = tuple(min(max(x, lo), hi) for x, lo, hi in zip(new, self._lo, self._hi, strict=True))
         # the velocity actually realised (a tiny dt rounds the step away): the next tick accelerates from it
@@ -452,6 +454,7 @@ class SafetyFilter:
         with the tilt cone and ``_safe_rot``)."""
         cfg = self.cfg
         q, w0 = self._quat, self._omega
+        assert q is not None, "reset() first"
         acc = float(cfg.max_angular_acceleration)
         # and slow enough to brake within a quarter turn: a longer braking arc could leave the cone between
         # two ends inside it (sqrt(pi * acc): 7.9 rad/s at the default acceleration, above the velocity limit)
