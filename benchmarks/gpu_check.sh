@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One short check for a CUDA machine (< 10 min on one GPU): writes a markdown table.
+# One short check for a CUDA machine (< 10 min on one GPU; each part has its own timeout): writes a markdown table.
 #
 #   benchmarks/gpu_check.sh [OUT.md]        (default outputs/bench/gpu_check.md; paste it into docs/bench/scaling.md)
 #
@@ -55,6 +55,7 @@ def latency(rows):
             rows.append({"what": f"latency {name} {'compiled' if compiled else 'eager'}", "p50_ms": r["p50_ms"],
                          "p99_ms": r["p99_ms"], "warmup_s": r["warmup_s"]})
             print(rows[-1], flush=True)
+            json.dump(rows, open(out, "w"))  # what is measured survives a timeout
 
 
 def sft_rate(model, batch, steps, strategy="ddp", world=1):
@@ -80,14 +81,15 @@ def sft_rate(model, batch, steps, strategy="ddp", world=1):
     return rank, sps, mem
 
 
-if mode == "single":
+if mode == "latency":
+    latency([])
+elif mode == "sft":
     rows = []
-    latency(rows)
     for name, batch in [("compact", 32), ("smolvlm", 16)] + ([("smolvlm-500m", 8)] if big else []):
         _, sps, mem = sft_rate(build(name), batch, 12)
         rows.append({"what": f"SFT {name} batch {batch} (1 process, bf16)", "samples_per_s": sps, "peak_GiB": mem})
         print(rows[-1], flush=True)
-    json.dump(rows, open(out, "w"))
+        json.dump(rows, open(out, "w"))
 else:  # ddp | fsdp under torchrun: the 0.5B VLA
     rank, sps, mem = sft_rate(build("smolvlm-500m"), 4, 8, strategy=mode)
     if rank == 0:
@@ -95,14 +97,16 @@ else:  # ddp | fsdp under torchrun: the 0.5B VLA
                     "samples_per_s": sps, "peak_GiB": mem}], open(out, "w"))
 EOF
 
-echo "== 1-2. latency and single-process SFT on $DEV"
-timeout 330 "$PY" "$WORK/check.py" single "$DEV" "$WORK/single.json" || echo "single-process part failed or timed out"
+echo "== 1. per-chunk latency on $DEV"
+timeout 240 "$PY" "$WORK/check.py" latency "$DEV" "$WORK/1_latency.json" || echo "latency: failed or timed out"
+echo "== 2. single-process SFT on $DEV"
+timeout 120 "$PY" "$WORK/check.py" sft "$DEV" "$WORK/2_sft.json" || echo "SFT: failed or timed out"
 
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$DEV" = cuda ] && [ "$NGPU" -ge 2 ]; then
   for s in ddp fsdp; do
     echo "== 3. $s on 2 GPUs"
-    timeout 90 "$(dirname "$PY")/torchrun" --nproc_per_node=2 "$WORK/check.py" "$s" cuda "$WORK/$s.json" \
+    timeout 75 "$(dirname "$PY")/torchrun" --nproc_per_node=2 "$WORK/check.py" "$s" cuda "$WORK/3_$s.json" \
       || echo "$s failed or timed out"
   done
 else
@@ -112,13 +116,13 @@ fi
 if [ "$DEV" = cuda ]; then
   echo "== 4. a short distillation on CUDA (flywheel-iterate budget=tiny)"
   t0=$(date +%s)
-  if timeout 240 "$(dirname "$PY")/flywheel-iterate" budget=tiny "workdir=$WORK/flywheel" device=cuda sft.device=cuda \
+  if timeout 180 "$(dirname "$PY")/flywheel-iterate" budget=tiny "workdir=$WORK/flywheel" device=cuda sft.device=cuda \
       progress=false "hydra.run.dir=$WORK/hydra" > "$WORK/distill.log" 2>&1; then
-    echo "{\"what\": \"flywheel-iterate budget=tiny on CUDA\", \"wall_s\": $(( $(date +%s) - t0 ))}" > "$WORK/distill.json"
+    echo "{\"what\": \"flywheel-iterate budget=tiny on CUDA\", \"wall_s\": $(( $(date +%s) - t0 ))}" > "$WORK/4_distill.json"
   else
     tail -20 "$WORK/distill.log"
     echo "{\"what\": \"flywheel-iterate budget=tiny on CUDA: FAILED (see log)\", \"wall_s\": $(( $(date +%s) - t0 ))}" \
-      > "$WORK/distill.json"
+      > "$WORK/4_distill.json"
   fi
 fi
 
