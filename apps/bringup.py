@@ -65,6 +65,7 @@ class RigUpConfig:
     instruction: str = ""  # initial language instruction for the policy
     record_path: str = ""  # start the recorder node writing episodes to this zarr store
     task: str = ""  # task name the recorder stores with every episode
+    action_origin: str = "measured"  # measured (as in sim) | commanded: the policy node and recorder get the same
     duration: float = 0.0  # s to run, 0 = until Ctrl-C
     console: bool = False  # start the operator console (apps/console), a web page beside the rig
     console_host: str = "127.0.0.1"  # its bind address; anything wider needs the token in the URL
@@ -154,7 +155,8 @@ def graph(cfg: Any) -> list[NodeDescription]:
         ))
     if cfg.get("policy_checkpoint") or cfg.get("policy_server"):
         params = {"checkpoint": str(cfg.get("policy_checkpoint", "")), "instruction": str(cfg.get("instruction", "")),
-                  "control_hz": float(rig.control_hz), "gripper_speed": float(rig.robot.gripper_speed)}
+                  "control_hz": float(rig.control_hz), "gripper_speed": float(rig.robot.gripper_speed),
+                  "action_origin": str(cfg.get("action_origin", "measured"))}
         if cfg.get("policy_server"):  # the remote backend (policy.remote); its API key: $POLICY_SERVE_API_KEY
             host, _, port = str(cfg.policy_server).rpartition(":")
             params.update(backend="remote", host=host or "127.0.0.1", port=int(port),
@@ -171,6 +173,7 @@ def graph(cfg: Any) -> list[NodeDescription]:
                 "max_translation": float(rig.max_translation),
                 "max_rotation": float(rig.max_rotation),
                 "chunk_horizon": int(rig.chunk_horizon),
+                "action_origin": str(cfg.get("action_origin", "measured")),  # the policy node's
                 "task": str(cfg.get("task", "")),
                 "source": "policy" if cfg.get("policy_checkpoint") or cfg.get("policy_server") else "human",
                 "policy_version": str(cfg.get("policy_checkpoint") or cfg.get("policy_server") or ""),

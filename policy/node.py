@@ -8,10 +8,12 @@ name), ``ee_wrench`` (both zeros while silent or stale) and the franka node's
 ``command_applied``; and ``policy/instruction``. Every callback is guarded (a
 bad message is counted and reported on ``/diagnostics``, the node goes on).
 Publishes ``target_pose`` (absolute TCP target from
-:meth:`rig.spec.ActionSpec.to_target` around the commanded pose, i.e. the
-latest ``command_applied``, so an action is the step of the arm's command, the
-meaning the recorder stores; the measured pose until the franka node applies
-one, or always with ``action_origin: measured``) and ``gripper/command`` for the
+:meth:`rig.spec.ActionSpec.to_target` around the pose of ``action_origin``:
+``measured``, default, the latest measured TCP pose at the control tick, the
+sim's meaning, the target stamped just after that pose sample (where the
+recorder's window starts); ``commanded``, the latest ``command_applied``, so an action is the
+step of the arm's command, the measured pose until the franka node applies one;
+the recorder node must use the same value, which ``rig-up`` passes to both) and ``gripper/command`` for the
 franka node, and its health and latency on ``/diagnostics``.
 
 A worker thread runs inference while a control timer (``control_hz``) executes
@@ -48,7 +50,7 @@ from rig.spec import RigSpec, check_compatible
 from robot.ros.convert import BASE_FRAME, GRIPPER_JOINT, ConversionError, finite, pose_stamped, to_stamp
 from robot.ros.diagnostics import ERROR, OK, WARN
 from robot.ros.lifecycle import RigNode, run_lifecycle_node
-from robot.ros.observer import ObservationUnavailable, Observer
+from robot.ros.observer import ORIGIN_STAMP_OFFSET, ObservationUnavailable, Observer
 from robot.ros.params import ParameterError, declare_dataclass, read_dataclass, require
 from robot.ros.qos import COMMAND_QOS
 
@@ -63,7 +65,7 @@ class PolicyNodeParams(PolicyNodeConfig):
     port: int = 8000
     remote_mapping: str = ""  # backend=remote: "" (policy-serve), a preset (droid) or a mapping YAML/JSON
     image_codec: str = "raw"  # backend=remote: raw | jpeg (used when the server decodes JPEG)
-    action_origin: str = "commanded"  # commanded (command_applied) | measured: the pose an action steps from
+    action_origin: str = "measured"  # measured (as in sim) | commanded (command_applied): the pose an action steps from
 
 
 class NonFiniteActions(ValueError):
@@ -189,12 +191,22 @@ class PolicyNode(RigNode):
         obs["instruction"] = instruction
         return obs, o.tick - o.age, ""
 
-    def _origin(self, now_wall: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """The pose the next action steps from (the applied command, else the measured pose), or None if stale."""
+    def _origin(self, now_wall: float) -> tuple[np.ndarray, np.ndarray, float | None] | None:
+        """(pos, quat, target stamp) the next action steps from, or None if stale.
+
+        ``commanded``: the applied command (stamped when sent), else the measured pose, its target
+        stamped just after the pose sample (so the recorder's window starts at that sample).
+        """
         assert self.observer is not None
         cmd = self.observer.fresh("command", now_wall) if self.p.action_origin == "commanded" else None
-        pose = cmd if cmd is not None else self.observer.fresh("ee_pose", now_wall)
-        return None if pose is None else (np.asarray(pose[0], np.float64), np.asarray(pose[1], np.float64))
+        if cmd is not None:
+            return np.asarray(cmd[0], np.float64), np.asarray(cmd[1], np.float64), None
+        try:
+            ts, pose = self.observer.sample("ee_pose", now_wall)
+        except ObservationUnavailable:
+            return None
+        stamp = ts + ORIGIN_STAMP_OFFSET if self.p.action_origin == "measured" else None
+        return np.asarray(pose[0], np.float64), np.asarray(pose[1], np.float64), stamp
 
     # --------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -264,10 +276,11 @@ class PolicyNode(RigNode):
             self.scheduler.reset()  # robot state went stale: drop the plan, stay silent
         self._diagnose(sent)
 
-    def _publish(self, action: np.ndarray, ee_pos: np.ndarray, ee_quat: np.ndarray) -> None:
+    def _publish(self, action: np.ndarray, ee_pos: np.ndarray, ee_quat: np.ndarray,
+                 stamp: float | None = None) -> None:
         pos, quat, width = self.spec.action.to_target(action, ee_pos, ee_quat)
         finite("target", pos, quat, width)  # never publish NaN; the guard reports it
-        t = to_stamp(time.time())
+        t = to_stamp(time.time() if stamp is None else stamp)
         msg = pose_stamped(pos, quat, frame_id=BASE_FRAME)
         msg.header.stamp = t
         self._target_pub.publish(msg)

@@ -3,11 +3,13 @@
 :class:`RosRigEnv` speaks the rig spec: the observation is the spec's dict
 (``state/...`` and ``images/<camera>`` at the spec's size), the action is the
 spec's normalised 7-d delta, turned into an absolute ``target_pose`` and a
-``gripper/command`` by :meth:`rig.spec.ActionSpec.to_target` around the
-commanded pose (``action_origin="commanded"``: the franka node's
-``command_applied`` at the tick, so an action is the step of the arm's command,
-the meaning the recorder stores; the measured TCP pose until the node applies
-one, or always with ``action_origin="measured"``). One :meth:`step` publishes
+``gripper/command`` by :meth:`rig.spec.ActionSpec.to_target` around the pose
+of ``action_origin``: ``"measured"`` (default, the sim's meaning: the latest
+measured TCP pose when the target is sent; the target is stamped just after
+that pose sample, where the recorder's window starts, so the recorder with the
+same ``action_origin`` stores the action exactly) or ``"commanded"`` (the franka node's ``command_applied`` at the
+tick, so an action is the step of the arm's command; the measured pose until the
+node applies one). One :meth:`step` publishes
 the targets, waits for the next control tick (``1 / control_hz``) and takes the
 observation at that tick from :class:`robot.ros.observer.Observer` (the latest
 sample of every topic stamped at or before it). A sample older than
@@ -23,7 +25,8 @@ device), when the optional ``reward_fn`` (a learned reward classifier,
 ``success``), or after ``max_episode_steps`` (truncated; the env publishes
 ``failure``); ``info["is_success"]`` says which. A recorder node on the graph
 therefore labels every episode the env runs. ``info["intervening"]`` and ``info["intervene_action"]`` (the
-command the operator gave the arm between the previous tick and this one, as a spec action:
+command the operator gave the arm between the previous tick and this one, as a spec action in the meaning of
+``action_origin``: measured, the command at this tick relative to the measured pose at the previous one;
 :meth:`~robot.ros.observer.Observer.commanded_action`) feed HIL-SERL.
 
 The env owns its own rclpy context and a single-threaded executor in a
@@ -44,7 +47,7 @@ import numpy as np
 
 from rig.spec import RigSpec
 from robot.ros.convert import BASE_FRAME, to_stamp
-from robot.ros.observer import ObservationUnavailable, Observer
+from robot.ros.observer import ORIGIN_STAMP_OFFSET, ObservationUnavailable, Observer
 
 
 class StaleObservation(RuntimeError):
@@ -63,7 +66,7 @@ class RosEnvConfig:
     home_timeout: float = 30.0  # s for the home service
     success_threshold: float = 0.5  # reward_fn output that counts as success
     connect_timeout: float = 10.0  # s to wait for the first samples of every topic
-    action_origin: str = "commanded"  # commanded (command_applied) | measured: the pose an action steps from
+    action_origin: str = "measured"  # measured (as in sim) | commanded (command_applied): the pose an action steps from
 
 
 def observation_space(spec: RigSpec) -> gym.spaces.Dict:
@@ -213,13 +216,18 @@ class RosRigEnv(gym.Env):
         return o.obs, {"tick": o.tick, "ages": o.ages, "obs_age": o.age}
 
     def action_origin(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """The pose an action at tick ``t`` steps from: the applied command (``action_origin``), else measured."""
+        """The pose an action steps from: the applied command at ``t`` (``commanded``), else the measured pose at ``t``."""
+        return self._origin(t)[:2]
+
+    def _origin(self, t: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """(pos, quat, the target's stamp): measured, just after the pose sample's (the recorder's window start)."""
         if self.cfg.action_origin == "commanded":
             cmd = self.observer.fresh("command", t)
             if cmd is not None:
-                return np.asarray(cmd[0], np.float64), np.asarray(cmd[1], np.float64)
-        pos, quat = self.observer.sample("ee_pose", t, np.inf)[1]
-        return np.asarray(pos, np.float64), np.asarray(quat, np.float64)
+                return np.asarray(cmd[0], np.float64), np.asarray(cmd[1], np.float64), None
+        ts, (pos, quat) = self.observer.sample("ee_pose", t, np.inf)
+        stamp = ts + ORIGIN_STAMP_OFFSET if self.cfg.action_origin == "measured" else None
+        return np.asarray(pos, np.float64), np.asarray(quat, np.float64), stamp
 
     # -------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -248,8 +256,11 @@ class RosRigEnv(gym.Env):
             raise RuntimeError("step() before reset(): call env.reset() first")
         a = self.spec_.action.check(np.asarray(action, np.float32))
         prev = self._tick
-        pos, quat, width = self.spec_.action.to_target(a, *self.action_origin(prev))
-        self._publish_targets(pos, quat, width)
+        # measured: the latest pose when the target is sent, which its stamp names (the recorder's window start)
+        origin_t = prev if self.cfg.action_origin == "commanded" else max(prev, time.time())
+        opos, oquat, stamp = self._origin(origin_t)
+        pos, quat, width = self.spec_.action.to_target(a, opos, oquat)
+        self._publish_targets(pos, quat, width, stamp)
         # wait for the next control tick; a late step starts the next period from now
         self._tick += self.period
         late = time.time() - self._tick
@@ -288,11 +299,11 @@ class RosRigEnv(gym.Env):
         if self._node is None:
             raise RuntimeError("RosRigEnv is not connected: call env.connect() (or use it as a context manager)")
 
-    def _publish_targets(self, pos: np.ndarray, quat: np.ndarray, width: float) -> None:
+    def _publish_targets(self, pos: np.ndarray, quat: np.ndarray, width: float, stamp: float | None = None) -> None:
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
 
-        now = to_stamp(time.time())
+        now = to_stamp(time.time() if stamp is None else stamp)
         msg = PoseStamped()
         msg.header.stamp, msg.header.frame_id = now, BASE_FRAME
         p, o = msg.pose.position, msg.pose.orientation
@@ -317,7 +328,7 @@ class RosRigEnv(gym.Env):
         out: dict[str, Any] = {"intervening": intervening}
         if intervening:
             try:
-                out["intervene_action"] = self.observer.commanded_action(t0, t1)
+                out["intervene_action"] = self.observer.commanded_action(t0, t1, origin=self.cfg.action_origin)
             except ObservationUnavailable:  # the franka node applied nothing (holding): no operator action
                 pass
         return out

@@ -20,10 +20,16 @@ stream              value                            required
 At every control tick :meth:`Recorder.tick` takes each stream's latest sample at
 or before the tick (a tick with a missing or older-than-``max_age`` stream is
 skipped and counted) and builds the spec observation. The step's action is the
-command the arm was given for that tick, as in sim: the applied TCP target's
-step over one period, from the target in force at the tick ``t`` to the one in
-force at ``t + 1 / control_hz``
-(:meth:`robot.ros.observer.Observer.commanded_action`), plus the applied gripper
+command the arm was given for that tick, in the meaning of ``action_origin`` (the
+same value as the policy node's and the env adapter's; ``rig-up`` passes one
+value to all): with ``"measured"`` (default, the sim's meaning) the applied TCP
+target in force at the end of the window ``(t, t + 1 / control_hz]`` relative
+to the *measured* TCP pose at its start (the pose a measured-origin policy
+stepped from), so a policy's action is recorded exactly once the safety filter
+has reached its target within the window, and an operator's motion is the
+command relative to where the arm was; with ``"commanded"`` the applied
+target's step over the window, from the target in force at its start
+(:meth:`robot.ros.observer.Observer.commanded_action`). Plus the applied gripper
 command; a late or early timer does not change it. Unless the operator
 intervenes, each window end moves to just before the policy's next
 ``target_pose`` (the safety filter ramps a target in over part of a tick), so
@@ -31,7 +37,8 @@ each step counts whole for the tick in which it was commanded, at any phase of
 the recorder's timer (:meth:`~robot.ros.observer.Observer.boundary`). So a step
 is complete up to two periods later; it is queued at the first tick ``ARRIVAL_MARGIN`` after that
 (every command sample has arrived). At the end of an episode the last step's
-motion is the command's rate since its tick, scaled to one period. Steps go to a writer thread through a queue bounded at
+motion is the command's rate since its tick, scaled to one period (measured: plus
+the command's lead over the measured pose at the tick). Steps go to a writer thread through a queue bounded at
 ``queue_size`` steps (a full queue drops the step and counts it; episode events
 are never dropped). The writer thread resizes images to the spec size, appends
 to the store and commits episodes.
@@ -87,6 +94,8 @@ class RecorderConfig:
     queue_size: int = 64  # steps buffered for the writer thread before steps are dropped
     success_reward: float = 1.0  # reward of the last step of a successful episode
     autostart: bool = True  # configure and activate at start (false: wait for a lifecycle manager)
+    # the pose a recorded action steps from: measured (as in sim) | commanded; must equal the policy node's
+    action_origin: str = "measured"
 
     def rig_spec(self):
         from rig.spec import ActionSpec, CameraSpec, RigSpec
@@ -103,7 +112,10 @@ class Recorder:
 
     def __init__(self, store: EpisodeStore, *, queue_size: int = 64, max_age: float = 0.5,
                  success_reward: float = 1.0, episode_meta: Mapping[str, Any] | None = None,
-                 commit_retries: int = 3) -> None:
+                 commit_retries: int = 3, action_origin: str = "measured") -> None:
+        if action_origin not in ("measured", "commanded"):
+            raise ValueError(f"Recorder action_origin {action_origin!r}: measured or commanded")
+        self.action_origin = action_origin
         self.store = store
         self.spec = store.spec
         self.cameras = [f"images/{c}" for c in self.spec.camera_names]
@@ -193,9 +205,9 @@ class Recorder:
     def sample(self, t: float) -> tuple[dict[str, np.ndarray], np.ndarray, bool] | str:
         """(observation, action, intervening) at ``t``, or the reason the tick cannot be sampled.
 
-        The action here is the applied target relative to the *measured* pose at ``t`` (what a bag
-        exported by ``flywheel-data export-mcap`` encodes); live recording uses :meth:`tick`, whose
-        action is the commanded step.
+        The action here is the applied target at ``t`` relative to the *measured* pose at ``t`` (what a
+        bag exported by ``flywheel-data export-mcap`` encodes); live recording uses :meth:`tick`, whose
+        action is the command at the end of the step's window (see ``action_origin``).
         """
         ob = self.observer
         try:
@@ -258,12 +270,15 @@ class Recorder:
         end = t + self.period
         latest = ob.latest("command")
         if latest is not None and latest[0] >= end:
-            return ob.commanded_action(t, end, snap=self.period)
+            return ob.commanded_action(t, end, snap=self.period, origin=self.action_origin)
         start = ob.streams["command"].at(t)
         covered = 0.0 if latest is None or start is None else latest[0] - start[0]
         if covered >= MIN_FINAL_COVERAGE * self.period:
             a = ob.commanded_action(t, latest[0])
-            a[:6] = np.clip(a[:6] * (self.period / covered), -1.0, 1.0)
+            a[:6] = a[:6] * (self.period / covered)
+            if self.action_origin == "measured":  # the command's lead over the arm at the tick
+                a[:6] += ob.commanded_action(t, t, origin="measured")[:6]
+            a[:6] = np.clip(a[:6], -1.0, 1.0)
             return a
         a = ob.commanded_action(t, t)  # the gripper command at t; the motion of the step before
         if self._last_action is not None:

@@ -6,7 +6,10 @@ Subscribes (relative names) to ``joint_states``, ``ee_pose``, ``ee_wrench``,
 ``cameras/<name>/image_raw`` through the recorder's
 :class:`robot.ros.observer.Observer`; samples them at ``control_hz`` by the
 latest-at-or-before rule on the messages' header stamps, records each step's
-action as commanded (the applied target's step over the tick) and writes episodes
+action as commanded, in the meaning of ``action_origin`` (``measured``, default:
+the applied target at the end of the tick's window relative to the measured
+pose at its start, as in sim; ``commanded``: the applied target's step over the
+tick; it must be the policy node's value, which ``rig-up`` passes to both) and writes episodes
 through :class:`flywheel.data.recorder.Recorder` (a writer thread with a bounded
 queue, so the store never blocks the executor). ``episode/event`` starts
 (``start``), labels and ends (``success``/``failure``), ends unlabelled
@@ -14,7 +17,7 @@ queue, so the store never blocks the executor). ``episode/event`` starts
 skips, queue depth, errors) goes to ``/diagnostics``.
 
 Parameters: the fields of :class:`flywheel.data.recorder.RecorderConfig`
-(``store``, ``control_hz``, ``cameras``, ``image_size``, ``task``, ``source``...).
+(``store``, ``control_hz``, ``cameras``, ``image_size``, ``task``, ``source``, ``action_origin``...).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class RecorderNode(RigNode):
         require(p.source in SOURCES, "source", p.source, f"must be one of {SOURCES}")
         require(p.queue_size > 0, "queue_size", p.queue_size, "must be > 0")
         require(p.image_size > 0, "image_size", p.image_size, "must be > 0")
+        require(p.action_origin in ("measured", "commanded"), "action_origin", p.action_origin,
+                "must be measured or commanded (the policy node's value)")
         require(all("=" in c for c in p.camera_ids), "camera_ids", p.camera_ids,
                 "give name=serial pairs, e.g. front=123456")
         self.p = p
@@ -63,7 +68,8 @@ class RecorderNode(RigNode):
                     calibration_id=p.calibration_id,
                     camera_ids=dict(c.split("=", 1) for c in p.camera_ids))
         self.recorder = Recorder(self.store, queue_size=p.queue_size, max_age=p.max_age,
-                                 success_reward=p.success_reward, episode_meta=meta)
+                                 success_reward=p.success_reward, episode_meta=meta,
+                                 action_origin=p.action_origin)
         self.diag = self.make_diagnostics("recorder", hardware_id=p.store)
         self.recorder.observer.subscribe(self)
         self.guarded_subscription(String, "episode/event", self._on_event, 10)

@@ -49,10 +49,13 @@ from robot.ros.convert import (
 )
 
 __all__ = ["TimeBuffer", "Observer", "Observation", "ObservationUnavailable", "STATE_STREAMS",
-           "COMMAND_STREAMS", "stream_topic"]
+           "COMMAND_STREAMS", "ORIGIN_STAMP_OFFSET", "stream_topic"]
 
 #: the robot state streams of every observation, in the order they are checked
 STATE_STREAMS = ("joint_states", "ee_pose", "ee_wrench", "gripper")
+#: s after the ``ee_pose`` sample it steps from that a measured-origin sender stamps its ``target_pose``, so
+#: the recorder's window (which starts just before the target's stamp) starts at that very sample
+ORIGIN_STAMP_OFFSET = 1e-5
 #: the franka node's applied commands and the operator's flag (``Observer(commands=True)``)
 COMMAND_STREAMS = ("command", "gripper_command", "intervening", "target")
 _TOPICS = {
@@ -276,18 +279,23 @@ class Observer:
         return nxt[0][0] - 1e-6 if nxt else t
 
     def commanded_action(self, t0: float, t1: float, *, max_age: float | None = None,
-                         snap: float = 0.0) -> np.ndarray:
+                         snap: float = 0.0, origin: str = "commanded") -> np.ndarray:
         """The spec action commanded over (``t0``, ``t1``]: the applied target at ``t1`` relative to ``t0``'s.
 
-        Translation and rotation are the applied target's step (as :meth:`ActionSpec.from_target`
-        around the target in force at ``t0``); the gripper is the applied gripper command at ``t1``
-        (the measured width when none was applied). With ``snap`` > 0 each end moves to the policy's
-        next target within ``snap`` s (:meth:`boundary`). Raises
-        :class:`ObservationUnavailable` when the ``command`` stream has no sample at either end.
+        Translation and rotation are the applied target at ``t1`` as :meth:`ActionSpec.from_target`
+        around the pose at ``t0``: with ``origin="commanded"`` the target in force at ``t0`` (the
+        command's step), with ``origin="measured"`` the measured TCP pose at ``t0`` (the pose a
+        measured-origin policy stepped from, as in sim); the gripper is the applied gripper command
+        at ``t1`` (the measured width when none was applied). With ``snap`` > 0 each end moves to the
+        policy's next target within ``snap`` s (:meth:`boundary`). Raises
+        :class:`ObservationUnavailable` when the ``command`` stream (or, measured, ``ee_pose``) has
+        no sample at an end.
         """
+        if origin not in ("commanded", "measured"):
+            raise ValueError(f"commanded_action origin {origin!r}: commanded or measured")
         limit = self.max_age if max_age is None else max_age
         b0, b1 = self.boundary(t0, snap), self.boundary(t1, snap)
-        p0, q0 = self.sample("command", b0, limit)[1]
+        p0, q0 = self.sample("command" if origin == "commanded" else "ee_pose", b0, limit)[1]
         p1, q1 = self.sample("command", b1, limit)[1]
         g = self.streams["gripper_command"].at(t1)
         width = float(g[1]) if g is not None else float(self.sample("gripper", t1, np.inf)[1])

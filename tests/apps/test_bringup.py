@@ -62,6 +62,9 @@ def test_optional_nodes_start_when_configured():
     rec = nodes["recorder"].parameters
     assert rec["store"] == "/data/ep.zarr" and rec["cameras"] == ["front", "wrist"] and rec["image_size"] == 128
     assert rec["source"] == "policy" and rec["policy_version"] == "/ckpt"
+    assert rec["action_origin"] == nodes["policy"].parameters["action_origin"] == "measured"  # one meaning
+    cmd = _by_name(graph(compose_rig(["policy_checkpoint=/c", "record_path=/d.zarr", "action_origin=commanded"])))
+    assert cmd["recorder"].parameters["action_origin"] == cmd["policy"].parameters["action_origin"] == "commanded"
 
 
 @pytest.mark.ros

@@ -3,11 +3,13 @@
 The franka node runs the sim backend (MuJoCo in-process) behind its safety filter; the env adapter
 commands it as a policy (``env.step``) and the operator takes over through ``teleop/twist``;
 recorder cores (the recorder node's core with its observer subscribed over DDS) tick at several
-phases of the env's control tick. Recorded actions must equal the commanded ones within 2 % of
-full scale at every phase (the typical step: on a loaded machine the franka node's control loop
-can starve and apply less than commanded, which is then what is recorded), ``intervene_action``
-likewise, and replaying a recorded episode's actions open loop must reproduce its trajectory.
-``-s`` prints the measured errors (docs/bench/data.md).
+phases of the env's control tick. Both ``action_origin`` values, env and recorders alike: ``measured``
+(the default, the sim's meaning) and ``commanded``. A policy's recorded actions must equal the
+commanded ones within 2 % of full scale at every phase (the typical step: on a loaded machine the
+franka node's control loop can starve and apply less than commanded, which is then what is
+recorded); the operator's must equal the env's ``intervene_action`` (same meaning), and replaying a
+recorded episode's actions open loop must reproduce its trajectory. ``-s`` prints the measured
+errors (docs/bench/data.md).
 """
 
 from __future__ import annotations
@@ -139,8 +141,12 @@ def _phase_spread(eps: list[dict[str, np.ndarray]]) -> float:
     return worst
 
 
-def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reproduces_the_episode(rig):
+@pytest.mark.parametrize("origin", ["measured", "commanded"])
+def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reproduces_the_episode(rig, origin):
     h, env, recs = rig
+    env.cfg.action_origin = origin  # the env and the recorders always agree (rig-up passes one value to both)
+    for _, rec, _ in recs.recs:
+        rec.action_origin = origin
     a = np.array([0.5, -0.3, 0.2, 0.0, 0.0, 0.3, 1.0], np.float32)
     # --- a policy commands a through the env adapter
     obs, info = env.reset()
@@ -151,30 +157,34 @@ def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reprod
     policy_eps = recs.stop()
     pol = _errors(policy_eps, a)
     spread = _phase_spread(policy_eps)
-    print(f"\npolicy a={a[:6]}: |recorded - commanded| over {pol.size} steps x {len(PHASES)} phases: "
+    print(f"\n{origin} origin, policy a={a[:6]}: |recorded - commanded| over {pol.size} steps x {len(PHASES)} phases: "
           f"median {np.median(pol):.4f}, 90th percentile {np.percentile(pol, 90):.4f}, max {pol.max():.4f}; "
           f"within {TOL}: {np.mean(pol <= TOL):.0%}; largest difference between phases {spread:.4f}")
     # a step the franka node did not finish within the tick (its control loop starved on a loaded machine) is
     # recorded as what it applied, less than commanded: the typical step must match
     assert np.median(pol) <= TOL / 2, pol
 
-    # --- replay the phase-0 episode's actions open loop from home: the same trajectory
+    # --- replay the phase-0 episode's actions open loop from home: the same trajectory (the steps before the
+    # last three: the commands stop with the episode, so the last windows are partial)
     ref = policy_eps[0]
+    n = len(ref["action"]) - 3
     obs, _ = env.reset()
     traj = [obs["state/ee_pos"]]
-    for act in ref["action"][:-1]:
+    for act in ref["action"][:n]:
         obs, *_ = env.step(act)
         traj.append(obs["state/ee_pos"])
     traj = np.asarray(traj)
-    dev = np.linalg.norm((traj - traj[0]) - (ref["state/ee_pos"] - ref["state/ee_pos"][0]), axis=1)
-    moved = float(np.linalg.norm(ref["state/ee_pos"][-1] - ref["state/ee_pos"][0]))
+    dev = np.linalg.norm((traj - traj[0]) - (ref["state/ee_pos"][:n + 1] - ref["state/ee_pos"][0]), axis=1)
+    moved = float(np.linalg.norm(ref["state/ee_pos"][n] - ref["state/ee_pos"][0]))
     print(f"replay: moved {moved * 1e3:.1f} mm; trajectory deviation mean {dev.mean() * 1e3:.2f} mm, "
           f"max {dev.max() * 1e3:.2f} mm, at the end {dev[-1] * 1e3:.2f} mm")
-    # no drift (the replay steps from the commanded pose, as recorded); the measured pose at a tick jitters
-    # with the sim's timing on a loaded machine (and a starved control loop finishes a different set of
-    # steps short), so only the end point is held, to 15 % of the travel (2-3 % on a quiet machine)
-    # (the old rule, target minus measured pose, records about half the motion: a replay would fall ~50 % short)
-    assert moved > 0.1 and dev[-1] <= 0.15 * moved, dev
+    # the replay steps from the pose the recording stepped from; the measured pose at a tick jitters with the
+    # sim's timing on a loaded machine (and a starved control loop finishes a different set of steps short;
+    # measured origin: each step then starts from where the arm got, so such differences add up), so only
+    # the end point is held, to 15 % of the travel (measured: 25 %; under 3 % on a quiet machine)
+    # (the old rule, target minus measured pose at the same tick, recorded about half the motion)
+    limit = 0.15 if origin == "commanded" else 0.25
+    assert moved > 0.05 and dev[-1] <= limit * moved, dev  # ~0.11 m unless the sim starves
 
     # --- the operator takes over with a twist of a per tick; the env reports it as intervene_action
     obs, info = env.reset()
@@ -208,11 +218,19 @@ def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reprod
         recs.intervene(False)
     # what the arm was commanded: the applied command's motion per tick (the filter may brake a velocity twist)
     commanded = np.median(np.asarray(inter)[2:], axis=0)
-    print(f"operator twist of a={a[:6]} per tick: the franka node applied {np.round(commanded[:6], 3)} per tick")
+    what = "its step" if origin == "commanded" else "relative to the lagging arm"
+    print(f"operator twist of a={a[:6]} per tick: env intervene_action {np.round(commanded[:6], 3)} per tick "
+          f"(the applied command, {what})")
     tel = _errors(teleop_eps, commanded, skip_first=0)
     ienv = np.abs(np.asarray(inter)[1:, :6] - commanded[:6]).max(axis=1)
     print(f"operator: |recorded - commanded| over {tel.size} steps x {len(PHASES)} phases: median "
           f"{np.median(tel):.4f}, max {tel.max():.4f}; env intervene_action: median {np.median(ienv):.4f}, "
           f"max {ienv.max():.4f}")
     # the operator's applied speed itself wavers with the franka node's loop timing on a loaded machine
-    assert np.median(tel) <= TOL and np.median(ienv) <= TOL, (tel, ienv)
+    n = min(len(ep["action"]) for ep in teleop_eps) - 3
+    off = max(float(np.abs(np.median(ep["action"][:n, :6], axis=0) - commanded[:6]).max()) for ep in teleop_eps)
+    print(f"operator: largest difference between a recorder's median step and intervene_action's: {off:.4f}")
+    if origin == "commanded":
+        assert np.median(tel) <= TOL and np.median(ienv) <= TOL, (tel, ienv)
+    else:  # the arm's lag behind the command wavers too, seen at other moments by each phase: the same median
+        assert off <= 2 * TOL, (off, tel, ienv)

@@ -166,3 +166,25 @@ def test_spaces_match_the_sim_envs():
         assert rig_env.action_space == sim_env.action_space
     finally:
         sim_env.close()
+
+
+@pytest.mark.parametrize("origin", ["measured", "commanded"])
+def test_actions_step_from_the_action_origin_and_interventions_are_recorded_in_its_meaning(origin):
+    """Measured (default, as in sim): from the measured pose; commanded: from ``command_applied`` (#17)."""
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    cfg = RosEnvConfig() if origin == "measured" else RosEnvConfig(action_origin="commanded")
+    env = RosRigEnv(RigSpec(cameras=()), cfg)
+    assert RosEnvConfig().action_origin == "measured"
+    ob = env.observer
+    for i in range(21):  # the command moves 1 cm per 0.1 s; the arm lags 4 mm behind
+        t = 10.0 + i * 0.01
+        ob.push("command", t, (np.array([0.4 + 0.1 * i * 0.01, 0.0, 0.3]), q))
+        ob.push("ee_pose", t, (np.array([0.396 + 0.1 * i * 0.01, 0.0, 0.3]), q))
+        ob.push("gripper", t, 0.04)
+    ob.push("intervening", 10.0, True)
+    pos, _ = env.action_origin(10.1)
+    assert pos[0] == pytest.approx(0.41 if origin == "commanded" else 0.406)
+    a = env._intervention(10.05, 10.15)["intervene_action"]  # 1 cm step (+ 4 mm lag, measured) / 2 cm
+    assert a[0] == pytest.approx(0.5 if origin == "commanded" else 0.7, abs=1e-6)
+    with pytest.raises(ValueError, match="action_origin 'target'"):
+        RosRigEnv(RigSpec(cameras=()), RosEnvConfig(action_origin="target"))

@@ -103,6 +103,12 @@ def test_commanded_action_is_the_commands_step_not_the_tracking_lag():
     assert ob.intervening(1.1) and not ob.intervening(1.05)
     with pytest.raises(ObservationUnavailable, match="'command'"):
         ob.commanded_action(0.5, 0.6)
+    # measured origin: the command at the end relative to the measured pose at the start (step + 8 mm lag)
+    np.testing.assert_allclose(ob.commanded_action(1.05, 1.15, origin="measured")[:3], [0.9, 0, 0], atol=1e-6)
+    # the arm's orientation stays at Q0: the command's 0.075 rad about z at 1.15 s is all offset
+    assert ob.commanded_action(1.05, 1.15, origin="measured")[5] == pytest.approx(0.75, abs=1e-5)
+    with pytest.raises(ValueError, match="origin 'target'"):
+        ob.commanded_action(1.05, 1.15, origin="target")
 
 
 def test_command_windows_start_at_the_policys_targets_unless_the_operator_intervenes():
@@ -121,5 +127,11 @@ def test_command_windows_start_at_the_policys_targets_unless_the_operator_interv
     assert ob.boundary(1.21, 0.05) == 1.21  # none within the horizon
     np.testing.assert_allclose(ob.commanded_action(1.12, 1.22, snap=0.1)[0], 0.5, atol=1e-9)  # one whole step
     assert ob.commanded_action(1.12, 1.22)[0] == pytest.approx(0.5 * 20 / 40 + 0.5 * 20 / 40)
+    # measured origin, the arm 3 mm behind its command: the window starts at the target (1.2 s), where the arm
+    # was at 1.2 s - 1 ms; it ends with the command there (the target reached), so the policy's 0.5 + 0.15
+    for i in range(400):
+        t = 1.0 + i * 0.001
+        ob.push("ee_pose", t, (ob.streams["command"].at(t)[1][0] - [0.003, 0, 0], Q0))
+    np.testing.assert_allclose(ob.commanded_action(1.12, 1.22, snap=0.1, origin="measured")[0], 0.65, atol=1e-6)
     ob.push("intervening", 1.0, True)  # the operator's twist: windows stay at the ticks
     assert ob.boundary(1.12, 0.1) == 1.12

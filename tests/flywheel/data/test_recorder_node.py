@@ -70,12 +70,12 @@ class RigPublishers:
 
     def _state(self) -> None:
         PoseStamped, WrenchStamped, Image, JointState, Bool, String = self.msgs
-        x = 0.4 + 0.01 * np.sin(time.time() - self.t0)
+        cmd_x = 0.4 + 0.1 * (time.time() - self.t0)
         js = JointState(name=[f"panda_joint{i}" for i in range(1, 8)], position=[0.1] * 7, velocity=[0.0] * 7,
                         effort=[0.0] * 7)
         self._stamp(js)
         self.pubs["joint_states"].publish(js)
-        self.pubs["ee_pose"].publish(self._pose(x))
+        self.pubs["ee_pose"].publish(self._pose(cmd_x - 0.005))  # the arm lags its command by 5 mm
         w = WrenchStamped()
         self._stamp(w)
         w.wrench.force.z = -2.0
@@ -83,8 +83,9 @@ class RigPublishers:
         g = JointState(name=["width"], position=[0.03], velocity=[0.0], effort=[0.0])
         self._stamp(g)
         self.pubs["gripper/state"].publish(g)
-        # the applied command leads the arm and moves 1 cm in x per 0.1 s tick: recorded as 0.5
-        self.pubs["command_applied"].publish(self._pose(0.4 + 0.1 * (time.time() - self.t0)))
+        # the applied command leads the arm and moves 1 cm in x per 0.1 s tick: recorded (measured origin) as the
+        # command at the tick's end relative to the arm at its start, 1.5 cm: 0.75
+        self.pubs["command_applied"].publish(self._pose(cmd_x))
         gc = JointState(position=[0.0], velocity=[0.1], effort=[0.0])
         self._stamp(gc)
         self.pubs["gripper/command_applied"].publish(gc)
@@ -167,9 +168,9 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     inter = ep["intervention"]
     assert not inter[:4].any() and inter.sum() >= 3 and not inter[-2:].any()
     a = ep["action"]
-    # 1 cm commanded per tick / (2 cm per unit); the 100 Hz test publisher resolves 0.05 and jitters under load
-    assert np.median(a[:, 0]) == pytest.approx(0.5, abs=0.01)
-    np.testing.assert_allclose(a[:, 0], 0.5, atol=0.12)
+    # 1 cm commanded per tick + 5 mm lag / (2 cm per unit); the 100 Hz test publisher resolves 0.05 and jitters
+    assert np.median(a[:, 0]) == pytest.approx(0.75, abs=0.01)
+    np.testing.assert_allclose(a[:, 0], 0.75, atol=0.12)
     np.testing.assert_allclose(a[:, 6], -1.0)  # gripper commanded closed
     np.testing.assert_allclose(ep["state/ee_wrench"][:, 2], -2.0)
     assert ep["images/front"].shape == (len(ep), 16, 16, 3)
