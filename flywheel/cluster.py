@@ -256,11 +256,11 @@ class RayEpisodePool:
             i, job = inflight.pop(done[0])
             try:
                 recs = ray.get(done[0])
-            except RayActorError:
+            except RayActorError as e:
                 self.replaced += 1
                 if self.replaced > int(self.cluster.max_worker_restarts):
                     raise RuntimeError(f"{self.replaced} Ray workers died (cluster.max_worker_restarts="
-                                       f"{self.cluster.max_worker_restarts}); last job {job}") from None
+                                       f"{self.cluster.max_worker_restarts}); last job {job}: {e}") from e
                 log.warning("Ray worker %d died on %s: replaced, the episode re-runs", i, job)
                 self.workers[i] = self._spawn()
                 queue.appendleft(job)

@@ -126,3 +126,29 @@ def test_a_worker_rebuilds_the_policy_from_the_object_store_files(tmp_path):
         w.close()
     with pytest.raises(FileNotFoundError, match="policy_config.json"):
         checkpoint_files(tmp_path)
+
+
+def test_iterate_and_distill_evaluations_take_the_switch(tmp_path, monkeypatch):
+    import flywheel.cluster as cluster_mod
+    from flywheel.distill.generalist import GeneralistConfig, evaluate
+    from flywheel.iterate import IterateConfig, Iteration
+
+    cfg = OmegaConf.structured(IterateConfig(workdir=str(tmp_path), cluster=ClusterConfig(kind="ray", workers=3)))
+    assert Iteration(cfg)._cluster() == ClusterConfig(kind="ray", workers=3)
+    cfg.cluster.kind = "slurm"
+    with pytest.raises(ValueError, match="cluster.kind"):
+        Iteration(cfg)._cluster()
+
+    seen = {}
+
+    def fake(tasks, src, episodes, **kw):
+        seen.update(tasks=tasks, src=src, episodes=episodes, **kw)
+        return {}
+
+    monkeypatch.setattr(cluster_mod, "evaluate_tasks", fake)
+    g = GeneralistConfig(cameras=["front"], image_size=32, execute=2)
+    evaluate(tmp_path / "ckpt", [TASK], 7, g, seed=5, device="cpu", cluster=ClusterConfig(kind="ray"))
+    src = seen["src"]
+    assert (seen["tasks"], seen["episodes"], seen["seed"]) == ([TASK], 7, 5)
+    assert (src.checkpoint, src.execute, src.env, src.env_kwargs) == (str(tmp_path / "ckpt"), 2, "collect",
+                                                                      {"cameras": ("front",), "image_size": 32})
