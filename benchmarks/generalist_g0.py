@@ -141,6 +141,8 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
     data = CachedChunks(cache, idx, horizon=store.spec.action.chunk_horizon)
     proprio = np.concatenate([data.state[k] for k in ("state/ee_pos", "state/ee_quat", "state/gripper_width")], -1)
     stats = compute_stats(proprio, data.actions)
+    for key in ("proprio", "actions"):  # floor: a near-constant input must not become a huge one
+        stats[key]["std"] = [max(v, args.min_std) for v in stats[key]["std"]]
     cfg = CompactConfig(feature_block=args.feature_block, image_size=args.image_size, head=args.head,
                         hidden_dim=args.hidden_dim, head_layers=args.head_layers, conv_kernel=args.conv_kernel)
     torch.manual_seed(0)
@@ -263,6 +265,7 @@ def main() -> None:
     ap.add_argument("--hidden-dim", type=int, default=512)
     ap.add_argument("--head-layers", type=int, default=2)
     ap.add_argument("--conv-kernel", type=int, default=1, choices=[1, 3])
+    ap.add_argument("--min-std", type=float, default=0.0, help="floor of the normalisation std")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
