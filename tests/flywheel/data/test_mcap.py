@@ -164,8 +164,10 @@ def test_a_rig_recorded_bag_imports_through_the_recorders_sampling_rule(tmp_path
     want = [k / 10 for k in range(16) if k not in (11, 12, 13)]
     np.testing.assert_allclose(ep["timestamp"] - t0n / 1e9, want, atol=1e-6)
     np.testing.assert_allclose(ep["state/joint_pos"][:, 0], want, atol=1e-6)  # the sample at the tick
-    # 0.01 m per period, 0.02 m per unit of action: the target 1 cm ahead of the pose, or its step per tick
-    np.testing.assert_allclose(ep["action"][:, 0], 0.5, atol=1e-4)
+    # 0.01 m per period, 0.02 m per unit of action. The recorder's default action origin is the measured pose
+    # (as in sim): the command at the end of a window relative to the pose at its start, i.e. the 1 cm lead
+    # plus the 1 cm step = 1.0 per tick
+    np.testing.assert_allclose(ep["action"][:, 0], 1.0, atol=1e-4)
     sent = [j for j in range(76) if not 550_000_000 < -500_000_000 + j * 33_333_333 < 1_350_000_000]
     frame = [max(j for j in sent if -500_000_000 + j * 33_333_333 <= round(w * 1e9)) for w in want]
     assert np.abs(ep["images/front"][:, 0, 0, 0].astype(int) - frame).max() <= 2  # the latest frame at or before the tick (JPEG)
