@@ -188,6 +188,7 @@ def test_exported_messages_are_what_rclpy_reads_and_writes(store_path, tmp_path)
     from std_msgs.msg import Bool, Float32, Header, String
 
     import flywheel.data.mcap as fm
+    import flywheel.data.mcap_msgs as msgs
 
     types = {"sensor_msgs/msg/JointState": JointState, "geometry_msgs/msg/PoseStamped": PoseStamped,
              "geometry_msgs/msg/WrenchStamped": WrenchStamped, "sensor_msgs/msg/Image": Image,
@@ -226,10 +227,10 @@ def test_exported_messages_are_what_rclpy_reads_and_writes(store_path, tmp_path)
     np.testing.assert_allclose([wrench.force.x, wrench.torque.z], ep["state/ee_wrench"][0][[0, 5]], rtol=1e-7)
     assert [m.data for m in seen["teleop/intervening"]] == ep["intervention"].tolist()
     # the definitions in the bag are the installed ROS packages' .msg files (comments and blank lines aside)
-    for name in fm._DEFS:  # the ROS packages from PyPI install their .msg files under <prefix>/share
+    for name in msgs._DEFS:  # the ROS packages from PyPI install their .msg files under <prefix>/share
         pkg, msg = name.split("/")
         path = Path(sys.prefix) / "share" / pkg / "msg" / f"{msg}.msg"
         fields = [line.split("#")[0].split() for line in path.read_text().splitlines()]
         want = [(t.split("/")[-1], n) for t, n, *_ in (f for f in fields if len(f) >= 2)]
-        got = [(t.split("/")[-1], n) for t, n, *_ in (line.split() for line in fm._DEFS[name].splitlines())]
+        got = [(t.split("/")[-1], n) for t, n, *_ in (line.split() for line in msgs._DEFS[name].splitlines())]
         assert got == want, name
