@@ -24,6 +24,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from flywheel.registry import replace_dir
 from flywheel.rl.actor import EpisodeStats
 from flywheel.rl.buffers import ReplayBuffer, rlpd_batch, route_transitions
 from flywheel.rl.sac import SACAgent
@@ -170,16 +171,7 @@ class Learner:
             "sac_config": asdict(self.agent.cfg), "learner_config": asdict(self.cfg),
         }
         (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        return path
+        return replace_dir(tmp, path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by :meth:`save` (weights, optimisers, buffers, counters, RNG)."""

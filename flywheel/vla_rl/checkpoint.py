@@ -15,7 +15,6 @@ a generalist's weights are not copied, the path is the reference. ``head``: ``ki
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 import safetensors.torch
 import torch
+
+from flywheel.registry import replace_dir
 
 FORMAT = "panda-flywheel-vla-rl"
 META = "vla_rl_policy.json"
@@ -71,16 +72,7 @@ def _atomic_dir(path: Path, write: Any) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-    return path
+    return replace_dir(tmp, path)
 
 
 def policy_tensors(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
