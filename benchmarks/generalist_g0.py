@@ -143,8 +143,12 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
     stats = compute_stats(proprio, data.actions)
     for key in ("proprio", "actions"):  # floor: a near-constant input must not become a huge one
         stats[key]["std"] = [max(v, args.min_std) for v in stats[key]["std"]]
+    from flywheel.data.codecs import frames_codec
+
+    codec = frames_codec(store) if args.image_codec == "store" else ""
     cfg = CompactConfig(feature_block=args.feature_block, image_size=args.image_size, head=args.head,
-                        hidden_dim=args.hidden_dim, head_layers=args.head_layers, conv_kernel=args.conv_kernel)
+                        hidden_dim=args.hidden_dim, head_layers=args.head_layers, conv_kernel=args.conv_kernel,
+                        image_codec=codec)
     torch.manual_seed(0)
     model = CompactVLA(cfg, store.spec, stats)
     log.info("train: %d episodes, %d samples, head %d parameters, %d steps at batch %d", len(idx), len(data),
@@ -265,6 +269,8 @@ def main() -> None:
     ap.add_argument("--hidden-dim", type=int, default=512)
     ap.add_argument("--head-layers", type=int, default=2)
     ap.add_argument("--conv-kernel", type=int, default=1, choices=[1, 3])
+    ap.add_argument("--image-codec", default="store", choices=["store", "none"],
+                    help="store: live frames take the store's JPEG round trip before the encoder (as in training)")
     ap.add_argument("--min-std", type=float, default=0.01, help="floor of the normalisation std")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=128)

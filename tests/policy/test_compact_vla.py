@@ -254,3 +254,24 @@ def test_other_image_sizes_are_resized_to_the_encoder_input():
     out = m.predict(m.prepare({k: (np.asarray(v)[None] if k != "instruction" else [v])
                                for k, v in _obs(spec).items()}))
     assert out.shape == (1, 8, 7) and torch.isfinite(out).all()
+
+
+def test_live_frames_take_the_training_stores_codec_round_trip(spec):
+    """image_codec='jpeg:95': infer on a raw frame equals infer on the frame as a JPEG store returns it."""
+    from flywheel.data.codecs import image_codec
+    from policy.inference import Policy
+
+    codec = image_codec("jpeg", 95)
+    obs = _obs(spec, 5)
+    stored = {**obs, **{f"images/{c.name}": codec.decode_image(codec.encode_image(obs[f"images/{c.name}"]))
+                        for c in spec.cameras}}
+    with_codec = Policy(_model(spec, image_codec="jpeg:95"), device="cpu")
+    plain = Policy(_model(spec), device="cpu")
+    np.testing.assert_array_equal(with_codec.infer(obs)["actions"], plain.infer(stored)["actions"])
+    assert not np.array_equal(plain.infer(obs)["actions"], plain.infer(stored)["actions"])
+
+
+@pytest.mark.parametrize("bad", ["png:1", "jpeg", "jpeg:0", "jpeg:101", "webp:80"])
+def test_image_codec_setting_is_validated(bad):
+    with pytest.raises(ValueError, match="policy.image_codec"):
+        CompactConfig(image_codec=bad).validate()
