@@ -17,7 +17,9 @@ normalisation (:func:`policy.encoders.image_encoder_id`), so another encoder nev
 features. ``store_key`` is a digest of the store's resolved path; ``stamp`` of the episode's
 commit time, start and length, so a store rebuilt in place (``mode="w"``) misses the old
 entries. Writes go to a temporary file and are renamed: a killed job leaves no torn entry.
-The default ``ROOT`` is ``<store>.features`` next to the store.
+The default ``ROOT`` is a ``features/`` directory next to the store (``<store's parent>/features``:
+the layout ``benchmarks/generalist_g0.py`` writes, so fine-tuning jobs re-use its features); stores
+that share a parent directory share it, each under its own ``store_key``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def _digest(text: str) -> str:
 
 
 def default_root(store: Any) -> Path:
-    return Path(str(store.path).rstrip("/") + ".features")
+    """``features/`` next to the store (entries are keyed by the store's path, so siblings never clash)."""
+    return Path(str(store.path).rstrip("/")).parent / "features"
 
 
 class FeatureCache:
@@ -145,11 +148,19 @@ class CachedChunks:
 
     Everything is held in memory (float16 features), so :meth:`batches` draws random batches
     with numpy indexing alone: the form :func:`policy.train.train` takes, with ``features/<camera>``
-    in place of ``images/<camera>``."""
+    in place of ``images/<camera>``.
 
-    def __init__(self, cache: FeatureCache, indices: Sequence[int], horizon: int) -> None:
+    ``weights`` (one per episode, like ``flywheel.distill.generalist.VLABatches``): episode ``i`` is
+    drawn with probability ``weights[i] / sum(weights)``, spread evenly over its samples (e.g. to
+    replay older data at a set fraction of every batch); batches are then drawn with replacement."""
+
+    def __init__(self, cache: FeatureCache, indices: Sequence[int], horizon: int,
+                 weights: Sequence[float] | None = None) -> None:
         from rig.spec import PROPRIO_KEYS
 
+        indices = [int(i) for i in indices]
+        if weights is not None and len(weights) != len(indices):
+            raise ValueError(f"weights: {len(weights)} for {len(indices)} episodes (give one per episode)")
         store = cache.store
         self.cameras, self.horizon = cache.cameras, int(horizon)
         feats: dict[str, list[np.ndarray]] = {c: [] for c in self.cameras}
@@ -180,6 +191,14 @@ class CachedChunks:
         idx = step[:, None] + np.arange(self.horizon)[None]  # (N, H) action indices
         self.is_pad = idx >= end[:, None]
         self.chunk_index = np.minimum(idx, end[:, None] - 1)
+        self.p: np.ndarray | None = None
+        if weights is not None:  # per-episode weights, spread over each episode's samples
+            w = np.asarray(weights, np.float64)
+            if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(f"weights={list(w)}: must be finite, >= 0 and not all 0")
+            counts = np.maximum(np.array([len(s) for s in steps]), 1)
+            pw = np.repeat(w / counts, counts)
+            self.p = pw / pw.sum()
 
     def __len__(self) -> int:
         return len(self.chunk_index)
@@ -193,7 +212,11 @@ class CachedChunks:
         return batch
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[dict[str, Any]]:
-        """Endless random batches (with replacement across batches, none within one)."""
+        """Endless random batches (with replacement across batches, none within one; with ``weights``,
+        with replacement within one too, so that every draw follows the weights)."""
         rng = np.random.default_rng(seed)
         while True:
-            yield self.get(rng.choice(len(self), size=min(batch_size, len(self)), replace=False))
+            if self.p is None:
+                yield self.get(rng.choice(len(self), size=min(batch_size, len(self)), replace=False))
+            else:
+                yield self.get(rng.choice(len(self), size=int(batch_size), p=self.p))

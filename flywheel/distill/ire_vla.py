@@ -16,6 +16,10 @@
 
 Repeat task by task (:func:`run` builds the resumable job); success on expert,
 RL-trained and unseen tasks is evaluated after every stage.
+
+A compact parent (``parent=`` a :mod:`policy.compact` checkpoint) runs both stages on the shared
+frozen-encoder feature cache (:mod:`flywheel.distill.ire_compact`; stage 2 with
+``ire.stage2_finetune=frozen``); the env renders at the checkpoint's own cameras and image size.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class IReVLAConfig:
     batch_size: int = 64
     head_lr: float = 3e-4
     critic_lr: float = 1e-3
-    stage2_finetune: str = "full"  # full | lora
+    stage2_finetune: str = "full"  # full | lora (vla); frozen | partial | full (compact: frozen = cached features)
     device: str = "auto"  # rollouts and evaluation: auto (CUDA when present) | cpu | cuda; stage 2 uses sft.device
 
 
@@ -189,15 +193,38 @@ class NoisyVLAAgent:
         return np.clip(a, -1.0, 1.0)
 
 
+class VLALearner:
+    """Stage 1's learner for a VLM-family parent: backbone frozen, latents cached per episode, AWR."""
+
+    def __init__(self, path: str | Path) -> None:
+        from policy.model import VLA
+
+        self.model = VLA.from_checkpoint(path)
+        self.model.freeze_backbone()
+        self._critic = CriticHead(int(self.model.backbone.config.get_text_config().hidden_size),
+                                  self.model.spec.proprio_dim)
+        self.critic = self._critic.module
+
+    def update(self, store: Any, episodes: Sequence[int], out_dir: Path, cfg: Any, seed: int = 0) -> dict[str, float]:
+        cache_latents(self.model, store, episodes, out_dir / "latents")
+        return awr_update(self.model, self._critic, load_cache(out_dir / "latents", episodes, cfg.discount), cfg,
+                          seed=seed)
+
+    def finish(self) -> None:
+        self.model.unfreeze_backbone()  # the checkpoint is a normal (trainable) generalist again
+
+
 def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any, g: Any, seed: int = 0,
              progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Stage 1 on ``task``: frozen backbone; rollouts -> latents cache -> AWR on the heads. Resumable."""
+    """Stage 1 on ``task``: frozen backbone; rollouts -> latents cache -> AWR on the heads. Resumable.
+
+    A compact parent (:mod:`flywheel.distill.ire_compact`) trains its head on the shared feature cache."""
     import torch
     from safetensors.torch import load_file, save_file
 
     import sim
+    from flywheel.distill.compact import is_compact
     from flywheel.distill.generalist import env_kwargs
-    from policy.model import VLA
 
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "policy"
@@ -207,13 +234,19 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
     state_file = out_dir / "rl_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"iteration": 0, "history": []}
     start = out_dir / "iter_latest"
-    model = VLA.from_checkpoint(start if (start / "policy_config.json").exists() else parent)
-    model.freeze_backbone()
-    critic = CriticHead(int(model.backbone.config.get_text_config().hidden_size), model.spec.proprio_dim)
+    src = start if (start / "policy_config.json").exists() else parent
+    if is_compact(parent):
+        from flywheel.distill.ire_compact import CompactLearner
+
+        learner: Any = CompactLearner(src, parent_finetune=json.loads(
+            (Path(parent) / "policy_config.json").read_text())["config"]["finetune"])
+    else:
+        learner = VLALearner(src)
+    model = learner.model
     if (out_dir / "critic.safetensors").exists():
-        critic.module.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
+        learner.critic.load_state_dict(load_file(str(out_dir / "critic.safetensors")))
     torch.manual_seed(seed)
-    env = collect.make_env(task, privileged_state=False, **env_kwargs(g))
+    env = collect.make_env(task, privileged_state=False, **env_kwargs(g, parent))
     try:
         inst = env.unwrapped.instruction
         for it in range(int(state["iteration"]), int(cfg.rl_iterations)):
@@ -231,14 +264,13 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
             model.to("cpu", torch.float32)  # the latent cache and the AWR updates run on the CPU
             eps = collect.select(store, task=task, source="rl", success=None,
                                  collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(it + 1)])
-            cache_latents(model, store, eps, out_dir / "latents")
-            m = awr_update(model, critic, load_cache(out_dir / "latents", eps, cfg.discount), cfg, seed=seed + it)
+            m = learner.update(store, eps, out_dir, cfg, seed=seed + it)
             rec = {"iteration": it, "rollout_success": st.success_rate, "interventions": st.intervened_steps,
                    "episodes": len(eps), **m}
             log.info("iRe-VLA stage 1 %s: %s", task, rec)
             tmp = out_dir / "iter_tmp"
             model.save_pretrained(tmp)
-            save_file({k: v.contiguous() for k, v in critic.module.state_dict().items()},
+            save_file({k: v.contiguous() for k, v in learner.critic.state_dict().items()},
                       str(out_dir / "critic.safetensors"))
             import shutil
 
@@ -248,7 +280,7 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
             state_file.write_text(json.dumps(state, indent=2))
     finally:
         env.close()
-    model.unfreeze_backbone()  # the checkpoint is a normal (trainable) generalist again
+    learner.finish()
     model.save_pretrained(final)
     rl_eps = collect.select(store, task=task, source="rl", success=None,
                             collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(int(cfg.rl_iterations))])
@@ -260,7 +292,10 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
 
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_eps: list[int], out_dir: Path,
              sft: Any, cfg: Any) -> Path:
-    """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step)."""
+    """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step).
+
+    ``cfg.stage2_finetune`` sets ``sft.finetune``; a compact parent with ``frozen`` trains its head on cached
+    encoder features (the frozen-backbone stage of the compact family)."""
     from flywheel.distill.generalist import finetune
 
     sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
@@ -290,7 +325,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
 
     def spec() -> Any:
         if "spec" not in spec_holder:
-            env = collect.make_env(eval_tasks[0], privileged_state=False, **env_kwargs(g))
+            env = collect.make_env(eval_tasks[0], privileged_state=False, **env_kwargs(g, cfg.parent or None))
             spec_holder["spec"] = env.unwrapped.rig_spec
             env.close()
         return spec_holder["spec"]
@@ -312,7 +347,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         out = {}
         with store() as s:
             for t in groups["expert"]:
-                env = collect.make_env(t, privileged_state=False, **env_kwargs(g))
+                env = collect.make_env(t, privileged_state=False, **env_kwargs(g, cfg.parent or None))
                 try:
                     st = collect.record_rollouts(s, env, collect.ExpertAgent(env, cfg.human_noise, cfg.seed),
                                                  range(int(cfg.expert_demos)), source="human",
