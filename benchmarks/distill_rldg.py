@@ -12,11 +12,21 @@
    noise-0 scripted operator: clean data that is not RL, ``--scripted``);
 4. evaluate every checkpoint on the same held-out seeds.
 
+With ``--g0 CKPT --store DIR`` the generalist is a given checkpoint (the compact G0 of
+``benchmarks/generalist_g0.py``) trained on that store's human-like demos: no pretraining here,
+the new data goes into that store, the replay is G0's own demos (``--replay-collection``), and
+compact fine-tuning runs on the frozen encoder's cached features. ``--seeds 0 1 2`` fine-tunes
+every arm once per training seed (the spread goes in the summary).
+
 Resumable (a ``flywheel.job`` in ``--workdir``): re-run the same command after a kill.
 
     .venv/bin/python benchmarks/distill_rldg.py \\
         --rl-run PandaRig/PegInsert-v0=outputs/bench/rl/peg_insert/full \\
         --rl-run PandaRig/LiftCube-Blue-v0=outputs/bench/rl/lift_cube/full
+    .venv/bin/python benchmarks/distill_rldg.py --workdir outputs/bench/rldg_compact \\
+        --g0 outputs/bench/g0v2/g0 --store outputs/bench/g0v2/store --tasks PandaRig/PegInsert-v0 \\
+        --rl-run PandaRig/PegInsert-v0=outputs/bench/rldg/spec_peg --episodes 50 --ft-steps 1500 \\
+        --lr 3e-4 --batch 128 --seeds 0 1 2
     .venv/bin/python benchmarks/distill_rldg.py --quick --workdir /tmp/rldg   # a smoke run, minutes
 """
 
@@ -52,6 +62,13 @@ def main() -> None:
     ap.add_argument("--scripted", action="store_true", help="also the noise-0 scripted arm (clean, not RL)")
     ap.add_argument("--match-steps", action="store_true",
                     help="also an RLDG arm with as many env steps per task as the human arm (RL episodes are shorter)")
+    ap.add_argument("--g0", default="", help="a trained generalist checkpoint (e.g. the compact G0): no pretraining")
+    ap.add_argument("--store", default="", help="with --g0: the store it was trained on (new data goes there too)")
+    ap.add_argument("--replay-collection", nargs="*", default=None,
+                    help="with --g0: the collections replayed (default: every human collection but the new demos)")
+    ap.add_argument("--frame-stride", type=int, default=1, help="compact G0: train on every k-th frame's features")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per arm")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -75,8 +92,12 @@ def main() -> None:
         store_stats,
     )
     from flywheel.distill.specialist import SpecialistConfig, load_agent, train
-    from flywheel.evaluate import HELDOUT_SEED, load_results, results_table, save_results
+    from flywheel.evaluate import HELDOUT_SEED, load_results, results_table, save_results, wilson_interval
     from flywheel.job import ResumableJob, Stage
+    from policy.compact import checkpoint_family
+
+    if bool(args.g0) != bool(args.store):
+        raise SystemExit("--g0 and --store go together (the checkpoint and the store it was trained on)")
 
     if args.quick:
         args.episodes, args.pretrain_demos, args.pretrain_steps, args.ft_steps, args.eval = 2, 3, 20, 10, 3
@@ -90,20 +111,35 @@ def main() -> None:
     wd = Path(args.workdir)
     n = int(args.episodes)
 
-    def sft(steps: int) -> SFTConfig:
-        return SFTConfig(steps=steps, lr=args.lr, backbone_lr=args.backbone_lr, warmup_steps=50, save_every=500)
+    compact = bool(args.g0) and checkpoint_family(args.g0) == "compact"
+
+    def sft(steps: int, seed: int = 0) -> SFTConfig:
+        return SFTConfig(steps=steps, lr=args.lr, backbone_lr=args.backbone_lr, warmup_steps=50, save_every=500,
+                         batch_size=args.batch, seed=seed, finetune="frozen" if compact else "full",
+                         frame_stride=args.frame_stride)
 
     holder: dict = {}
 
     def spec():
         if "spec" not in holder:
-            env = collect.make_env(tasks[0], privileged_state=False, **env_kwargs(g))
+            env = collect.make_env(tasks[0], privileged_state=False, **env_kwargs(g, args.g0 or None))
             holder["spec"] = env.unwrapped.rig_spec
             env.close()
         return holder["spec"]
 
     def store(mode="a"):
+        if args.store:
+            return EpisodeStore(args.store, mode)
         return EpisodeStore(wd / "store", mode, spec=spec(), image_codec="png")
+
+    def replay_episodes(s) -> list[int]:
+        if not args.g0:
+            return collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
+        names = args.replay_collection
+        if names is None:
+            names = sorted({r.extra.get("collection", "") for r in s.records if r.source == "human"}
+                           - {f"human-ft/{t}" for t in tasks})
+        return collect.select(s, source="human", collection=list(names))
 
     def until_successes(s, env, agent, base: int, rate_hint: float, **kw):
         """Record seeds base, base+1, ... in rounds until ``n`` successes (or 6x the expected attempts)."""
@@ -123,11 +159,12 @@ def main() -> None:
         out = {}
         with store() as s:
             for t in tasks:
-                env = collect.make_env(t, privileged_state=False, **env_kwargs(g))
+                env = collect.make_env(t, privileged_state=False, **env_kwargs(g, args.g0 or None))
                 try:
                     a = collect.ExpertAgent(env, 1.0, 0)
-                    out[f"pre/{t}"] = collect.record_rollouts(s, env, a, range(args.pretrain_demos), source="human",
-                                                              collection=f"human/{t}").to_dict()
+                    if not args.g0:  # G0's own demos (with --g0 they are in the given store already)
+                        out[f"pre/{t}"] = collect.record_rollouts(s, env, a, range(args.pretrain_demos),
+                                                                  source="human", collection=f"human/{t}").to_dict()
                     out[f"ft/{t}"] = until_successes(s, env, a, 50_000, 0.7, source="human",
                                                      collection=f"human-ft/{t}")
                 finally:
@@ -135,6 +172,8 @@ def main() -> None:
         return out
 
     def pretrain(ctx):
+        if args.g0:
+            return {"checkpoint": str(Path(args.g0).resolve()), "given": True}
         d = ctx.stage_dir("pretrain") / "sft"
         with store("r") as s:
             eps = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
@@ -155,7 +194,7 @@ def main() -> None:
         infos = ctx.output("specialists")
         with store() as s:
             for t in tasks:
-                env = collect.make_env(t, privileged_state=True, **env_kwargs(g))
+                env = collect.make_env(t, privileged_state=True, **env_kwargs(g, args.g0 or None))
                 try:
                     agent = load_agent(t, infos[t])
                     if hasattr(agent, "bind"):
@@ -173,6 +212,9 @@ def main() -> None:
         return out
 
     arms = {"human": ("human", "human-ft"), "rldg": ("rl", "specialist")}
+
+    def sfx(seed: int) -> str:  # seed 0 keeps the single-seed runs' stage names
+        return "" if seed == 0 else f"_s{seed}"
     if args.scripted:
         arms["scripted"] = ("policy", "scripted")
 
@@ -183,21 +225,22 @@ def main() -> None:
                         for a, (src, c) in arms.items()} for t in tasks}
         return {"available": have, "per_task": {t: min(n, *have[t].values()) for t in tasks}}
 
-    def arm(name: str):
+    def arm(name: str, seed: int):
         source, coll = arms[name]
 
         def run(ctx):
             per_task = ctx.output("counts")["per_task"]
             g0 = ctx.output("pretrain")["checkpoint"]
             with store("r") as s:
-                replay = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
+                replay = replay_episodes(s)
                 new = []
                 for t in tasks:
                     new += collect.select(s, task=t, source=source, collection=f"{coll}/{t}")[: per_task[t]]
                 if not new:
                     return {"skipped": "no episodes"}
                 eps, w = rldg.mix_weights(new, replay, args.replay)
-                ck = finetune(g0, s, eps, ctx.stage_dir(f"ft_{name}") / "sft", sft(args.ft_steps), weights=w)
+                ck = finetune(g0, s, eps, ctx.stage_dir(f"ft_{name}{sfx(seed)}") / "sft", sft(args.ft_steps, seed),
+                              weights=w)
                 steps = sum(s.record(i).length for i in new)
             return {"checkpoint": str(ck), "episodes": len(new), "steps": steps}
         return run
@@ -208,7 +251,8 @@ def main() -> None:
             if "checkpoint" not in ctx.output(stage):
                 return {"skipped": ctx.output(stage).get("skipped", "no checkpoint")}
             if not f.exists():
-                save_results(evaluate(ctx.output(stage)["checkpoint"], tasks, args.eval, g, seed=HELDOUT_SEED), f)
+                save_results(evaluate(ctx.output(stage)["checkpoint"], tasks, args.eval, g, seed=HELDOUT_SEED,
+                                      device="cpu"), f)
             return {"results": str(f)}
         return run
 
@@ -233,7 +277,7 @@ def main() -> None:
         with store() as s:
             for t in tasks:
                 target = human_steps(s, t)
-                env = collect.make_env(t, privileged_state=True, **env_kwargs(g))
+                env = collect.make_env(t, privileged_state=True, **env_kwargs(g, args.g0 or None))
                 try:
                     agent, seed = load_agent(t, infos[t]), 80_000
                     while sum(s.record(i).length for i in rl_until_steps(s, t, target)) < target and seed < 80_400:
@@ -250,7 +294,7 @@ def main() -> None:
     def ft_rldg_steps(ctx):
         holder["per_task"] = ctx.output("counts")["per_task"]
         with store("r") as s:
-            replay = collect.select(s, source="human", collection=[f"human/{t}" for t in tasks])
+            replay = replay_episodes(s)
             new = [i for t in tasks for i in rl_until_steps(s, t, human_steps(s, t))]
             eps, w = rldg.mix_weights(new, replay, args.replay)
             ck = finetune(ctx.output("pretrain")["checkpoint"], s, eps, ctx.stage_dir("ft_rldg_steps") / "sft",
@@ -259,9 +303,9 @@ def main() -> None:
 
     stages = [Stage("demos", demos), Stage("pretrain", pretrain), Stage("specialists", specialists),
               Stage("rollouts", rollouts), Stage("counts", counts)]
-    stages += [Stage(f"ft_{a}", arm(a)) for a in arms]
+    stages += [Stage(f"ft_{a}{sfx(sd)}", arm(a, sd)) for sd in args.seeds for a in arms]
     stages += [Stage("eval_pretrain", evaluation("pretrain"))]
-    stages += [Stage(f"eval_ft_{a}", evaluation(f"ft_{a}")) for a in arms]
+    stages += [Stage(f"eval_ft_{a}{sfx(sd)}", evaluation(f"ft_{a}{sfx(sd)}")) for sd in args.seeds for a in arms]
     if args.match_steps:
         stages += [Stage("rollouts_steps", rollouts_steps), Stage("ft_rldg_steps", ft_rldg_steps),
                    Stage("eval_ft_rldg_steps", evaluation("ft_rldg_steps"))]
@@ -276,10 +320,31 @@ def main() -> None:
 
     labels = {"human": "+ human demos", "rldg": f"+ RLDG ({args.specialist} specialist)",
               "scripted": "+ scripted noise-0 (clean, not RL)"}
-    results = {"G0 (pretrained)": res("pretrain"), **{labels[a]: res(f"ft_{a}") for a in arms}}
+    results = {"G0 (pretrained)": res("pretrain")}
+    for sd in args.seeds:
+        results.update({labels[a] + (f" (seed {sd})" if len(args.seeds) > 1 else ""): res(f"ft_{a}{sfx(sd)}")
+                        for a in arms})
     if args.match_steps:
         results["+ RLDG, as many steps as human"] = res("ft_rldg_steps")
     table = results_table(results)
+    seeds_table = {}  # per arm and task: every seed's rate, their mean and spread, the pooled rate and interval
+    for a in arms:
+        for t in tasks:
+            rs = [res(f"ft_{a}{sfx(sd)}").get(t) for sd in args.seeds]
+            rs = [r for r in rs if r is not None]
+            if not rs:
+                continue
+            k, m = sum(r.successes for r in rs), sum(r.episodes for r in rs)
+            lo, hi = wilson_interval(k, m)
+            seeds_table[f"{a} {t}"] = {"rates": [r.rate for r in rs], "mean": float(np.mean([r.rate for r in rs])),
+                                       "std": float(np.std([r.rate for r in rs])), "pooled": k / m,
+                                       "pooled_ci": [lo, hi], "episodes": m}
+    if len(args.seeds) > 1:
+        table += "\n\n| arm | task | per seed | mean ± std | pooled [95% CI] |\n| --- | --- | --- | --- | --- |\n"
+        table += "\n".join(f"| {k.split(' ')[0]} | {k.split(' ')[1].split('/')[-1]} | "
+                            f"{', '.join(f'{r:.2f}' for r in v['rates'])} | {v['mean']:.2f} ± {v['std']:.2f} | "
+                            f"{v['pooled']:.2f} [{v['pooled_ci'][0]:.2f}, {v['pooled_ci'][1]:.2f}] (n={v['episodes']}) |"
+                            for k, v in seeds_table.items())
     human, rl = res("ft_human"), res("ft_rldg")
     summary = {
         "table": table, "episodes_per_task": out["counts"]["output"],
@@ -289,6 +354,7 @@ def main() -> None:
         "rollouts": out["rollouts"]["output"], "demos": out["demos"]["output"],
         "data_steps": {a: out[f"ft_{a}"]["output"].get("steps") for a in arms},
         "match_steps": out.get("rollouts_steps", {}).get("output"),
+        "seeds": seeds_table,
         "gap_rldg_minus_human": {t: rl[t].rate - human[t].rate for t in tasks if t in rl and t in human},
         "stage_seconds": {k: round(v["seconds"]) for k, v in out.items()},
         "load_average": os.getloadavg(), "this_run_seconds": round(time.time() - t0), "config": config,
