@@ -108,6 +108,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--rl-run for {sorted(unknown)}: not in --tasks {tasks}")
     g = GeneralistConfig()
+    if args.store:  # the env renders what the given store holds
+        with EpisodeStore(args.store, "r") as s0:
+            g.cameras, g.image_size = list(s0.spec.camera_names), int(s0.spec.cameras[0].height)
     wd = Path(args.workdir)
     n = int(args.episodes)
 

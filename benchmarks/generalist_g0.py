@@ -262,7 +262,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--feature-block", type=int, default=10)
-    ap.add_argument("--frame-stride", type=int, default=2, help="encode and train on every k-th frame")
+    ap.add_argument("--frame-stride", type=int, default=1, help="encode and train on every k-th frame")
     ap.add_argument("--max-demos", type=int, default=165, help="train on at most this many demos per task")
     ap.add_argument("--name", default="g0", help="the checkpoint's directory name under the workdir")
     ap.add_argument("--head", default="mlp", choices=["mlp", "token_learner", "flow"])
@@ -272,7 +272,7 @@ def main() -> None:
     ap.add_argument("--image-codec", default="store", choices=["store", "none"],
                     help="store: live frames take the store's JPEG round trip before the encoder (as in training)")
     ap.add_argument("--min-std", type=float, default=0.01, help="floor of the normalisation std")
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
