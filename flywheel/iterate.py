@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from flywheel.cluster import ClusterConfig
 from flywheel.distill.generalist import GeneralistConfig, SFTConfig
 from flywheel.distill.rldg import RLDGConfig
 from flywheel.distill.specialist import SpecialistConfig
-from flywheel.evaluate import HELDOUT_SEED, TaskResult, load_results, save_results
+from flywheel.evaluate import HELDOUT_SEED, load_results, save_results
 from flywheel.gate import GateConfig, decide
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BudgetConfig:
-    """How much work each stage does (hydra group ``budget``: tiny | demo | full)."""
+    """How much work each stage does (hydra group ``budget``: tiny | demo | demo_vla | full)."""
 
     name: str = "demo"
     pretrain_demos: int = 32  # human-like demos per pretraining task
@@ -60,12 +61,19 @@ class BudgetConfig:
     specialist_env_steps: int = 3000  # specialist.algo=sac: online env steps
     rollouts: int = 80  # specialist rollouts per task
     distill_steps: int = 1500  # SFT steps of the distillation
+    # specialist.algo=sac: train the target tasks' specialists in child processes from the job's start,
+    # beside pretraining and the first evaluation (they need only the task); `specialists` waits for them
+    early_specialists: bool = False
 
 
 BUDGETS = {
     "tiny": BudgetConfig(name="tiny", pretrain_demos=2, pretrain_steps=4, eval_episodes=2, policy_rollouts=1,
                          specialist_generations=1, specialist_env_steps=20, rollouts=2, distill_steps=4),
-    "demo": BudgetConfig(),
+    # the demo (flywheel-demo: a compact G0 from scratch, a HIL-SERL PegInsert specialist; docs/bench/demo.md)
+    "demo": BudgetConfig(pretrain_demos=32, pretrain_steps=1500, eval_episodes=30, policy_rollouts=2,
+                         specialist_env_steps=11_000, rollouts=100, distill_steps=1000, early_specialists=True),
+    # the tiny-VLA demo's budget (generalist.kind=vla with budget=demo resolves to it: see resolve_budget)
+    "demo_vla": BudgetConfig(name="demo_vla"),
     "full": BudgetConfig(name="full", pretrain_demos=100, pretrain_steps=3000, eval_episodes=100, policy_rollouts=20,
                          max_specialists=3, specialist_generations=12, specialist_env_steps=20_000, rollouts=100,
                          distill_steps=1500),
@@ -125,6 +133,7 @@ class Iteration:
         self.registry = ModelRegistry(cfg.registry or self.root / "registry")
         self.eval_tasks = list(dict.fromkeys(list(cfg.eval_tasks) or [*cfg.tasks, *cfg.pretrain_tasks]))
         self._spec = None
+        self._early: dict[str, Any] = {}  # task -> SpecialistProcess started before its stage
 
     # ------------------------------------------------------------ helpers
     def iteration_dir(self) -> Path:
@@ -150,8 +159,12 @@ class Iteration:
 
     def store(self, mode: str = "a") -> Any:
         from flywheel.data import EpisodeStore
+        from flywheel.distill.generalist import generalist_kind
 
-        return EpisodeStore(self.store_path, mode, spec=self.spec(), image_codec="png")
+        # the compact G0's recipe trains on JPEG frames (its live frames take the same round trip:
+        # policy image_codec); the tiny VLA's 32 px frames are kept lossless
+        codec = "jpeg" if generalist_kind(self.cfg.generalist) == "compact" else "png"
+        return EpisodeStore(self.store_path, mode, spec=self.spec(), image_codec=codec)
 
     def _eval(self, ckpt: str, out: Path) -> dict[str, Any]:
         from flywheel.distill.generalist import evaluate
@@ -174,7 +187,8 @@ class Iteration:
 
     # ------------------------------------------------------------- stages
     def bootstrap(self, ctx: Any) -> dict[str, Any]:
-        from flywheel.distill import collect
+        from flywheel.data.codecs import frames_codec
+        from flywheel.distill import collect, compact
         from flywheel.distill.generalist import (
             ensure_backbone,
             env_kwargs,
@@ -188,6 +202,7 @@ class Iteration:
         if cur is not None:
             return {"model": cur.id, "path": cur.path, "pretrained": False}
         cfg, d = self.cfg, ctx.stage_dir("bootstrap")
+        t0, secs = time.time(), {}
         with self.store() as store:
             for t in cfg.pretrain_tasks:
                 env = collect.make_env(t, privileged_state=False, **env_kwargs(cfg.generalist))
@@ -201,23 +216,30 @@ class Iteration:
                                  collection=[f"human/{t}" for t in cfg.pretrain_tasks])
             if not eps:
                 raise RuntimeError(f"no successful human demos of {list(cfg.pretrain_tasks)}: raise budget.pretrain_demos")
+            secs["collect"], t0 = time.time() - t0, time.time()
             backbone = ensure_backbone(cfg.generalist, self.root)
             out = d / "sft"
+            sft = SFTConfig(**{**_plain(cfg.sft), "steps": int(cfg.budget.pretrain_steps)})
             parent: Any = out if (out / "checkpoints").exists() else None
             if parent is None or not any((out / "checkpoints").glob("step_*")):
-                parent = new_generalist(cfg.generalist, store.spec, backbone, store_stats(store, eps))
+                parent = new_generalist(cfg.generalist, store.spec, backbone, store_stats(store, eps),
+                                        image_codec=frames_codec(store))
+                if compact.is_compact(parent) and sft.finetune == "frozen":  # encode every frame once, timed
+                    compact.feature_cache(parent, store, sft).build(eps, progress=False)
+                    secs["features"], t0 = time.time() - t0, time.time()
             else:
                 from flywheel.distill.generalist import final_checkpoint
 
                 parent = final_checkpoint(out)
-            sft = SFTConfig(**{**_plain(cfg.sft), "steps": int(cfg.budget.pretrain_steps)})
             ckpt = finetune(parent, store, eps, out, sft)
+            secs["train"] = time.time() - t0
         model_id = "g0"
         self.registry.register(ModelRecord(model_id, str(ckpt), None, data={
             "human_episodes": len(eps), "tasks": list(cfg.pretrain_tasks), "sft_steps": sft.steps,
             "collections": [f"human/{t}" for t in cfg.pretrain_tasks]}, notes="pretrained on human-like demos"))
         self.registry.promote(model_id, "first generalist")
-        return {"model": model_id, "path": str(ckpt), "pretrained": True, "human_episodes": len(eps)}
+        return {"model": model_id, "path": str(ckpt), "pretrained": True, "human_episodes": len(eps),
+                "seconds": {k: round(v, 1) for k, v in secs.items()}}
 
     def evaluate_current(self, ctx: Any) -> dict[str, Any]:
         cur = self.registry.current
@@ -260,12 +282,44 @@ class Iteration:
         before = ctx.output("evaluate_current")["success"]
         failing = sorted([t for t in cfg.tasks if before.get(t, 0.0) < cfg.fail_below], key=lambda t: before.get(t, 0.0))
         chosen = failing[: int(cfg.budget.max_specialists)]
+        for t in set(self._early) - set(chosen):  # started early, not needed after all
+            self._early.pop(t).stop()
         out = {}
         for t in chosen:
-            scfg = SpecialistConfig(**{**_plain(cfg.specialist), "env_steps": int(cfg.budget.specialist_env_steps),
-                                       "generations": int(cfg.budget.specialist_generations)})
-            out[t] = train(t, scfg, ctx.stage_dir("specialists") / t.replace("/", "_"), progress=cfg.progress)
+            if cfg.specialist.algo == "sac":  # in a child process (no hydra app around flywheel-rl's)
+                out[t] = self._specialist_process(t, ctx.workdir).wait()
+            else:
+                out[t] = train(t, self._specialist_cfg(), ctx.stage_dir("specialists") / t.replace("/", "_"),
+                               progress=cfg.progress)
         return {"tasks": chosen, "specialists": out}
+
+    def _specialist_cfg(self) -> SpecialistConfig:
+        return SpecialistConfig(**{**_plain(self.cfg.specialist), "env_steps": int(self.cfg.budget.specialist_env_steps),
+                                   "generations": int(self.cfg.budget.specialist_generations)})
+
+    def _specialist_process(self, task: str, it_dir: Path) -> Any:
+        from dataclasses import asdict
+
+        from flywheel.distill.specialist.background import SpecialistProcess
+
+        if task not in self._early:
+            wd = it_dir / "specialists" / task.replace("/", "_")
+            self._early[task] = SpecialistProcess(task, asdict(self._specialist_cfg()), wd).start()
+        return self._early[task]
+
+    def start_early_specialists(self, it_dir: Path) -> None:
+        """budget.early_specialists with specialist.algo=sac: start the target tasks' specialists now."""
+        cfg = self.cfg
+        state = it_dir / "job_state.json"
+        done = json.loads(state.read_text())["stages"] if state.exists() else {}
+        if cfg.specialist.algo != "sac" or not bool(cfg.budget.early_specialists) or "specialists" in done:
+            return
+        for t in list(cfg.tasks)[: int(cfg.budget.max_specialists)]:
+            self._specialist_process(t, it_dir)
+
+    def close(self) -> None:
+        for p in self._early.values():
+            p.stop()
 
     def collect_specialists(self, ctx: Any) -> dict[str, Any]:
         from flywheel.distill import collect
@@ -339,35 +393,9 @@ class Iteration:
                 "gate_table": decision.table()}
 
     def report(self, ctx: Any) -> dict[str, Any]:
-        from flywheel.report import write_report
+        from flywheel.iterate_report import write_iteration_report
 
-        before, after, prom = ctx.output("evaluate_current"), ctx.output("evaluate_candidate"), ctx.output("promote")
-        results: dict[str, dict[str, TaskResult]] = {f"before ({before['model']})": load_results(before["results"])}
-        if "results" in after:
-            results[f"after ({prom['candidate']})"] = load_results(after["results"])
-        spec = ctx.output("specialists")
-        coll = ctx.output("collect_specialists")
-        lines = ["| task | algorithm | specialist eval success (state-only) | training env steps | rollouts recorded "
-                 "| successes |", "| --- | --- | --- | --- | --- | --- |"]
-        for t, s in spec["specialists"].items():
-            c = coll.get(t, {})
-            lines.append(f"| {t} | {s['config']['algo']} | {_rate(s)} | "
-                         f"{s['env_steps']} | {c.get('episodes', 0)} | {c.get('successes', 0)} |")
-        if not spec["specialists"]:
-            lines.append("| (none: the generalist did not fail any target task) | | | | | |")
-        stages = json.loads((ctx.workdir / "job_state.json").read_text())["stages"]
-        timing = "\n".join(f"- {k}: {v['seconds']:.0f} s" for k, v in stages.items())
-        lineage = " <- ".join(r.id for r in self.registry.lineage(self.registry.current.id))
-        facts = {"iteration": ctx.workdir.name, "parent": before["model"], "candidate": prom.get("candidate", "-"),
-                 "promoted": prom["promoted"], "decision": prom["reason"], "current model": self.registry.current.id,
-                 "lineage": lineage, "budget": self.cfg.budget.name,
-                 "eval": f"{self.cfg.budget.eval_episodes} held-out episodes per task (seeds from {HELDOUT_SEED})"}
-        sections = [("Promotion gate (paired held-out seeds)", prom.get("gate_table", prom["reason"])),
-                    ("Specialists", "\n".join(lines)),
-                    ("Distillation data", "```json\n" + json.dumps(ctx.output("distill"), indent=1)[:3000] + "\n```"),
-                    ("Stage times", timing or "-")]
-        md = write_report(ctx.workdir / "report.md", f"Flywheel iteration {ctx.workdir.name}", results, sections, facts)
-        return {"report": str(md)}
+        return write_iteration_report(ctx, self.registry, self.cfg.budget)
 
     def stages(self) -> list[Any]:
         from flywheel.job import Stage
@@ -384,24 +412,41 @@ def _gate(cfg: Any) -> dict[str, Any]:
     return {k: float(getattr(g, k)) for k in ("alpha", "min_gain", "max_task_drop")}
 
 
-def _rate(s: dict[str, Any]) -> str:
-    if not s.get("eval_episodes"):
-        return "- (not evaluated)"
-    return f"{s['eval_success_rate']:.2f} (n={s['eval_episodes']})"
-
-
 def run_iteration(cfg: Any, stop_after: str | None = None) -> dict[str, Any]:
     """Run (or resume) one iteration; returns the job state."""
     import torch
 
+    from flywheel.iterate_report import load_average
     from flywheel.job import ResumableJob
 
     torch.set_num_threads(max(1, int(cfg.threads)))
+    resolve_budget(cfg)
     it = Iteration(cfg)
     d = it.iteration_dir()
     _file_log(d)
-    log.info("flywheel iteration in %s", d)
-    return ResumableJob(d, it.stages(), config=_plain(cfg)).run(stop_after=stop_after) | {"workdir": str(d)}
+    log.info("flywheel iteration in %s (load average %s)", d, load_average())
+    job = ResumableJob(d, it.stages(), config=_plain(cfg))
+    job.load_state()  # a config that differs from the saved one fails here, before any child starts
+    try:
+        it.start_early_specialists(d)
+        return job.run(stop_after=stop_after) | {"workdir": str(d)}
+    finally:
+        it.close()
+
+
+def resolve_budget(cfg: Any) -> None:
+    """``budget=demo`` with ``generalist.kind=vla``: the tiny VLA's demo budget (``demo_vla``) in every field
+    left at the compact demo's value (a field set on the command line stays)."""
+    from dataclasses import fields
+
+    from flywheel.distill.generalist import generalist_kind
+
+    if str(cfg.budget.name) != "demo" or generalist_kind(cfg.generalist) != "vla":
+        return
+    demo, vla = BUDGETS["demo"], BUDGETS["demo_vla"]
+    for f in fields(BudgetConfig):
+        if getattr(cfg.budget, f.name) == getattr(demo, f.name):
+            setattr(cfg.budget, f.name, getattr(vla, f.name))
 
 
 def _file_log(d: Path) -> None:

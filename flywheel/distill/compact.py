@@ -130,7 +130,7 @@ def batches(model: Any, store: Any, episodes: Sequence[int], sft: Any,
     return VLABatches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights)
 
 
-def new_compact(g: Any, spec: RigSpec, stats: Mapping[str, Any], checkpoint: str = "") -> Any:
+def new_compact(g: Any, spec: RigSpec, stats: Mapping[str, Any], checkpoint: str = "", image_codec: str = "") -> Any:
     """A compact generalist: loaded from ``checkpoint`` (its own stats) or fresh (pretrained encoder, new head)."""
     import torch
 
@@ -146,7 +146,7 @@ def new_compact(g: Any, spec: RigSpec, stats: Mapping[str, Any], checkpoint: str
         raise ValueError(f"generalist.head={g.head!r}: the compact family's heads are {COMPACT_HEADS}")
     torch.manual_seed(int(g.seed))
     cfg = CompactConfig(image_size=int(g.image_size), head=g.head, hidden_dim=int(g.hidden_dim),
-                        num_tokens=int(g.num_tokens), seed=int(g.seed))
+                        num_tokens=int(g.num_tokens), seed=int(g.seed), image_codec=image_codec)
     return CompactVLA(cfg, spec, stats)
 
 

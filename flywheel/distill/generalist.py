@@ -151,17 +151,19 @@ def store_stats(store: Any, episodes: Sequence[int]) -> dict[str, Any]:
     return stats
 
 
-def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any]) -> Any:
+def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any], *, image_codec: str = "") -> Any:
     """A fresh VLA (head randomly initialised) on ``backbone``.
 
     ``kind=compact``: the compact checkpoint ``backbone`` (its own stats), or when "" a fresh compact
-    VLA (pretrained encoder; ``g.image_size``, ``head``, ``hidden_dim``, ``num_tokens``) on ``stats``."""
+    VLA (pretrained encoder; ``g.image_size``, ``head``, ``hidden_dim``, ``num_tokens``) on ``stats``,
+    whose live frames take the ``image_codec`` round trip of its training store
+    (:func:`flywheel.data.codecs.frames_codec`; the VLM family ignores it)."""
     import torch
 
     if generalist_kind(g) == "compact":
         from flywheel.distill.compact import new_compact
 
-        return new_compact(g, spec, stats, checkpoint=backbone)
+        return new_compact(g, spec, stats, checkpoint=backbone, image_codec=image_codec)
     from policy.config import PolicyConfig
     from policy.model import VLA
 
