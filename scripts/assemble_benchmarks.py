@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 ORDER = ["foundation", "safety", "faults", "robot_franka", "robot_graph", "sim", "data", "policy", "generalist", "rl",
-         "distill", "vla_rl", "interop", "console", "scaling", "calibration"]
+         "distill", "demo", "vla_rl", "interop", "console", "scaling", "calibration"]
 
 
 def shift_headings(text: str) -> str:
