@@ -49,13 +49,16 @@ FAMILY = "compact"
 INSTRUCTIONS = "instructions"
 
 
-def masked_l1(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
-    """Mean absolute error over the non-padded steps of a chunk."""
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None,
+              per_sample: bool = False) -> torch.Tensor:
+    """Mean absolute error over the non-padded steps of a chunk; ``per_sample``: one value per batch row
+    (e.g. for advantage weights), else the batch's mean."""
     err = (pred.float() - target.float()).abs()
+    dims = tuple(range(1, err.ndim)) if per_sample else tuple(range(err.ndim))
     if is_pad is None:
-        return err.mean()
+        return err.mean(dims)
     keep = (~is_pad.bool()).unsqueeze(-1).to(err.dtype)
-    return (err * keep).sum() / (keep.sum() * err.shape[-1]).clamp_min(1.0)
+    return (err * keep).sum(dims) / (keep.sum(dims) * err.shape[-1]).clamp_min(1.0)
 
 
 def checkpoint_family(path: str | Path) -> str:

@@ -68,6 +68,8 @@ class CompactLearner:
         """Critic regression of the return, then advantage-weighted regression of the action head."""
         import torch
 
+        from policy.compact import masked_l1
+
         d = self.data(store, episodes, float(cfg.discount))
         n = len(d["ret"])
         g = torch.Generator().manual_seed(seed)
@@ -89,10 +91,8 @@ class CompactLearner:
             with torch.no_grad():
                 adv = ret - self.critic(feats, text, prop).view(-1)
                 w = torch.exp(adv / cfg.beta).clamp(max=cfg.max_weight)
-            pred = head(feats, text, prop)
-            keep = (~torch.from_numpy(d["is_pad"][i])).unsqueeze(-1).float()
-            err = (pred.float() - torch.from_numpy(d["actions"][i])).abs() * keep
-            per = err.sum((1, 2)) / (keep.sum((1, 2)) * pred.shape[-1]).clamp_min(1.0)
+            per = masked_l1(head(feats, text, prop), torch.from_numpy(d["actions"][i]),
+                            torch.from_numpy(d["is_pad"][i]), per_sample=True)
             la = (w * per).sum() / w.sum().clamp_min(1e-6)
             aopt.zero_grad()
             la.backward()
