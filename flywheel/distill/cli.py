@@ -47,7 +47,9 @@ class DistillConfig:
     # ire_vla
     expert_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Red-v0", "PandaRig/LiftCube-Green-v0"])
     unseen_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Yellow-v0"])
-    expert_demos: int = 30
+    expert_demos: int = 30  # human-like demo attempts per expert task (0: use what the store holds)
+    # the expert demos' collection, {task} filled in (a compact G0's store: "g0-human-{task}")
+    expert_collection: str = "human/{task}"
     stage0_steps: int = 600
     stage2_steps: int = 400
     eval_episodes: int = 20

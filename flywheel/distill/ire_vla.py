@@ -339,9 +339,12 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         d = OmegaConf.to_container(cfg.sft) if OmegaConf.is_config(cfg.sft) else dict(cfg.sft.__dict__)
         return SFTConfig(**{**d, "steps": int(steps)})
 
+    def expert_collection(task: str) -> str:
+        return str(getattr(cfg, "expert_collection", "human/{task}")).format(task=task)
+
     def expert_eps(s: Any) -> list[int]:
         return collect.select(s, task=groups["expert"], source="human",
-                              collection=[f"human/{t}" for t in groups["expert"]])
+                              collection=[expert_collection(t) for t in groups["expert"]])
 
     def demos(ctx: Any) -> dict[str, Any]:
         out = {}
@@ -351,7 +354,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
                 try:
                     st = collect.record_rollouts(s, env, collect.ExpertAgent(env, cfg.human_noise, cfg.seed),
                                                  range(int(cfg.expert_demos)), source="human",
-                                                 collection=f"human/{t}", progress=progress)
+                                                 collection=expert_collection(t), progress=progress)
                 finally:
                     env.close()
                 out[t] = st.to_dict()
