@@ -310,3 +310,46 @@ def test_flywheel_distill_rldg_cli_takes_a_compact_parent(store, parent, tmp_pat
     ckpt = state["stages"]["distill"]["output"]["checkpoint"]
     assert CompactVLA.from_checkpoint(ckpt).cfg.finetune == "frozen"
     assert list((tmp_path / "fx").rglob("*.s2.npy"))  # the features went where sft.feature_root said
+
+
+def test_flywheel_distill_ire_vla_cli_runs_every_stage_from_a_compact_g0(parent, tmp_path, monkeypatch):
+    """The whole iRe-VLA job from a compact G0 on the demos its store already holds (expert_demos=0)."""
+    from omegaconf import OmegaConf
+
+    from flywheel.distill import cli, generalist
+
+    trained_on: list[list[int]] = []
+    real_finetune = generalist.finetune
+
+    def spy(parent, store, episodes, *a, **kw):
+        trained_on.append([int(e) for e in episodes])
+        return real_finetune(parent, store, episodes, *a, **kw)
+
+    monkeypatch.setattr(generalist, "finetune", spy)
+
+    spec = _spec()
+    rng = np.random.default_rng(5)
+    with EpisodeStore(tmp_path / "store", "w", spec=spec, image_codec="png") as s:
+        for k in range(2):
+            s.add_episode(_episode(spec, 10, HUMAN, rng), task=HUMAN, instruction=INSTR[HUMAN], success=True,
+                          source="human", extra={"collection": f"g0-human-{HUMAN}", "seed": k})
+        s.add_episode(_episode(spec, 10, HUMAN, rng), task=HUMAN, instruction=INSTR[HUMAN], success=True,
+                      source="human", extra={"collection": "someone-else"})
+    over = [f"parent={parent}", f"store={tmp_path / 'store'}", f"workdir={tmp_path / 'job'}", "method=ire_vla",
+            f"expert_tasks=[{HUMAN}]", "unseen_tasks=[]", "expert_demos=0", "expert_collection=g0-human-{task}",
+            "eval_episodes=1", "stage2_steps=2", "sft.finetune=frozen", "sft.batch_size=8", "sft.device=cpu",
+            "sft.warmup_steps=1", f"ire.rl_tasks=[{RL}]", "ire.rl_iterations=1", "ire.episodes_per_iteration=1",
+            "ire.head_updates=2", "ire.batch_size=8", "ire.intervene=false", "ire.stage2_finetune=frozen",
+            "ire.device=cpu", "progress=false"]
+    cfg = OmegaConf.merge(OmegaConf.structured(cli.DistillConfig), OmegaConf.from_dotlist(over))
+    state = cli.run(cfg)
+    out = state["stages"]
+    assert out["stage0"]["output"]["checkpoint"] == str(parent)  # the given G0 is stage 0
+    assert out["expert_demos"]["output"][HUMAN]["episodes"] == 0  # nothing recorded: the store's demos serve
+    assert [k for k in out if k.startswith("eval_")] == ["eval_stage0", "eval_round1_rl", "eval_round1_sl"]
+    assert out["eval_round1_sl"]["output"]["expert"] is not None and out["eval_round1_sl"]["output"]["unseen"] is None
+    with EpisodeStore(tmp_path / "store", "r") as s:
+        rl_ok = [i for i in range(3, s.num_episodes) if s.record(i).success]
+    assert out["round1_sl"]["output"]["rl_successes"] == len(rl_ok)
+    assert trained_on == [[0, 1, *rl_ok]]  # stage 2 only: the g0-human demos and RL successes, not "someone-else"
+    assert Path(state["stages"]["report"]["output"]["report"]).is_file()
