@@ -23,26 +23,24 @@ def main() -> None:
     import logging
 
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from flywheel.distill.cli import register, run
+    from flywheel.distill.cli import compose, run
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     q = args.quick
     overrides = [
         "method=ire_vla", f"workdir={args.workdir}",
-        "expert_tasks=[PandaRig/LiftCube-Red-v0,PandaRig/LiftCube-Green-v0]",
-        "ire.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]",
-        "unseen_tasks=[PandaRig/LiftCube-Yellow-v0]",
-        f"expert_demos={4 if q else 40}", f"stage0_steps={20 if q else 1500}", f"stage2_steps={10 if q else 1000}",
-        f"eval_episodes={2 if q else 20}", f"ire.rl_iterations={1 if q else 2}",
-        f"ire.episodes_per_iteration={2 if q else 32}", f"ire.head_updates={10 if q else 300}", "ire.max_interventions=4",
+        "method.expert_tasks=[PandaRig/LiftCube-Red-v0,PandaRig/LiftCube-Green-v0]",
+        "method.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]",
+        "method.unseen_tasks=[PandaRig/LiftCube-Yellow-v0]",
+        f"method.expert_demos={4 if q else 40}", f"method.stage0_steps={20 if q else 1500}",
+        f"method.stage2_steps={10 if q else 1000}", f"method.eval_episodes={2 if q else 20}",
+        f"method.rl_iterations={1 if q else 2}", f"method.episodes_per_iteration={2 if q else 32}",
+        f"method.head_updates={10 if q else 300}", "method.max_interventions=4",
         *extra,
     ]
-    register()
-    with initialize_config_dir(config_dir=os.path.abspath(os.path.dirname(__file__)), version_base=None):
-        cfg = compose("flywheel_distill", overrides)
+    cfg = compose(overrides)
     run(cfg)
     print("command: .venv/bin/python benchmarks/distill_ire_vla.py " + " ".join(os.sys.argv[1:]))
 

@@ -35,7 +35,7 @@ VARIANTS: dict[str, list[str]] = {
 
 def _cmd(task: str, variant: str, steps: int, evals: int, out: Path, extra: list[str]) -> list[str]:
     exe = str(Path(sys.executable).with_name("flywheel-rl"))
-    return [exe, f"rl_task={task}", f"total_steps={steps}", f"out_dir={out}", f"final_eval_episodes={evals}",
+    return [exe, f"rl_task={task}", f"total_steps={steps}", f"out_dir={out}", f"role.final_eval_episodes={evals}",
             "learner.eval_every=1000", "learner.eval_episodes=20", "progress=false",
             f"hydra.run.dir={out}/hydra", *VARIANTS[variant], *extra]
 
@@ -76,7 +76,7 @@ def main() -> None:
     extra = list(a.extra)
     if a.quick:
         a.steps, a.eval = 300, 5
-        extra += ["demos.num=3", "bc_steps=200"]
+        extra += ["demos.num=3", "algo.steps=200"]
     root = Path(a.out)
     pending = []
     for v in a.variants.split(","):

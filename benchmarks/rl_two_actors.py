@@ -1,6 +1,7 @@
 """Two actors feeding one learner over the network transport (ZeroMQ + msgpack + HMAC, loopback).
 
     .venv/bin/python benchmarks/rl_two_actors.py --task peg_insert --steps 3000
+    .venv/bin/python benchmarks/rl_two_actors.py --task peg_insert --steps 8000 --eval 100 --actor-rate-hz 10
     .venv/bin/python benchmarks/rl_two_actors.py --quick
 
 Starts ``flywheel-rl role=learner`` and two ``flywheel-rl role=actor`` processes
@@ -37,8 +38,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000, help="env steps in all (half per actor)")
     ap.add_argument("--eval", type=int, default=100)
     ap.add_argument("--out", default="outputs/bench/rl_two_actors")
+    ap.add_argument("--actor-rate-hz", type=float, default=0.0,
+                    help="pace each actor's env steps like a robot's control loop (role.rate_hz; 0: flat out)")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("extra", nargs="*", help="more hydra overrides for every process")
+    ap.add_argument("extra", nargs="*", help="more hydra overrides for every process (role.* fields differ per role)")
     a = ap.parse_args()
     if a.quick:
         a.steps, a.eval = 200, 5
@@ -52,13 +55,13 @@ def main() -> None:
               "transport.weights_period_s=2", "progress=false", f"out_dir={out}", *a.extra]
     t0 = time.time()
     learner = subprocess.Popen(
-        [exe, "role=learner", f"total_steps={a.steps}", f"final_eval_episodes={a.eval}", "learner.eval_every=0",
-         f"hydra.run.dir={out}/hydra_learner", "resume=false", *common],
+        [exe, "role=learner", f"total_steps={a.steps}", f"role.final_eval_episodes={a.eval}", "learner.eval_every=0",
+         f"hydra.run.dir={out}/hydra_learner", "role.resume=false", *common],
         env=env, stdout=open(out / "learner.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     actors = [
         subprocess.Popen(
-            [exe, "role=actor", f"actor_name=actor{i}", f"total_steps={a.steps // 2}", f"seed={i + 1}",
-             f"hydra.run.dir={out}/hydra_actor{i}", *common],
+            [exe, "role=actor", f"role.actor_name=actor{i}", f"total_steps={a.steps // 2}", f"seed={i + 1}",
+             f"role.rate_hz={a.actor_rate_hz}", f"hydra.run.dir={out}/hydra_actor{i}", *common],
             env=env, stdout=open(out / f"actor{i}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
         for i in range(2)
     ]

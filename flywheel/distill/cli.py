@@ -1,25 +1,29 @@
 """`flywheel-distill`: distil into the generalist with RLDG or iRe-VLA (hydra app, ``key=value`` overrides).
 
     # RLDG: fine-tune a checkpoint on the successful RL rollouts of PegInsert in the store
-    flywheel-distill method=rldg parent=outputs/ckpt store=outputs/flywheel/store tasks=[PandaRig/PegInsert-v0]
+    flywheel-distill method=rldg parent=outputs/ckpt store=outputs/flywheel/store method.tasks=[PandaRig/PegInsert-v0]
     # the human-demo baseline: the same, on human demos
-    flywheel-distill method=rldg source=human parent=... store=... tasks=[...]
+    flywheel-distill method=rldg method.source=human parent=... store=... method.tasks=[...]
     # a compact G0 (policy.compact, recognised from its checkpoint): train the head on cached encoder
     # features (features/ next to the store unless sft.feature_root=DIR), every 2nd frame as G0 was
     flywheel-distill method=rldg parent=outputs/bench/g0/g0_s2 store=outputs/bench/g0/store \
-        tasks=[PandaRig/PegInsert-v0] sft.finetune=frozen sft.frame_stride=2 sft.lr=3e-4 sft.batch_size=128
+        method.tasks=[PandaRig/PegInsert-v0] sft.finetune=frozen sft.frame_stride=2 sft.lr=3e-4 sft.batch_size=128
     # iRe-VLA: stage 0 on expert demos, then (RL with the VLM frozen, SL of the whole model) per RL task
-    flywheel-distill method=ire_vla workdir=outputs/ire ire.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]
+    flywheel-distill method=ire_vla workdir=outputs/ire method.rl_tasks=[PandaRig/PegInsert-v0,PandaRig/LiftCube-Blue-v0]
 
-Both run as resumable jobs in ``workdir`` (re-run the same command after a kill).
-With ``registry=DIR`` the RLDG result is registered (not promoted) with its lineage.
+``method`` picks a config group, one per method, holding that method's fields only
+(``method.<field>=``: :class:`RLDGMethod`, :class:`IReVLAMethod`); the shared settings are on
+top. Both run as resumable jobs in ``workdir`` (re-run the same command after a kill; a workdir
+started before the method group existed is resumed too, its saved config upgraded).
+With ``method.registry=DIR`` the RLDG result is registered (not promoted) with its lineage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +32,26 @@ from flywheel.distill.ire_vla import IReVLAConfig
 from flywheel.distill.rldg import RLDGConfig
 
 log = logging.getLogger(__name__)
-METHODS = ("rldg", "ire_vla")
 
 
 @dataclass
-class DistillConfig:
-    method: str = "rldg"  # rldg | ire_vla
-    workdir: str = "outputs/distill"
-    store: str = ""  # episode store ("" -> <workdir>/store)
-    # checkpoint to start from, vla or compact (ire_vla: "" trains stage 0 from generalist.backbone / a tiny one)
-    parent: str = ""
-    registry: str = ""  # rldg: register the result here with its lineage (parent must be registered)
+class RLDGMethod(RLDGConfig):
+    """``method=rldg``: fine-tune ``parent`` on the successful episodes of ``tasks`` (RLDGConfig's fields too)."""
+
+    name: str = "rldg"
+    tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0"])  # tasks to distil
+    source: str = "rl"  # rl (RLDG) | human (the human-demo baseline)
+    collection: str = ""  # only episodes of this collection ("" -> any)
+    replay_collections: list[str] = field(default_factory=list)  # replay these (human) collections
+    registry: str = ""  # register the result here with its lineage (parent must be registered)
     parent_id: str = ""  # the parent's id in the registry
-    tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0"])  # rldg: tasks to distil
-    source: str = "rl"  # rldg: rl (RLDG) | human (the human-demo baseline)
-    collection: str = ""  # rldg: only episodes of this collection ("" -> any)
-    replay_collections: list[str] = field(default_factory=list)  # rldg: replay these (human) collections
-    # ire_vla
+
+
+@dataclass
+class IReVLAMethod(IReVLAConfig):
+    """``method=ire_vla``: the iRe-VLA job's task groups, demos and budgets (IReVLAConfig's fields too)."""
+
+    name: str = "ire_vla"
     expert_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Red-v0", "PandaRig/LiftCube-Green-v0"])
     unseen_tasks: list[str] = field(default_factory=lambda: ["PandaRig/LiftCube-Yellow-v0"])
     expert_demos: int = 30  # human-like demo attempts per expert task (0: use what the store holds)
@@ -54,19 +61,82 @@ class DistillConfig:
     stage2_steps: int = 400
     eval_episodes: int = 20
     human_noise: float = 1.0
+
+
+METHODS: dict[str, type] = {"rldg": RLDGMethod, "ire_vla": IReVLAMethod}
+# the config before the method group: these keys were on top, and each method's own settings in a group
+_OLD_KEYS = ("tasks", "source", "collection", "replay_collections", "registry", "parent_id", "expert_tasks",
+             "unseen_tasks", "expert_demos", "expert_collection", "stage0_steps", "stage2_steps", "eval_episodes",
+             "human_noise")
+_OLD_GROUPS = {"rldg": "rldg", "ire_vla": "ire"}
+MOVED = {**{k: f"method.{k}" for k in _OLD_KEYS}, "rldg.": "method.", "ire.": "method."}
+
+
+@dataclass
+class DistillConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"method": "rldg"}])
+    method: Any = None  # the config group: rldg | ire_vla
+    workdir: str = "outputs/distill"
+    store: str = ""  # episode store ("" -> <workdir>/store)
+    # checkpoint to start from, vla or compact (ire_vla: "" trains stage 0 from generalist.backbone / a tiny one)
+    parent: str = ""
     seed: int = 0
     progress: bool = True
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-    rldg: RLDGConfig = field(default_factory=RLDGConfig)
-    ire: IReVLAConfig = field(default_factory=IReVLAConfig)
 
 
 def register() -> None:
-    """Register ``flywheel_distill`` in hydra's ConfigStore (idempotent)."""
+    """Register ``flywheel_distill`` and its ``method`` group in hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="flywheel_distill", node=DistillConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="flywheel_distill", node=DistillConfig)
+    for name, node in METHODS.items():
+        cs.store(group="method", name=name, node=node)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Fail with the new key for a key of the old (union) form or a field of the other method."""
+    from flywheel.overrides import check_overrides as check
+
+    check("flywheel-distill", overrides, {"method": ("rldg", METHODS)}, MOVED)
+
+
+def compose(overrides: list[str]) -> Any:
+    """The app's config from a command line (checked, then composed by hydra) outside the hydra app."""
+    from robot.config import compose as _compose
+
+    check_overrides(overrides)
+    register()
+    return _compose("flywheel_distill", overrides)
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a job's ``config``) in the current form; one from before the method group is converted."""
+    if not isinstance(saved.get("method"), str):
+        return saved
+    name = saved["method"]
+    if name not in METHODS:
+        raise ValueError(f"saved config: method={name!r} is not one of {list(METHODS)}")
+    own = {f.name for f in fields(METHODS[name])}
+    method = {"name": name, **{k: v for k, v in saved.items() if k in own}, **saved.get(_OLD_GROUPS[name], {})}
+    gone = {"method", *_OLD_KEYS, *_OLD_GROUPS.values()}
+    return {**{k: v for k, v in saved.items() if k not in gone}, "method": method}
+
+
+def _upgrade_saved_job(workdir: Path) -> None:
+    """Rewrite a job state saved before the method group in the current form, so that the job resumes."""
+    from flywheel.registry import atomic_write_text
+
+    f = workdir / "job_state.json"
+    if not f.exists():
+        return
+    state = json.loads(f.read_text())
+    if isinstance(state.get("config"), dict) and isinstance(state["config"].get("method"), str):
+        state["config"] = upgrade_config(state["config"])
+        atomic_write_text(f, json.dumps(state, indent=2))
+        log.info("%s: upgraded its saved config to the method group form", f)
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -82,34 +152,35 @@ def run_rldg(cfg: Any) -> dict[str, Any]:
     from flywheel.distill import collect, rldg
     from flywheel.job import ResumableJob, Stage
 
+    m = cfg.method
     if not cfg.parent:
         raise ValueError("method=rldg needs parent=<checkpoint directory> (the generalist to fine-tune)")
     workdir = Path(cfg.workdir)
     store_path = Path(cfg.store) if cfg.store else workdir / "store"
-    if cfg.source not in ("rl", "human"):
-        raise ValueError(f"source={cfg.source!r}: use rl (RLDG) or human (the baseline)")
+    if m.source not in ("rl", "human"):
+        raise ValueError(f"method.source={m.source!r}: use rl (RLDG) or human (the baseline)")
 
     def distill(ctx: Any) -> dict[str, Any]:
         with EpisodeStore(store_path, "r") as store:
-            replay = collect.select(store, source="human", collection=list(cfg.replay_collections)) \
-                if cfg.replay_collections else []
+            replay = collect.select(store, source="human", collection=list(m.replay_collections)) \
+                if m.replay_collections else []
             sft = SFTConfig(**_plain(cfg.sft))
-            ckpt, data = rldg.distill(cfg.parent, store, list(cfg.tasks), ctx.stage_dir("distill") / "sft", sft,
-                                      RLDGConfig(**_plain(cfg.rldg)), source=cfg.source, replay_episodes=replay,
-                                      collection=cfg.collection or None)
+            rcfg = RLDGConfig(**{f.name: m[f.name] for f in fields(RLDGConfig)})
+            ckpt, data = rldg.distill(cfg.parent, store, list(m.tasks), ctx.stage_dir("distill") / "sft", sft,
+                                      rcfg, source=m.source, replay_episodes=replay, collection=m.collection or None)
         return {"checkpoint": str(ckpt), "data": data}
 
     def register_model(ctx: Any) -> dict[str, Any]:
         out = ctx.output("distill")
-        if not cfg.registry:
+        if not m.registry:
             return {"registered": False}
         from flywheel.registry import ModelRecord, ModelRegistry
 
-        reg = ModelRegistry(cfg.registry)
-        mid = f"{workdir.name}-{cfg.source}"
+        reg = ModelRegistry(m.registry)
+        mid = f"{workdir.name}-{m.source}"
         if mid not in reg:
-            reg.register(ModelRecord(mid, out["checkpoint"], parent=cfg.parent_id or None, data=out["data"],
-                                     notes=f"flywheel-distill method=rldg source={cfg.source}"))
+            reg.register(ModelRecord(mid, out["checkpoint"], parent=m.parent_id or None, data=out["data"],
+                                     notes=f"flywheel-distill method=rldg method.source={m.source}"))
         return {"registered": True, "id": mid}
 
     state = ResumableJob(workdir, [Stage("distill", distill), Stage("register", register_model)],
@@ -132,17 +203,25 @@ def run_ire_vla(cfg: Any) -> dict[str, Any]:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    if cfg.method not in METHODS:
-        raise ValueError(f"method={cfg.method!r}: use one of {METHODS}")
-    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    """Run the composed config's method as a resumable job in ``cfg.workdir``."""
+    name = cfg.method.name if cfg.method is not None else None
+    if name not in METHODS:
+        raise ValueError(f"method={name!r}: use one of {list(METHODS)}")
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     from flywheel.iterate import _file_log
 
-    _file_log(Path(cfg.workdir))
-    return run_rldg(cfg) if cfg.method == "rldg" else run_ire_vla(cfg)
+    _file_log(workdir)
+    _upgrade_saved_job(workdir)
+    return run_rldg(cfg) if name == "rldg" else run_ire_vla(cfg)
 
 
 def main() -> None:
     import hydra
 
+    try:
+        check_overrides(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(str(e))
     register()
     hydra.main(version_base=None, config_name="flywheel_distill")(run)()

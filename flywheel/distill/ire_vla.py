@@ -19,7 +19,7 @@ RL-trained and unseen tasks is evaluated after every stage.
 
 A compact parent (``parent=`` a :mod:`policy.compact` checkpoint) runs both stages on the shared
 frozen-encoder feature cache (:mod:`flywheel.distill.ire_compact`; stage 2 with
-``ire.stage2_finetune=frozen``); the env renders at the checkpoint's own cameras and image size.
+``method.stage2_finetune=frozen``); the env renders at the checkpoint's own cameras and image size.
 """
 
 from __future__ import annotations
@@ -303,7 +303,11 @@ def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_e
 
 
 def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) -> Any:
-    """The resumable iRe-VLA job: expert demos, stage 0, then (stage 1, stage 2) per RL task, with evaluations."""
+    """The resumable iRe-VLA job: expert demos, stage 0, then (stage 1, stage 2) per RL task, with evaluations.
+
+    ``cfg`` is ``flywheel-distill``'s with ``method=ire_vla``: ``cfg.method`` holds the task groups, demos,
+    budgets and this module's :class:`IReVLAConfig` fields; ``parent``, ``seed``, ``generalist`` and ``sft`` are shared.
+    """
     from flywheel.data import EpisodeStore
     from flywheel.distill.generalist import (
         SFTConfig,
@@ -318,8 +322,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
     from flywheel.evaluate import HELDOUT_SEED, load_results, save_results
     from flywheel.job import Stage
 
-    g, ire = cfg.generalist, cfg.ire
-    groups = {"expert": list(cfg.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(cfg.unseen_tasks)}
+    g, ire = cfg.generalist, cfg.method
+    groups = {"expert": list(ire.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(ire.unseen_tasks)}
     eval_tasks = [t for ts in groups.values() for t in ts]
     spec_holder: dict[str, Any] = {}
 
@@ -340,7 +344,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         return SFTConfig(**{**d, "steps": int(steps)})
 
     def expert_collection(task: str) -> str:
-        return str(getattr(cfg, "expert_collection", "human/{task}")).format(task=task)
+        return str(ire.expert_collection).format(task=task)
 
     def expert_eps(s: Any) -> list[int]:
         return collect.select(s, task=groups["expert"], source="human",
@@ -352,8 +356,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
             for t in groups["expert"]:
                 env = collect.make_env(t, privileged_state=False, **env_kwargs(g, cfg.parent or None))
                 try:
-                    st = collect.record_rollouts(s, env, collect.ExpertAgent(env, cfg.human_noise, cfg.seed),
-                                                 range(int(cfg.expert_demos)), source="human",
+                    st = collect.record_rollouts(s, env, collect.ExpertAgent(env, ire.human_noise, cfg.seed),
+                                                 range(int(ire.expert_demos)), source="human",
                                                  collection=expert_collection(t), progress=progress)
                 finally:
                     env.close()
@@ -367,7 +371,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         with store("r") as s:
             eps = expert_eps(s)
             parent = final_checkpoint(d) or new_generalist(g, s.spec, ensure_backbone(g, workdir), store_stats(s, eps))
-            ckpt = finetune(parent, s, eps, d, sft_cfg(cfg.stage0_steps))
+            ckpt = finetune(parent, s, eps, d, sft_cfg(ire.stage0_steps))
         return {"checkpoint": str(ckpt), "episodes": len(eps)}
 
     def evaluation(prev: str) -> Any:
@@ -376,8 +380,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
             f = out / "results.json"
             ckpt = ctx.output(prev)["checkpoint"]
             if not f.exists():
-                save_results(evaluate(ckpt, eval_tasks, int(cfg.eval_episodes), g, seed=HELDOUT_SEED,
-                                      progress=progress, device=getattr(ire, "device", "auto")), f)
+                save_results(evaluate(ckpt, eval_tasks, int(ire.eval_episodes), g, seed=HELDOUT_SEED,
+                                      progress=progress, device=ire.device), f)
             res = load_results(f)
             return {"results": str(f), "checkpoint": ckpt,
                     **{grp: float(np.mean([res[t].rate for t in ts])) if ts else None for grp, ts in groups.items()}}
@@ -401,7 +405,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
                          for k in range(int(ire.rl_iterations))]
                 rl_ok = collect.select(s, source="rl", success=True, collection=names)
                 ckpt = sl_stage(ctx.output(rl_name)["checkpoint"], s, expert_eps(s), rl_ok,
-                                ctx.stage_dir(sl_name) / "sft", sft_cfg(cfg.stage2_steps), ire)
+                                ctx.stage_dir(sl_name) / "sft", sft_cfg(ire.stage2_steps), ire)
             return {"checkpoint": str(ckpt), "rl_successes": len(rl_ok)}
 
         stages += [Stage(rl_name, rl), Stage(f"eval_{rl_name}", evaluation(rl_name)),
@@ -421,7 +425,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         groups_md = "\n".join(f"- {k}: {', '.join(v)}" for k, v in groups.items())
         md = write_report(workdir / "report.md", "iRe-VLA", results,
                           [("Mean success per task group", "\n".join(lines)), ("Task groups", groups_md)],
-                          {"eval episodes per task": cfg.eval_episodes, "held-out seeds from": HELDOUT_SEED})
+                          {"eval episodes per task": ire.eval_episodes, "held-out seeds from": HELDOUT_SEED})
         return {"report": str(md), "table": lines}
 
     stages.append(Stage("report", report))

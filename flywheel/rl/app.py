@@ -2,7 +2,11 @@
 
 ``run(cfg)`` runs one role with a composed config (``role=local``: actor and
 learner in one process; ``learner``: the networked learner; ``actor``: the
-networked actor) and writes ``results.json``; :mod:`flywheel.rl.cli` is the
+networked actor) and writes ``results.json``. ``role`` and ``algo`` are config
+groups whose options hold the fields of that role or algorithm only
+(``role.final_eval_episodes=``, ``algo.steps=``); :func:`compose` names the new
+key for a key of the form before the groups, and :func:`upgrade_config` reads a
+``results.json`` config written then. :mod:`flywheel.rl.cli` is the
 hydra entry point around it, and the distillation's ``sac`` specialist calls
 it directly. Outputs under ``out_dir``: ``checkpoint/`` (resumed
 automatically), ``tb/`` (TensorBoard), ``learning_curve.png``, ``results.json``.
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,33 +73,80 @@ class InterventionConfig:
 
 
 @dataclass
-class RLAppConfig:
-    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"rl_task": "peg_insert"}])
-    role: str = "local"  # local | learner | actor
-    algo: str = "hil_serl"  # hil_serl | bc
-    seed: int = 0
-    total_steps: int = 20_000  # env steps (all actors together for the learner)
-    bc_steps: int = 5_000  # gradient steps of the BC baseline
-    out_dir: str = "outputs/rl"
+class LocalRole:
+    """``role=local``: the actor and the learner in one process."""
+
+    name: str = "local"
+    actor_name: str = "actor0"
+    record_to: str = ""  # an EpisodeStore path: write the actor's episodes there (source=rl)
+    resume: bool = True  # from out_dir/checkpoint when it is there
+    final_eval_episodes: int = 100
+
+
+@dataclass
+class LearnerRole:
+    """``role=learner``: the networked learner (actors connect through ``transport``)."""
+
+    name: str = "learner"
     resume: bool = True
-    torch_threads: int = 1
-    device: str = "cpu"  # auto (CUDA when present) | cpu | cuda | cuda:N; the small SAC nets are fastest beside the sim
+    final_eval_episodes: int = 100
+
+
+@dataclass
+class ActorRole:
+    """``role=actor``: a networked actor (sends ``transport.send_every`` transitions per message)."""
+
+    name: str = "actor"
+    actor_name: str = "actor0"
+    record_to: str = ""
+    rate_hz: float = 0.0  # pace env steps like a robot's control loop (0: flat out)
+
+
+@dataclass
+class HILSERLAlgo:
+    """``algo=hil_serl``: SAC on demos, online transitions and interventions, rewarded by ``reward``."""
+
+    name: str = "hil_serl"
     reward: str = "success"  # success | env | classifier
     classifier: str = ""  # reward classifier .safetensors (reward=classifier)
-    final_eval_episodes: int = 100
-    actor_name: str = "actor0"
-    send_every: int = 50  # actor: transitions per message
-    actor_rate_hz: float = 0.0  # actor: pace env steps like a robot's control loop (0: flat out)
+
+
+@dataclass
+class BCAlgo:
+    """``algo=bc``: the BC baseline, offline on the demos."""
+
+    name: str = "bc"
+    steps: int = 5_000  # gradient steps
+
+
+ROLES: dict[str, type] = {"local": LocalRole, "learner": LearnerRole, "actor": ActorRole}
+ALGOS: dict[str, type] = {"hil_serl": HILSERLAlgo, "bc": BCAlgo}
+# keys of the config before the role and algo groups -> where they are now
+MOVED = {"bc_steps": "algo.steps", "reward": "algo.reward", "classifier": "algo.classifier",
+         "actor_name": "role.actor_name", "actor_rate_hz": "role.rate_hz", "record_to": "role.record_to",
+         "resume": "role.resume", "final_eval_episodes": "role.final_eval_episodes", "send_every": "transport.send_every"}
+
+
+@dataclass
+class RLAppConfig:
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"role": "local"}, {"algo": "hil_serl"},
+                                                         {"rl_task": "peg_insert"}])
+    role: Any = None  # the config group: local | learner | actor
+    algo: Any = None  # the config group: hil_serl | bc
+    seed: int = 0
+    total_steps: int = 20_000  # env steps (all actors together for the learner; algo=bc takes none)
+    out_dir: str = "outputs/rl"
+    torch_threads: int = 1
+    device: str = "cpu"  # auto (CUDA when present) | cpu | cuda | cuda:N; the small SAC nets are fastest beside the sim
     progress: bool = True
     latent_policy: str = ""  # generalist checkpoint whose frozen backbone is the encoder (agent.encoder=latent)
     latent_instruction: str = ""
-    record_to: str = ""  # an EpisodeStore path: write the actor's episodes there (source=rl)
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: SACConfig = field(default_factory=SACConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
-    demos: DemoConfig = field(default_factory=DemoConfig)
-    intervention: InterventionConfig = field(default_factory=InterventionConfig)
-    transport: TransportConfig = field(default_factory=TransportConfig)
+    demos: DemoConfig = field(default_factory=DemoConfig)  # role=local | learner
+    intervention: InterventionConfig = field(default_factory=InterventionConfig)  # role=local | actor, algo=hil_serl
+    transport: TransportConfig = field(default_factory=TransportConfig)  # role=learner | actor
 
 
 # Per-task settings (discount, controlled arm dims, state keys, gripper), hydra group ``rl_task``.
@@ -121,14 +172,49 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
 
 
 def register() -> None:
-    """Register the app config and the ``rl_task`` presets in hydra's ConfigStore."""
+    """Register the app config, its ``role`` and ``algo`` groups and the ``rl_task`` presets in hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="flywheel_rl", node=RLAppConfig)
+    for group, options in (("role", ROLES), ("algo", ALGOS)):
+        for name, node in options.items():
+            cs.store(group=group, name=name, node=node)
     for name, preset in TASK_PRESETS.items():
         cs.store(group="rl_task", name=name, node=preset, package="_global_")
     cs.store(group="rl_task", name="none", node={}, package="_global_")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Fail with the new key for a key of the old (union) form or a field of another role or algorithm."""
+    from flywheel.overrides import check_overrides as check
+
+    check("flywheel-rl", overrides, {"role": ("local", ROLES), "algo": ("hil_serl", ALGOS)}, MOVED)
+
+
+def compose(overrides: list[str]) -> Any:
+    """The app's config from a command line (checked, then composed by hydra) outside the hydra app."""
+    from robot.config import compose as _compose
+
+    check_overrides(overrides)
+    register()
+    return _compose("flywheel_rl", overrides)
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``results.json``'s ``config``) in the current form; one from before the groups is converted."""
+    if not isinstance(saved.get("role"), str):
+        return saved
+    top = {k: v for k, v in saved.items() if k not in MOVED and k not in ("role", "algo")}
+    old = {new: saved[k] for k, new in MOVED.items() if k in saved}
+    role, algo = saved["role"], saved.get("algo", "hil_serl")
+    if role not in ROLES or algo not in ALGOS:
+        raise ValueError(f"saved config: role={role!r} algo={algo!r} (roles {list(ROLES)}, algos {list(ALGOS)})")
+    pick = {g: {"name": n, **{f.name: old[f"{g}.{f.name}"] for f in fields(ROLES[n] if g == "role" else ALGOS[n])
+                              if f"{g}.{f.name}" in old}} for g, n in (("role", role), ("algo", algo))}
+    transport = {**saved.get("transport", {}), **({"send_every": old["transport.send_every"]}
+                                                   if "transport.send_every" in old else {})}
+    return {**top, **pick, "transport": transport}
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -139,38 +225,43 @@ def run(cfg: Any) -> dict[str, Any]:
     from flywheel.rl.learner import Learner
     from flywheel.rl.loops import run_actor, serve, train_local
 
-    if cfg.role not in ("local", "learner", "actor"):
-        raise ValueError(f"role={cfg.role!r}: use local, learner or actor")
-    if cfg.algo not in ("hil_serl", "bc"):
-        raise ValueError(f"algo={cfg.algo!r}: use hil_serl or bc")
+    r, a = cfg.role, cfg.algo
+    role, algo = getattr(r, "name", None), getattr(a, "name", None)
+    if role not in ROLES:
+        raise ValueError(f"role={role!r}: use one of {', '.join(ROLES)}")
+    if algo not in ALGOS:
+        raise ValueError(f"algo={algo!r}: use one of {', '.join(ALGOS)}")
+    if role == "actor" and algo != "hil_serl":
+        raise ValueError(f"role=actor runs algo=hil_serl only (algo={algo} trains offline: role=local)")
     torch.set_num_threads(int(cfg.torch_threads))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = make_env(cfg)
     agent = build_agent(cfg, env)
     rng_seed = int(cfg.seed)
-    results: dict[str, Any] = {"role": cfg.role, "algo": cfg.algo, "task": cfg.env.task, "seed": rng_seed}
+    results: dict[str, Any] = {"role": role, "algo": algo, "task": cfg.env.task, "seed": rng_seed}
 
-    if cfg.role == "actor":
+    if role == "actor":
         from flywheel.rl.transport import ActorEndpoint
 
-        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
-                      reward_fn=reward_fn(cfg), seed=rng_seed, name=cfg.actor_name,
+        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
+                      reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
                       recorder=make_recorder(cfg, env))
         t0 = time.time()
-        with ActorEndpoint(transport_config(cfg, agent), cfg.actor_name) as ep:
-            run_actor(actor, ep, int(cfg.total_steps), send_every=int(cfg.send_every), progress=cfg.progress,
-                      random_steps=int(cfg.learner.random_steps), rate_hz=float(cfg.actor_rate_hz))
+        tcfg = transport_config(cfg, agent)
+        with ActorEndpoint(tcfg, r.actor_name) as ep:
+            run_actor(actor, ep, int(cfg.total_steps), send_every=int(tcfg.send_every), progress=cfg.progress,
+                      random_steps=int(cfg.learner.random_steps), rate_hz=float(r.rate_hz))
             results.update(sent=ep.sent, dropped=ep.dropped, **ep.counters)
         results.update(env_steps=actor.env_steps, episodes=actor.episodes,
                        steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))
-        _write_results(out / f"results_{cfg.actor_name}.json", results)
+        _write_results(out / f"results_{r.actor_name}.json", results)
         return results
 
     learner = Learner(agent, learner_config(cfg), logdir=out, seed=rng_seed)
     ckpt = out / "checkpoint"
     resumed = False
-    if cfg.resume and (ckpt / "state.json").exists():
+    if r.resume and (ckpt / "state.json").exists():
         learner.load(ckpt)
         resumed = True
         log.info("resumed from %s at env step %d", ckpt, learner.env_steps)
@@ -183,16 +274,16 @@ def run(cfg: Any) -> dict[str, Any]:
     eval_env = make_env(cfg)
     eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
     t0 = time.time()
-    if cfg.algo == "bc":
+    if algo == "bc":
         if len(learner.demo) == 0:
             raise ValueError("algo=bc needs demos (demos.num > 0)")
         from tqdm import trange
 
-        for _ in trange(int(cfg.bc_steps), disable=not cfg.progress, desc="BC steps"):
+        for _ in trange(int(a.steps), disable=not cfg.progress, desc="BC steps"):
             agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))
-    elif cfg.role == "local":
-        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=cfg.reward,
-                      reward_fn=reward_fn(cfg), seed=rng_seed, name=cfg.actor_name,
+    elif role == "local":
+        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
+                      reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
                       recorder=make_recorder(cfg, env))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)
@@ -205,7 +296,7 @@ def run(cfg: Any) -> dict[str, Any]:
                   checkpoint_dir=ckpt, eval_actor=eval_actor, progress=cfg.progress)
             results.update(received=ep.received, **ep.counters)
     train_s = time.time() - t0
-    final = eval_actor.evaluate(int(cfg.final_eval_episodes), seed=1_000_000)
+    final = eval_actor.evaluate(int(r.final_eval_episodes), seed=1_000_000)
     learner.log_eval(final)
     eps = [h for h in learner.history if h["kind"] == "episode"]
     results.update(
@@ -216,7 +307,7 @@ def run(cfg: Any) -> dict[str, Any]:
         train_seconds=train_s, demo_buffer=len(learner.demo), online_buffer=len(learner.online),
         resumed=resumed, config=_plain(cfg),
     )
-    learner.plot(out / "learning_curve.png", title=f"{cfg.env.task} {cfg.algo}")
+    learner.plot(out / "learning_curve.png", title=f"{cfg.env.task} {algo}")
     learner.close()
     _write_results(out / "results.json", results)
     env.close()

@@ -125,24 +125,25 @@ def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | 
 
 
 def reward_fn(cfg: Any) -> Any:
-    if cfg.reward != "classifier":
+    a = cfg.algo
+    if a.reward != "classifier":
         return None
     from flywheel.rl.reward_classifier import RewardClassifier
 
-    if not cfg.classifier:
-        raise ValueError("reward=classifier needs classifier=<path to the reward classifier .safetensors>")
-    return RewardClassifier.load(cfg.classifier).reward
+    if not a.classifier:
+        raise ValueError("algo.reward=classifier needs algo.classifier=<path to the reward classifier .safetensors>")
+    return RewardClassifier.load(a.classifier).reward
 
 
 def make_recorder(cfg: Any, env: Any) -> Any:
-    if not cfg.record_to:
+    if not cfg.role.record_to:
         return None
     from flywheel.data import EpisodeStore
     from flywheel.rl.actor import RolloutRecorder
 
     u = env.unwrapped
     spec = getattr(u, "rig_spec", None)
-    store = EpisodeStore(cfg.record_to, mode="a", spec=spec)
+    store = EpisodeStore(cfg.role.record_to, mode="a", spec=spec)
     return RolloutRecorder(store, task=str(getattr(u, "task_id", cfg.env.task)),
                            instruction=str(getattr(u, "instruction", "")), policy_version=f"rl:{cfg.out_dir}")
 
@@ -163,6 +164,6 @@ def transport_config(cfg: Any, agent: Any) -> TransportConfig:
 
     tcfg = TransportConfig(**OmegaConf.to_container(cfg.transport, resolve=True))
     if not tcfg.max_frame_bytes:
-        tcfg.max_frame_bytes = frame_cap(transition_layout(agent.obs_shapes), int(cfg.send_every),
+        tcfg.max_frame_bytes = frame_cap(transition_layout(agent.obs_shapes), int(tcfg.send_every),
                                          len(weights_to_bytes(agent)))
     return tcfg

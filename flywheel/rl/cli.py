@@ -4,9 +4,14 @@ Examples::
 
     flywheel-rl rl_task=peg_insert total_steps=20000                 # actor + learner in one process
     FLYWHEEL_RL_TOKEN=... flywheel-rl role=learner transport.bind_host=0.0.0.0   # on the GPU machine
-    FLYWHEEL_RL_TOKEN=... flywheel-rl role=actor transport.host=gpu-box actor_name=rig0  # on the rig
+    FLYWHEEL_RL_TOKEN=... flywheel-rl role=actor transport.host=gpu-box role.actor_name=rig0  # on the rig
     flywheel-rl rl_task=lift_cube demos.num=0 intervention.enabled=false      # an ablation
-    flywheel-rl rl_task=lift_cube algo=bc                                      # the BC baseline
+    flywheel-rl rl_task=lift_cube algo=bc algo.steps=5000                      # the BC baseline
+
+``role`` (local | learner | actor) and ``algo`` (hil_serl | bc) are config groups holding the
+fields of that role or algorithm only: ``role.actor_name``, ``role.record_to``, ``role.rate_hz``,
+``role.resume``, ``role.final_eval_episodes``; ``algo.reward``, ``algo.classifier``, ``algo.steps``.
+A key of the form before the groups (``final_eval_episodes=``) fails naming its new key.
 
 Outputs under ``out_dir``: ``checkpoint/`` (resumed automatically), ``tb/``
 (TensorBoard), ``learning_curve.png``, ``results.json``.
@@ -16,9 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
-from flywheel.rl.app import register, run
+from flywheel.rl.app import check_overrides, register, run
 
 __all__ = ["main", "register", "run"]
 
@@ -26,6 +32,10 @@ __all__ = ["main", "register", "run"]
 def main() -> None:
     import hydra
 
+    try:
+        check_overrides(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(str(e))
     register()
 
     @hydra.main(version_base=None, config_name="flywheel_rl")

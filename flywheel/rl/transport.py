@@ -86,6 +86,7 @@ class TransportConfig:
     weights_period_s: float = 5.0  # learner republishes weights this often
     replay_window_s: float = 300.0  # frames stamped further from the receiver's clock are refused (0: off)
     max_frame_bytes: int = 0  # ZeroMQ MAXMSGSIZE of receiving sockets; 0: DEFAULT_FRAME_CAP (see frame_cap)
+    send_every: int = 50  # transitions per actor message (the flywheel-rl learner sizes its frame cap from it)
 
 
 def resolve_token(token: str) -> bytes:

@@ -36,7 +36,7 @@ def rl_overrides(task: str, cfg: Any, out_dir: Path) -> list[str]:
             f"seed={int(cfg.seed)}", f"demos.num={int(cfg.demos)}", f"demos.noise={float(cfg.demo_noise)}",
             f"intervention.enabled={str(bool(cfg.intervene)).lower()}",
             f"learner.checkpoint_every={int(cfg.checkpoint_every)}", "learner.eval_every=0",
-            f"final_eval_episodes={int(cfg.eval_episodes)}", "progress=false", *list(cfg.rl_overrides)]
+            f"role.final_eval_episodes={int(cfg.eval_episodes)}", "progress=false", *list(cfg.rl_overrides)]
 
 
 def train_rl(task: str, cfg: Any, workdir: str | Path, *, progress: bool = True) -> dict[str, Any]:
@@ -52,18 +52,25 @@ def train_rl(task: str, cfg: Any, workdir: str | Path, *, progress: bool = True)
         if cfg.rl_run:
             raise FileNotFoundError(f"specialist.rl_run={cfg.rl_run}: no results.json there (not a finished "
                                     "flywheel-rl run)")
-        from flywheel.rl.app import register, run
-        from robot.config import compose
+        from flywheel.rl.app import compose, run
 
-        register()
         overrides = rl_overrides(task, cfg, run_dir)
         log.info("specialist %s: flywheel-rl %s", task, " ".join(overrides))
-        run(compose("flywheel_rl", overrides))
-    res = json.loads(results.read_text())
+        run(compose(overrides))
+    res = _results(run_dir)
     return {"task": task, "algo": "sac", "env_steps": res["env_steps"], "episodes": res["episodes"],
             "intervention_rate": res["intervention_rate"], "eval_success_rate": res["final_eval"]["success_rate"],
-            "eval_episodes": int(res["config"]["final_eval_episodes"]),
+            "eval_episodes": int(res["config"]["role"]["final_eval_episodes"]),
             "checkpoint": str(run_dir / "checkpoint"), "config": config_dict(cfg)}
+
+
+def _results(run_dir: Path) -> dict[str, Any]:
+    """A finished run's ``results.json``, its config in the current form (a run from before the role and
+    algo groups is read too)."""
+    from flywheel.rl.app import upgrade_config
+
+    res = json.loads((run_dir / "results.json").read_text())
+    return {**res, "config": upgrade_config(res["config"])}
 
 
 class RLSpecialistAgent:
@@ -77,7 +84,7 @@ class RLSpecialistAgent:
         from flywheel.rl.build import build_agent, make_env
 
         run_dir = Path(run_dir)
-        rl_cfg = OmegaConf.create(json.loads((run_dir / "results.json").read_text())["config"])
+        rl_cfg = OmegaConf.create(_results(run_dir)["config"])
         env = make_env(rl_cfg)  # the observation space the agent was built for
         try:
             self.agent = build_agent(rl_cfg, env)

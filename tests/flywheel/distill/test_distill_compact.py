@@ -298,15 +298,12 @@ def test_evaluate_runs_a_compact_checkpoint(parent):
 
 
 def test_flywheel_distill_rldg_cli_takes_a_compact_parent(store, parent, tmp_path):
-    from omegaconf import OmegaConf
-
     from flywheel.distill import cli
 
-    over = [f"parent={parent}", f"store={store.path}", f"workdir={tmp_path / 'job'}", f"tasks=[{RL}]",
-            "sft.finetune=frozen", "sft.frame_stride=2", "sft.steps=3", "sft.batch_size=8", "sft.device=cpu",
-            f"sft.feature_root={tmp_path / 'fx'}", "rldg.episodes_per_task=2", "progress=false"]
-    cfg = OmegaConf.merge(OmegaConf.structured(cli.DistillConfig), OmegaConf.from_dotlist(over))
-    state = cli.run(cfg)
+    over = ["method=rldg", f"parent={parent}", f"store={store.path}", f"workdir={tmp_path / 'job'}",
+            f"method.tasks=[{RL}]", "sft.finetune=frozen", "sft.frame_stride=2", "sft.steps=3", "sft.batch_size=8",
+            "sft.device=cpu", f"sft.feature_root={tmp_path / 'fx'}", "method.episodes_per_task=2", "progress=false"]
+    state = cli.run(cli.compose(over))
     ckpt = state["stages"]["distill"]["output"]["checkpoint"]
     assert CompactVLA.from_checkpoint(ckpt).cfg.finetune == "frozen"
     assert list((tmp_path / "fx").rglob("*.s2.npy"))  # the features went where sft.feature_root said

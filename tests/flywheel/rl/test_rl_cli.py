@@ -6,21 +6,20 @@ import json
 
 import numpy as np
 import pytest
+from hydra.errors import ConfigCompositionException
 
-from flywheel.rl.app import register, run
+from flywheel.rl.app import compose, run
 from flywheel.rl.buffers import episodes_to_transitions
-from robot.config import compose
 
 
 def _cfg(tmp_path, *overrides: str):
-    register()
-    return compose("flywheel_rl", [f"out_dir={tmp_path}", "progress=false", *overrides])
+    return compose([f"out_dir={tmp_path}", "progress=false", *overrides])
 
 
 def test_local_role_on_a_custom_env_logs_checkpoints_and_resumes(tmp_path):
     base = ["rl_task=none", "env.factory=rl_toy_envs:LineEnv", "demos.num=0", "intervention.enabled=false",
             "agent.hidden_dims=[32]", "agent.arm_dims=[0]", "agent.batch_size=32", "learner.warmup_steps=20",
-            "learner.eval_every=100", "learner.eval_episodes=3", "final_eval_episodes=5",
+            "learner.eval_every=100", "learner.eval_episodes=3", "role.final_eval_episodes=5",
             "learner.checkpoint_every=100"]
     res = run(_cfg(tmp_path, *base, "total_steps=120"))
     assert res["env_steps"] == 120 and res["update_calls"] == 101 and not res["resumed"]
@@ -33,7 +32,7 @@ def test_local_role_on_a_custom_env_logs_checkpoints_and_resumes(tmp_path):
 
 
 def test_bad_settings_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="role="):
+    with pytest.raises(ConfigCompositionException, match="(?s)role/both.*Available options in 'role'"):
         run(_cfg(tmp_path, "role=both", "rl_task=none", "env.factory=rl_toy_envs:LineEnv"))
     with pytest.raises(ValueError, match="package.module:function"):
         run(_cfg(tmp_path, "rl_task=none", "env.factory=rl_toy_envs"))
@@ -60,8 +59,8 @@ def test_recorded_episodes_become_demo_transitions():
 @pytest.mark.slow
 def test_local_role_on_the_sim_insertion_task(tmp_path):
     res = run(_cfg(tmp_path, "rl_task=peg_insert", "total_steps=60", "demos.num=1", "demos.noise=0.0",
-                   "learner.eval_every=0", "final_eval_episodes=1", "agent.hidden_dims=[32]",
-                   "agent.batch_size=32", f"record_to={tmp_path / 'store'}"))
+                   "learner.eval_every=0", "role.final_eval_episodes=1", "agent.hidden_dims=[32]",
+                   "agent.batch_size=32", f"role.record_to={tmp_path / 'store'}"))
     assert res["demo_episodes"] == 1 and res["env_steps"] == 60
     assert res["demo_buffer"] >= res["demo_transitions"]  # demos plus intervened steps
     assert 0.0 <= res["intervention_rate"] <= 1.0

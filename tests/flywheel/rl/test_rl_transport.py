@@ -397,7 +397,7 @@ def test_the_app_sizes_the_frame_cap_from_its_agent():
     from flywheel.rl.transport import frame_cap
 
     cfg = OmegaConf.structured(RLAppConfig)
-    cfg.send_every = 20
+    cfg.transport.send_every = 20
     agent = SACAgent(SACConfig(hidden_dims=[8], arm_dims=[0]), obs_shapes_of(LineEnv().observation_space))
     want = frame_cap(transition_layout(agent.obs_shapes), 20, len(weights_to_bytes(agent)))
     assert transport_config(cfg, agent).max_frame_bytes == want
