@@ -311,7 +311,6 @@ def test_flywheel_distill_rldg_cli_takes_a_compact_parent(store, parent, tmp_pat
 
 def test_flywheel_distill_ire_vla_cli_runs_every_stage_from_a_compact_g0(parent, tmp_path, monkeypatch):
     """The whole iRe-VLA job from a compact G0 on the demos its store already holds (expert_demos=0)."""
-    from omegaconf import OmegaConf
 
     from flywheel.distill import cli, generalist
 
@@ -333,13 +332,13 @@ def test_flywheel_distill_ire_vla_cli_runs_every_stage_from_a_compact_g0(parent,
         s.add_episode(_episode(spec, 10, HUMAN, rng), task=HUMAN, instruction=INSTR[HUMAN], success=True,
                       source="human", extra={"collection": "someone-else"})
     over = [f"parent={parent}", f"store={tmp_path / 'store'}", f"workdir={tmp_path / 'job'}", "method=ire_vla",
-            f"expert_tasks=[{HUMAN}]", "unseen_tasks=[]", "expert_demos=0", "expert_collection=g0-human-{task}",
-            "eval_episodes=1", "stage2_steps=2", "sft.finetune=frozen", "sft.batch_size=8", "sft.device=cpu",
-            "sft.warmup_steps=1", f"ire.rl_tasks=[{RL}]", "ire.rl_iterations=1", "ire.episodes_per_iteration=1",
-            "ire.head_updates=2", "ire.batch_size=8", "ire.intervene=false", "ire.stage2_finetune=frozen",
-            "ire.device=cpu", "progress=false"]
-    cfg = OmegaConf.merge(OmegaConf.structured(cli.DistillConfig), OmegaConf.from_dotlist(over))
-    state = cli.run(cfg)
+            f"method.expert_tasks=[{HUMAN}]", "method.unseen_tasks=[]", "method.expert_demos=0",
+            "method.expert_collection='g0-human-{task}'", "method.eval_episodes=1", "method.stage2_steps=2",
+            "sft.finetune=frozen", "sft.batch_size=8", "sft.device=cpu", "sft.warmup_steps=1",
+            f"method.rl_tasks=[{RL}]", "method.rl_iterations=1", "method.episodes_per_iteration=1",
+            "method.head_updates=2", "method.batch_size=8", "method.intervene=false",
+            "method.stage2_finetune=frozen", "method.device=cpu", "progress=false"]
+    state = cli.run(cli.compose(over))
     out = state["stages"]
     assert out["stage0"]["output"]["checkpoint"] == str(parent)  # the given G0 is stage 0
     assert out["expert_demos"]["output"][HUMAN]["episodes"] == 0  # nothing recorded: the store's demos serve
