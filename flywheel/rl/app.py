@@ -168,6 +168,15 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
                   "state_keys": ["state/ee_pos", "state/gripper_width", "state/privileged"],
                   "state_deltas": ["state/privileged[0:3]-state/ee_pos[0:3]"]},
     },
+    # pick and place: the lift's controls, plus the goal relative to the cube (privileged = cube xyz, yaw, goal xyz)
+    "place_cube": {
+        "env": {"task": "PlaceCubeTarget-Green"},
+        "agent": {"discount": 0.98, "hidden_dims": [256, 256], "arm_dims": [0, 1, 2, 5], "gripper": True,
+                  "gripper_penalty": 0.05, "utd_ratio": 2,
+                  "state_keys": ["state/ee_pos", "state/gripper_width", "state/privileged"],
+                  "state_deltas": ["state/privileged[0:3]-state/ee_pos[0:3]",
+                                   "state/privileged[4:7]-state/privileged[0:3]"]},
+    },
 }
 
 

@@ -26,6 +26,8 @@ def rl_preset_for(task: str) -> str:
         return "peg_insert"
     if name.startswith("LiftCube"):
         return "lift_cube"
+    if name.startswith("PlaceCube"):
+        return "place_cube"
     return "none"
 
 

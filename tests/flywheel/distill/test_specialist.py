@@ -16,6 +16,7 @@ TINY = ["agent.hidden_dims=[16]", "agent.batch_size=16", "learner.warmup_steps=5
 def test_task_kinds_map_to_their_flywheel_rl_presets(tmp_path):
     assert rl_preset_for("PandaRig/PegInsert-v0") == "peg_insert"
     assert rl_preset_for("PandaRig/LiftCube-Yellow-v0") == "lift_cube"
+    assert rl_preset_for("PandaRig/PlaceCubeTarget-Green-v0") == "place_cube"
     assert rl_preset_for("PandaRig/PushCube-Blue-v0") == "none"
     o = rl_overrides("PandaRig/LiftCube-Red-v0", SpecialistConfig(algo="sac", env_steps=7, demos=3,
                                                                   rl_overrides=["agent.utd_ratio=1"]), tmp_path)
