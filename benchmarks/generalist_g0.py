@@ -174,21 +174,25 @@ def eval_stage(args: argparse.Namespace, work: Path) -> None:
     def make_env(t: str) -> Any:
         return sim.make(t, cameras=("front", "wrist"), image_size=args.image_size)
 
-    for execute in args.execute:
+    # a mode: execute E actions of each chunk ("execE"), or ACT's temporal ensembling with k ("teK")
+    modes = [f"te{args.ensemble:g}"] if args.ensemble > 0 else [f"exec{e}" for e in args.execute]
+    for mode in modes:
         for task in args.eval_tasks or args.tasks:
-            f = res_dir / f"exec{execute}_{task.split('/')[-1]}_n{args.episodes}.json"
+            f = res_dir / f"{mode}_{task.split('/')[-1]}_n{args.episodes}.json"
             if f.is_file():
                 continue
             t0 = time.perf_counter()
 
-            def make_agent(env: Any, ex: int = execute) -> Any:
-                return ChunkedPolicy(pol, env.unwrapped.instruction, execute=ex)
+            def make_agent(env: Any, mode: str = mode) -> Any:
+                if mode.startswith("te"):
+                    return ChunkedPolicy(pol, env.unwrapped.instruction, ensemble=float(mode[2:]))
+                return ChunkedPolicy(pol, env.unwrapped.instruction, execute=int(mode[4:]))
 
             r: TaskResult = evaluate_task(task, make_agent, args.episodes, seed=HELDOUT_SEED, make_env=make_env,
                                           show_progress=False)
             save_results({task: r}, f)
             lo, hi = r.ci
-            log.info("eval exec=%d %s: %.2f [%.2f, %.2f] n=%d (%.0f s)", execute, task, r.rate, lo, hi,
+            log.info("eval %s %s: %.2f [%.2f, %.2f] n=%d (%.0f s)", mode, task, r.rate, lo, hi,
                      r.episodes, time.perf_counter() - t0)
 
 
@@ -221,17 +225,21 @@ def latency(args: argparse.Namespace, work: Path) -> None:
 
 # ------------------------------------------------------------------- 6. report
 def report(args: argparse.Namespace, work: Path) -> None:
-    """A markdown table of every evaluation found (task x executed actions), with timings."""
+    """A markdown table of every evaluation found (task x executed actions or temporal ensembling), with timings."""
     from flywheel.evaluate import load_results, wilson_interval
 
     res_dir = work / f"{args.name}_eval"
-    rows: dict[str, dict[int, Any]] = {}
-    for f in sorted(res_dir.glob("exec*_n*.json")):
-        ex = int(f.name[4:].split("_")[0])
+    rows: dict[str, dict[str, Any]] = {}
+    for f in sorted([*res_dir.glob("exec*_n*.json"), *res_dir.glob("te*_n*.json")]):
+        mode = f.name.split("_")[0]
         for task, r in load_results(f).items():
-            rows.setdefault(task, {})[ex] = r
+            rows.setdefault(task, {})[mode] = r
     execs = sorted({e for r in rows.values() for e in r})
-    lines = ["| task | " + " | ".join(f"execute {e} of 8" for e in execs) + " |", "| --- |" + " --- |" * len(execs)]
+
+    def label(mode: str) -> str:
+        return f"execute {mode[4:]} of 8" if mode.startswith("exec") else f"temporal ensembling k={mode[2:]}"
+
+    lines = ["| task | " + " | ".join(label(e) for e in execs) + " |", "| --- |" + " --- |" * len(execs)]
     for task in sorted(rows):
         cells = []
         for e in execs:
@@ -244,7 +252,7 @@ def report(args: argparse.Namespace, work: Path) -> None:
         if len(rs) == len(EXPERT_TASKS):
             k, n = sum(r.successes for r in rs), sum(r.episodes for r in rs)
             lo, hi = wilson_interval(k, n)
-            means.append(f"execute {e}: mean over the 4 expert tasks {k / n:.2f} [{lo:.2f}, {hi:.2f}] (n={n})")
+            means.append(f"{label(e)}: mean over the 4 expert tasks {k / n:.2f} [{lo:.2f}, {hi:.2f}] (n={n})")
     text = "\n".join(lines + [""] + means + ["", "timings (s): " + json.dumps(_timings(work))])
     lat = work / f"{args.name}_latency.json"
     if lat.is_file():
@@ -277,6 +285,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--episodes", type=int, default=100, help="held-out episodes per task")
     ap.add_argument("--execute", type=int, nargs="+", default=[1, 4], help="actions run per chunk")
+    ap.add_argument("--ensemble", type=float, default=0.0,
+                    help="eval with ACT's temporal ensembling, weights exp(-k i) (k > 0; replaces --execute)")
     ap.add_argument("--eval-tasks", nargs="*", default=None, help="default: --tasks")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
     ap.add_argument("--shard", default="0/1", help="features: encode every N-th demo from K (K/N), "

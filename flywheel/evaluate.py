@@ -82,17 +82,30 @@ class ChunkedPolicy:
 
     A new chunk is inferred every ``execute`` steps (open-loop in between), the
     synchronous execution used for evaluation and data collection in sim.
+
+    ``ensemble=k > 0`` is ACT's temporal ensembling (Zhao et al. 2023): a chunk is
+    inferred at every step, and the action for step t is the average of every stored
+    chunk's prediction for t, weighted ``exp(-k * i)`` with i = 0 for the oldest
+    prediction. ``switch_dims`` (the gripper) are taken from the newest chunk, never
+    averaged, as on the rig (:class:`policy.chunking.ChunkScheduler`).
     """
 
-    def __init__(self, policy: Any, instruction: str, execute: int | None = None):
+    def __init__(self, policy: Any, instruction: str, execute: int | None = None, *, ensemble: float = 0.0,
+                 switch_dims: tuple[int, ...] = (6,)):
+        if ensemble < 0:
+            raise ValueError(f"ensemble={ensemble}: ACT's k must be >= 0 (0: no temporal ensembling)")
         self.policy = policy
         self.instruction = instruction
         self.execute = execute
+        self.ensemble = float(ensemble)
+        self.switch_dims = tuple(switch_dims)
         self._chunk: np.ndarray | None = None
         self._i = 0
+        self._t = 0
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (step inferred at, chunk), oldest first
 
     def reset(self) -> None:
-        self._chunk, self._i = None, 0
+        self._chunk, self._i, self._t, self._chunks = None, 0, 0, []
 
     def seed_episode(self, seed: int) -> None:
         """Re-seed the policy's sampling noise (flow heads) from the episode seed: an episode is its seed's alone."""
@@ -100,13 +113,30 @@ class ChunkedPolicy:
         if gen is not None:
             gen.manual_seed(int(seed))
 
+    def _infer(self, obs: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.policy.infer({**obs, "instruction": self.instruction})["actions"], np.float32)
+
     def act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self.ensemble > 0:
+            return self._act_ensembled(obs)
         if self._chunk is None or self._i >= (self.execute or len(self._chunk)):
-            out = self.policy.infer({**obs, "instruction": self.instruction})
-            self._chunk, self._i = np.asarray(out["actions"], np.float32), 0
+            self._chunk, self._i = self._infer(obs), 0
         a = self._chunk[min(self._i, len(self._chunk) - 1)]
         self._i += 1
         return a
+
+    def _act_ensembled(self, obs: dict[str, Any]) -> np.ndarray:
+        t = self._t
+        self._chunks.append((t, self._infer(obs)))
+        self._chunks = [(s, c) for s, c in self._chunks if t - s < len(c)]  # those that still cover step t
+        preds = np.stack([c[t - s] for s, c in self._chunks])
+        w = np.exp(-self.ensemble * np.arange(len(preds)))[:, None]
+        a = (w * preds).sum(0) / w.sum()
+        for d in self.switch_dims:
+            if d < a.shape[-1]:
+                a[d] = preds[-1, d]
+        self._t += 1
+        return a.astype(np.float32)
 
 
 def run_episodes(

@@ -115,6 +115,34 @@ def test_chunked_policy_rollouts_count_success():
     assert ok == [False]
 
 
+class _RampPolicy:
+    """Chunk j (the j-th call) predicts j*10 + i for its i-th step; the gripper (dim 6) is -j."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def infer(self, obs):
+        j, self.calls = self.calls, self.calls + 1
+        a = np.repeat((j * 10 + np.arange(3, dtype=np.float32))[:, None], 7, 1)
+        a[:, 6] = -j
+        return {"actions": a}
+
+
+def test_temporal_ensembling_averages_every_chunk_covering_the_step():
+    agent = ChunkedPolicy(_RampPolicy(), "x", ensemble=0.5)
+    out = [agent.act({}) for _ in range(4)]
+    assert agent.policy.calls == 4  # a chunk at every step
+    w = np.exp(-0.5 * np.arange(3))
+    # step 2 is covered by chunk 0 (its 3rd action: 2), chunk 1 (11) and chunk 2 (20), oldest weighted most
+    assert out[2][0] == pytest.approx((w * [2, 11, 20]).sum() / w.sum())
+    assert out[3][0] == pytest.approx((w[:3] * [12, 21, 30]).sum() / w[:3].sum())  # chunk 0 has run out
+    assert [a[6] for a in out] == [0, -1, -2, -3]  # the gripper from the newest chunk, never averaged
+    agent.reset()
+    assert agent.act({})[0] == 40  # a new episode forgets the old chunks
+    with pytest.raises(ValueError, match="ensemble"):
+        ChunkedPolicy(_RampPolicy(), "x", ensemble=-1)
+
+
 def test_results_table_has_ci():
     table = results_table({"before": {"t": TaskResult("t", 10, 5, 3.0, 0.5)}, "after": {"t": TaskResult("t", 10, 9, 3.0, 0.9)}})
     assert "| t | 0.50 [0.24, 0.76] (n=10) | 0.90 [0.60, 0.98] (n=10) |" in table
