@@ -23,6 +23,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
+from waiting import wait_for
 
 from robot.backends.base import Backend
 from robot.nodes.franka_node import FrankaNode, make_backend
@@ -177,18 +178,17 @@ class Harness:
 
     def wait_for(self, pred: Callable[[], Any], timeout: float, every: Callable[[], None] | None = None,
                  period: float = 0.02) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """:func:`waiting.wait_for`, calling ``every`` before each look; a topic not heard yet reads as falsy."""
+
+        def look() -> Any:
             if every is not None:
                 every()
             try:
-                v = pred()
+                return pred()
             except (KeyError, TypeError, IndexError):
-                v = None
-            if v:
-                return v
-            time.sleep(period)
-        return None
+                return None
+
+        return wait_for(look, timeout, period)
 
     def stamp(self):
         return self.probe.get_clock().now().to_msg()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import rclpy
@@ -92,12 +92,3 @@ class Probe(Spinner):
             for t in topics or list(self.msgs):
                 self.msgs[t].clear()
 
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, period: float = 0.02) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(period)
-    return pred()
