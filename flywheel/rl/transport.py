@@ -55,6 +55,7 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,6 +87,19 @@ class TransportConfig:
     weights_period_s: float = 5.0  # learner republishes weights this often
     replay_window_s: float = 300.0  # frames stamped further from the receiver's clock are refused (0: off)
     max_frame_bytes: int = 0  # ZeroMQ MAXMSGSIZE of receiving sockets; 0: DEFAULT_FRAME_CAP (see frame_cap)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` just now (for local runs and tests: another process may
+    take one before the endpoint binds it)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def resolve_token(token: str) -> bytes:
