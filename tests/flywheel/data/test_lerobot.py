@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from flywheel_data_helpers import make_episode, small_spec
+from flywheel_data_helpers import make_episode, small_spec, write_store
 
 from flywheel.data import EpisodeStore
 from flywheel.data.cli import main
@@ -26,11 +26,9 @@ FEATURES = {"observation.state", "action", "next.reward", "next.done", "compleme
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("lr")
-    spec = small_spec(size=32, depth=False)
-    with EpisodeStore(root / "s.zarr", "w", spec) as s:
-        for i, n in enumerate(LENGTHS):
-            s.add_episode(make_episode(spec, n, seed=i), task=f"task{i % 2}", instruction=f"do task {i % 2}",
-                          source=["human", "rl", "policy"][i], success=i != 1, rig_id="panda-1")
+    write_store(root / "s.zarr", small_spec(size=32, depth=False), LENGTHS, lambda i: dict(
+        task=f"task{i % 2}", instruction=f"do task {i % 2}", source=["human", "rl", "policy"][i], success=i != 1,
+        rig_id="panda-1"))
     out = export_lerobot(root / "s.zarr", root / "lerobot", vcodec="libx264", progress=False)
     return root / "s.zarr", out
 
