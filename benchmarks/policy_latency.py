@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "policy")]  # the repo, and policy_helpers
+
+from policy_helpers import observation as synthetic_observation  # noqa: E402
 
 from policy.config import PolicyConfig  # noqa: E402
 from policy.inference import Policy  # noqa: E402
@@ -32,12 +35,8 @@ from rig.spec import default_spec  # noqa: E402
 
 
 def observation(spec, seed=0):
-    rng = np.random.default_rng(seed)
-    obs = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in spec.state_specs().items()}
-    for c in spec.cameras:
-        obs[f"images/{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
-    obs["instruction"] = "pick up the red cube and lift it"
-    return obs
+    """The policy tests' synthetic observation, with the benchmarks' longer instruction."""
+    return synthetic_observation(spec, seed, instruction="pick up the red cube and lift it")
 
 
 def measure(policy: Policy, obs, iters: int) -> dict:
