@@ -59,7 +59,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -246,8 +246,12 @@ def frame_cap(layout: Mapping[str, tuple[tuple[int, ...], str]], send_every: int
 
 
 # ------------------------------------------------------------------ endpoints
+_E = TypeVar("_E", bound="_Receiver")
+
+
 class _Receiver:
-    """What both ends share: the key, the replay guard, the refusal counters and a size-capped socket."""
+    """What both ends share: the key, the replay guard, the refusal counters, a size-capped socket, and the
+    life cycle (``with endpoint:`` connects it unless connected, and closes it)."""
 
     def __init__(self, cfg: TransportConfig) -> None:
         self.cfg = cfg
@@ -256,7 +260,20 @@ class _Receiver:
         self._epoch = time.time_ns()
         self._session = os.urandom(8).hex()
         self._monitor: zmq.Socket | None = None
+        self._ctx: zmq.Context | None = None
         self.forged = self.replayed = self.malformed = self.disconnects = 0
+
+    def connect(self: _E) -> _E:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _E) -> _E:
+        return self.connect() if self._ctx is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def rejected(self) -> int:
@@ -279,12 +296,19 @@ class _Receiver:
             log.info("a transport peer was disconnected (it went away, or sent a frame over %d bytes)",
                      self.cfg.max_frame_bytes or DEFAULT_FRAME_CAP)
 
-    def _close_monitor(self, sock: zmq.Socket | None) -> None:
+    def _close_zmq(self, monitored: zmq.Socket | None, sockets: tuple[zmq.Socket | None, ...]) -> None:
+        """Close the disconnect monitor (of the ``monitored`` socket), then ``sockets``, then the context."""
         if self._monitor is not None:
-            if sock is not None:
-                sock.disable_monitor()
+            if monitored is not None:
+                monitored.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
+        for s in sockets:
+            if s is not None:
+                s.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._ctx = None
 
     def _stamp(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         return {**msg, "session": self._session, "epoch": self._epoch, "sent": time.time_ns()}
@@ -325,7 +349,6 @@ class LearnerEndpoint(_Receiver):
 
     def __init__(self, cfg: TransportConfig):
         super().__init__(cfg)
-        self._ctx: zmq.Context | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self.received = 0
@@ -348,19 +371,8 @@ class LearnerEndpoint(_Receiver):
         return self
 
     def close(self) -> None:
-        self._close_monitor(self._pull)
-        for s in (self._pull, self._pub):
-            if s is not None:
-                s.close(0)
-        if self._ctx is not None:
-            self._ctx.term()
-        self._ctx = self._pull = self._pub = None
-
-    def __enter__(self) -> LearnerEndpoint:
-        return self.connect() if self._ctx is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_zmq(self._pull, (self._pull, self._pub))
+        self._pull = self._pub = None
 
     def recv(self, timeout_ms: int = 0, max_messages: int = 1000) -> list[dict[str, Any]]:
         """Every usable message waiting (waits up to ``timeout_ms`` for the first); refused ones are counted."""
@@ -402,7 +414,6 @@ class ActorEndpoint(_Receiver):
     def __init__(self, cfg: TransportConfig, actor_id: str = "actor0"):
         super().__init__(cfg)
         self.actor_id = actor_id
-        self._ctx: zmq.Context | None = None
         self._push: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self.outbox: collections.deque[bytes] = collections.deque(maxlen=max(1, cfg.queue_size))
@@ -432,19 +443,8 @@ class ActorEndpoint(_Receiver):
         return self
 
     def close(self) -> None:
-        self._close_monitor(self._sub)
-        for s in (self._push, self._sub):
-            if s is not None:
-                s.close(0)
-        if self._ctx is not None:
-            self._ctx.term()
-        self._ctx = self._push = self._sub = None
-
-    def __enter__(self) -> ActorEndpoint:
-        return self.connect() if self._ctx is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_zmq(self._sub, (self._push, self._sub))
+        self._push = self._sub = None
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Queue a message (dropping the oldest if the outbox is full) and flush what the link takes."""
