@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "policy")]  # the repo, and poli
 
 from policy_helpers import observation as synthetic_observation  # noqa: E402
 
+from benchmarks.tables import markdown_table, publish  # noqa: E402
 from policy.config import PolicyConfig  # noqa: E402
 from policy.inference import Policy  # noqa: E402
 from policy.model import VLA  # noqa: E402
@@ -91,11 +92,9 @@ def main() -> None:
         rows += run("smolvlm", 20 if args.quick else args.iters_tiny, head)
     if not args.quick:
         rows += run("smolvlm-500m", args.iters_large, "token_learner")
-    print("\n| backbone | params | head | mode | p50 ms | p99 ms | warm-up s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['family']} | {r['params_M']} M | {r['head']} | {r['mode']} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['warmup_s']:.1f} |")
+    publish(markdown_table(["backbone", "params", "head", "mode", "p50 ms", "p99 ms", "warm-up s"],
+                           [[r["family"], f"{r['params_M']} M", r["head"], r["mode"], f"{r['p50_ms']:.1f}",
+                             f"{r['p99_ms']:.1f}", f"{r['warmup_s']:.1f}"] for r in rows]))
     print(f"\nload average: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
