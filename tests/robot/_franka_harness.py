@@ -27,6 +27,7 @@ from waiting import wait_for
 
 from robot.backends.base import Backend
 from robot.nodes.franka_node import FrankaNode, make_backend
+from robot.ros.lifecycle import spin_in_background
 from robot.ros.qos import STATE_QOS
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
@@ -98,8 +99,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self.executor, self.context.ok)
         if activate:
             self.activate()
 
@@ -107,13 +107,6 @@ class Harness:
     def activate(self) -> None:
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS, "configure failed"
         assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS, "activate failed"
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:
-            pass
 
     def close(self) -> None:
         try:

@@ -16,6 +16,8 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 
+from robot.ros.lifecycle import spin_in_background
+
 
 class Spinner:
     """A private context + single-threaded executor spinning in a thread."""
@@ -36,16 +38,8 @@ class Spinner:
         return node
 
     def start(self) -> Spinner:
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self.executor, self.context.ok)
         return self
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us
-            pass
 
     def close(self) -> None:
         for n in self.nodes:
