@@ -85,7 +85,7 @@ def train_worker(backbone: str, steps: int, batch: int, out: str) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests" / "policy"))
-    from policy_helpers import SyntheticChunks, tiny_spec
+    from policy_helpers import SyntheticChunks, TimedLoader, tiny_spec
 
     from policy.config import PolicyConfig, TrainConfig
     from policy.model import VLA
@@ -96,18 +96,10 @@ def train_worker(backbone: str, steps: int, batch: int, out: str) -> None:
     torch.manual_seed(0)
     model = VLA.from_backbone(PolicyConfig(backbone=backbone, hidden_dim=64, num_tokens=4), tiny_spec())
     loader = make_loader(SyntheticChunks(tiny_spec(), n=batch * steps), batch_size=batch // world, seed=0)
-    times: list[float] = []
-
-    class Timed:
-        batch_sampler = loader.batch_sampler
-
-        def __iter__(self):
-            for b in loader:
-                times.append(time.perf_counter())
-                yield b
-
-    train(model, Timed(), TrainConfig(out_dir=out, steps=steps, warmup_steps=0, save_every=10**9, log_every=10**9,
-                                      resume=False))
+    timed = TimedLoader(loader)
+    train(model, timed, TrainConfig(out_dir=out, steps=steps, warmup_steps=0, save_every=10**9, log_every=10**9,
+                                    resume=False))
+    times = timed.times
     if rank == 0:
         sps = (len(times) - 1) * batch / (times[-1] - times[0])
         Path(out, "bench.json").write_text(json.dumps({"world": world, "samples_per_s": sps}))

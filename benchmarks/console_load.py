@@ -52,6 +52,7 @@ class Watch:
         from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import String
 
+        from robot.ros.lifecycle import spin_in_background
         from robot.ros.qos import COMMAND_QOS
 
         self.ctx = rclpy.Context()
@@ -64,15 +65,7 @@ class Watch:
         self.events = self.node.create_publisher(String, "episode/event", COMMAND_QOS)
         self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            while self.ctx.ok():
-                self.ex.spin_once(timeout_sec=0.05)
-        except Exception:
-            pass
+        self.thread = spin_in_background(self.ex, self.ctx.ok)
 
     def _on_diag(self, arr) -> None:
         now = time.monotonic()

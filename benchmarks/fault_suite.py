@@ -35,7 +35,7 @@ import numpy as np
 from flywheel.data import EpisodeStore, StoreError
 from flywheel.data.damage import repair
 from flywheel.data.integrity import check_store
-from flywheel.rl.transport import ActorEndpoint, LearnerEndpoint, TransportConfig, encode
+from flywheel.rl.transport import ActorEndpoint, LearnerEndpoint, TransportConfig, encode, free_ports
 from rig.spec import CameraSpec, RigSpec
 
 CAP = 16 << 20  # the learner's frame cap in this suite (bytes)
@@ -56,22 +56,10 @@ def _learner_proc(cfg: TransportConfig, q_out: Any, stop: Any) -> None:
                    "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024})
 
 
-def _ports() -> tuple[int, int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(2)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = tuple(s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    return ports  # type: ignore[return-value]
-
-
 def transport_rows() -> list[dict[str, Any]]:
     import zmq
 
-    p1, p2 = _ports()
+    p1, p2 = free_ports(2)
     cfg = TransportConfig(transitions_port=p1, weights_port=p2, token="fault-suite", max_frame_bytes=CAP)
     key = cfg.token.encode()
     now = time.time_ns
@@ -174,7 +162,7 @@ def _signed(payload: bytes, key: bytes) -> bytes:
 
 
 def _actor_rows() -> list[dict[str, Any]]:
-    p1, p2 = _ports()
+    p1, p2 = free_ports(2)
     cfg = TransportConfig(transitions_port=p1, weights_port=p2, token="fault-suite", max_frame_bytes=CAP)
     with LearnerEndpoint(cfg) as old:
         stale = encode(old._stamp({"type": "weights", "version": 10**6, "data": b"old"}), old._key)

@@ -20,7 +20,7 @@ mkdir -p "$(dirname "$OUT")"
 export PYTHONPATH="$PWD:$PWD/tests/policy${PYTHONPATH:+:$PYTHONPATH}"
 
 cat > "$WORK/check.py" <<'EOF'
-import json, sys, time
+import json, sys
 import numpy as np
 import torch
 
@@ -29,7 +29,7 @@ from policy.config import CompactConfig, PolicyConfig, TrainConfig
 from policy.inference import Policy
 from policy.model import VLA
 from policy.tiny import random_backbone
-from policy_helpers import SyntheticChunks
+from policy_helpers import SyntheticChunks, TimedLoader
 from rig.spec import default_spec
 
 mode, dev, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -62,20 +62,13 @@ def sft_rate(model, batch, steps, strategy="ddp", world=1):
     from policy.train import init_distributed, make_loader, train
     rank, world, _ = init_distributed()
     loader = make_loader(SyntheticChunks(spec, n=batch * world * (steps + 1)), batch_size=batch, seed=0)
-    times = []
-
-    class Timed:
-        batch_sampler = loader.batch_sampler
-
-        def __iter__(self):
-            for b in loader:
-                times.append(time.perf_counter())
-                yield b
+    timed = TimedLoader(loader)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with_dir = f"{out}.train{rank}"
-    train(model, Timed(), TrainConfig(out_dir=with_dir, steps=steps, warmup_steps=0, save_every=10**9,
-                                      log_every=10**9, resume=False, strategy=strategy, amp=True), device=dev)
+    train(model, timed, TrainConfig(out_dir=with_dir, steps=steps, warmup_steps=0, save_every=10**9,
+                                    log_every=10**9, resume=False, strategy=strategy, amp=True), device=dev)
+    times = timed.times
     sps = (len(times) - 3) * batch * world / (times[-1] - times[2])  # after two warm-up steps
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else float("nan")
     return rank, sps, mem

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sim  # noqa: E402
+from benchmarks.tables import markdown_table, publish  # noqa: E402
 from policy.chunking import ChunkScheduler  # noqa: E402
 
 
@@ -245,18 +246,19 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     env.close()
-    print(f"\ntask {args.task}, H={h}, {hz:g} Hz, {args.episodes} episodes per row, blend {args.blend} ticks, "
-          f"clock {args.clock}, time scale {args.time_scale}\n")
-    print("| delay (periods) | achieved | mode | success | completion time s | sync / async, / async+prefix "
-          "| missed ticks / ep | max jump at boundary | max jump inside chunks |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    cells = []
     for r in rows:
         base = next(x for x in rows if x["delay"] == r["delay"] and x["mode"] == "async")
         best = next(x for x in rows if x["delay"] == r["delay"] and x["mode"] == "async+prefix")
         sync = "" if r["mode"].startswith("async") else (
             f"{r['time_s'] / base['time_s']:.2f}x / {r['time_s'] / best['time_s']:.2f}x")
-        print(f"| {r['delay']} | {r['achieved_delay']:.1f} | {r['mode']} | {r['success']:.0%} | {r['time_s']:.2f} | "
-              f"{sync or '-'} | {r['missed_per_ep']:.1f} | {r['max_jump']:.3f} | {r['max_inner_jump']:.3f} |")
+        cells.append([r["delay"], f"{r['achieved_delay']:.1f}", r["mode"], f"{r['success']:.0%}", f"{r['time_s']:.2f}",
+                      sync or "-", f"{r['missed_per_ep']:.1f}", f"{r['max_jump']:.3f}", f"{r['max_inner_jump']:.3f}"])
+    publish(markdown_table(["delay (periods)", "achieved", "mode", "success", "completion time s",
+                            "sync / async, / async+prefix", "missed ticks / ep", "max jump at boundary",
+                            "max jump inside chunks"], cells),
+            heading=f"task {args.task}, H={h}, {hz:g} Hz, {args.episodes} episodes per row, blend {args.blend} "
+                    f"ticks, clock {args.clock}, time scale {args.time_scale}")
     print(f"\nload average: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

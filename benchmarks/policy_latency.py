@@ -22,8 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "policy")]  # the repo, and policy_helpers
 
+from policy_helpers import observation as synthetic_observation  # noqa: E402
+
+from benchmarks.tables import markdown_table, publish  # noqa: E402
 from policy.config import PolicyConfig  # noqa: E402
 from policy.inference import Policy  # noqa: E402
 from policy.model import VLA  # noqa: E402
@@ -32,12 +36,8 @@ from rig.spec import default_spec  # noqa: E402
 
 
 def observation(spec, seed=0):
-    rng = np.random.default_rng(seed)
-    obs = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in spec.state_specs().items()}
-    for c in spec.cameras:
-        obs[f"images/{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
-    obs["instruction"] = "pick up the red cube and lift it"
-    return obs
+    """The policy tests' synthetic observation, with the benchmarks' longer instruction."""
+    return synthetic_observation(spec, seed, instruction="pick up the red cube and lift it")
 
 
 def measure(policy: Policy, obs, iters: int) -> dict:
@@ -92,11 +92,9 @@ def main() -> None:
         rows += run("smolvlm", 20 if args.quick else args.iters_tiny, head)
     if not args.quick:
         rows += run("smolvlm-500m", args.iters_large, "token_learner")
-    print("\n| backbone | params | head | mode | p50 ms | p99 ms | warm-up s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['family']} | {r['params_M']} M | {r['head']} | {r['mode']} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['warmup_s']:.1f} |")
+    publish(markdown_table(["backbone", "params", "head", "mode", "p50 ms", "p99 ms", "warm-up s"],
+                           [[r["family"], f"{r['params_M']} M", r["head"], r["mode"], f"{r['p50_ms']:.1f}",
+                             f"{r['p99_ms']:.1f}", f"{r['warmup_s']:.1f}"] for r in rows]))
     print(f"\nload average: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

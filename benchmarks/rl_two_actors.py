@@ -15,21 +15,10 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def main() -> None:
@@ -48,7 +37,9 @@ def main() -> None:
         a.extra += ["demos.num=2"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    p1, p2 = _free_ports(2)
+    from flywheel.rl.transport import free_ports
+
+    p1, p2 = free_ports(2)
     env = {**os.environ, "FLYWHEEL_RL_TOKEN": secrets.token_hex(16)}
     exe = str(Path(sys.executable).with_name("flywheel-rl"))
     common = [f"rl_task={a.task}", f"transport.transitions_port={p1}", f"transport.weights_port={p2}",

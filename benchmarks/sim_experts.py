@@ -14,13 +14,16 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import sim  # noqa: E402
+from benchmarks.tables import markdown_table, publish  # noqa: E402
 
 
 def run(task_id: str, noise: float, seeds: int) -> tuple[float, float, float]:
@@ -67,16 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"{info['task_id']} noise={noise}: success {rate:.0%}, mean length {length:.1f}, "
                        f"{sps:.0f} steps/s")
         rows.append((info, cells))
-    head = "| task | group | " + " | ".join(f"noise {n}: success (mean len)" for n in args.noise) + " |"
-    lines = [head, "|" + " --- |" * (2 + len(args.noise))]
-    for info, cells in rows:
-        lines.append(f"| {info['task_id']} | {info['group']} | "
-                     + " | ".join(f"{r:.0%} ({n:.0f})" for r, n in cells) + " |")
-    table = "\n".join(lines)
-    print(f"\n{seeds} seeds per task and noise level\n\n{table}")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    table = markdown_table(["task", "group", *(f"noise {n}: success (mean len)" for n in args.noise)],
+                           [[info["task_id"], info["group"], *(f"{r:.0%} ({n:.0f})" for r, n in cells)]
+                            for info, cells in rows])
+    publish(table, args.out, f"{seeds} seeds per task and noise level")
     return 0
 
 

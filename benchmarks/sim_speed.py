@@ -20,13 +20,16 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sim  # noqa: E402
+from benchmarks.tables import markdown_table, publish  # noqa: E402
 
 OURS = "PandaRig/LiftCube-Red-v0"
 HIL = "gym_hil/PandaPickCubeBase-v0"
@@ -124,17 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, cam, single, sync, asyn, load))
             print(f"{label:28s} {cam:16s} single {single:7.1f}  sync x{n} {sync:7.1f}  async x{n} {asyn:7.1f}"
                   f"  (load {load:.1f})", flush=True)
-    lines = [f"| env | observation | single (steps/s) | SyncVectorEnv x{n} | AsyncVectorEnv x{n} | load avg |",
-             "| --- | --- | --- | --- | --- | --- |"]
     def fmt(v: float) -> str:
         return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
-    lines += [f"| {a} | {b} | {fmt(c)} | {fmt(d)} | {fmt(e)} | {f:.1f} |" for a, b, c, d, e, f in rows]
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    table = markdown_table(
+        ["env", "observation", "single (steps/s)", f"SyncVectorEnv x{n}", f"AsyncVectorEnv x{n}", "load avg"],
+        [[a, b, fmt(c), fmt(d), fmt(e), f"{f:.1f}"] for a, b, c, d, e, f in rows])
+    publish(table, args.out)
     return 0
 
 

@@ -75,26 +75,21 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
     """Each method's held-out success against env steps: the mean over seeds (one line per method)."""
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from flywheel.plotting import figure
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    for m, runs in results.items():
-        n = min(len(r["evals"]) for r in runs)
-        x = np.mean([[e["env_steps"] for e in r["evals"][:n]] for r in runs], 0)
-        y = np.mean([[e["success"] for e in r["evals"][:n]] for r in runs], 0)
-        ax.plot(x, y, "o-", ms=3, label=m)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("held-out success (deterministic)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, (6.4, 3.8)) as ax:
+        for m, runs in results.items():
+            n = min(len(r["evals"]) for r in runs)
+            x = np.mean([[e["env_steps"] for e in r["evals"][:n]] for r in runs], 0)
+            y = np.mean([[e["success"] for e in r["evals"][:n]] for r in runs], 0)
+            ax.plot(x, y, "o-", ms=3, label=m)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("held-out success (deterministic)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:

@@ -93,6 +93,7 @@ class Collector:
         from sensor_msgs.msg import CameraInfo, Image
         from std_srvs.srv import Trigger
 
+        from robot.ros.lifecycle import spin_in_background
         from robot.ros.qos import COMMAND_QOS, SENSOR_QOS, STATE_QOS
 
         self._ctx = rclpy.Context()
@@ -109,16 +110,10 @@ class Collector:
         self._PoseStamped, self._Trigger = PoseStamped, Trigger
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._executor.add_node(n)
-        self._thread = threading.Thread(target=self._spin, name="calibrate-handeye-ros", daemon=True)
-        self._thread.start()
+        # close() ends the spin by dropping the context, before destroying the node
+        self._thread = spin_in_background(self._executor, lambda: self._ctx is not None and self._ctx.ok(),
+                                          "calibrate-handeye-ros")
         return self
-
-    def _spin(self) -> None:
-        try:
-            while self._ctx is not None and self._ctx.ok():
-                self._executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us during close()
-            pass
 
     def close(self) -> None:
         ctx, self._ctx = self._ctx, None

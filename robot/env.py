@@ -130,6 +130,7 @@ class RosRigEnv(gym.Env):
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
+        from robot.ros.lifecycle import spin_in_background
         from robot.ros.qos import COMMAND_QOS, LATCHED_QOS
 
         if self._node is not None:
@@ -154,16 +155,8 @@ class RosRigEnv(gym.Env):
         self._home = n.create_client(Trigger, "home")
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(n)
-        self._thread = threading.Thread(target=self._spin, name="rig-env-ros", daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self._executor, self._context.ok, "rig-env-ros")
         return self
-
-    def _spin(self) -> None:
-        try:
-            while self._context.ok():
-                self._executor.spin_once(timeout_sec=0.05)
-        except Exception:  # the context was shut down under us
-            pass
 
     def close(self) -> None:
         if self._node is None:

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flywheel.data.export import start_export
 from flywheel.data.store import EpisodeStore
 
 CODEBASE_VERSION = "v3.0"
@@ -298,12 +298,7 @@ def export_lerobot(
 
     if vcodec not in VCODEC_OPTIONS:
         raise ValueError(f"unknown video codec {vcodec!r}: choose one of {list(VCODEC_OPTIONS)}")
-    store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, "r")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
+    store, out = start_export(store, out, overwrite)
     eps = store.select() if episodes is None else [int(e) for e in episodes]  # not the quarantined
     if not eps:
         raise ValueError(f"{store.path}: no episodes to export")

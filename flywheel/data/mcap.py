@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.data.export import start_export
 from flywheel.data.mcap_msgs import header as _header
 from flywheel.data.mcap_msgs import image as _image
 from flywheel.data.mcap_msgs import joints as _joints
@@ -104,16 +105,9 @@ class _Bag:
 def export_mcap(store: EpisodeStore | str, out: str | Path, *, episodes: Sequence[int] | None = None,
                 overwrite: bool = False, progress: bool = True) -> list[Path]:
     """Write ``episodes`` (default: all) of ``store`` as one rosbag2 MCAP bag each under ``out``."""
-    import shutil
-
     from tqdm import tqdm
 
-    store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, "r")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
+    store, out = start_export(store, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     eps = list(range(store.num_episodes)) if episodes is None else [int(e) for e in episodes]
     if not eps:

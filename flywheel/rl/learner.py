@@ -219,31 +219,23 @@ def _json_default(o: Any) -> Any:
 
 
 def plot_history(history: list[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from flywheel.plotting import figure
 
     eps = [h for h in history if h["kind"] == "episode"]
     evals = [h for h in history if h["kind"] == "eval"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if eps:
-        x = np.array([h["env_steps"] for h in eps])
-        w = min(20, len(eps))
-        succ = np.convolve([float(h["success"]) for h in eps], np.ones(w) / w, mode="valid")
-        inter = np.convolve([h["intervention_rate"] for h in eps], np.ones(w) / w, mode="valid")
-        ax.plot(x[w - 1:], succ, label=f"training success ({w}-episode mean)", alpha=0.7)
-        ax.plot(x[w - 1:], inter, label="intervention rate", alpha=0.7)
-    if evals:
-        ax.plot([h["env_steps"] for h in evals], [h["success_rate"] for h in evals], "o-", label="eval success")
-    ax.set_xlabel("env steps")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    with figure(path, (6, 3.5), dpi=100) as ax:
+        if eps:
+            x = np.array([h["env_steps"] for h in eps])
+            w = min(20, len(eps))
+            succ = np.convolve([float(h["success"]) for h in eps], np.ones(w) / w, mode="valid")
+            inter = np.convolve([h["intervention_rate"] for h in eps], np.ones(w) / w, mode="valid")
+            ax.plot(x[w - 1:], succ, label=f"training success ({w}-episode mean)", alpha=0.7)
+            ax.plot(x[w - 1:], inter, label="intervention rate", alpha=0.7)
+        if evals:
+            ax.plot([h["env_steps"] for h in evals], [h["success_rate"] for h in evals], "o-", label="eval success")
+        ax.set_xlabel("env steps")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(title)
+    return Path(path)

@@ -55,10 +55,11 @@ import hashlib
 import hmac
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -87,6 +88,19 @@ class TransportConfig:
     replay_window_s: float = 300.0  # frames stamped further from the receiver's clock are refused (0: off)
     max_frame_bytes: int = 0  # ZeroMQ MAXMSGSIZE of receiving sockets; 0: DEFAULT_FRAME_CAP (see frame_cap)
     send_every: int = 50  # transitions per actor message (the flywheel-rl learner sizes its frame cap from it)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` just now (for local runs and tests: another process may
+    take one before the endpoint binds it)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def resolve_token(token: str) -> bytes:
@@ -233,8 +247,12 @@ def frame_cap(layout: Mapping[str, tuple[tuple[int, ...], str]], send_every: int
 
 
 # ------------------------------------------------------------------ endpoints
+_E = TypeVar("_E", bound="_Receiver")
+
+
 class _Receiver:
-    """What both ends share: the key, the replay guard, the refusal counters and a size-capped socket."""
+    """What both ends share: the key, the replay guard, the refusal counters, a size-capped socket, and the
+    life cycle (``with endpoint:`` connects it unless connected, and closes it)."""
 
     def __init__(self, cfg: TransportConfig) -> None:
         self.cfg = cfg
@@ -243,7 +261,20 @@ class _Receiver:
         self._epoch = time.time_ns()
         self._session = os.urandom(8).hex()
         self._monitor: zmq.Socket | None = None
+        self._ctx: zmq.Context | None = None
         self.forged = self.replayed = self.malformed = self.disconnects = 0
+
+    def connect(self: _E) -> _E:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _E) -> _E:
+        return self.connect() if self._ctx is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def rejected(self) -> int:
@@ -266,12 +297,19 @@ class _Receiver:
             log.info("a transport peer was disconnected (it went away, or sent a frame over %d bytes)",
                      self.cfg.max_frame_bytes or DEFAULT_FRAME_CAP)
 
-    def _close_monitor(self, sock: zmq.Socket | None) -> None:
+    def _close_zmq(self, monitored: zmq.Socket | None, sockets: tuple[zmq.Socket | None, ...]) -> None:
+        """Close the disconnect monitor (of the ``monitored`` socket), then ``sockets``, then the context."""
         if self._monitor is not None:
-            if sock is not None:
-                sock.disable_monitor()
+            if monitored is not None:
+                monitored.disable_monitor()
             self._monitor.close(0)
             self._monitor = None
+        for s in sockets:
+            if s is not None:
+                s.close(0)
+        if self._ctx is not None:
+            self._ctx.term()
+        self._ctx = None
 
     def _stamp(self, msg: Mapping[str, Any]) -> dict[str, Any]:
         return {**msg, "session": self._session, "epoch": self._epoch, "sent": time.time_ns()}
@@ -312,7 +350,6 @@ class LearnerEndpoint(_Receiver):
 
     def __init__(self, cfg: TransportConfig):
         super().__init__(cfg)
-        self._ctx: zmq.Context | None = None
         self._pull: zmq.Socket | None = None
         self._pub: zmq.Socket | None = None
         self.received = 0
@@ -335,19 +372,8 @@ class LearnerEndpoint(_Receiver):
         return self
 
     def close(self) -> None:
-        self._close_monitor(self._pull)
-        for s in (self._pull, self._pub):
-            if s is not None:
-                s.close(0)
-        if self._ctx is not None:
-            self._ctx.term()
-        self._ctx = self._pull = self._pub = None
-
-    def __enter__(self) -> LearnerEndpoint:
-        return self.connect() if self._ctx is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_zmq(self._pull, (self._pull, self._pub))
+        self._pull = self._pub = None
 
     def recv(self, timeout_ms: int = 0, max_messages: int = 1000) -> list[dict[str, Any]]:
         """Every usable message waiting (waits up to ``timeout_ms`` for the first); refused ones are counted."""
@@ -389,7 +415,6 @@ class ActorEndpoint(_Receiver):
     def __init__(self, cfg: TransportConfig, actor_id: str = "actor0"):
         super().__init__(cfg)
         self.actor_id = actor_id
-        self._ctx: zmq.Context | None = None
         self._push: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None
         self.outbox: collections.deque[bytes] = collections.deque(maxlen=max(1, cfg.queue_size))
@@ -419,19 +444,8 @@ class ActorEndpoint(_Receiver):
         return self
 
     def close(self) -> None:
-        self._close_monitor(self._sub)
-        for s in (self._push, self._sub):
-            if s is not None:
-                s.close(0)
-        if self._ctx is not None:
-            self._ctx.term()
-        self._ctx = self._push = self._sub = None
-
-    def __enter__(self) -> ActorEndpoint:
-        return self.connect() if self._ctx is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._close_zmq(self._sub, (self._push, self._sub))
+        self._push = self._sub = None
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Queue a message (dropping the oldest if the outbox is full) and flush what the link takes."""

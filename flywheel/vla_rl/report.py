@@ -11,35 +11,27 @@ def plot_curves(history: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any
                 title: str = "") -> Path:
     """Held-out success (deterministic) and training success (sampled) against env steps; the
     group rejection rate on the right axis when there is any."""
-    import matplotlib
+    from flywheel.plotting import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    if history:
-        x = [h["env_steps"] for h in history]
-        ax.plot(x, [h["success"] for h in history], color="tab:blue", alpha=0.35, label="train (sampled)")
-    if evals:
-        ax.plot([e["env_steps"] for e in evals], [e["success"] for e in evals], "o-", color="tab:blue",
-                label="held-out (deterministic)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("success rate")
-    rej = [h.get("groups_rejected", 0.0) for h in history]
-    if any(rej):
-        ax2 = ax.twinx()
-        ax2.plot([h["env_steps"] for h in history], rej, color="tab:gray", lw=0.8, label="groups rejected")
-        ax2.set_ylim(0, 1)
-        ax2.set_ylabel("groups rejected", color="tab:gray")
-    ax.set_title(title or "success")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    with figure(path, (6.0, 3.6)) as ax:
+        if history:
+            x = [h["env_steps"] for h in history]
+            ax.plot(x, [h["success"] for h in history], color="tab:blue", alpha=0.35, label="train (sampled)")
+        if evals:
+            ax.plot([e["env_steps"] for e in evals], [e["success"] for e in evals], "o-", color="tab:blue",
+                    label="held-out (deterministic)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("success rate")
+        rej = [h.get("groups_rejected", 0.0) for h in history]
+        if any(rej):
+            ax2 = ax.twinx()
+            ax2.plot([h["env_steps"] for h in history], rej, color="tab:gray", lw=0.8, label="groups rejected")
+            ax2.set_ylim(0, 1)
+            ax2.set_ylabel("groups rejected", color="tab:gray")
+        ax.set_title(title or "success")
+        ax.legend(loc="lower right", fontsize=8)
+    return Path(path)
 
 
 def _f(v: Any, fmt: str = "{:.3f}") -> str:

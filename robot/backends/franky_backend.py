@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -353,35 +354,38 @@ class FrankyBackend(Backend):
 
     # ------------------------------------------------------------ recover / home
     def recover(self) -> bool:
-        with self._op:
-            robot = self._robot
-            if robot is None or self._lost:
-                return False
-            self._busy = True
+        def recover(robot: Any) -> bool:
             try:
-                tracker, self._tracker = self._tracker, None
-                if tracker is not None and robot.is_in_control:
-                    try:
-                        tracker.stop()
-                    except Exception:
-                        pass
-                try:
-                    robot.join_motion(timeout=1.0)
-                except Exception:
-                    pass
-                robot.recover_from_errors()
-                self._error = ""
-                self._start_tracker()
-                return True
-            except Exception as e:
-                self._error = f"recovery failed: {type(e).__name__}: {e}"
-                return False
-            finally:
-                self._busy = False
+                robot.join_motion(timeout=1.0)
+            except Exception:
+                pass
+            robot.recover_from_errors()
+            self._error = ""
+            return True
+
+        return self._between_tracking("recovery", recover, stop_only_in_control=True)
 
     def home(self, joints: np.ndarray, timeout: float = 20.0) -> bool:
         import franky
 
+        def home(robot: Any) -> bool:
+            if robot.has_errors:
+                robot.recover_from_errors()
+            self._error = ""
+            robot.move(
+                franky.JointMotion(
+                    np.asarray(joints, dtype=np.float64).tolist(),
+                    relative_dynamics_factor=self.home_dynamics,
+                ),
+                asynchronous=True,
+            )
+            return bool(robot.join_motion(timeout=timeout))
+
+        return self._between_tracking("homing", home, stop_only_in_control=False)
+
+    def _between_tracking(self, what: str, act: Callable[[Any], bool], stop_only_in_control: bool) -> bool:
+        """Stop the impedance tracker, ``act(robot)``, start a new tracker: False (and ``error()`` says
+        "<what> failed: ...") when not connected or anything raises."""
         with self._op:
             robot = self._robot
             if robot is None or self._lost:
@@ -389,26 +393,16 @@ class FrankyBackend(Backend):
             self._busy = True
             try:
                 tracker, self._tracker = self._tracker, None
-                if tracker is not None:
+                if tracker is not None and (not stop_only_in_control or robot.is_in_control):
                     try:
                         tracker.stop()
                     except Exception:
                         pass
-                if robot.has_errors:
-                    robot.recover_from_errors()
-                self._error = ""
-                robot.move(
-                    franky.JointMotion(
-                        np.asarray(joints, dtype=np.float64).tolist(),
-                        relative_dynamics_factor=self.home_dynamics,
-                    ),
-                    asynchronous=True,
-                )
-                done = robot.join_motion(timeout=timeout)
+                done = act(robot)
                 self._start_tracker()
-                return bool(done)
+                return done
             except Exception as e:
-                self._error = f"homing failed: {type(e).__name__}: {e}"
+                self._error = f"{what} failed: {type(e).__name__}: {e}"
                 return False
             finally:
                 self._busy = False

@@ -9,7 +9,8 @@
   setup/start/stop/teardown hooks and guarded subscriptions, timers and services (a callback's
   error is caught, counted and reported on ``/diagnostics``, and the node goes on), and
   :func:`~robot.ros.lifecycle.run_lifecycle_node`, the body of every executable's ``main()``
-  (SIGINT and SIGTERM stop it through its lifecycle).
+  (SIGINT and SIGTERM stop it through its lifecycle), and
+  :func:`~robot.ros.lifecycle.spin_in_background`, the thread that spins a private context's nodes.
 
 Nothing here runs at import; the submodules import ``rclpy`` and the standard message packages only.
 """

@@ -44,7 +44,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from robot.ros.diagnostics import CallbackErrors, Diagnostics
 
-__all__ = ["RigNode", "run_lifecycle_node", "SPIN_PERIOD"]
+__all__ = ["RigNode", "run_lifecycle_node", "spin_in_background", "SPIN_PERIOD"]
 
 #: longest wait of the executor before it checks for a stop signal (s)
 SPIN_PERIOD = 0.1
@@ -248,6 +248,25 @@ class RigNode(LifecycleNode):
         d = Diagnostics(self, name, hardware_id=hardware_id, period=period, errors=self.callback_errors)
         self._diags.append(d)
         return d
+
+
+# -------------------------------------------------------------------------- spinning
+def spin_in_background(executor: Any, running: Callable[[], bool], name: str | None = None,
+                       period: float = 0.05) -> threading.Thread:
+    """Start and return a daemon thread that spins ``executor`` while ``running()`` (e.g. a private
+    context's ``ok``), beside the caller's own thread. A spin that raises because the context was shut
+    down under it ends the thread quietly."""
+
+    def spin() -> None:
+        try:
+            while running():
+                executor.spin_once(timeout_sec=period)
+        except Exception:  # the context was shut down under us
+            pass
+
+    thread = threading.Thread(target=spin, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 # -------------------------------------------------------------------------- main

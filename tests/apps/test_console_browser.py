@@ -19,7 +19,8 @@ from geometry_msgs.msg import PoseStamped
 from std_msgs.msg import Float32, String
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
-from _ros_probe import Probe, wait_for  # noqa: E402
+from _ros_probe import Probe  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from apps.bringup import compose_rig, graph
 from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, STATE_QOS

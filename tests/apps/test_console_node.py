@@ -13,7 +13,8 @@ import rclpy
 from std_msgs.msg import Bool
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
-from _ros_probe import Probe, Spinner, wait_for  # noqa: E402
+from _ros_probe import Probe, Spinner  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from apps.console.node import ConsoleNode
 from robot.ros.qos import COMMAND_QOS, LATCHED_QOS

@@ -19,7 +19,8 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Bool, String
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
-from _ros_probe import Probe, wait_for  # noqa: E402
+from _ros_probe import Probe  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from apps.bringup import Graph, compose_rig
 from rig.spec import default_spec

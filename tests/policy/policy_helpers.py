@@ -1,6 +1,10 @@
-"""Synthetic data and small builders shared by the policy tests (and the DDP worker script)."""
+"""Synthetic data and small builders shared by the policy tests (and the DDP worker script, and the SFT benchmarks)."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -52,3 +56,21 @@ def batch_of(samples: list[dict]) -> dict:
     out = {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "instruction"}
     out["instruction"] = [s["instruction"] for s in samples]
     return out
+
+
+class TimedLoader:
+    """Wraps a DataLoader for ``policy.train.train``, appending ``time.perf_counter()`` to ``times`` at each batch.
+
+    Keeps the loader's ``batch_sampler`` (train sets its epoch and resume point); samples/s is then
+    ``(len(times) - 1 - k) * batch / (times[-1] - times[k])`` after ``k`` warm-up steps.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.batch_sampler = loader.batch_sampler
+        self.times: list[float] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        for b in self.loader:
+            self.times.append(time.perf_counter())
+            yield b

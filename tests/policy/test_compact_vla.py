@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from policy_helpers import observation
 
 from policy.compact import CompactVLA, checkpoint_family
 from policy.config import CompactConfig
@@ -29,15 +30,6 @@ def _model(spec, **cfg) -> CompactVLA:
     """Random encoder weights (the pretrained ones are tested above; behaviour does not need them)."""
     torch.manual_seed(0)
     return CompactVLA(CompactConfig(image_size=IMAGE, **cfg), spec, text=_text(), pretrained=False)
-
-
-def _obs(spec, seed=0, instruction=INSTRUCTIONS[0]) -> dict:
-    rng = np.random.default_rng(seed)
-    obs = {k: rng.normal(size=s.shape).astype(np.float32) for k, s in spec.state_specs().items()}
-    for c in spec.cameras:
-        obs[f"images/{c.name}"] = rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8)
-    obs["instruction"] = instruction
-    return obs
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +130,7 @@ def test_finetune_modes_choose_trainable_encoder_blocks(spec, finetune, trainabl
 
 def test_cached_features_cannot_train_an_unfrozen_encoder(spec):
     m = _model(spec, finetune="full")
-    batch = {k: v[None] for k, v in _obs(spec).items() if k != "instruction"}
+    batch = {k: v[None] for k, v in observation(spec).items() if k != "instruction"}
     for c in spec.camera_names:
         batch[f"features/{c}"] = np.zeros((1, *m.encoder.out_shape), np.float16)
         del batch[f"images/{c}"]
@@ -150,7 +142,7 @@ def test_cached_features_cannot_train_an_unfrozen_encoder(spec):
 def _chunk_batches(spec, n=64, batch=16, seed=0):
     """Samples whose chunk depends on where a bright square is in the image, and on the instruction."""
     rng = np.random.default_rng(seed)
-    obs = [_obs(spec, seed * 1000 + i, INSTRUCTIONS[i % 2]) for i in range(n)]
+    obs = [observation(spec, seed * 1000 + i, INSTRUCTIONS[i % 2]) for i in range(n)]
     targets = []
     for o in obs:
         x = int(rng.integers(0, IMAGE - 8))
@@ -207,7 +199,7 @@ def test_save_load_round_trip_gives_identical_actions(spec, tmp_path, head):
     stats = {"proprio": {"mean": np.arange(8.0).tolist(), "std": np.full(8, 2.0).tolist()},
              "actions": {"mean": np.full(7, 0.1).tolist(), "std": np.full(7, 0.5).tolist()}}
     m.normalizer = type(m.normalizer)(stats, {"proprio": 8, "actions": 7})
-    obs = _obs(spec, 3)
+    obs = observation(spec, 3)
     before = Policy(m, device="cpu").infer(obs)["actions"]
     m.save_pretrained(tmp_path / "ckpt")
     assert json.loads((tmp_path / "ckpt" / "policy_config.json").read_text())["family"] == "compact"
@@ -238,11 +230,11 @@ def test_infer_refuses_wrong_shapes(spec):
     from policy.inference import Policy
 
     pol = Policy(_model(spec), device="cpu")
-    obs = _obs(spec)
+    obs = observation(spec)
     obs["images/wrist"] = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(SpecError, match="images/wrist"):
         pol.infer(obs)
-    obs = _obs(spec)
+    obs = observation(spec)
     del obs["state/ee_quat"]
     with pytest.raises(SpecError, match="state/ee_quat"):
         pol.infer(obs)
@@ -252,7 +244,7 @@ def test_other_image_sizes_are_resized_to_the_encoder_input():
     spec = default_spec(48)
     m = _model(spec)  # image_size=32: 48 px frames are resized first
     out = m.predict(m.prepare({k: (np.asarray(v)[None] if k != "instruction" else [v])
-                               for k, v in _obs(spec).items()}))
+                               for k, v in observation(spec).items()}))
     assert out.shape == (1, 8, 7) and torch.isfinite(out).all()
 
 
@@ -262,7 +254,7 @@ def test_live_frames_take_the_training_stores_codec_round_trip(spec):
     from policy.inference import Policy
 
     codec = image_codec("jpeg", 95)
-    obs = _obs(spec, 5)
+    obs = observation(spec, 5)
     stored = {**obs, **{f"images/{c.name}": codec.decode_image(codec.encode_image(obs[f"images/{c.name}"]))
                         for c in spec.cameras}}
     with_codec = Policy(_model(spec, image_codec="jpeg:95"), device="cpu")

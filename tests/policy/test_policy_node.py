@@ -15,7 +15,8 @@ from policy_helpers import tiny_spec
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.render]
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
-from _ros_probe import Probe, Spinner, wait_for  # noqa: E402
+from _ros_probe import Probe, Spinner  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")

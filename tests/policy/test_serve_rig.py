@@ -12,7 +12,8 @@ import pytest
 from geometry_msgs.msg import PoseStamped
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "robot"))  # the shared ROS probe helpers
-from _ros_probe import Probe, wait_for  # noqa: E402
+from _ros_probe import Probe  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from policy.serve import PolicyServer, ServeConfig  # noqa: E402
 from rig.spec import default_spec  # noqa: E402

@@ -22,6 +22,11 @@ from rig.safety import CommandRejected, SafetyFilter, apply_twist
 ROUND = 1e-12  # m / rad: rounding allowance on positions and angles
 MIN_DT = 1e-6  # s: the filter does not move in a shorter tick (no time passed)
 
+# the safety tests' nominal tick (500 Hz) and start pose (home, the hand pointing down)
+DT = 0.002
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+HOME = np.array([0.45, 0.0, 0.35])
+
 
 def _rot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rotation vector from orientation b to a (base frame), by numpy's arctan2 (accurate near 0)."""

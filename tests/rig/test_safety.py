@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safety_oracle import DOWN, DT, HOME
 
 from rig.geometry import quat_angle, quat_mul, rotvec_to_quat
 from rig.safety import (
@@ -21,9 +22,6 @@ from rig.safety import (
     validate_safety_config,
 )
 
-DT = 0.002
-DOWN = np.array([1.0, 0.0, 0.0, 0.0])
-HOME = np.array([0.45, 0.0, 0.35])
 #: acceleration limits out of the way, for the tests of the other limits from rest
 NO_ACC = {"max_linear_acceleration": 1e9, "max_angular_acceleration": 1e9}
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from safety_oracle import Oracle, random_session
+from safety_oracle import DOWN, DT, HOME, Oracle, random_session
 
 from rig.geometry import quat_angle, quat_mul, rotvec_to_quat
 from rig.safety import (
@@ -27,9 +27,6 @@ from rig.safety import (
     validate_safety_config,
 )
 
-DT = 0.002
-DOWN = np.array([1.0, 0.0, 0.0, 0.0])
-HOME = np.array([0.45, 0.0, 0.35])
 CFG = SafetyConfig()
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,9 +23,11 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
+from waiting import wait_for
 
 from robot.backends.base import Backend
 from robot.nodes.franka_node import FrankaNode, make_backend
+from robot.ros.lifecycle import spin_in_background
 from robot.ros.qos import STATE_QOS
 
 DOWN = np.array([1.0, 0.0, 0.0, 0.0])
@@ -97,8 +99,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self.executor, self.context.ok)
         if activate:
             self.activate()
 
@@ -106,13 +107,6 @@ class Harness:
     def activate(self) -> None:
         assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS, "configure failed"
         assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS, "activate failed"
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:
-            pass
 
     def close(self) -> None:
         try:
@@ -177,18 +171,17 @@ class Harness:
 
     def wait_for(self, pred: Callable[[], Any], timeout: float, every: Callable[[], None] | None = None,
                  period: float = 0.02) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """:func:`waiting.wait_for`, calling ``every`` before each look; a topic not heard yet reads as falsy."""
+
+        def look() -> Any:
             if every is not None:
                 every()
             try:
-                v = pred()
+                return pred()
             except (KeyError, TypeError, IndexError):
-                v = None
-            if v:
-                return v
-            time.sleep(period)
-        return None
+                return None
+
+        return wait_for(look, timeout, period)
 
     def stamp(self):
         return self.probe.get_clock().now().to_msg()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
+
+from robot.ros.lifecycle import spin_in_background
 
 
 class Spinner:
@@ -36,16 +38,8 @@ class Spinner:
         return node
 
     def start(self) -> Spinner:
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self._thread = spin_in_background(self.executor, self.context.ok)
         return self
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us
-            pass
 
     def close(self) -> None:
         for n in self.nodes:
@@ -92,12 +86,3 @@ class Probe(Spinner):
             for t in topics or list(self.msgs):
                 self.msgs[t].clear()
 
-
-def wait_for(pred: Callable[[], Any], timeout: float = 10.0, period: float = 0.02) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(period)
-    return pred()

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from robot.backends.camera_stream import CameraStream
 from robot.backends.realsense import (
@@ -95,35 +96,26 @@ def _collect(stream_dev: ReplayDevice, fps: float = 200.0):
     return s, got
 
 
-def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_stream_counts_drops_and_reconnects_after_unplug():
     rec = synthetic_recording(n=20, fps=200.0, skip=(3, 4, 11))
     dev = ReplayDevice("front", rec, fps=200.0, loop=True)
     s, got = _collect(dev)
     s.start()
     try:
-        assert _wait(lambda: len(got) >= 17)
+        assert wait_for(lambda: len(got) >= 17)
         st = s.stats()
         assert st.connected and st.dropped >= 3 and st.disconnects == 0
         # frames are stamped in host time, increasing
         stamps = [t for _, t in got[:17]]
         assert np.all(np.diff(stamps) > 0) and abs(stamps[-1] - time.time()) < 1.0
         dev.unplug()
-        assert _wait(lambda: not s.stats().connected)
+        assert wait_for(lambda: not s.stats().connected)
         n_unplugged = len(got)
         time.sleep(0.2)  # reconnect attempts fail while unplugged, the thread keeps going
         st = s.stats()
         assert st.disconnects == 1 and "not connected" in st.last_error and len(got) == n_unplugged
         dev.replug()
-        assert _wait(lambda: s.stats().connected and len(got) > n_unplugged + 5)
+        assert wait_for(lambda: s.stats().connected and len(got) > n_unplugged + 5)
         assert s.stats().opens == 2 and dev.opens == 2
     finally:
         s.stop()
@@ -137,7 +129,7 @@ def test_stream_treats_repeated_timeouts_as_disconnect():
     s.start()
     try:
         # after the 3 frames, reads time out; 2 timeouts in a row -> disconnect + reopen (replay restarts)
-        assert _wait(lambda: s.stats().disconnects >= 1 and len(got) >= 6)
+        assert wait_for(lambda: s.stats().disconnects >= 1 and len(got) >= 6)
     finally:
         s.stop()
 

@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from _ros_probe import Probe, Spinner, wait_for  # noqa: I001
+from _ros_probe import Probe, Spinner  # noqa: I001
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, JointState
+from waiting import wait_for  # noqa: I001
 
 from robot.backends.realsense import ReplayDevice, synthetic_recording
 from robot.nodes.camera_node import CameraNode

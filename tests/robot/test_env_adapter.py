@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 import rclpy
-from _ros_probe import Probe, Spinner, wait_for
+from _ros_probe import Probe, Spinner
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+from waiting import wait_for
 
 from rig.spec import RigSpec, default_spec
 from robot.backends.realsense import synthetic_recording

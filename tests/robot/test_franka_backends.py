@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+from waiting import wait_for
+
 from rig.safety import GripperCommand
 from robot.backends.base import GripperWorker
 
@@ -64,9 +66,7 @@ def test_gripper_worker_latest_command_wins_and_submit_never_blocks():
         time.sleep(0.05)
         w.submit(GripperCommand(0.02, 0.1, 0.0))  # supersedes the running move
         assert time.monotonic() - t0 < 0.1, "submit blocked"
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and not (hand.width == 0.02 and not w.state.busy):
-            time.sleep(0.01)
+        wait_for(lambda: hand.width == 0.02 and not w.state.busy, timeout=3.0, period=0.01)
         assert hand.width == 0.02
         assert hand.stops == 1 and [c.width for c in hand.started] == [0.05, 0.02]
         assert w.state.error == ""
@@ -89,9 +89,7 @@ def test_gripper_worker_reports_failures_without_dying():
     w.start()
     try:
         w.submit(GripperCommand(0.03, 0.1, 0.0))
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and "gripper fault" not in w.state.error:
-            time.sleep(0.01)
+        wait_for(lambda: "gripper fault" in w.state.error, timeout=2.0, period=0.01)
         assert "gripper fault" in w.state.error
         assert w._thread is not None and w._thread.is_alive()
     finally:

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from rig.safety import SafetyConfig, SafetyFilter
 from robot.backends.base import ArmState, Backend, ConnectionLost
@@ -116,15 +117,6 @@ def make(cfg: RobotConfig | None = None):
     loop = ArmLoop(arm, mux, cfg, publish_state=lambda s, a: published.append(a),
                    report=lambda: reports.append(1), log=log)
     return loop, arm, mux, log, published, reports
-
-
-def wait_for(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_a_tick_streams_the_filtered_command_and_publishes_it():

@@ -21,11 +21,12 @@ import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-from _ros_probe import Probe, Spinner, wait_for  # noqa: E402
+from _ros_probe import Probe, Spinner  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped, TwistStamped, WrenchStamped  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, String  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from robot.ros.convert import JOINT_NAMES, fill_pose, fill_wrench, numpy_to_image, to_stamp  # noqa: E402
 from robot.ros.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS  # noqa: E402

@@ -8,11 +8,12 @@ import pytest
 
 pytestmark = pytest.mark.ros
 
-from _ros_probe import Probe, Spinner, wait_for  # noqa: E402
+from _ros_probe import Probe, Spinner  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 from robot.ros.diagnostics import OK, WARN, level_of  # noqa: E402
 from robot.ros.lifecycle import RigNode  # noqa: E402

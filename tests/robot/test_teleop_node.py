@@ -12,11 +12,12 @@ import time
 
 import pytest
 import rclpy
-from _ros_probe import Probe, Spinner, wait_for
+from _ros_probe import Probe, Spinner
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import TwistStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
+from waiting import wait_for
 
 from robot.nodes.teleop_node import TeleopNode
 from robot.ros.qos import LATCHED_QOS

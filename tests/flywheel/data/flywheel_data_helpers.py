@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from rig.spec import CameraSpec, RigSpec
@@ -37,3 +41,15 @@ def step(ep: dict[str, np.ndarray], spec: RigSpec, i: int) -> dict:
     obs = {k: ep[k][i] for k in spec.observation_specs()}
     return dict(obs=obs, action=ep["action"][i], reward=float(ep["reward"][i]),
                 intervention=bool(ep["intervention"][i]), timestamp=float(ep["timestamp"][i]))
+
+
+def write_store(path: str | Path, spec: RigSpec, lengths: Sequence[int],
+                meta: Callable[[int], dict[str, Any]]) -> Path:
+    """A new store at ``path`` holding ``make_episode(spec, n, seed=i)`` for each ``n`` of ``lengths``;
+    ``meta(i)`` gives episode ``i``'s ``add_episode`` keywords (task, source, success, ...)."""
+    from flywheel.data import EpisodeStore
+
+    with EpisodeStore(path, "w", spec) as s:
+        for i, n in enumerate(lengths):
+            s.add_episode(make_episode(spec, n, seed=i), **meta(i))
+    return Path(path)

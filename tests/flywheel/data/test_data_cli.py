@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from flywheel_data_helpers import make_episode, small_spec
+from flywheel_data_helpers import small_spec, write_store
 
 from flywheel.data import EpisodeStore
 from flywheel.data.cli import main
@@ -20,13 +20,8 @@ LENGTHS = [6, 11, 4]
 
 @pytest.fixture
 def store_path(tmp_path):
-    spec = small_spec(size=32, depth=False)
-    path = tmp_path / "s.zarr"
-    with EpisodeStore(path, "w", spec) as s:
-        for i, n in enumerate(LENGTHS):
-            s.add_episode(make_episode(spec, n, seed=i), task=f"task{i % 2}", instruction=f"do task {i % 2}",
-                          source=["human", "rl", "rl"][i], success=i != 1)
-    return str(path)
+    return str(write_store(tmp_path / "s.zarr", small_spec(size=32, depth=False), LENGTHS, lambda i: dict(
+        task=f"task{i % 2}", instruction=f"do task {i % 2}", source=["human", "rl", "rl"][i], success=i != 1)))
 
 
 def test_info(store_path, capsys):

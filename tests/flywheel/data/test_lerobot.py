@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from flywheel_data_helpers import make_episode, small_spec
+from flywheel_data_helpers import make_episode, small_spec, write_store
 
 from flywheel.data import EpisodeStore
 from flywheel.data.cli import main
@@ -26,11 +26,9 @@ FEATURES = {"observation.state", "action", "next.reward", "next.done", "compleme
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("lr")
-    spec = small_spec(size=32, depth=False)
-    with EpisodeStore(root / "s.zarr", "w", spec) as s:
-        for i, n in enumerate(LENGTHS):
-            s.add_episode(make_episode(spec, n, seed=i), task=f"task{i % 2}", instruction=f"do task {i % 2}",
-                          source=["human", "rl", "policy"][i], success=i != 1, rig_id="panda-1")
+    write_store(root / "s.zarr", small_spec(size=32, depth=False), LENGTHS, lambda i: dict(
+        task=f"task{i % 2}", instruction=f"do task {i % 2}", source=["human", "rl", "policy"][i], success=i != 1,
+        rig_id="panda-1"))
     out = export_lerobot(root / "s.zarr", root / "lerobot", vcodec="libx264", progress=False)
     return root / "s.zarr", out
 
@@ -151,14 +149,15 @@ def test_export_then_import_round_trips_every_key(exported, tmp_path):
 SO100_NAMES = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 
-def _lerobot_native(root, fps=10, tasks_per_episode=1, size=(24, 32)):
-    """Two episodes as LeRobot writes them: list<float> vectors, PNG images in the parquet, two data files."""
+def _native_meta(root, fps, size, images: str, reward: bool, **info) -> None:
+    """The folders and meta/info.json of an SO-100 dataset in LeRobot v3.0's layout (one camera, ``images``:
+    "image" or "video"; ``next.reward`` when ``reward``); ``info`` adds or overrides keys of info.json."""
     h, w = size
     feats = {
         "observation.state": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
         "action": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
-        "observation.images.top": {"dtype": "image", "shape": [h, w, 3], "names": ["height", "width", "channels"]},
-        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+        "observation.images.top": {"dtype": images, "shape": [h, w, 3], "names": ["height", "width", "channels"]},
+        **({"next.reward": {"dtype": "float32", "shape": [1], "names": None}} if reward else {}),
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
         "episode_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -167,9 +166,15 @@ def _lerobot_native(root, fps=10, tasks_per_episode=1, size=(24, 32)):
     }
     (root / "meta/episodes/chunk-000").mkdir(parents=True)
     (root / "data/chunk-000").mkdir(parents=True)
-    info = {"codebase_version": "v3.0", "fps": fps, "features": feats, "robot_type": "so100",
-            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None}
-    (root / "meta/info.json").write_text(json.dumps(info))
+    (root / "meta/info.json").write_text(json.dumps({
+        "codebase_version": "v3.0", "fps": fps, "features": feats,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", **info}))
+
+
+def _lerobot_native(root, fps=10, tasks_per_episode=1, size=(24, 32)):
+    """Two episodes as LeRobot writes them: list<float> vectors, PNG images in the parquet, two data files."""
+    h, w = size
+    _native_meta(root, fps, size, "image", reward=True, robot_type="so100", video_path=None)
     pq.write_table(pa.table({"task_index": [0, 1], "__index_level_0__": ["pick the cube", "place it"]}),
                    root / "meta/tasks.parquet")
     rng = np.random.default_rng(0)
@@ -283,22 +288,8 @@ def test_video_episodes_spread_over_files_import_frame_exact(tmp_path):
     from flywheel.data.lerobot import _VideoWriter
 
     root, fps, (h, w) = tmp_path / "ds", 10, (24, 32)
-    feats = {
-        "observation.state": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
-        "action": {"dtype": "float32", "shape": [6], "names": SO100_NAMES},
-        "observation.images.top": {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"]},
-        "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-        "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-        "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-        "index": {"dtype": "int64", "shape": [1], "names": None},
-        "task_index": {"dtype": "int64", "shape": [1], "names": None},
-    }
-    (root / "meta/episodes/chunk-000").mkdir(parents=True)
-    (root / "data/chunk-000").mkdir(parents=True)
-    (root / "meta/info.json").write_text(json.dumps({
-        "codebase_version": "v3.0", "fps": fps, "features": feats,
-        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}))
+    _native_meta(root, fps, (h, w), "video", reward=False,
+                 video_path="videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
     pq.write_table(pa.table({"task_index": [0], "task": ["pick the cube"]}), root / "meta/tasks.parquet")
     lengths, where = [4, 6, 5], [(0, 0.0), (1, 0.0), (0, 0.4)]  # (video file, from_timestamp)
     frames = [np.full((n, h, w, 3), 40 + 60 * e, np.uint8) for e, n in enumerate(lengths)]

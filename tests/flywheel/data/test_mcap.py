@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from flywheel_data_helpers import make_episode, small_spec
+from flywheel_data_helpers import small_spec, write_store
 
 from flywheel.data import EpisodeStore
 from flywheel.data.cli import main
@@ -19,13 +19,9 @@ LENGTHS = [5, 9, 3]
 
 @pytest.fixture
 def store_path(tmp_path):
-    spec = small_spec(size=32, depth=True)
-    path = tmp_path / "s.zarr"
-    with EpisodeStore(path, "w", spec) as s:
-        for i, n in enumerate(LENGTHS):
-            s.add_episode(make_episode(spec, n, seed=i), task=f"task{i}", instruction=f"do {i}",
-                          source=["human", "rl", "policy"][i], success=[True, False, None][i], rig_id="panda-1")
-    return path
+    return write_store(tmp_path / "s.zarr", small_spec(size=32, depth=True), LENGTHS, lambda i: dict(
+        task=f"task{i}", instruction=f"do {i}", source=["human", "rl", "policy"][i], success=[True, False, None][i],
+        rig_id="panda-1"))
 
 
 def test_export_writes_rosbag2_mcap_with_the_rigs_schemas(store_path, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -107,15 +108,6 @@ class RigPublishers:
         self.thread.join(5)
 
 
-def _wait(pred, timeout=30.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     store = tmp_path / "episodes.zarr"
     rig = RigPublishers()
@@ -126,8 +118,9 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        assert _wait(lambda: rig.pubs["event"].get_subscription_count() > 0
-                     and rig.pubs["image"].get_subscription_count() > 0), "recorder-node did not subscribe"
+        assert wait_for(lambda: rig.pubs["event"].get_subscription_count() > 0
+                        and rig.pubs["image"].get_subscription_count() > 0,
+                        timeout=30.0), "recorder-node did not subscribe"
         rig.send("intervening", False)
         rig.send("instruction", "wipe the table")
         time.sleep(0.5)
@@ -142,7 +135,7 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
         rig.send("event", "start")
         time.sleep(0.5)
         rig.send("event", "abort")  # a discarded episode
-        assert _wait(lambda: any("recorder" in s.name and {("episodes", "1"), ("aborted", "1")} <= {
+        assert wait_for(lambda: any("recorder" in s.name and {("episodes", "1"), ("aborted", "1")} <= {
             (kv.key, kv.value) for kv in s.values}
             for d in rig.diagnostics for s in d.status), timeout=10), "no /diagnostics with 1 episode, 1 aborted"
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -22,23 +21,14 @@ from flywheel.rl.transport import (
     TransportConfig,
     decode,
     encode,
+    free_ports,
     resolve_token,
 )
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture
 def tcfg() -> TransportConfig:
-    p1, p2 = _free_ports(2)
+    p1, p2 = free_ports(2)
     return TransportConfig(transitions_port=p1, weights_port=p2, token="s3cret", queue_size=8)
 
 

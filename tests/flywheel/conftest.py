@@ -1,4 +1,4 @@
-"""One torch thread: the runs are small, and the machine is shared."""
+"""Flywheel tests: one torch thread (tiny nets; extra threads only contend on a shared 2-core machine)."""
 
 from __future__ import annotations
 
