@@ -48,7 +48,7 @@ def time_loader(ds: EpisodeDataset, batch: int, workers: int, batches: int) -> l
     for _ in range(2):  # cold (decode) then warm (cache)
         n, t0, c0 = 0, time.perf_counter(), time.process_time()
         for i, b in enumerate(loader):
-            n += len(b["action"])
+            n += len(b["actions"])
             if i + 1 >= batches:
                 break
         rates.append(n / (time.perf_counter() - t0))

@@ -124,11 +124,12 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     from flywheel.data import EpisodeStore
+    from flywheel.data.loader import EpisodeDataset, random_batches
+    from flywheel.data.stats import array_stats, floor_std
     from policy.compact import CompactVLA
     from policy.config import CompactConfig, TrainConfig
-    from policy.feature_cache import CachedChunks
-    from policy.normalize import compute_stats
     from policy.train import train
+    from rig.spec import PROPRIO_KEYS
 
     out = work / args.name
     if (out / "policy_config.json").is_file():
@@ -138,11 +139,13 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
     cache = _cache(args, work, store)
     idx = _demo_indices(store, args.tasks, args.max_demos)
     t0 = time.perf_counter()
-    data = CachedChunks(cache, idx, horizon=store.spec.action.chunk_horizon)
-    proprio = np.concatenate([data.state[k] for k in ("state/ee_pos", "state/ee_quat", "state/gripper_width")], -1)
-    stats = compute_stats(proprio, data.actions)
-    for key in ("proprio", "actions"):  # floor: a near-constant input must not become a huge one
-        stats[key]["std"] = [max(v, args.min_std) for v in stats[key]["std"]]
+    keys = [f"images/{c}" for c in cache.cameras] + list(PROPRIO_KEYS)
+    data = EpisodeDataset(store, episodes=idx, obs_keys=keys, horizon=store.spec.action.chunk_horizon, features=cache)
+    steps = EpisodeDataset(store, episodes=idx, obs_keys=list(PROPRIO_KEYS), features=cache)  # no features read
+    every = steps.__getitems__(np.arange(len(steps)))  # proprio at the cached steps, actions of every step
+    acts = np.concatenate([store.read("action", r.start, r.end) for r in map(store.record, data.episodes)])
+    stats = {k: array_stats(every[k].numpy()) for k in PROPRIO_KEYS} | {"action": array_stats(acts)}
+    stats = floor_std(stats, args.min_std)  # floor: a near-constant input must not become a huge one
     from flywheel.data.codecs import frames_codec
 
     codec = frames_codec(store) if args.image_codec == "store" else ""
@@ -155,7 +158,7 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
              model.num_parameters("head"), args.steps, args.batch)
     tcfg = TrainConfig(out_dir=str(work / f"{args.name}_train"), steps=args.steps, lr=args.lr, warmup_steps=100,
                        weight_decay=1e-4, save_every=1000, keep_checkpoints=1, log_every=100, max_grad_norm=1.0)
-    metrics = train(model, data.batches(args.batch, seed=0), tcfg, device="cpu")
+    metrics = train(model, random_batches(data, args.batch, seed=0, replace=False), tcfg, device="cpu")
     model.save_pretrained(out)
     _record_time(work, f"train/{args.name}", time.perf_counter() - t0)
     log.info("train: %s, final loss %.4f, %.0f s", out, metrics.get("loss", float("nan")), time.perf_counter() - t0)

@@ -40,7 +40,7 @@ from torch import nn
 from policy.config import CompactConfig
 from policy.encoders import SentenceEncoder, image_encoder_id, image_trunk
 from policy.heads import FlowMatchingHead, TokenLearnerHead, _mlp
-from policy.model import FORMAT, WEIGHTS, _as_numpy, canonical_batch
+from policy.model import FORMAT, WEIGHTS, _as_numpy
 from policy.normalize import Normalizer
 from rig.spec import PROPRIO_KEYS, RigSpec
 
@@ -232,7 +232,6 @@ class CompactVLA(nn.Module):
     def prepare(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
         """Batch dict (spec keys with a batch dim, or ``features/<camera>`` cached features in place of
         ``images/<camera>``; ``instruction``; optional ``actions``/``action_is_pad``) -> tensors."""
-        batch = canonical_batch(batch)
         cams = self.spec.camera_names
         need = [k for k in [*PROPRIO_KEYS, "instruction"] if k not in batch]
         need += [f"images/{c}" for c in cams if f"images/{c}" not in batch and f"features/{c}" not in batch]

@@ -20,6 +20,10 @@ entries. Writes go to a temporary file and are renamed: a killed job leaves no t
 The default ``ROOT`` is a ``features/`` directory next to the store (``<store's parent>/features``:
 the layout ``benchmarks/generalist_g0.py`` writes, so fine-tuning jobs re-use its features); stores
 that share a parent directory share it, each under its own ``store_key``.
+
+Training batches over these features come from the store loader's feature-cache mode
+(``flywheel.data.loader.EpisodeDataset(store, features=cache)``): ``features/<camera>`` in place of
+``images/<camera>``, with the same keys, action chunks and padding as the image batches.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,83 +144,3 @@ class FeatureCache:
         self.hits += len(indices) - len(todo)
         return {"episodes": len(indices), "encoded": len(todo), "cached": len(indices) - len(todo),
                 "seconds": time.perf_counter() - t0}
-
-
-class CachedChunks:
-    """Training samples over cached features: per (cached) step the features of every camera,
-    proprio, the instruction and the next ``horizon`` actions (padded past the episode's end).
-
-    Everything is held in memory (float16 features), so :meth:`batches` draws random batches
-    with numpy indexing alone: the form :func:`policy.train.train` takes, with ``features/<camera>``
-    in place of ``images/<camera>``.
-
-    ``weights`` (one per episode, like ``flywheel.distill.generalist.VLABatches``): episode ``i`` is
-    drawn with probability ``weights[i] / sum(weights)``, spread evenly over its samples (e.g. to
-    replay older data at a set fraction of every batch); batches are then drawn with replacement."""
-
-    def __init__(self, cache: FeatureCache, indices: Sequence[int], horizon: int,
-                 weights: Sequence[float] | None = None) -> None:
-        from rig.spec import PROPRIO_KEYS
-
-        indices = [int(i) for i in indices]
-        if weights is not None and len(weights) != len(indices):
-            raise ValueError(f"weights: {len(weights)} for {len(indices)} episodes (give one per episode)")
-        store = cache.store
-        self.cameras, self.horizon = cache.cameras, int(horizon)
-        feats: dict[str, list[np.ndarray]] = {c: [] for c in self.cameras}
-        state: dict[str, list[np.ndarray]] = {k: [] for k in PROPRIO_KEYS}
-        actions, instr, steps, ends = [], [], [], []
-        n = 0
-        for i in indices:
-            r = store.record(i)
-            ep = cache.episode(i)
-            for c in self.cameras:
-                feats[c].append(ep[c])
-            local = np.arange(0, r.length, cache.stride)
-            for k in PROPRIO_KEYS:
-                state[k].append(store.read(k, r.start, r.end)[local])
-            actions.append(store.read("action", r.start, r.end))
-            instr.append(r.instruction)
-            steps.append(n + local)
-            ends.append(np.full(len(local), n + r.length))
-            n += r.length
-        if not n:
-            raise ValueError("no steps to train on: the episode list is empty")
-        self.features = {c: np.concatenate(v) for c, v in feats.items()}
-        self.state = {k: np.concatenate(v).astype(np.float32) for k, v in state.items()}
-        self.actions = np.concatenate(actions).astype(np.float32)  # every step (chunk targets)
-        self.instructions = instr
-        self.episode_of_sample = np.repeat(np.arange(len(steps)), [len(s) for s in steps])
-        step, end = np.concatenate(steps), np.concatenate(ends)
-        idx = step[:, None] + np.arange(self.horizon)[None]  # (N, H) action indices
-        self.is_pad = idx >= end[:, None]
-        self.chunk_index = np.minimum(idx, end[:, None] - 1)
-        self.p: np.ndarray | None = None
-        if weights is not None:  # per-episode weights, spread over each episode's samples
-            w = np.asarray(weights, np.float64)
-            if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-                raise ValueError(f"weights={list(w)}: must be finite, >= 0 and not all 0")
-            counts = np.maximum(np.array([len(s) for s in steps]), 1)
-            pw = np.repeat(w / counts, counts)
-            self.p = pw / pw.sum()
-
-    def __len__(self) -> int:
-        return len(self.chunk_index)
-
-    def get(self, idx: np.ndarray) -> dict[str, Any]:
-        batch: dict[str, Any] = {f"features/{c}": self.features[c][idx] for c in self.cameras}
-        batch.update({k: v[idx] for k, v in self.state.items()})
-        batch["instruction"] = [self.instructions[e] for e in self.episode_of_sample[idx]]
-        batch["actions"] = self.actions[self.chunk_index[idx]]
-        batch["action_is_pad"] = self.is_pad[idx]
-        return batch
-
-    def batches(self, batch_size: int, seed: int = 0) -> Iterator[dict[str, Any]]:
-        """Endless random batches (with replacement across batches, none within one; with ``weights``,
-        with replacement within one too, so that every draw follows the weights)."""
-        rng = np.random.default_rng(seed)
-        while True:
-            if self.p is None:
-                yield self.get(rng.choice(len(self), size=min(batch_size, len(self)), replace=False))
-            else:
-                yield self.get(rng.choice(len(self), size=int(batch_size), p=self.p))

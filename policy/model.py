@@ -41,24 +41,6 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def canonical_batch(batch: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The loader format (``obs/<key>`` with an observation-step axis, CHW images, ``action``) -> spec keys."""
-    if not any(k.startswith("obs/") for k in batch):
-        return batch
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if k.startswith("obs/"):
-            arr = _as_numpy(v)[:, -1]
-            if k.startswith("obs/images/") and arr.ndim == 4 and arr.shape[1] in (1, 3):
-                arr = arr.transpose(0, 2, 3, 1)
-            out[k[4:]] = arr
-        elif k == "action":
-            out["actions"] = v
-        else:
-            out[k] = v
-    return out
-
-
 class VLA(nn.Module):
     """Backbone + head. ``prepare`` turns a batch dict into tensors; ``forward`` gives the loss."""
 
@@ -169,10 +151,8 @@ class VLA(nn.Module):
 
     def prepare(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
         """Batch dict (spec keys with a leading batch dim, ``instruction`` list, optional ``actions``
-        (B, H, A) and ``action_is_pad`` (B, H)) -> tensors on ``device``, normalised. The episode
-        store's loader format (``obs/<key>`` (B, n_obs, ...), images (B, n_obs, C, H, W), ``action``)
-        is accepted as well (its newest observation step is used)."""
-        batch = canonical_batch(batch)
+        (B, H, A) and ``action_is_pad`` (B, H)) -> tensors on ``device``, normalised: what the episode
+        store's loader (``flywheel.data.loader``) yields, numpy arrays or torch tensors alike."""
         cams = self.spec.camera_names
         missing = [k for k in [f"images/{c}" for c in cams] + list(PROPRIO_KEYS) + ["instruction"] if k not in batch]
         if missing:

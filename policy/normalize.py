@@ -1,10 +1,14 @@
-"""Normalisation statistics of proprioception and actions (saved as ``stats.json``).
+"""Normalisation statistics of proprioception and actions (saved as ``stats.json`` in a checkpoint).
 
-The stats dict is ``{"proprio": {"mean": [...], "std": [...]}, "actions":
-{"mean": [...], "std": [...]}}``; missing entries default to the identity
-(mean 0, std 1). :func:`compute_stats` derives it from arrays. Per-key stats as
-the episode store computes them (``state/ee_pos``, ``state/ee_quat``,
-``state/gripper_width``, ``action``; extra keys ignored) are accepted too.
+One format, the episode store's (:func:`flywheel.data.stats.compute_stats`, LeRobot's
+``stats.json``): per spec key, ``{"state/ee_pos": {"mean": [...], "std": [...], ...},
+"state/ee_quat": ..., "state/gripper_width": ..., "action": ...}``; further statistics
+(``min``, ``q01``, ``count``, ...) and further keys (``state/joint_pos``, images) are
+ignored; a missing key is the identity (mean 0, std 1). The policy z-scores the
+proprio vector (the :data:`rig.spec.PROPRIO_KEYS` concatenated) and the action chunks.
+
+Checkpoints written before this format hold ``{"proprio": {"mean", "std"}, "actions":
+{"mean", "std"}}``: :func:`to_per_key` converts them when they are read.
 """
 
 from __future__ import annotations
@@ -16,32 +20,73 @@ from typing import Any
 
 import numpy as np
 
-KEYS = ("proprio", "actions")
+from rig.spec import PROPRIO_KEYS, STATE_KEYS
+
+KEYS = ("proprio", "actions")  # the normaliser's two vectors
 EPS = 1e-6
+_OLD = {"proprio", "actions"}
+
+
+def _dims(key: str) -> int:
+    return int(np.prod(STATE_KEYS[key][0]))
+
+
+def to_per_key(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The one stats format; the old ``{"proprio", "actions"}`` form (old checkpoints) is converted."""
+    stats = dict(stats)
+    old = _OLD & set(stats)
+    if not old:
+        return stats
+    clash = sorted(k for k in stats if k in (*PROPRIO_KEYS, "action"))
+    if clash:
+        raise ValueError(f"normalisation stats mix the old keys {sorted(old)} with per-key ones {clash}")
+    out = {k: v for k, v in stats.items() if k not in _OLD}
+    if "actions" in stats:
+        out["action"] = {m: v for m, v in stats["actions"].items() if m in ("mean", "std")}
+    if "proprio" in stats:
+        want = sum(_dims(k) for k in PROPRIO_KEYS)
+        cuts = np.cumsum([_dims(k) for k in PROPRIO_KEYS])[:-1]
+        for m, v in stats["proprio"].items():
+            if m not in ("mean", "std"):
+                continue
+            arr = np.asarray(v, np.float64).reshape(-1)
+            if arr.shape != (want,):
+                raise ValueError(f"normalisation stats: proprio.{m} has {arr.shape[0]} entries, expected {want}")
+            for k, part in zip(PROPRIO_KEYS, np.split(arr, cuts), strict=True):
+                out.setdefault(k, {})[m] = part.tolist()
+    return out
 
 
 class Normalizer:
     """z-scores proprio and actions with fixed statistics."""
 
     def __init__(self, stats: Mapping[str, Any] | None, dims: Mapping[str, int]) -> None:
-        stats = from_per_key(dict(stats or {}))
-        unknown = set(stats) - set(KEYS)
+        stats = to_per_key(stats or {})
+        unknown = [k for k in stats if k not in STATE_KEYS and k != "action" and not k.startswith(("images/", "depth/"))]
         if unknown:
-            raise ValueError(f"normalisation stats: unknown keys {sorted(unknown)}; expected {list(KEYS)}")
+            raise ValueError(f"normalisation stats: unknown keys {sorted(unknown)}; expected the spec's keys "
+                             f"({', '.join(PROPRIO_KEYS)}, action)")
+        have = [k for k in PROPRIO_KEYS if k in stats]
+        if have and len(have) < len(PROPRIO_KEYS):
+            raise ValueError(f"normalisation stats: {sorted(set(PROPRIO_KEYS) - set(have))} missing "
+                             f"(the proprio statistics need all of {list(PROPRIO_KEYS)})")
+        parts = {"proprio": list(PROPRIO_KEYS) if have else [], "actions": ["action"] if "action" in stats else []}
         self.mean: dict[str, np.ndarray] = {}
         self.std: dict[str, np.ndarray] = {}
         for key in KEYS:
-            s = stats.get(key) or {}
-            mean = np.asarray(s.get("mean", np.zeros(dims[key])), np.float32).reshape(-1)
-            std = np.asarray(s.get("std", np.ones(dims[key])), np.float32).reshape(-1)
-            for name, arr in (("mean", mean), ("std", std)):
+            vec = {}
+            for name, default in (("mean", np.zeros(dims[key])), ("std", np.ones(dims[key]))):
+                got = [np.asarray(stats[k].get(name, np.full(_dims(k) if k != "action" else dims[key],
+                                                             default[0])), np.float32).reshape(-1)
+                       for k in parts[key]]
+                arr = np.concatenate(got) if got else np.asarray(default, np.float32)
                 if arr.shape != (dims[key],):
-                    raise ValueError(
-                        f"normalisation stats: {key}.{name} has {arr.shape[0]} entries, expected {dims[key]}"
-                    )
+                    raise ValueError(f"normalisation stats: {'/'.join(parts[key]) or key}.{name} has "
+                                     f"{arr.shape[0]} entries, expected {dims[key]}")
                 if not np.all(np.isfinite(arr)):
-                    raise ValueError(f"normalisation stats: {key}.{name} contains NaN or Inf")
-            self.mean[key], self.std[key] = mean, np.maximum(std, EPS)
+                    raise ValueError(f"normalisation stats: {'/'.join(parts[key])}.{name} contains NaN or Inf")
+                vec[name] = arr
+            self.mean[key], self.std[key] = vec["mean"], np.maximum(vec["std"], EPS)
 
     def normalize(self, key: str, x: Any) -> Any:
         return (x - _like(self.mean[key], x)) / _like(self.std[key], x)
@@ -50,31 +95,20 @@ class Normalizer:
         return x * _like(self.std[key], x) + _like(self.mean[key], x)
 
     def to_dict(self) -> dict[str, dict[str, list[float]]]:
-        return {k: {"mean": self.mean[k].tolist(), "std": self.std[k].tolist()} for k in KEYS}
+        """The statistics in the one (per-key) format."""
+        cuts = np.cumsum([_dims(k) for k in PROPRIO_KEYS])[:-1]
+        out = {k: {"mean": m.tolist(), "std": s.tolist()} for k, m, s in
+               zip(PROPRIO_KEYS, np.split(self.mean["proprio"], cuts), np.split(self.std["proprio"], cuts), strict=True)}
+        out["action"] = {"mean": self.mean["actions"].tolist(), "std": self.std["actions"].tolist()}
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @staticmethod
     def read(path: str | Path) -> dict[str, Any]:
-        return json.loads(Path(path).read_text())
-
-
-def from_per_key(stats: dict[str, Any]) -> dict[str, Any]:
-    """Per-key store stats (``state/...``, ``action``) -> ``{"proprio", "actions"}``; others unchanged."""
-    from rig.spec import PROPRIO_KEYS
-
-    if not any(k in stats for k in (*PROPRIO_KEYS, "action")):
-        return stats
-    out: dict[str, Any] = {}
-    if all(k in stats for k in PROPRIO_KEYS):
-        out["proprio"] = {
-            m: np.concatenate([np.asarray(stats[k][m], np.float32).reshape(-1) for k in PROPRIO_KEYS])
-            for m in ("mean", "std")
-        }
-    if "action" in stats:
-        out["actions"] = {m: np.asarray(stats["action"][m], np.float32).reshape(-1) for m in ("mean", "std")}
-    return out
+        """A checkpoint's ``stats.json`` in the one format (an old checkpoint's is converted)."""
+        return to_per_key(json.loads(Path(path).read_text()))
 
 
 def _like(arr: np.ndarray, x: Any) -> Any:
@@ -83,13 +117,3 @@ def _like(arr: np.ndarray, x: Any) -> Any:
     import torch
 
     return torch.as_tensor(arr, device=x.device, dtype=x.dtype)
-
-
-def compute_stats(proprio: np.ndarray, actions: np.ndarray) -> dict[str, dict[str, list[float]]]:
-    """Stats from (N, P) proprio and (N, A) or (N, H, A) actions."""
-    p = np.asarray(proprio, np.float64).reshape(-1, np.shape(proprio)[-1])
-    a = np.asarray(actions, np.float64).reshape(-1, np.shape(actions)[-1])
-    return {
-        "proprio": {"mean": p.mean(0).tolist(), "std": p.std(0).tolist()},
-        "actions": {"mean": a.mean(0).tolist(), "std": a.std(0).tolist()},
-    }

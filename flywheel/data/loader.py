@@ -1,24 +1,38 @@
-"""Torch datasets over an episode store: observation history and action-chunk windows.
+"""The one store-to-training path: torch datasets of observation / action-chunk windows over an episode store.
 
 One sample per committed step ``t`` of the selected episodes (as LeRobot and
-diffusion_policy sample):
+diffusion_policy sample; every ``frame_stride``-th step with cached features):
 
-* ``obs/<key>``: steps ``t - n_obs_steps + 1 .. t``; steps before the episode's
-  first repeat the first step (padding at the start);
-* ``action``: steps ``t .. t + horizon - 1``; steps past the episode's end repeat
+* ``<key>`` for each observation key, under the spec's own name (``images/front``,
+  ``state/ee_pos``, ...): with ``n_obs_steps=1`` (the default, what the policies take)
+  the step ``t`` itself, (B, *shape); with ``n_obs_steps > 1`` steps
+  ``t - n_obs_steps + 1 .. t``, (B, n_obs, *shape), steps before the episode's first
+  repeating the first (padding at the start). Images are uint8 channels-last
+  (H, W, C), as the store and the rig give them (depth: (H, W, 1));
+* ``actions``: steps ``t .. t + horizon - 1``; steps past the episode's end repeat
   the last action and are flagged in ``action_is_pad`` (padding at the end);
 * ``reward``, ``intervention``, ``done`` (last step of the episode), ``index``
   (global step), ``episode_index``, ``task_index`` at ``t``; ``instruction`` (a
-  list of strings in a batch).
+  list of strings in a batch: the episode's instruction, else its task).
 
-Speed: low-dimensional arrays are read into memory once (they are small); images
-are decoded straight from their JPEG chunk files and kept in an LRU cache of
-decoded frames (per process). ``decode_threads`` decodes a batch's images on a
-thread pool (libjpeg-turbo releases the GIL): on few cores, ``num_workers=0``
-with ``decode_threads=2`` avoids worker processes' copies and split caches. Batches are gathered with vectorised indexing in
-``__getitems__``; use :func:`make_loader`, whose collate passes them through.
-Images come out as uint8 (n_obs, C, H, W) views of channel-last memory:
-move them to the device, then ``.float() / 255`` there.
+Three ways to get the images, with the same batches:
+
+* streaming (the default): low-dimensional arrays are read into memory once (they
+  are small); images are decoded straight from their JPEG chunk files and kept in an
+  LRU cache of decoded frames (per process). ``decode_threads`` decodes a batch's
+  images on a thread pool (libjpeg-turbo releases the GIL): on few cores,
+  ``num_workers=0`` with ``decode_threads=2`` avoids worker processes' copies and split caches;
+* ``in_memory=True``: every frame of the selected episodes is decoded once into memory
+  (small sim images: a few KB a frame), the distillation's SFT data;
+* ``features=`` a frozen-encoder feature cache (:class:`policy.feature_cache.FeatureCache`,
+  or anything with ``cameras``, ``stride`` and ``episode(index) -> {camera: (T', ...)}``):
+  ``features/<camera>`` (float16, cached) in place of ``images/<camera>``, one sample per
+  ``stride``-th step, each with its full action chunk.
+
+Batches are gathered with vectorised indexing in ``__getitems__``; use
+:func:`make_loader` (whose collate passes them through), or :func:`random_batches`
+for seeded random (optionally episode-weighted) batches. Images come out as uint8
+tensors: move them to the device, then ``.float() / 255`` there.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from flywheel.data.sampler import RandomBatchSampler, episode_probabilities
 from flywheel.data.store import EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -88,9 +103,9 @@ def split_episodes(
 class EpisodeDataset(Dataset):
     """Windows over an :class:`EpisodeStore` (see the module docstring).
 
-    ``episodes`` picks episodes by index; ``filters`` (e.g. ``success=True``,
+    ``episodes`` picks episodes by index, in that order; ``filters`` (e.g. ``success=True``,
     ``source=["human", "rl"]``, ``task="pick_cube"``) select by record, as
-    :meth:`EpisodeStore.select`.
+    :meth:`EpisodeStore.select` (which also leaves out quarantined episodes).
     """
 
     def __init__(
@@ -103,6 +118,8 @@ class EpisodeDataset(Dataset):
         episodes: Sequence[int] | None = None,
         image_cache_mb: float = 1024.0,
         decode_threads: int = 0,
+        in_memory: bool = False,
+        features: Any = None,
         **filters: Any,
     ) -> None:
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore(store, "r")
@@ -117,6 +134,16 @@ class EpisodeDataset(Dataset):
             raise KeyError(f"observation keys {unknown} are not in the store's spec: {list(obs_specs)}")
         self.image_keys = [k for k in self.obs_keys if k.startswith(("images/", "depth/"))]
         self.lowdim_obs_keys = [k for k in self.obs_keys if k not in self.image_keys]
+        self.features = features
+        self.in_memory = bool(in_memory)
+        self.stride = 1
+        self.feature_keys: dict[str, str] = {}  # images/<camera> -> features/<camera>
+        if features is not None:
+            if self.n_obs_steps != 1:
+                raise ValueError(f"n_obs_steps={n_obs_steps}: cached features give the step itself only (use 1)")
+            self.stride = int(features.stride)
+            self.feature_keys = {f"images/{c}": f"features/{c}" for c in features.cameras
+                                 if f"images/{c}" in self.image_keys}
         self.filters = dict(filters)
         self._episode_choice = None if episodes is None else [int(e) for e in episodes]
         self.cache = FrameCache(int(image_cache_mb * 2**20))
@@ -132,22 +159,51 @@ class EpisodeDataset(Dataset):
             bad = [e for e in self._episode_choice if not 0 <= e < s.num_episodes]
             if bad:
                 raise IndexError(f"episodes {bad} are not committed in {s.path} ({s.num_episodes} episodes)")
-            chosen &= set(self._episode_choice)
-        self.episodes = sorted(chosen)
+            self._kept = [i for i, e in enumerate(self._episode_choice) if e in chosen]
+            self.episodes = [self._episode_choice[i] for i in self._kept]
+        else:
+            self.episodes = sorted(chosen)
+            self._kept = list(range(len(self.episodes)))
         recs = [s.record(e) for e in self.episodes]
         self.tasks = sorted({r.task for r in recs})
         task_id = {t: i for i, t in enumerate(self.tasks)}
-        lengths = np.array([r.length for r in recs], dtype=np.int64)
-        self._step = np.concatenate([np.arange(r.start, r.end) for r in recs]) if recs else np.zeros(0, np.int64)
+        steps = [np.arange(r.start, r.end, self.stride) for r in recs]
+        lengths = np.array([len(x) for x in steps], dtype=np.int64)
+        self._step = np.concatenate(steps) if recs else np.zeros(0, np.int64)
         self._ep_start = np.repeat([r.start for r in recs], lengths).astype(np.int64)
         self._ep_end = np.repeat([r.end for r in recs], lengths).astype(np.int64)
         self._ep_index = np.repeat(self.episodes, lengths).astype(np.int64)
+        self._ep_pos = np.repeat(np.arange(len(recs)), lengths).astype(np.int64)  # position in self.episodes
         self._task = np.repeat([task_id[r.task] for r in recs], lengths).astype(np.int64)
         self._instruction = {r.index: r.instruction or r.task for r in recs}
         self._source = np.repeat([r.source for r in recs], lengths)
         # low-dimensional arrays of the whole committed store, in memory
         keys = [*self.lowdim_obs_keys, "action", "reward", "intervention"]
         self._low = {k: s.read(k, 0, s.num_steps) for k in keys}
+        self._load_frames(recs, lengths)
+
+    def _load_frames(self, recs: list[Any], lengths: np.ndarray) -> None:
+        """In memory / feature mode: every selected episode's frames (or features), each episode once."""
+        self._mem: dict[str, np.ndarray] = {}
+        keys = [k for k in self.image_keys if self.in_memory or k in self.feature_keys]
+        first: dict[int, int] = {}  # episode -> row of its first frame
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        rows = 0
+        for r in recs:
+            if r.index in first or not keys:
+                continue
+            first[r.index] = rows
+            feats = self.features.episode(r.index) if self.feature_keys else {}
+            for k in keys:
+                if k in self.feature_keys:
+                    arr = feats[k[len("images/"):]]
+                else:
+                    arr = self.store.read(k, r.start, r.end)[:: self.stride]
+                    arr = arr[..., None] if arr.ndim == 3 else arr
+                parts[k].append(arr)
+            rows += len(parts[keys[0]][-1])
+        self._mem = {k: np.concatenate(v) for k, v in parts.items() if v}
+        self._row0 = np.repeat([first.get(r.index, 0) for r in recs], lengths).astype(np.int64)
 
     def refresh(self) -> bool:
         """Pick up episodes committed since (online training while a writer appends)."""
@@ -167,12 +223,20 @@ class EpisodeDataset(Dataset):
     def record(self, episode_index: int):
         return self.store.record(episode_index)
 
+    def sample_probabilities(self, weights: Sequence[float]) -> np.ndarray:
+        """Per-sample probabilities from per-episode ``weights``, one per episode as given to the
+        constructor (``episodes``, else :attr:`episodes`), each spread evenly over the episode's samples."""
+        n = len(self._episode_choice) if self._episode_choice is not None else len(self.episodes)
+        if len(weights) != n:
+            raise ValueError(f"weights: {len(weights)} for {n} episodes (give one per episode)")
+        return episode_probabilities(self._ep_pos, np.asarray(weights, np.float64)[self._kept])
+
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[EpisodeDataset, EpisodeDataset]:
         """Train and validation datasets over disjoint episodes."""
         train, val = split_episodes(self.episodes, val_fraction, seed)
         kw = dict(n_obs_steps=self.n_obs_steps, horizon=self.horizon, obs_keys=self.obs_keys,
                   image_cache_mb=self.cache.max_bytes / 2**20, decode_threads=self.decode_threads,
-                  **self.filters)
+                  in_memory=self.in_memory, features=self.features, **self.filters)
         return EpisodeDataset(self.store, episodes=train, **kw), EpisodeDataset(self.store, episodes=val, **kw)
 
     # -------------------------------------------------------------- reading
@@ -207,27 +271,38 @@ class EpisodeDataset(Dataset):
             self.cache.put(ck, img)
         return img
 
+    def _frames(self, key: str, idx: np.ndarray, obs_idx: np.ndarray) -> np.ndarray:
+        """(B, n_obs, ...) frames (or features) of ``key`` at the global steps ``obs_idx``."""
+        if key in self._mem:
+            rows = self._row0[idx][:, None] + (obs_idx - self._ep_start[idx][:, None]) // self.stride
+            return self._mem[key][rows]
+        steps = obs_idx.reshape(-1).tolist()
+        pre = self._prefetch(key, steps) if self.decode_threads > 1 else {}
+        frames = [pre[s] if s in pre else self._image(key, s) for s in steps]
+        return np.stack(frames).reshape(*obs_idx.shape, *frames[0].shape)
+
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"sample index out of range [0, {len(self)})")
+        idx = idx % max(len(self), 1)
         g = self._step[idx]
         lo, hi = self._ep_start[idx], self._ep_end[idx]
         obs_idx = np.clip(g[:, None] + np.arange(1 - self.n_obs_steps, 1)[None], lo[:, None], None)
+
+        def obs(arr: np.ndarray) -> torch.Tensor:  # (B, n_obs, ...) -> (B, ...) when n_obs_steps is 1
+            return torch.from_numpy(arr[:, 0] if self.n_obs_steps == 1 else arr)
+
         act_raw = g[:, None] + np.arange(self.horizon)[None]
         act_pad = act_raw >= hi[:, None]
         act_idx = np.minimum(act_raw, hi[:, None] - 1)
         out: dict[str, Any] = {}
-        for k in self.lowdim_obs_keys:
-            out[f"obs/{k}"] = torch.from_numpy(self._low[k][obs_idx])
-        for k in self.image_keys:
-            steps = obs_idx.reshape(-1).tolist()
-            pre = self._prefetch(k, steps) if self.decode_threads > 1 else {}
-            frames = [pre[s] if s in pre else self._image(k, s) for s in steps]
-            arr = np.stack(frames).reshape(*obs_idx.shape, *frames[0].shape)
-            # (B, n_obs, H, W, C) -> a (B, n_obs, C, H, W) view; .contiguous() happens on the device
-            out[f"obs/{k}"] = torch.from_numpy(arr).permute(0, 1, 4, 2, 3)
-        out["action"] = torch.from_numpy(self._low["action"][act_idx])
+        for k in self.obs_keys:
+            if k in self.image_keys:
+                out[self.feature_keys.get(k, k)] = obs(self._frames(k, idx, obs_idx))
+            else:
+                out[k] = obs(self._low[k][obs_idx])
+        out["actions"] = torch.from_numpy(self._low["action"][act_idx])
         out["action_is_pad"] = torch.from_numpy(act_pad)
         out["reward"] = torch.from_numpy(self._low["reward"][g])
         out["intervention"] = torch.from_numpy(self._low["intervention"][g])
@@ -281,3 +356,16 @@ def make_loader(
 
 def batch_to_device(batch: Mapping[str, Any], device: str | torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def random_batches(dataset: EpisodeDataset, batch_size: int, *, seed: int = 0,
+                   weights: Sequence[float] | None = None, replace: bool = True) -> DataLoader:
+    """Seeded random batches of ``dataset`` (in-process), optionally with per-episode sampling ``weights``
+    (one per episode given to the dataset, e.g. to replay older data at a set fraction): see
+    :class:`flywheel.data.sampler.RandomBatchSampler` for ``replace``. One pass is ``len // batch_size``
+    batches; iterating again continues the random stream."""
+    if len(dataset) == 0:
+        raise ValueError("no samples to train on: the episode list is empty")
+    p = None if weights is None else dataset.sample_probabilities(weights)
+    sampler = RandomBatchSampler(len(dataset), batch_size, seed=seed, p=p, replace=replace)
+    return make_loader(dataset, batch_sampler=sampler, num_workers=0)

@@ -79,3 +79,47 @@ class MixedBatchSampler:
             batch = np.concatenate(parts)
             rng.shuffle(batch)
             yield batch.tolist()
+
+
+def episode_probabilities(episode_of_sample: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Per-sample probabilities from per-episode ``weights`` (indexed by ``episode_of_sample``), each
+    episode's weight spread evenly over its samples: episode ``i`` is drawn with ``weights[i] / sum``."""
+    w = np.asarray(weights, np.float64)
+    if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights={list(np.atleast_1d(w))}: must be finite, >= 0 and not all 0")
+    ep = np.asarray(episode_of_sample, np.int64)
+    counts = np.bincount(ep, minlength=len(w))
+    pw = w[ep] / counts[ep]
+    return pw / pw.sum()
+
+
+class RandomBatchSampler:
+    """Random batches of sample indices from one generator seeded once (every pass continues its stream).
+
+    With per-sample probabilities ``p`` (e.g. :func:`episode_probabilities`) each batch draws
+    ``batch_size`` samples with replacement, so that every draw follows ``p``; without, ``replace=True``
+    draws with replacement and ``replace=False`` draws ``min(batch_size, n)`` distinct samples.
+    ``num_batches`` per pass (default ``max(1, n // batch_size)``). Pass it as a DataLoader's
+    ``batch_sampler`` (e.g. through :func:`flywheel.data.loader.random_batches`).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int = 0, p: np.ndarray | None = None,
+                 replace: bool = True, num_batches: int | None = None) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"RandomBatchSampler: needs n >= 1 samples and batch_size >= 1, got {n}, {batch_size}")
+        if p is not None and len(p) != n:
+            raise ValueError(f"RandomBatchSampler: {len(p)} probabilities for {n} samples")
+        self.n, self.batch_size, self.p, self.replace = int(n), int(batch_size), p, bool(replace)
+        self.num_batches = int(num_batches) if num_batches is not None else max(1, self.n // self.batch_size)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.num_batches):
+            if self.p is not None or self.replace:
+                idx = self.rng.choice(self.n, size=self.batch_size, p=self.p)
+            else:
+                idx = self.rng.choice(self.n, size=min(self.batch_size, self.n), replace=False)
+            yield idx.tolist()

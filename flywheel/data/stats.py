@@ -6,7 +6,9 @@ arrays of the key's per-step shape). Images get per-channel statistics of
 pixel values scaled to [0, 1] with shape (C, 1, 1), over a subsample of frames,
 as LeRobot's ``stats.json`` has them. ``save_stats`` writes both
 ``stats.json`` (readable) and ``stats.safetensors`` (exact float arrays);
-``load_stats`` reads either. Nothing is pickled.
+``load_stats`` reads either. Nothing is pickled. This is the one statistics format: a
+policy checkpoint's ``stats.json`` holds its ``mean``/``std`` of the proprio keys and
+the action (:mod:`policy.normalize`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def compute_stats(
             full = store.read(k, 0, store.num_steps)
             out[k] = array_stats(full[steps])
     return out
+
+
+def floor_std(stats: Mapping[str, Mapping[str, Any]], min_std: float) -> dict[str, dict[str, Any]]:
+    """``stats`` with every ``std`` at least ``min_std`` (a near-constant input, e.g. the bimodal +-1 gripper
+    command, keeps its scale and is never divided by ~0)."""
+    return {k: {**d, **({"std": np.maximum(np.asarray(d["std"], np.float64), float(min_std))} if "std" in d else {})}
+            for k, d in stats.items()}
 
 
 def _flat(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -5,11 +5,11 @@ checkpoint directory or a :class:`policy.compact.CompactVLA`) to this module:
 
 * ``sft.finetune=frozen`` (the compact family's default): the encoder is frozen, so training runs
   on **cached features** (:class:`policy.feature_cache.FeatureCache`, root ``sft.feature_root``
-  or ``features/`` next to the store, every ``sft.frame_stride``-th frame) through
-  :class:`policy.feature_cache.CachedChunks`, with the per-episode sampling ``weights`` of
-  RLDG's replay mixing;
-* ``partial`` / ``full``: the encoder trains, so batches carry images
-  (:class:`flywheel.distill.generalist.VLABatches`, every frame), prepared by the model itself;
+  or ``features/`` next to the store, every ``sft.frame_stride``-th frame) through the store
+  loader's feature-cache mode (:func:`flywheel.distill.generalist.sft_batches`), with the
+  per-episode sampling ``weights`` of RLDG's replay mixing;
+* ``partial`` / ``full``: the encoder trains, so batches carry images (the same loader, images in
+  memory, every frame), prepared by the model itself;
   ``lora`` has no meaning here and is refused.
 
 The parent's normalisation statistics are kept (fine-tuning never re-normalises). The feature
@@ -112,22 +112,21 @@ def feature_cache(model: Any, store: Any, sft: Any) -> Any:
 
 def batches(model: Any, store: Any, episodes: Sequence[int], sft: Any,
             weights: Sequence[float] | None = None) -> Any:
-    """Training batches for ``model``: cached features when its encoder is frozen, else images."""
+    """Training batches for ``model`` from the store loader: cached features when its encoder is frozen,
+    else images (:func:`flywheel.distill.generalist.sft_batches`)."""
+    from flywheel.distill.generalist import sft_batches
+
+    features = None
     if model.cfg.finetune == "frozen":
-        from policy.feature_cache import CachedChunks
-
-        cache = feature_cache(model, store, sft)
-        st = cache.build(episodes, progress=False)
-        log.info("features %s: %d episodes (%d encoded now), %.0f s", cache.encoder_id, st["episodes"],
+        features = feature_cache(model, store, sft)
+        st = features.build(episodes, progress=False)
+        log.info("features %s: %d episodes (%d encoded now), %.0f s", features.encoder_id, st["episodes"],
                  st["encoded"], st["seconds"])
-        data = CachedChunks(cache, episodes, model.spec.action.chunk_horizon, weights=weights)
-        return data.batches(int(sft.batch_size), seed=int(sft.seed))
-    from flywheel.distill.generalist import VLABatches
-
-    if int(getattr(sft, "frame_stride", 1)) != 1:
+    elif int(getattr(sft, "frame_stride", 1)) != 1:
         log.warning("sft.frame_stride=%s applies to cached features only: finetune=%s trains on every frame",
                     sft.frame_stride, model.cfg.finetune)
-    return VLABatches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights)
+    return sft_batches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights,
+                       features=features)
 
 
 def new_compact(g: Any, spec: RigSpec, stats: Mapping[str, Any], checkpoint: str = "", image_codec: str = "") -> Any:

@@ -1,11 +1,12 @@
 """The generalist in the flywheel: build, supervised fine-tuning on store episodes, evaluation.
 
 A thin adapter between the episode store (:mod:`flywheel.data`) and the VLA
-(:mod:`policy`): :class:`VLABatches` turns the store loader's windows into the
-batch dicts ``policy.train.train`` takes, :func:`finetune` trains a checkpoint
-on selected episodes (resumable: ``policy.train`` resumes from the newest
-checkpoint in its ``out_dir``), :func:`evaluate` runs a checkpoint on sim tasks
-over seeded held-out episodes.
+(:mod:`policy`): :func:`sft_batches` draws the store loader's batches (the dicts
+``policy.train.train`` takes), :func:`store_stats` gives the normalisation
+statistics, :func:`finetune` trains a checkpoint on selected episodes
+(resumable: ``policy.train`` resumes from the newest checkpoint in its
+``out_dir``), :func:`evaluate` runs a checkpoint on sim tasks over seeded
+held-out episodes.
 
 Two families (``GeneralistConfig.kind``): ``vla`` (the transformers-VLM :class:`policy.model.VLA`)
 and ``compact`` (:class:`policy.compact.CompactVLA`; :mod:`flywheel.distill.compact`). A compact
@@ -17,12 +18,10 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from flywheel.evaluate import HELDOUT_SEED, ChunkedPolicy, TaskResult, evaluate_task
 from rig.spec import PROPRIO_KEYS, RigSpec
@@ -135,20 +134,15 @@ def ensure_backbone(g: Any, workdir: str | Path) -> str:
 
 
 def store_stats(store: Any, episodes: Sequence[int]) -> dict[str, Any]:
-    """Normalisation statistics (proprio, actions) of the given episodes."""
-    from policy.normalize import compute_stats
+    """Normalisation statistics of the proprio keys and the action over the given episodes, in the one
+    per-key format (:func:`flywheel.data.stats.compute_stats`)."""
+    from flywheel.data.stats import compute_stats, floor_std
 
-    recs = [store.record(i) for i in episodes]
-    if not recs:
+    episodes = [int(e) for e in episodes]
+    if not episodes:
         raise ValueError("no episodes to compute normalisation statistics from")
-    prop = np.concatenate([np.concatenate([store.read(k, r.start, r.end).reshape(r.length, -1)
-                                           for k in PROPRIO_KEYS], -1) for r in recs])
-    act = np.concatenate([store.read("action", r.start, r.end) for r in recs])
-    stats = compute_stats(prop, act)
     # the gripper command is bimodal (+-1): keep its scale, and never divide by ~0
-    for key in ("proprio", "actions"):
-        stats[key]["std"] = [max(s, 1e-2) for s in stats[key]["std"]]
-    return stats
+    return floor_std(compute_stats(store, [*PROPRIO_KEYS, "action"], episodes), 1e-2)
 
 
 def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any], *, image_codec: str = "") -> Any:
@@ -172,50 +166,24 @@ def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any
     return VLA.from_backbone(cfg, spec, stats)
 
 
-class VLABatches:
-    """Iterable of VLA batch dicts over store episodes (spec keys, ``instruction``, action chunks).
+def sft_batches(store: Any, episodes: Sequence[int], spec: RigSpec, batch_size: int, *, seed: int = 0,
+                weights: Sequence[float] | None = None, features: Any = None) -> Any:
+    """Random training batches of ``episodes`` through the store loader (:mod:`flywheel.data.loader`): the
+    spec's cameras and proprio keys, ``instruction``, ``actions`` chunks and ``action_is_pad``.
 
-    The selected episodes are read into memory once (small images: a few KB a frame), then
-    batches of (observation, action chunk) windows are drawn at random, optionally with
-    per-episode ``weights`` (e.g. to replay older data at a set fraction).
-    """
+    Images are decoded into memory once (small images: a few KB a frame); with ``features`` (a
+    :class:`policy.feature_cache.FeatureCache`) ``features/<camera>`` come in their place, one sample per
+    cached step, no sample twice in a batch. ``weights``: per-episode sampling weights (e.g. to replay older
+    data at a set fraction), each spread over the episode's samples."""
+    from flywheel.data.loader import EpisodeDataset, random_batches
 
-    def __init__(self, store: Any, episodes: Sequence[int], spec: RigSpec, batch_size: int, seed: int = 0,
-                 weights: Sequence[float] | None = None):
-        episodes = [int(e) for e in episodes]
-        if not episodes:
-            raise ValueError("no episodes selected for training")
-        self.keys = [f"images/{c}" for c in spec.camera_names] + list(PROPRIO_KEYS)
-        h = spec.action.chunk_horizon
-        recs = [store.record(e) for e in episodes]
-        self.data = {k: np.concatenate([store.read(k, r.start, r.end) for r in recs]) for k in self.keys}
-        acts = np.concatenate([store.read("action", r.start, r.end) for r in recs])
-        lengths = np.array([r.length for r in recs])
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        ends = np.repeat(starts + lengths, lengths)
-        step = np.arange(len(acts))
-        raw = step[:, None] + np.arange(h)[None]
-        self.is_pad = raw >= ends[:, None]
-        self.actions = acts[np.minimum(raw, ends[:, None] - 1)]
-        self.instruction = np.repeat(np.array([r.instruction or r.task for r in recs], dtype=object), lengths)
-        self.batch_size = int(batch_size)
-        self.rng = np.random.default_rng(seed)
-        self.p = None
-        if weights is not None:  # per-episode sampling weights, spread over each episode's steps
-            pw = np.repeat(np.asarray(weights, np.float64) / lengths, lengths)
-            self.p = pw / pw.sum()
-
-    def __len__(self) -> int:
-        return max(1, len(self.actions) // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for _ in range(len(self)):
-            idx = self.rng.choice(len(self.actions), size=self.batch_size, p=self.p)
-            out: dict[str, Any] = {k: self.data[k][idx] for k in self.keys}
-            out["instruction"] = [str(s) for s in self.instruction[idx]]
-            out["actions"] = self.actions[idx]
-            out["action_is_pad"] = self.is_pad[idx]
-            yield out
+    episodes = [int(e) for e in episodes]
+    if not episodes:
+        raise ValueError("no episodes selected for training")
+    keys = [f"images/{c}" for c in spec.camera_names] + list(PROPRIO_KEYS)
+    data = EpisodeDataset(store, episodes=episodes, obs_keys=keys, horizon=spec.action.chunk_horizon,
+                          in_memory=features is None, features=features)
+    return random_batches(data, batch_size, seed=seed, weights=weights, replace=features is None)
 
 
 def final_checkpoint(out_dir: str | Path) -> Path | None:
@@ -263,7 +231,7 @@ def finetune(
             model.freeze_backbone()
         elif sft.finetune == "full" and model.cfg.finetune == "frozen":
             model.unfreeze_backbone()
-        data = VLABatches(store, episodes, model.spec, sft.batch_size, seed=int(sft.seed), weights=weights)
+        data = sft_batches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights)
     cfg = TrainConfig(out_dir=str(out_dir), steps=int(sft.steps), lr=float(sft.lr), backbone_lr=float(sft.backbone_lr),
                       warmup_steps=int(sft.warmup_steps), save_every=int(sft.save_every), keep_checkpoints=1,
                       log_every=10, resume=True, seed=int(sft.seed), amp=False)

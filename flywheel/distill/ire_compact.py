@@ -45,24 +45,28 @@ class CompactLearner:
             self.model.unfreeze_backbone(self.parent_finetune)
 
     def data(self, store: Any, episodes: Sequence[int], discount: float) -> dict[str, Any]:
-        """Cached features, instruction embeddings, normalised proprio/action chunks and returns of ``episodes``."""
+        """Cached features, instruction embeddings, normalised proprio/action chunks and returns of ``episodes``
+        (every step, read through the store loader's feature-cache mode)."""
+        from flywheel.data.loader import EpisodeDataset
         from flywheel.distill.compact import feature_cache
         from flywheel.distill.ire_vla import discounted_returns
-        from policy.feature_cache import CachedChunks
 
         m = self.model
         cache = feature_cache(m, store, SimpleNamespace(feature_root="", frame_stride=1))
-        chunks = CachedChunks(cache, list(episodes), m.spec.action.chunk_horizon)
+        keys = [f"images/{c}" for c in m.spec.camera_names] + list(PROPRIO_KEYS)
+        ds = EpisodeDataset(store, episodes=list(episodes), obs_keys=keys, horizon=m.spec.action.chunk_horizon,
+                            features=cache)
+        b = ds.__getitems__(np.arange(len(ds)))
         ret = np.concatenate([discounted_returns(bool(store.record(e).success), store.record(e).length, discount)
-                              for e in episodes])
-        texts = sorted(set(chunks.instructions))
-        emb = m.text.embed(texts)
-        which = np.array([texts.index(t) for t in chunks.instructions])[chunks.episode_of_sample]
-        proprio = np.concatenate([chunks.state[k].reshape(len(chunks), -1) for k in PROPRIO_KEYS], -1)
-        return {"features": chunks.features, "text": np.asarray(emb, np.float32)[which],
+                              for e in ds.episodes])
+        texts = sorted(set(b["instruction"]))
+        emb = np.asarray(m.text.embed(texts), np.float32)
+        which = np.array([texts.index(t) for t in b["instruction"]])
+        proprio = np.concatenate([b[k].numpy().reshape(len(ds), -1) for k in PROPRIO_KEYS], -1)
+        return {"features": {c: b[f"features/{c}"].numpy() for c in m.spec.camera_names}, "text": emb[which],
                 "proprio": m.normalizer.normalize("proprio", proprio).astype(np.float32),
-                "actions": m.normalizer.normalize("actions", chunks.actions[chunks.chunk_index]).astype(np.float32),
-                "is_pad": chunks.is_pad, "ret": ret.astype(np.float32)}
+                "actions": m.normalizer.normalize("actions", b["actions"].numpy()).astype(np.float32),
+                "is_pad": b["action_is_pad"].numpy(), "ret": ret.astype(np.float32)}
 
     def update(self, store: Any, episodes: Sequence[int], out_dir: Path, cfg: Any, seed: int = 0) -> dict[str, float]:
         """Critic regression of the return, then advantage-weighted regression of the action head."""

@@ -85,36 +85,41 @@ def discounted_returns(success: bool, length: int, discount: float) -> np.ndarra
 
 
 def cache_latents(model: Any, store: Any, episodes: Sequence[int], cache_dir: Path, batch: int = 64) -> None:
-    """Encode every step of ``episodes`` once with the frozen backbone (skips episodes already cached)."""
+    """Encode every step of ``episodes`` once with the frozen backbone (skips episodes already cached).
+
+    The steps come from the store loader (:class:`flywheel.data.loader.EpisodeDataset`): the model's
+    cameras and proprio, the instruction and the action chunks with their padding."""
     import torch
 
+    from flywheel.data.loader import EpisodeDataset
     from rig.spec import PROPRIO_KEYS
 
     cache_dir.mkdir(parents=True, exist_ok=True)
+    todo = [e for e in dict.fromkeys(int(e) for e in episodes) if not (cache_dir / f"{e:06d}.npz").exists()]
+    if not todo:
+        return
     keys = [f"images/{c}" for c in model.spec.camera_names] + list(PROPRIO_KEYS)
-    h = model.spec.action.chunk_horizon
-    for e in episodes:
-        f = cache_dir / f"{e:06d}.npz"
-        if f.exists():
-            continue
+    data = EpisodeDataset(store, episodes=todo, obs_keys=keys, horizon=model.spec.action.chunk_horizon,
+                          image_cache_mb=0)
+    first = 0
+    for e in data.episodes:
         r = store.record(e)
-        arrays = {k: store.read(k, r.start, r.end) for k in keys}
-        acts = store.read("action", r.start, r.end)
-        hid, msk, pro = [], [], []
+        hid, msk, pro, acts, pads = [], [], [], [], []
         with torch.no_grad():
-            for s in range(0, r.length, batch):
-                b = {k: v[s: s + batch] for k, v in arrays.items()}
-                b["instruction"] = [r.instruction] * len(b[keys[0]])
+            for s in range(first, first + r.length, batch):
+                b = data.__getitems__(np.arange(s, min(s + batch, first + r.length)))
                 feat = model.features(b)
                 hid.append(feat["hidden"].numpy())
                 msk.append(feat["mask"].numpy())
                 pro.append(feat["proprio"].numpy())
-        idx = np.minimum(np.arange(r.length)[:, None] + np.arange(h)[None], r.length - 1)
-        pad = (np.arange(r.length)[:, None] + np.arange(h)[None]) >= r.length
+                acts.append(b["actions"].numpy())
+                pads.append(b["action_is_pad"].numpy())
+        first += r.length
+        f = cache_dir / f"{e:06d}.npz"
         tmp = f.with_suffix(".tmp.npz")
         np.savez(tmp, hidden=np.concatenate(hid), mask=np.concatenate(msk), proprio=np.concatenate(pro),
-                 actions=model.normalizer.normalize("actions", acts[idx].astype(np.float32)), is_pad=pad,
-                 success=np.bool_(bool(r.success)))
+                 actions=model.normalizer.normalize("actions", np.concatenate(acts).astype(np.float32)),
+                 is_pad=np.concatenate(pads), success=np.bool_(bool(r.success)))
         tmp.rename(f)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from policy.feature_cache import CachedChunks, FeatureCache
+from policy.feature_cache import FeatureCache
 from rig.spec import default_spec
 
 IMAGE = 16
@@ -86,10 +86,13 @@ def test_a_rebuilt_store_misses_the_old_entries(tmp_path, store):
 def test_frame_stride_and_chunks(store):
     enc = CountingEncoder()
     cache = FeatureCache(store, enc, "fake-a", frame_stride=2)
-    data = CachedChunks(cache, [0, 1], horizon=4)
+    from flywheel.data.loader import EpisodeDataset  # the store loader's feature-cache mode
+
+    data = EpisodeDataset(store, episodes=[0, 1], obs_keys=["images/front", "images/wrist", "state/ee_pos"],
+                          horizon=4, features=cache)
     assert enc.frames == (3 + 4) * 2  # steps 0, 2, 4 and 0, 2, 4, 6
     assert len(data) == 7
-    b = data.get(np.arange(7))
+    b = {k: v.numpy() if torch.is_tensor(v) else v for k, v in data.__getitems__(np.arange(7)).items()}
     assert b["features/front"].shape == (7, 3, 1, 1)
     assert b["instruction"] == ["task 0"] * 3 + ["task 1"] * 4
     # episode 0 (5 steps): the chunk from step 4 is [4, pad, pad, pad]; episode 1 starts over at 0

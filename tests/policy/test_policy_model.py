@@ -54,11 +54,15 @@ def test_save_then_load_gives_identical_actions(tiny_backbones, tmp_path, family
     for f in ("model.safetensors", "policy_config.json", "stats.json", "spec.json", "backbone/config.json",
               "backbone/tokenizer.json", "backbone/processor_config.json"):
         assert (ck / f).is_file(), f
-    assert json.loads((ck / "stats.json").read_text())["actions"]["std"] == [0.5] * 7
+    saved = json.loads((ck / "stats.json").read_text())  # the one (per-key) format, from the old form given
+    assert saved["action"]["std"] == [0.5] * 7 and saved["state/ee_quat"]["std"] == [2.0] * 4
+    assert saved["action"]["mean"] == pytest.approx([0.1] * 7)
     obs = observation(m.spec)
     a1 = policy.Policy(m).infer(obs)["actions"]
     loaded = policy.load(ck, spec=tiny_spec())
     a2 = loaded.infer(obs)["actions"]
+    (ck / "stats.json").write_text(json.dumps(stats))  # a checkpoint written before the per-key format
+    np.testing.assert_array_equal(policy.load(ck, spec=tiny_spec()).infer(obs)["actions"], a1)
     assert a1.shape == (m.spec.action.chunk_horizon, 7) and a1.dtype == np.float32
     np.testing.assert_array_equal(a1, a2)
     assert np.all(np.abs(a2) <= 1.0)
@@ -128,21 +132,21 @@ def test_hydra_group_composes():
         PolicyConfig(backbone="x", head="bogus").validate()
 
 
-def test_episode_store_loader_format_and_per_key_stats_are_accepted(tiny_backbones):
+def test_loader_batches_and_per_key_stats_are_accepted(tiny_backbones):
     per_key = {"state/ee_pos": {"mean": [1.0] * 3, "std": [2.0] * 3}, "state/ee_quat": {"mean": [0.0] * 4,
                "std": [1.0] * 4}, "state/gripper_width": {"mean": [0.04], "std": [0.02]},
                "action": {"mean": [0.0] * 7, "std": [0.5] * 7}, "state/joint_pos": {"mean": [0] * 7, "std": [1] * 7}}
     m = make(tiny_backbones, "smolvlm", stats=per_key)
     assert m.normalizer.mean["proprio"][0] == 1.0 and m.normalizer.std["actions"][0] == 0.5
     b = batch(m.spec)
-    loader = {f"obs/{k}": (np.stack([v, v], 1) if not k.startswith("images/")
-                           else np.stack([v, v], 1).transpose(0, 1, 4, 2, 3))
-              for k, v in b.items() if k.startswith(("state/", "images/"))}
-    loader.update(action=b["actions"], action_is_pad=b["action_is_pad"], instruction=b["instruction"])
+    # the store loader yields torch tensors (channels-last uint8 images): the same inputs as numpy arrays
+    loader = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in b.items()}
     a, c = m.prepare(b), m.prepare(loader)
     for k in a["inputs"]:
         assert torch.equal(a["inputs"][k], c["inputs"][k]), k
     assert torch.equal(a["proprio"], c["proprio"]) and torch.equal(a["actions"], c["actions"])
+    with pytest.raises(ValueError, match="state/gripper_width"):
+        make(tiny_backbones, "smolvlm", stats={k: v for k, v in per_key.items() if k != "state/gripper_width"})
 
 
 def test_flow_head_inpaints_a_committed_prefix(tiny_backbones):

@@ -33,23 +33,23 @@ def test_windows_pad_like_lerobot(store, spec):
     eps = [make_episode(spec, n, seed=i) for i, n in enumerate(LENGTHS)]
     # first step of episode 1: obs history repeats its first step; later: real history
     first = ds[5]
-    np.testing.assert_array_equal(first["obs/state/ee_pos"].numpy(), eps[1]["state/ee_pos"][[0, 0]])
-    np.testing.assert_array_equal(first["action"].numpy(), eps[1]["action"][0:4])
+    np.testing.assert_array_equal(first["state/ee_pos"].numpy(), eps[1]["state/ee_pos"][[0, 0]])
+    np.testing.assert_array_equal(first["actions"].numpy(), eps[1]["action"][0:4])
     assert not first["action_is_pad"].any() and first["episode_index"] == 1
     assert first["instruction"] == "do 1" and first["task_index"] == 1
     # last step of episode 1: the action chunk is padded with its last action and flagged
     last = ds[5 + 8]
-    np.testing.assert_array_equal(last["obs/state/joint_pos"].numpy(), eps[1]["state/joint_pos"][[7, 8]])
-    np.testing.assert_array_equal(last["action"].numpy(), eps[1]["action"][[8, 8, 8, 8]])
+    np.testing.assert_array_equal(last["state/joint_pos"].numpy(), eps[1]["state/joint_pos"][[7, 8]])
+    np.testing.assert_array_equal(last["actions"].numpy(), eps[1]["action"][[8, 8, 8, 8]])
     np.testing.assert_array_equal(last["action_is_pad"].numpy(), [False, True, True, True])
     assert bool(last["done"]) and not bool(ds[5 + 7]["done"])
     assert last["reward"] == pytest.approx(float(eps[1]["reward"][8]))
-    # images: uint8 channel-first history, close to what was written (JPEG)
-    img = last["obs/images/front"]
-    assert img.dtype == torch.uint8 and img.shape == (2, 3, 32, 40)
-    want = eps[1]["images/front"][[7, 8]].transpose(0, 3, 1, 2).astype(np.int16)
+    # images: uint8 channels-last history, close to what was written (JPEG)
+    img = last["images/front"]
+    assert img.dtype == torch.uint8 and img.shape == (2, 32, 40, 3)
+    want = eps[1]["images/front"][[7, 8]].astype(np.int16)
     assert np.abs(img.numpy().astype(np.int16) - want).mean() < 6
-    assert ds[0]["obs/depth/front"].shape == (2, 1, 32, 40)
+    assert ds[0]["depth/front"].shape == (2, 32, 40, 1)
     # the second pass hits the decoded-frame cache
     hits = ds.cache.hits
     ds[5 + 8]
@@ -108,7 +108,7 @@ def test_mixed_sampler_keeps_ratios(store):
         MixedBatchSampler({**groups, "online": []}, {"human": 0.5, "online": 0.5}, 8, 1)
     loader = make_loader(ds, batch_sampler=sampler, num_workers=0)
     batch = next(iter(loader))
-    assert batch["obs/state/ee_pos"].shape == (10, 1, 3)
+    assert batch["state/ee_pos"].shape == (10, 3)  # n_obs_steps=1: no observation-step axis
 
 
 @pytest.mark.slow
@@ -117,8 +117,8 @@ def test_loader_with_workers(store):
     loader = make_loader(ds, batch_size=8, num_workers=2, persistent_workers=False)
     seen = []
     for batch in loader:
-        assert batch["obs/images/wrist"].shape == (8, 2, 3, 32, 32)
-        assert batch["action"].shape == (8, 4, 7) and len(batch["instruction"]) == 8
+        assert batch["images/wrist"].shape == (8, 2, 32, 32, 3)
+        assert batch["actions"].shape == (8, 4, 7) and len(batch["instruction"]) == 8
         seen.extend(batch["index"].tolist())
     assert len(seen) == (len(ds) // 8) * 8 and len(set(seen)) == len(seen)
 

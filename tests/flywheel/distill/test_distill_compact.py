@@ -20,11 +20,12 @@ from flywheel.distill.generalist import (
     env_kwargs,
     finetune,
     new_generalist,
+    sft_batches,
 )
 from policy.compact import CompactVLA
 from policy.config import CompactConfig
 from policy.encoders import SentenceEncoder
-from policy.feature_cache import CachedChunks, FeatureCache, default_root
+from policy.feature_cache import FeatureCache, default_root
 
 IMAGE = 32
 HUMAN, RL = "PandaRig/LiftCube-Red-v0", "PandaRig/PegInsert-v0"
@@ -105,21 +106,30 @@ class MeanEncoder:
         return images.float().mean(dim=(1, 2))[:, :, None, None]
 
 
-def test_cached_chunks_weights_set_each_episodes_share(store):
+def test_cached_feature_batches_weights_set_each_episodes_share(store):
     new, old = _eps(store, "rl"), _eps(store, "human")
     eps, w = rldg.mix_weights(new, old, 0.25)
     cache = FeatureCache(store, MeanEncoder(), "mean", root=Path(store.path).parent / "fx", frame_stride=2)
-    data = CachedChunks(cache, eps, horizon=8, weights=w)
-    b = next(data.batches(4000, seed=1))
-    share_old = float(np.mean(b["actions"][:, 0, 3] > 0))  # the constant dims: +0.5 old, -0.5 new
+    data = sft_batches(store, eps, store.spec, 4000, seed=1, weights=w, features=cache)
+    b = next(iter(data))
+    share_old = float(np.mean(b["actions"][:, 0, 3].numpy() > 0))  # the constant dims: +0.5 old, -0.5 new
     assert abs(share_old - 0.25) < 0.04
     assert len(b["actions"]) == 4000  # with replacement: a batch may exceed the samples
-    unweighted = next(CachedChunks(cache, eps, horizon=8).batches(4000, seed=1))  # uniform over samples
-    assert abs(float(np.mean(unweighted["actions"][:, 0, 3] > 0)) - 3 / 5) < 0.01
+    assert set(b) >= {"features/front", "features/wrist", "state/ee_pos", "instruction", "action_is_pad"}
+    unweighted = next(iter(sft_batches(store, eps, store.spec, 4000, seed=1, features=cache)))  # every sample once
+    assert len(unweighted["actions"]) == 5 * 6
+    assert abs(float(np.mean(unweighted["actions"][:, 0, 3].numpy() > 0)) - 3 / 5) < 0.01
     with pytest.raises(ValueError, match="weights: 2 for 5 episodes"):
-        CachedChunks(cache, eps, horizon=8, weights=[1.0, 1.0])
+        sft_batches(store, eps, store.spec, 8, weights=[1.0, 1.0], features=cache)
     with pytest.raises(ValueError, match="not all 0"):
-        CachedChunks(cache, eps, horizon=8, weights=[0.0] * 5)
+        sft_batches(store, eps, store.spec, 8, weights=[0.0] * 5, features=cache)
+    # the image batches of the same samples: the same actions and padding as the feature batches
+    feats = next(iter(sft_batches(store, eps, store.spec, 4000, seed=3, features=cache)))
+    images = sft_batches(store, eps, store.spec, 8).dataset
+    at = {int(g): i for i, g in enumerate(images.__getitems__(np.arange(len(images)))["index"])}
+    ref = images.__getitems__([at[int(g)] for g in feats["index"]])
+    assert torch.equal(feats["actions"], ref["actions"]) and torch.equal(feats["action_is_pad"], ref["action_is_pad"])
+    assert torch.equal(feats["state/ee_pos"], ref["state/ee_pos"]) and feats["instruction"] == ref["instruction"]
 
 
 def test_default_feature_root_is_features_next_to_the_store(store):
@@ -183,7 +193,7 @@ def test_weights_reach_the_compact_batches(store, parent):
     eps, w = rldg.mix_weights(_eps(store, "rl"), _eps(store, "human"), 0.4)
     b = next(iter(compact.batches(model, store, eps, _sft(batch_size=3000), weights=w)))
     assert "features/front" in b and "images/front" not in b
-    assert abs(float(np.mean(b["actions"][:, 0, 3] > 0)) - 0.4) < 0.04
+    assert abs(float(np.mean(b["actions"][:, 0, 3].numpy() > 0)) - 0.4) < 0.04
 
 
 def test_trained_encoder_falls_back_to_images_and_lora_is_refused(store, parent, tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from flywheel.data import EpisodeStore
 from flywheel.distill import collect, rldg
-from flywheel.distill.generalist import VLABatches, store_stats
+from flywheel.distill.generalist import sft_batches, store_stats
 from flywheel.distill.ire_vla import awr_update, discounted_returns
 
 
@@ -33,23 +33,46 @@ def store(tmp_path_factory):
 
 
 def test_batches_hold_spec_keys_and_padded_chunks(store):
-    b = next(iter(VLABatches(store, [0, 1, 2], store.spec, batch_size=16, seed=0)))
-    assert b["images/wrist"].shape == (16, 16, 16, 3) and b["images/wrist"].dtype == np.uint8
+    b = next(iter(sft_batches(store, [0, 1, 2], store.spec, batch_size=16, seed=0)))
+    assert b["images/wrist"].shape == (16, 16, 16, 3) and b["images/wrist"].dtype == torch.uint8
     assert b["state/ee_pos"].shape == (16, 3) and b["actions"].shape == (16, 8, 7)
     assert b["instruction"][0] == "insert the peg into the hole"
     # chunks never cross an episode end: padded steps repeat the episode's last action
-    for a, pad in zip(b["actions"], b["action_is_pad"], strict=True):
+    for a, pad in zip(b["actions"].numpy(), b["action_is_pad"].numpy(), strict=True):
         assert len(np.unique(a[:, 0])) == 1  # constant-action episodes
         assert pad.sum() >= 8 - 5  # 5-step episodes: at least 3 padded steps of 8
     st = store_stats(store, [0, 1, 2])
-    assert len(st["proprio"]["mean"]) == 8 and len(st["actions"]["std"]) == 7
+    assert len(st["state/ee_pos"]["mean"]) == 3 and len(st["action"]["std"]) == 7
+    with pytest.raises(ValueError, match="no episodes"):
+        sft_batches(store, [], store.spec, batch_size=4)
+
+
+def test_store_stats_keep_the_old_numbers(store):
+    """The per-key statistics normalise exactly as the former concatenated proprio/actions ones did."""
+    from policy.normalize import Normalizer
+    from rig.spec import PROPRIO_KEYS
+
+    eps = [0, 2]
+    recs = [store.record(i) for i in eps]
+    prop = np.concatenate([np.concatenate([store.read(k, r.start, r.end).reshape(r.length, -1)
+                                           for k in PROPRIO_KEYS], -1) for r in recs]).astype(np.float64)
+    act = np.concatenate([store.read("action", r.start, r.end) for r in recs]).astype(np.float64)
+    old = {"proprio": {"mean": prop.mean(0).tolist(), "std": [max(s, 1e-2) for s in prop.std(0)]},
+           "actions": {"mean": act.mean(0).tolist(), "std": [max(s, 1e-2) for s in act.std(0)]}}
+    dims = {"proprio": store.spec.proprio_dim, "actions": 7}
+    new, was = Normalizer(store_stats(store, eps), dims), Normalizer(old, dims)
+    for k in ("proprio", "actions"):
+        np.testing.assert_array_equal(new.mean[k], was.mean[k])
+        np.testing.assert_array_equal(new.std[k], was.std[k])
+    assert new.std["actions"].min() >= 1e-2  # constant actions: the floor
+    assert Normalizer(was.to_dict(), dims).to_dict() == was.to_dict()
 
 
 def test_replay_fraction_sets_the_share_of_old_data(store):
     eps, w = rldg.mix_weights([2], [0, 1], 0.25)
-    data = VLABatches(store, eps, store.spec, batch_size=4000, seed=1, weights=w)
+    data = sft_batches(store, eps, store.spec, batch_size=4000, seed=1, weights=w)
     b = next(iter(data))
-    share_old = float(np.mean(b["actions"][:, 0, 0] > 0))  # old (human) episodes acted +0.1
+    share_old = float(np.mean(b["actions"][:, 0, 0].numpy() > 0))  # old (human) episodes acted +0.1
     assert abs(share_old - 0.25) < 0.04
     assert rldg.mix_weights([2], [], 0.3) == ([2], None)
 
@@ -81,3 +104,33 @@ def test_awr_moves_the_head_towards_successful_actions():
         pred = M.head(torch.as_tensor(hidden), torch.ones(n, 4, dtype=torch.bool), torch.zeros(n, 3))
     assert float(pred.mean()) > 0.25, "AWR should imitate the successful (+0.5) actions, not the mean (0)"
     assert m["critic_loss"] < 0.3
+
+
+def test_latent_cache_reads_the_steps_through_the_loader(store, tmp_path):
+    """Stage 1's latent cache: every step in order, with the chunk and padding of the former per-episode slicing."""
+    from flywheel.distill.ire_vla import cache_latents, load_cache
+    from policy.normalize import Normalizer
+
+    class Fake:  # features: a frame's mean as its hidden state, ee_pos as its proprio
+        spec = store.spec
+        normalizer = Normalizer({"action": {"mean": [0.1] * 7, "std": [2.0] * 7}}, {"proprio": 8, "actions": 7})
+
+        def features(self, b):
+            n = len(b["state/ee_pos"])
+            hidden = torch.as_tensor(b["images/wrist"]).float().mean((1, 2, 3)).view(n, 1, 1).repeat(1, 2, 4)
+            return {"hidden": hidden, "mask": torch.ones(n, 2, dtype=torch.bool),
+                    "proprio": torch.as_tensor(b["state/ee_pos"])}
+
+    cache_latents(Fake(), store, [2, 0], tmp_path, batch=2)
+    h = store.spec.action.chunk_horizon
+    for e in (2, 0):
+        r, z = store.record(e), np.load(tmp_path / f"{e:06d}.npz")
+        np.testing.assert_array_equal(z["proprio"], store.read("state/ee_pos", r.start, r.end))
+        frames = store.read("images/wrist", r.start, r.end).astype(np.float32).mean((1, 2, 3))
+        np.testing.assert_allclose(z["hidden"][:, 0, 0], frames, rtol=1e-6)
+        raw = np.arange(r.length)[:, None] + np.arange(h)[None]
+        acts = store.read("action", r.start, r.end)[np.minimum(raw, r.length - 1)]
+        np.testing.assert_allclose(z["actions"], (acts - 0.1) / 2.0, rtol=1e-6)
+        np.testing.assert_array_equal(z["is_pad"], raw >= r.length)
+    data = load_cache(tmp_path, [0, 2], discount=0.9)
+    assert len(data["ret"]) == store.record(0).length + store.record(2).length
