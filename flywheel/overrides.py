@@ -61,3 +61,18 @@ def _owners(key: str, groups: dict[str, tuple[str, dict[str, type]]]) -> str:
 
 def _fields(cls: Any) -> list[str]:
     return [f.name for f in fields(cls)]
+
+
+def hydra_main(config_name: str, check: Any, register: Any, app: Any) -> None:
+    """An app's console entry point: ``check(argv)`` first (a moved or misplaced key exits with the new
+    key's name, no traceback), then ``register()`` its configs and run ``app(cfg)`` under hydra."""
+    import sys
+
+    import hydra
+
+    try:
+        check(sys.argv[1:])
+    except ValueError as e:
+        sys.exit(str(e))
+    register()
+    hydra.main(version_base=None, config_name=config_name)(app)()

@@ -40,7 +40,7 @@ from torch import nn
 from policy.config import CompactConfig
 from policy.encoders import SentenceEncoder, image_encoder_id, image_trunk
 from policy.heads import FlowMatchingHead, TokenLearnerHead, _mlp
-from policy.model import FORMAT, WEIGHTS, _as_numpy
+from policy.model import FORMAT, WEIGHTS, _as_numpy, head_backbone_groups
 from policy.normalize import Normalizer
 from rig.spec import PROPRIO_KEYS, RigSpec
 
@@ -221,12 +221,7 @@ class CompactVLA(nn.Module):
         return self
 
     def param_groups(self, lr: float, backbone_lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        head = [p for p in self.head.parameters() if p.requires_grad]
-        enc = [p for p in self.encoder.parameters() if p.requires_grad]
-        groups = [{"params": head, "lr": lr, "weight_decay": weight_decay, "name": "head"}]
-        if enc:
-            groups.append({"params": enc, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"})
-        return groups
+        return head_backbone_groups(self.head, self.encoder, lr, backbone_lr, weight_decay)
 
     # --------------------------------------------------------------- input
     def prepare(self, batch: Mapping[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:

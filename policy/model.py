@@ -41,6 +41,18 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+
+def head_backbone_groups(head: nn.Module, backbone: nn.Module, lr: float, backbone_lr: float,
+                         weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups of a VLA of either family: the head's trainable parameters at ``lr``, the backbone's
+    (or image encoder's) at ``backbone_lr`` when any train."""
+    groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay,
+               "name": "head"}]
+    bb = [p for p in backbone.parameters() if p.requires_grad]
+    if bb:
+        groups.append({"params": bb, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"})
+    return groups
+
 class VLA(nn.Module):
     """Backbone + head. ``prepare`` turns a batch dict into tensors; ``forward`` gives the loss."""
 
@@ -126,12 +138,7 @@ class VLA(nn.Module):
 
     def param_groups(self, lr: float, backbone_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups: the head at ``lr``, trainable backbone/adapter parameters at ``backbone_lr``."""
-        head = [p for p in self.head.parameters() if p.requires_grad]
-        bb = [p for p in self.backbone.parameters() if p.requires_grad]
-        groups = [{"params": head, "lr": lr, "weight_decay": weight_decay, "name": "head"}]
-        if bb:
-            groups.append({"params": bb, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"})
-        return groups
+        return head_backbone_groups(self.head, self.backbone, lr, backbone_lr, weight_decay)
 
     # ---------------------------------------------------------------- input
     def prompt(self, instruction: str, num_images: int) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -217,11 +216,6 @@ def run(cfg: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    import hydra
+    from flywheel.overrides import hydra_main
 
-    try:
-        check_overrides(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(str(e))
-    register()
-    hydra.main(version_base=None, config_name="flywheel_distill")(run)()
+    hydra_main("flywheel_distill", check_overrides, register, run)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from typing import Any
 
 from flywheel.rl.app import check_overrides, register, run
@@ -30,22 +29,15 @@ __all__ = ["main", "register", "run"]
 
 
 def main() -> None:
-    import hydra
+    from flywheel.overrides import hydra_main
 
-    try:
-        check_overrides(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(str(e))
-    register()
-
-    @hydra.main(version_base=None, config_name="flywheel_rl")
-    def _app(cfg: Any) -> None:
+    def app(cfg: Any) -> None:
         logging.basicConfig(level=logging.INFO)
         res = run(cfg)
         printable = {k: v for k, v in res.items() if k != "config"}
         print(json.dumps(printable, indent=2, default=str))
 
-    _app()
+    hydra_main("flywheel_rl", check_overrides, register, app)
 
 
 if __name__ == "__main__":
