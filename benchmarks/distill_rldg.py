@@ -4,7 +4,9 @@
    pretrain a tiny generalist G0 on them (multi-task);
 2. take a HIL-SERL specialist per task (``--rl-run TASK=DIR``: a finished
    ``flywheel-rl`` run, e.g. from ``benchmarks/rl_hilserl.py``; otherwise one is
-   trained here with ``--specialist-steps``) and roll it out with the cameras on;
+   trained here with ``--specialist-steps``) and roll it out with the cameras on
+   (``--cluster ray --workers N``: on Ray workers; the store, written here in seed order,
+   holds what the serial run writes);
 3. fine-tune G0 two ways with the same steps, learning rates and replay (30% of
    each batch from G0's pretraining demos), on the **same number of successful
    episodes per task**: ``human`` (fresh successful human-like demos) and ``rldg``
@@ -33,6 +35,7 @@ Resumable (a ``flywheel.job`` in ``--workdir``): re-run the same command after a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -69,6 +72,9 @@ def main() -> None:
     ap.add_argument("--frame-stride", type=int, default=1, help="compact G0: train on every k-th frame's features")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per arm")
+    ap.add_argument("--cluster", default="local", choices=["local", "ray"],
+                    help="specialist rollouts on Ray workers (the store is written here, in seed order)")
+    ap.add_argument("--workers", type=int, default=2, help="--cluster ray: workers, one CPU each")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -78,6 +84,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from flywheel.cluster import ClusterConfig, PolicySource, RayEpisodePool
     from flywheel.data import EpisodeStore
     from flywheel.distill import collect, rldg
     from flywheel.distill.generalist import (
@@ -192,6 +199,22 @@ def main() -> None:
             out[t] = train(t, cfg, ctx.stage_dir("specialists") / t.replace("/", "_"))
         return out
 
+    def specialist_pool(t: str, info: dict):
+        """``--cluster ray``: Ray workers rolling the specialist of ``t``; otherwise nothing (serial)."""
+        if args.cluster == "local":
+            return contextlib.nullcontext()
+        src = PolicySource(specialist=info, env="collect",
+                           env_kwargs={**env_kwargs(g, args.g0 or None), "privileged_state": True})
+        return RayEpisodePool(src, ClusterConfig(kind="ray", workers=args.workers))
+
+    def specialist_agent(t: str, info: dict, env, pool):
+        if pool is not None:
+            return None  # the workers rebuild it
+        agent = load_agent(t, info)
+        if hasattr(agent, "bind"):
+            agent.bind(env)
+        return agent
+
     def rollouts(ctx):
         out = {}
         infos = ctx.output("specialists")
@@ -199,13 +222,12 @@ def main() -> None:
             for t in tasks:
                 env = collect.make_env(t, privileged_state=True, **env_kwargs(g, args.g0 or None))
                 try:
-                    agent = load_agent(t, infos[t])
-                    if hasattr(agent, "bind"):
-                        agent.bind(env)
                     rate = infos[t].get("eval_success_rate")
-                    out[f"rl/{t}"] = until_successes(
-                        s, env, agent, 60_000, rate if rate == rate and rate else 0.5, source="rl",
-                        collection=f"specialist/{t}", policy_version=f"specialist/{infos[t]['algo']}")
+                    with specialist_pool(t, infos[t]) as pool:
+                        out[f"rl/{t}"] = until_successes(
+                            s, env, specialist_agent(t, infos[t], env, pool), 60_000,
+                            rate if rate == rate and rate else 0.5, source="rl", collection=f"specialist/{t}",
+                            policy_version=f"specialist/{infos[t]['algo']}", pool=pool)
                     if args.scripted:
                         out[f"scripted/{t}"] = until_successes(
                             s, env, collect.ExpertAgent(env, 0.0, 0), 70_000, 0.95, source="policy",
@@ -282,12 +304,15 @@ def main() -> None:
                 target = human_steps(s, t)
                 env = collect.make_env(t, privileged_state=True, **env_kwargs(g, args.g0 or None))
                 try:
-                    agent, seed = load_agent(t, infos[t]), 80_000
-                    while sum(s.record(i).length for i in rl_until_steps(s, t, target)) < target and seed < 80_400:
-                        collect.record_rollouts(s, env, agent, range(seed, seed + 20), source="rl",
-                                                collection=f"specialist-more/{t}",
-                                                policy_version=f"specialist/{infos[t]['algo']}")
-                        seed += 20
+                    seed = 80_000
+                    with specialist_pool(t, infos[t]) as pool:
+                        agent = specialist_agent(t, infos[t], env, pool)
+                        while sum(s.record(i).length for i in rl_until_steps(s, t, target)) < target \
+                                and seed < 80_400:
+                            collect.record_rollouts(s, env, agent, range(seed, seed + 20), source="rl",
+                                                    collection=f"specialist-more/{t}",
+                                                    policy_version=f"specialist/{infos[t]['algo']}", pool=pool)
+                            seed += 20
                 finally:
                     env.close()
                 eps = rl_until_steps(s, t, target)
@@ -313,7 +338,9 @@ def main() -> None:
         stages += [Stage("rollouts_steps", rollouts_steps), Stage("ft_rldg_steps", ft_rldg_steps),
                    Stage("eval_ft_rldg_steps", evaluation("ft_rldg_steps"))]
     t0 = time.time()
-    config = {k: v for k, v in vars(args).items() if k not in ("threads", "workdir", "match_steps")}
+    # where the rollouts run does not change them: a run resumes with or without --cluster ray
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("threads", "workdir", "match_steps", "cluster", "workers")}
     state = ResumableJob(wd, stages, config=config).run()
     out = state["stages"]
 

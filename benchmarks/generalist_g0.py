@@ -3,7 +3,9 @@
 Stages (each skipped when its output exists, so a killed run resumes where it stopped):
 
 1. ``collect``: the scripted operator at noise 1.0 (human-like) on every task, front + wrist
-   cameras at 128 px, into one episode store, until ``--demos`` successes per task;
+   cameras at 128 px, into one episode store, until ``--demos`` successes per task
+   (``--cluster ray --workers N``: the episodes roll on Ray workers; the store, written here in
+   seed order, holds what the serial run writes);
 2. ``features``: the frozen EfficientNet-Lite0 encoder's features of every stored frame, once,
    into the feature cache (``policy.feature_cache``);
 3. ``train``: the compact VLA head on the cached features (successes only), saved as a policy
@@ -51,7 +53,26 @@ def _record_time(work: Path, key: str, seconds: float) -> None:
 
 
 # ------------------------------------------------------------------ 1. collect
+def _collect_pool(args: argparse.Namespace) -> Any:
+    """``--cluster ray``: a pool of workers rolling the noisy operator (the store stays written here)."""
+    import contextlib
+
+    if args.cluster == "local":
+        return contextlib.nullcontext()
+    from flywheel.cluster import ClusterConfig, PolicySource, RayEpisodePool
+
+    src = PolicySource(checkpoint="expert", expert_noise=args.noise, env="collect",
+                       env_kwargs={"cameras": ("front", "wrist"), "image_size": args.image_size,
+                                   "privileged_state": True})
+    return RayEpisodePool(src, ClusterConfig(kind="ray", workers=args.workers))
+
+
 def collect(args: argparse.Namespace, work: Path) -> None:
+    with _collect_pool(args) as pool:
+        _collect(args, work, pool)
+
+
+def _collect(args: argparse.Namespace, work: Path, pool: Any) -> None:
     from flywheel.data import EpisodeStore
     from flywheel.distill.collect import ExpertAgent, make_env, record_rollouts, select
 
@@ -73,7 +94,8 @@ def collect(args: argparse.Namespace, work: Path) -> None:
                 n = max(5, int((args.demos - have) * 1.3))
                 seeds = range(start, start + n)
                 start += n
-                st = record_rollouts(store, env, agent, seeds, source="human", collection=name, progress=False)
+                st = record_rollouts(store, env, agent, seeds, source="human", collection=name, progress=False,
+                                     pool=pool)
                 if st.episodes:
                     log.info("collect %s: +%d episodes (%d ok), %d successes so far", task, st.episodes,
                              st.successes, have + st.successes)
@@ -295,6 +317,9 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", help="features: encode every N-th demo from K (K/N), "
                     "to run N processes side by side")
     ap.add_argument("--latency-iters", type=int, default=200)
+    ap.add_argument("--cluster", default="local", choices=["local", "ray"],
+                    help="collect: roll the episodes on Ray workers (the store is written here, in seed order)")
+    ap.add_argument("--workers", type=int, default=2, help="--cluster ray: workers, one CPU each")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")

@@ -1,4 +1,4 @@
-"""Rollouts on a pool of Ray workers: ``cluster=local|ray`` for ``flywheel-eval`` and ``flywheel-iterate``.
+"""Rollouts on a pool of Ray workers: ``cluster=local|ray`` for evaluation and collection.
 
 Evaluation is embarrassingly parallel: every episode is a (task, seed) pair, and
 its randomness derives from its seed alone (:func:`run_seeded`: the env resets
@@ -16,6 +16,16 @@ before it. The pool:
   ``max_worker_restarts`` replacements per run;
 * shows one progress bar across the workers.
 
+Collection (:func:`flywheel.distill.collect.record_rollouts` with ``pool=``) runs on
+the same pool: each worker rolls whole episodes and sends them back (the spec
+observations, actions, rewards, intervention flags, success); the driver, the
+store's one writer, commits them in seed order (:func:`collect_on_pool`), so the
+store holds what the serial run would have written. A worker rebuilds the agent
+from a picklable :class:`PolicySource`: the scripted operator, a policy checkpoint
+(its files broadcast through the object store) or a distillation specialist (its
+``train`` record; its weights are read from the path, so the workers need the
+driver's filesystem, as a local cluster has).
+
 ``address=""`` starts a local Ray cluster in this process (``num_cpus`` CPUs);
 ``address=auto`` (or ``ray://host:10001``) joins a running one. Ray is the
 optional ``cluster`` extra; nothing here imports it until a pool connects.
@@ -29,7 +39,7 @@ import collections
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +76,24 @@ class PolicySource:
     """What a worker rebuilds: the env factory and the agent (picklable; no callables)."""
 
     checkpoint: str = ""  # a policy checkpoint directory; "" or "expert": the scripted operator
+    specialist: dict[str, Any] = field(default_factory=dict)  # a distillation specialist's train() record
     expert_noise: float = 0.0
     execute: int = 1  # actions of each chunk executed before re-inferring
     device: str = "cpu"  # the workers' torch device (auto | cpu | cuda)
-    env: str = "sim"  # sim (sim.make) | collect (flywheel.distill.collect.make_env, no privileged state)
-    env_kwargs: dict[str, Any] = field(default_factory=dict)  # cameras, image_size
+    env: str = "sim"  # sim (sim.make) | collect (collect.make_env; privileged state if env_kwargs asks)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # cameras, image_size (collect: privileged_state)
     max_steps: int | None = None
 
     @property
-    def is_expert(self) -> bool:
-        return self.checkpoint in ("", "expert")
+    def kind(self) -> str:
+        """expert | checkpoint | specialist"""
+        if self.specialist:
+            return "specialist"
+        return "expert" if self.checkpoint in ("", "expert") else "checkpoint"
+
+    def validate(self) -> None:
+        if self.specialist and self.checkpoint not in ("", "expert"):
+            raise ValueError(f"PolicySource: checkpoint={self.checkpoint!r} and a specialist: give one of them")
 
 
 # ------------------------------------------------------------------ one episode per seed
@@ -119,11 +137,18 @@ def make_env(src: PolicySource, task: str) -> Any:
     if src.env == "collect":
         from flywheel.distill.collect import make_env as collect_env
 
-        return collect_env(task, privileged_state=False, **src.env_kwargs)
+        return collect_env(task, **{"privileged_state": False, **src.env_kwargs})
     raise ValueError(f"env={src.env!r}: a worker builds sim or collect envs (the rig is not a Ray worker)")
 
 
-def make_agent(src: PolicySource, pol: Any, env: Any) -> Any:
+def make_agent(src: PolicySource, pol: Any, env: Any, task: str = "") -> Any:
+    if src.kind == "specialist":
+        from flywheel.distill.specialist import load_agent
+
+        agent = load_agent(task, src.specialist)
+        if hasattr(agent, "bind"):
+            agent.bind(env)
+        return agent
     if pol is None:
         import sim
 
@@ -155,7 +180,7 @@ class EpisodeWorker:
         self.pid = os.getpid()
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.policy = None
-        if not src.is_expert:
+        if src.kind == "checkpoint":
             import policy as policy_pkg
             from policy.device import resolve_device
 
@@ -173,12 +198,24 @@ class EpisodeWorker:
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid}
 
-    def run(self, task: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    def _env(self, task: str) -> tuple[Any, Any]:
         if task not in self._envs:
             env = make_env(self.src, task)
-            self._envs[task] = (env, make_agent(self.src, self.policy, env))
-        env, agent = self._envs[task]
+            self._envs[task] = (env, make_agent(self.src, self.policy, env, task))
+        return self._envs[task]
+
+    def run(self, task: str, seeds: Sequence[int]) -> list[dict[str, Any]]:
+        env, agent = self._env(task)
         return [episode_record(task, ep) for ep in run_seeded(env, agent, seeds, max_steps=self.src.max_steps)]
+
+    def collect(self, task: str, seeds: Sequence[int], keys: Sequence[str]) -> list[dict[str, Any]]:
+        """Whole episodes (:class:`flywheel.distill.collect.RolledEpisode`) for the driver to commit."""
+        from flywheel.distill.collect import roll_episode
+
+        env, agent = self._env(task)
+        return [{"task": task, "seed": int(s), "episode": roll_episode(env, agent, s, keys,
+                                                                       max_steps=self.src.max_steps)}
+                for s in seeds]
 
     def close(self) -> None:
         for env, _ in self._envs.values():
@@ -194,6 +231,7 @@ class RayEpisodePool:
 
     def __init__(self, src: PolicySource, cluster: ClusterConfig):
         cluster.validate()
+        src.validate()
         self.src, self.cluster = src, cluster
         self.workers: list[Any] = []
         self.replaced = 0
@@ -216,7 +254,10 @@ class RayEpisodePool:
                 kw["num_cpus"] = int(self.cluster.num_cpus)
             ray.init(**kw)
             self._own = True
-        self._files = None if self.src.is_expert else ray.put(checkpoint_files(self.src.checkpoint))
+        self._files = ray.put(checkpoint_files(self.src.checkpoint)) if self.src.kind == "checkpoint" else None
+        if self.src.kind == "specialist" and self.src.specialist.get("checkpoint"):  # read where the driver is
+            info = {**self.src.specialist, "checkpoint": str(Path(self.src.specialist["checkpoint"]).resolve())}
+            self.src = replace(self.src, specialist=info)
         self._actor = ray.remote(num_cpus=1, max_restarts=0)(EpisodeWorker)
         self.workers = [self._spawn() for _ in range(int(self.cluster.workers))]
         return self
@@ -231,8 +272,15 @@ class RayEpisodePool:
         self.close()
 
     def run(self, jobs: Sequence[tuple[str, int]], *, progress: Any = None,
-            on_result: Callable[[RayEpisodePool, dict[str, Any]], None] | None = None) -> dict[tuple[str, int], dict]:
-        """Every (task, seed) job once; returns {(task, seed): episode record}."""
+            on_result: Callable[[RayEpisodePool, dict[str, Any]], None] | None = None,
+            method: str = "run", args: tuple = (), keep: bool = True) -> dict[tuple[str, int], Any]:
+        """Every (task, seed) job once; returns {(task, seed): episode record}.
+
+        ``method``/``args``: the worker method called as ``method(task, [seed], *args)``
+        (``run``: an evaluation record; ``collect``: a whole episode). ``keep=False``
+        hands each result to ``on_result`` only (the returned values are None): whole
+        episodes are not held here.
+        """
         if self._ray is None:
             raise RuntimeError("RayEpisodePool: call connect() first")
         ray = self._ray
@@ -246,7 +294,7 @@ class RayEpisodePool:
             while queue:
                 job = queue.popleft()
                 if job not in results:
-                    inflight[self.workers[i].run.remote(job[0], [job[1]])] = (i, job)
+                    inflight[getattr(self.workers[i], method).remote(job[0], [job[1]], *args)] = (i, job)
                     return
 
         for i in range(len(self.workers)):
@@ -270,7 +318,7 @@ class RayEpisodePool:
                 key = (rec["task"], rec["seed"])
                 if key in results:
                     continue
-                results[key] = rec
+                results[key] = rec if keep else None
                 if progress is not None:
                     progress.update(1)
                 if on_result is not None:
@@ -312,3 +360,27 @@ def evaluate_tasks(tasks: Sequence[str], src: PolicySource, episodes: int, *, se
         out[t] = TaskResult(t, len(seeds), int(sum(ok)), float(np.mean([r["steps"] for r in recs])),
                             float(np.mean([r["ret"] for r in recs])), seeds, ok)
     return out
+
+
+def collect_on_pool(pool: RayEpisodePool, task: str, seeds: Sequence[int], keys: Sequence[str],
+                    commit: Callable[[Any], None]) -> None:
+    """Roll ``seeds`` of ``task`` on the pool; ``commit`` each episode here, in seed order, exactly once.
+
+    An episode that comes back early waits in memory until the seeds before it are
+    committed (jobs are handed out in seed order, so a few wait); a seed re-run after
+    a worker died is committed once, by its (task, seed) key.
+    """
+    order = [int(s) for s in dict.fromkeys(seeds)]
+    waiting: dict[int, Any] = {}
+    nxt = 0
+
+    def arrived(_: RayEpisodePool, rec: dict[str, Any]) -> None:
+        nonlocal nxt
+        waiting[int(rec["seed"])] = rec["episode"]
+        while nxt < len(order) and order[nxt] in waiting:
+            commit(waiting.pop(order[nxt]))
+            nxt += 1
+
+    pool.run([(task, s) for s in order], on_result=arrived, method="collect", args=(list(keys),), keep=False)
+    if nxt != len(order):  # pool.run returns only when every job has come back
+        raise RuntimeError(f"collect_on_pool: {len(order) - nxt} of {len(order)} seeds never came back")

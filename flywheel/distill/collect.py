@@ -18,7 +18,7 @@ generalist trains on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,22 +61,83 @@ def make_env(task: str, cameras: Sequence[str] = ("front", "wrist"), image_size:
                     privileged_state=privileged_state, **overrides)
 
 
-def spec_obs(obs: Mapping[str, Any], spec: RigSpec) -> dict[str, np.ndarray]:
-    """Only the keys the rig spec (and so the store) holds."""
-    keys = spec.observation_specs()
-    return {k: np.asarray(v) for k, v in obs.items() if k in keys}
-
-
 def recorded_seeds(store: Any, collection: str) -> set[int]:
     """Seeds already committed under ``collection``."""
     return {int(r.extra["seed"]) for r in store.records
             if r.extra.get("collection") == collection and "seed" in r.extra}
 
 
+@dataclass
+class RolledEpisode:
+    """One whole episode as the store will hold it: the spec observations, actions, rewards, flags.
+
+    What a Ray worker sends back to the driver (numpy arrays travel by reference), and
+    what the serial path commits too, so both write the same episode.
+    """
+
+    task: str
+    instruction: str
+    seed: int
+    obs: dict[str, np.ndarray]  # spec key -> (T, ...)
+    action: np.ndarray  # (T, A)
+    reward: np.ndarray  # (T,)
+    intervention: np.ndarray  # (T,) bool
+    success: bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.action)
+
+
+def roll_episode(env: Any, agent: Agent, seed: int, keys: Iterable[str], *, intervener: Intervener | None = None,
+                 max_steps: int | None = None) -> RolledEpisode:
+    """Roll ``agent`` once from ``seed`` (its own random stream re-seeded from it), keeping the ``keys`` observations.
+
+    The episode is its seed's alone (``flywheel.cluster.seed_agent``), whichever process rolls it.
+    """
+    from flywheel.cluster import seed_agent
+
+    keys = set(keys)
+    obs: dict[str, list[np.ndarray]] = {}
+    act: list[np.ndarray] = []
+    rew: list[float] = []
+    itv: list[bool] = []
+
+    def record(s: Step) -> None:
+        for k, v in s.obs.items():
+            if k in keys:
+                obs.setdefault(k, []).append(np.array(v))
+        act.append(np.array(s.action))
+        rew.append(s.reward)
+        itv.append(s.intervened)
+
+    seed_agent(agent, int(seed))
+    ep = Rollout(env, agent, intervener=intervener, max_steps=max_steps, on_step=record).run(int(seed))
+    base = env.unwrapped
+    return RolledEpisode(base.task_id, base.instruction, int(seed), {k: np.stack(v) for k, v in obs.items()},
+                         np.stack(act), np.asarray(rew, np.float64), np.asarray(itv, bool), bool(ep.success))
+
+
+def commit_episode(store: Any, ep: RolledEpisode, *, source: str, collection: str, policy_version: str = "") -> int:
+    """Write one rolled episode to ``store`` (tagged by collection and seed); returns its index."""
+    writer = store.begin_episode(task=ep.task, instruction=ep.instruction, source=source,
+                                 policy_version=policy_version, rig_id="sim",
+                                 extra={"collection": collection, "seed": ep.seed})
+    try:
+        for t in range(ep.steps):
+            writer.add({k: v[t] for k, v in ep.obs.items()}, ep.action[t], reward=float(ep.reward[t]),
+                       intervention=bool(ep.intervention[t]))
+        return int(writer.commit(success=ep.success))
+    except BaseException:
+        if not writer.closed:
+            writer.abort()
+        raise
+
+
 def record_rollouts(
     store: Any,
     env: Any,
-    agent: Agent,
+    agent: Agent | None,
     seeds: Iterable[int],
     *,
     source: str,
@@ -85,51 +146,57 @@ def record_rollouts(
     intervener: Intervener | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    pool: Any = None,
 ) -> CollectStats:
-    """Roll ``agent`` once per seed and commit each episode (success or not) to ``store``.
+    """Roll ``agent`` once per seed and commit each episode (success or not) to ``store``, in seed order.
 
-    With an ``intervener`` (a simulated or real operator) the executed action is
-    the intervener's when it takes over; such steps carry ``intervention=True``.
+    Each episode is its seed's alone: the env resets with the seed and the agent's
+    own random stream is re-seeded from it. With an ``intervener`` (a simulated or
+    real operator) the executed action is the intervener's when it takes over; such
+    steps carry ``intervention=True``.
+
+    ``pool``: a connected :class:`flywheel.cluster.RayEpisodePool` whose workers
+    rebuild the agent (its ``PolicySource``) and roll the seeds; whole episodes come
+    back and this process, the store's one writer, commits them in seed order, so the
+    store ends up as the serial run's. ``env`` and ``agent`` are then unused.
     """
     from tqdm.auto import tqdm
 
-    base = env.unwrapped
     spec: RigSpec = store.spec
-    seeds = [int(s) for s in seeds]
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
     done = recorded_seeds(store, collection)
     todo = [s for s in seeds if s not in done]
     st = CollectStats(collection, skipped=len(seeds) - len(todo))
     if st.skipped:
         log.info("%s: %d of %d seeds already recorded, resuming", collection, st.skipped, len(seeds))
-    writer: Any = None
 
-    def record(s: Step) -> None:
-        writer.add(spec_obs(s.obs, spec), s.action, reward=s.reward, intervention=s.intervened)
+    def commit(ep: RolledEpisode) -> None:
+        idx = commit_episode(store, ep, source=source, collection=collection, policy_version=policy_version)
+        st.episodes += 1
+        st.successes += int(ep.success)
+        st.steps += ep.steps
+        st.intervened_steps += int(ep.intervention.sum())
+        st.episode_indices.append(idx)
+        bar.update(1)
+        bar.set_postfix(success=f"{st.success_rate:.2f}")
 
-    loop = Rollout(env, agent, intervener=intervener, max_steps=max_steps, on_step=record)
+    keys = list(spec.observation_specs())
     with tqdm(total=len(todo), desc=f"collect {collection}", disable=not progress, leave=False) as bar:
-        for seed in todo:
-            loop.reset(seed)
-            writer = store.begin_episode(task=base.task_id, instruction=base.instruction, source=source,
-                                         policy_version=policy_version, rig_id="sim",
-                                         extra={"collection": collection, "seed": seed})
-            try:
-                while not loop.done:
-                    loop.step()
-                ep = loop.episode
-                assert ep is not None
-                idx = writer.commit(success=ep.success)
-            except BaseException:
-                if not writer.closed:
-                    writer.abort()
-                raise
-            st.episodes += 1
-            st.successes += int(ep.success)
-            st.steps += ep.steps
-            st.intervened_steps += ep.interventions
-            st.episode_indices.append(idx)
-            bar.update(1)
-            bar.set_postfix(success=f"{st.success_rate:.2f}")
+        if pool is not None:
+            from flywheel.cluster import collect_on_pool
+
+            if intervener is not None:
+                raise ValueError("record_rollouts(pool=...): interveners do not run on Ray workers; collect "
+                                 "with an intervener serially (pool=None)")
+            if max_steps is not None and max_steps != pool.src.max_steps:
+                raise ValueError(f"record_rollouts(max_steps={max_steps}) with a pool: set the pool's "
+                                 f"PolicySource.max_steps (it is {pool.src.max_steps})")
+            collect_on_pool(pool, env.unwrapped.task_id, todo, keys, commit)
+        else:
+            if agent is None:
+                raise ValueError("record_rollouts: agent=None needs a pool (whose workers rebuild the agent)")
+            for seed in todo:
+                commit(roll_episode(env, agent, seed, keys, intervener=intervener, max_steps=max_steps))
     return st
 
 
@@ -158,6 +225,10 @@ class ExpertAgent:
         import sim
 
         self.expert = sim.expert(env, noise=noise, seed=seed)
+
+    def seed_episode(self, seed: int) -> None:
+        """The operator's noise from the episode seed (as ``flywheel.cluster.seed_agent`` seeds ``sim.expert``)."""
+        self.expert.rng = np.random.default_rng(int(seed))
 
     def reset(self) -> None:
         self.expert.reset()
