@@ -319,24 +319,27 @@ def main() -> None:
                 out[t] = {"human_steps": target, "rl_episodes": len(eps), "rl_steps": sum(s.record(i).length for i in eps)}
         return out
 
-    def ft_rldg_steps(ctx):
-        holder["per_task"] = ctx.output("counts")["per_task"]
-        with store("r") as s:
-            replay = replay_episodes(s)
-            new = [i for t in tasks for i in rl_until_steps(s, t, human_steps(s, t))]
-            eps, w = rldg.mix_weights(new, replay, args.replay)
-            ck = finetune(ctx.output("pretrain")["checkpoint"], s, eps, ctx.stage_dir("ft_rldg_steps") / "sft",
-                          sft(args.ft_steps), weights=w)
-            return {"checkpoint": str(ck), "episodes": len(new), "steps": sum(s.record(i).length for i in new)}
+    def ft_rldg_steps(seed: int):
+        def run(ctx):
+            holder["per_task"] = ctx.output("counts")["per_task"]
+            with store("r") as s:
+                replay = replay_episodes(s)
+                new = [i for t in tasks for i in rl_until_steps(s, t, human_steps(s, t))]
+                eps, w = rldg.mix_weights(new, replay, args.replay)
+                ck = finetune(ctx.output("pretrain")["checkpoint"], s, eps,
+                              ctx.stage_dir(f"ft_rldg_steps{sfx(seed)}") / "sft", sft(args.ft_steps, seed), weights=w)
+                return {"checkpoint": str(ck), "episodes": len(new), "steps": sum(s.record(i).length for i in new)}
+        return run
 
     stages = [Stage("demos", demos), Stage("pretrain", pretrain), Stage("specialists", specialists),
               Stage("rollouts", rollouts), Stage("counts", counts)]
     stages += [Stage(f"ft_{a}{sfx(sd)}", arm(a, sd)) for sd in args.seeds for a in arms]
     stages += [Stage("eval_pretrain", evaluation("pretrain"))]
     stages += [Stage(f"eval_ft_{a}{sfx(sd)}", evaluation(f"ft_{a}{sfx(sd)}")) for sd in args.seeds for a in arms]
-    if args.match_steps:
-        stages += [Stage("rollouts_steps", rollouts_steps), Stage("ft_rldg_steps", ft_rldg_steps),
-                   Stage("eval_ft_rldg_steps", evaluation("ft_rldg_steps"))]
+    if args.match_steps:  # the steps-matched RLDG arm, once per fine-tuning seed too
+        stages += [Stage("rollouts_steps", rollouts_steps)]
+        stages += [Stage(f"ft_rldg_steps{sfx(sd)}", ft_rldg_steps(sd)) for sd in args.seeds]
+        stages += [Stage(f"eval_ft_rldg_steps{sfx(sd)}", evaluation(f"ft_rldg_steps{sfx(sd)}")) for sd in args.seeds]
     t0 = time.time()
     # where the rollouts run does not change them: a run resumes with or without --cluster ray
     config = {k: v for k, v in vars(args).items()
@@ -355,10 +358,12 @@ def main() -> None:
         results.update({labels[a] + (f" (seed {sd})" if len(args.seeds) > 1 else ""): res(f"ft_{a}{sfx(sd)}")
                         for a in arms})
     if args.match_steps:
-        results["+ RLDG, as many steps as human"] = res("ft_rldg_steps")
+        for sd in args.seeds:
+            results["+ RLDG, as many steps as human" + (f" (seed {sd})" if len(args.seeds) > 1 else "")] = \
+                res(f"ft_rldg_steps{sfx(sd)}")
     table = results_table(results)
     seeds_table = {}  # per arm and task: every seed's rate, their mean and spread, the pooled rate and interval
-    for a in arms:
+    for a in [*arms, *(["rldg_steps"] if args.match_steps else [])]:
         for t in tasks:
             rs = [res(f"ft_{a}{sfx(sd)}").get(t) for sd in args.seeds]
             rs = [r for r in rs if r is not None]
