@@ -89,13 +89,13 @@ def train_worker(backbone: str, steps: int, batch: int, out: str) -> None:
 
     from policy.config import PolicyConfig, TrainConfig
     from policy.model import VLA
-    from policy.train import init_distributed, make_loader, train
+    from policy.train import distributed_loader, init_distributed, train
 
     torch.set_num_threads(1)
     rank, world, _ = init_distributed()
     torch.manual_seed(0)
     model = VLA.from_backbone(PolicyConfig(backbone=backbone, hidden_dim=64, num_tokens=4), tiny_spec())
-    loader = make_loader(SyntheticChunks(tiny_spec(), n=batch * steps), batch_size=batch // world, seed=0)
+    loader = distributed_loader(SyntheticChunks(tiny_spec(), n=batch * steps), batch_size=batch // world, seed=0)
     timed = TimedLoader(loader)
     train(model, timed, TrainConfig(out_dir=out, steps=steps, warmup_steps=0, save_every=10**9, log_every=10**9,
                                     resume=False))

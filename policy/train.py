@@ -2,7 +2,7 @@
 
 ``train(model, data, cfg)`` takes any iterable of batch dicts (spec observation
 keys with a batch dimension, ``"instruction"`` list, ``"actions"`` (B, H, 7),
-``"action_is_pad"`` (B, H)), e.g. ``make_loader(dataset, batch_size)`` over a
+``"action_is_pad"`` (B, H)), e.g. ``distributed_loader(dataset, batch_size)`` over a
 torch ``Dataset`` of single samples; the flywheel wires in its episode store.
 
 * bf16 autocast on CUDA, gradient accumulation, gradient clipping,
@@ -10,7 +10,7 @@ torch ``Dataset`` of single samples; the flywheel wires in its episode store.
 * several processes under ``accelerate launch --multi_gpu --num_processes N`` or
   ``torchrun --nproc_per_node N`` (NCCL on CUDA, gloo on the CPU), DDP or FSDP
   full-shard by ``TrainConfig.strategy`` (:mod:`policy.distributed`);
-  ``make_loader`` gives each process its slice of the same global batches, so
+  ``distributed_loader`` gives each process its slice of the same global batches, so
   N processes at batch B/N follow one process at batch B; the logged
   ``loss_global`` is the mean over the processes;
 * gradient checkpointing of the backbone (``gradient_checkpointing``);
@@ -62,8 +62,8 @@ def init_distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def make_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
-                drop_last: bool = True, pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
+def distributed_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, num_workers: int = 0, seed: int = 0,
+                       drop_last: bool = True, pin_memory: bool | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader over a map-style dataset of sample dicts: ``batch_size`` per process, each process its
     slice of the same global batches (:class:`policy.distributed.GlobalBatchSampler`); pinned memory on CUDA."""
     from torch.utils.data import DataLoader

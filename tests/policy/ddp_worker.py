@@ -11,7 +11,7 @@ from policy_helpers import SyntheticChunks, tiny_spec
 
 from policy.config import PolicyConfig, TrainConfig
 from policy.model import VLA
-from policy.train import init_distributed, make_loader, train
+from policy.train import distributed_loader, init_distributed, train
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     cfg = PolicyConfig(backbone=backbone, hidden_dim=32, num_tokens=4)
     model = VLA.from_backbone(cfg, tiny_spec())
-    loader = make_loader(SyntheticChunks(tiny_spec(), n=8), batch_size=2, seed=0)
+    loader = distributed_loader(SyntheticChunks(tiny_spec(), n=8), batch_size=2, seed=0)
     metrics = train(model, loader, TrainConfig(out_dir=str(out), steps=2, grad_accum=2, save_every=2,
                                                warmup_steps=0, lr=1e-3))
     total = sum(float(p.double().sum()) for p in model.parameters())

@@ -19,7 +19,7 @@ from policy.config import PolicyConfig, TrainConfig
 from policy.model import VLA
 from policy.train import (
     checkpoint_dirs,
-    make_loader,
+    distributed_loader,
     optimizer_state_from_flat,
     optimizer_state_to_flat,
     train,
@@ -51,7 +51,7 @@ def test_training_reduces_the_loss(tiny_backbones, tmp_path):
 
 def test_checkpoints_resume_where_they_stopped(tiny_backbones, tmp_path):
     m = make(tiny_backbones, head="flow")
-    loader = make_loader(SyntheticChunks(m.spec, n=6), batch_size=2)
+    loader = distributed_loader(SyntheticChunks(m.spec, n=6), batch_size=2)
     cfg = TrainConfig(out_dir=str(tmp_path), steps=4, grad_accum=2, save_every=2, keep_checkpoints=1,
                       warmup_steps=0)
     train(m, loader, cfg)

@@ -15,7 +15,7 @@ from policy_helpers import SyntheticChunks, tiny_spec
 
 from policy.config import PolicyConfig, TrainConfig
 from policy.model import VLA
-from policy.train import init_distributed, make_loader, train
+from policy.train import distributed_loader, init_distributed, train
 
 
 class Unpadded(SyntheticChunks):
@@ -51,7 +51,7 @@ def main() -> None:
     rank, world, _ = init_distributed()
     torch.manual_seed(0)
     model = VLA.from_backbone(PolicyConfig(backbone=backbone, hidden_dim=32, num_tokens=4), tiny_spec())
-    loader = make_loader(Unpadded(tiny_spec(), n=16), batch_size=global_batch // world, seed=0)
+    loader = distributed_loader(Unpadded(tiny_spec(), n=16), batch_size=global_batch // world, seed=0)
     if len(sys.argv) > 6:
         loader = StopAfter(loader, int(sys.argv[6]))
     try:
