@@ -163,7 +163,10 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     a = ep["action"]
     # 1 cm commanded per tick + 5 mm lag / (2 cm per unit); the 100 Hz test publisher resolves 0.05 and jitters
     assert np.median(a[:, 0]) == pytest.approx(0.75, abs=0.01)
-    np.testing.assert_allclose(a[:, 0], 0.75, atol=0.12)
+    # every tick but a late one: a tick the loaded machine delays by a period shortens one window and lengthens
+    # the next (seen at load 5: 0.30 then 1.0, clipped); more than two such ticks is a wrong meaning, not jitter
+    off = np.abs(a[:, 0] - 0.75) > 0.12
+    assert off.sum() <= 2, a[:, 0]
     np.testing.assert_allclose(a[:, 6], -1.0)  # gripper commanded closed
     np.testing.assert_allclose(ep["state/ee_wrench"][:, 2], -2.0)
     assert ep["images/front"].shape == (len(ep), 16, 16, 3)
