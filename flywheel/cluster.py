@@ -78,6 +78,7 @@ class PolicySource:
     checkpoint: str = ""  # a policy checkpoint directory; "" or "expert": the scripted operator
     specialist: dict[str, Any] = field(default_factory=dict)  # a distillation specialist's train() record
     expert_noise: float = 0.0
+    expert_seed: int = 0  # the scripted operator's own seed, mixed with each episode's (collect.ExpertAgent)
     execute: int = 1  # actions of each chunk executed before re-inferring
     device: str = "cpu"  # the workers' torch device (auto | cpu | cuda)
     env: str = "sim"  # sim (sim.make) | collect (collect.make_env; privileged state if env_kwargs asks)
@@ -150,9 +151,9 @@ def make_agent(src: PolicySource, pol: Any, env: Any, task: str = "") -> Any:
             agent.bind(env)
         return agent
     if pol is None:
-        import sim
+        from flywheel.distill.collect import ExpertAgent
 
-        return sim.expert(env, noise=float(src.expert_noise))
+        return ExpertAgent(env, noise=float(src.expert_noise), seed=int(src.expert_seed))
     from flywheel.evaluate import ChunkedPolicy
 
     return ChunkedPolicy(pol, getattr(env.unwrapped, "instruction", ""), execute=int(src.execute))

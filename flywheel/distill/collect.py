@@ -224,11 +224,13 @@ class ExpertAgent:
     def __init__(self, env: Any, noise: float = 1.0, seed: int = 0):
         import sim
 
+        self.seed = int(seed)
         self.expert = sim.expert(env, noise=noise, seed=seed)
 
     def seed_episode(self, seed: int) -> None:
-        """The operator's noise from the episode seed (as ``flywheel.cluster.seed_agent`` seeds ``sim.expert``)."""
-        self.expert.rng = np.random.default_rng(int(seed))
+        """The operator's noise from the episode seed and the agent's own ``seed`` (another ``seed``, other
+        demos of the same episodes), so an episode is the same on any worker and on resume."""
+        self.expert.rng = np.random.default_rng(int(seed) if self.seed == 0 else [self.seed, int(seed)])
 
     def reset(self) -> None:
         self.expert.reset()

@@ -13,7 +13,8 @@ TASK = "PandaRig/PegInsert-v0"
 ENV = {"cameras": ("wrist",), "image_size": 16, "privileged_state": True}
 SEEDS = [3, 0, 2, 1]  # not sorted: the store follows this order
 # the noisy operator cut short: episodes differ in actions and length, so equality means something
-EXPERT = PolicySource(checkpoint="expert", expert_noise=1.0, env="collect", env_kwargs=ENV, max_steps=12)
+EXPERT = PolicySource(checkpoint="expert", expert_noise=1.0, expert_seed=123, env="collect", env_kwargs=ENV,
+                      max_steps=12)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def collect_into(path, agent_fn, seeds, pool=None, max_steps=EXPERT.max_steps,
 
 
 def expert(env):
-    return collect.ExpertAgent(env, noise=EXPERT.expert_noise, seed=123)
+    return collect.ExpertAgent(env, noise=EXPERT.expert_noise, seed=EXPERT.expert_seed)
 
 
 def test_serial_collection_is_each_seeds_alone(tmp_path):

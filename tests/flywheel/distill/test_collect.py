@@ -74,3 +74,17 @@ def test_intervened_steps_are_flagged(tmp_path, env):
     assert store.read("intervention", r.start, r.end).all()
     np.testing.assert_allclose(store.read("action", r.start, r.end), 0.5)
     store.close()
+
+
+def test_operator_noise_follows_the_episode_seed_and_the_operators_own_seed(env):
+    def actions(agent_seed: int, episode_seed: int) -> np.ndarray:
+        agent = collect.ExpertAgent(env, noise=1.0, seed=agent_seed)
+        agent.seed_episode(episode_seed)
+        obs, _ = env.reset(seed=episode_seed)
+        agent.reset()
+        return np.stack([agent.act(obs) for _ in range(4)])
+
+    np.testing.assert_array_equal(actions(0, 5), actions(0, 5))  # an episode is its seeds' alone (resume, Ray)
+    np.testing.assert_array_equal(actions(7, 5), actions(7, 5))
+    assert not np.array_equal(actions(0, 5), actions(7, 5))  # another operator seed: other demos
+    assert not np.array_equal(actions(0, 5), actions(0, 6))
