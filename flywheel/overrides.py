@@ -76,3 +76,12 @@ def hydra_main(config_name: str, check: Any, register: Any, app: Any) -> None:
         sys.exit(str(e))
     register()
     hydra.main(version_base=None, config_name=config_name)(app)()
+
+
+def compose_app(config_name: str, check: Any, register: Any, overrides: list[str]) -> Any:
+    """An app's config from a command line outside the hydra app: ``check`` it, ``register()``, compose."""
+    from robot.config import compose
+
+    check(overrides)
+    register()
+    return compose(config_name, overrides)

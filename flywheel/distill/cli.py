@@ -104,11 +104,9 @@ def check_overrides(overrides: list[str]) -> None:
 
 def compose(overrides: list[str]) -> Any:
     """The app's config from a command line (checked, then composed by hydra) outside the hydra app."""
-    from robot.config import compose as _compose
+    from flywheel.overrides import compose_app
 
-    check_overrides(overrides)
-    register()
-    return _compose("flywheel_distill", overrides)
+    return compose_app("flywheel_distill", check_overrides, register, overrides)
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:

@@ -203,11 +203,9 @@ def check_overrides(overrides: list[str]) -> None:
 
 def compose(overrides: list[str]) -> Any:
     """The app's config from a command line (checked, then composed by hydra) outside the hydra app."""
-    from robot.config import compose as _compose
+    from flywheel.overrides import compose_app
 
-    check_overrides(overrides)
-    register()
-    return _compose("flywheel_rl", overrides)
+    return compose_app("flywheel_rl", check_overrides, register, overrides)
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:

@@ -35,14 +35,6 @@ def serial_records() -> dict:
     return {(TASK, e.seed): episode_record(TASK, e) for e in eps}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_episodes_are_their_seeds_alone():
     """The serial run gives the same episode whatever ran before it (what lets workers split the seeds)."""
     full = serial_records()

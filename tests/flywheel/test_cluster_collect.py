@@ -17,14 +17,6 @@ EXPERT = PolicySource(checkpoint="expert", expert_noise=1.0, expert_seed=123, en
                       max_steps=12)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def episodes(store: EpisodeStore) -> list[dict]:
     out = []
     for i in range(store.num_episodes):
