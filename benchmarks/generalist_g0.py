@@ -107,10 +107,19 @@ def _collect(args: argparse.Namespace, work: Path, pool: Any) -> None:
             env.close()
 
 
-def _demo_indices(store: Any, tasks: list[str], limit: int | None = None) -> list[int]:
+def _demo_indices(store: Any, tasks: list[str], limit: int | None = None, fastest: float = 1.0) -> list[int]:
+    """The first ``limit`` successful demos of each task; with ``fastest`` < 1 only that fraction of them
+    with the fewest steps (filtered BC: a policy copies its teacher's pace, and a slow teacher times out)."""
     from flywheel.distill.collect import select
 
-    return [i for t in tasks for i in select(store, task=t, source="human", collection=f"g0-human-{t}", limit=limit)]
+    out = []
+    for t in tasks:
+        idx = select(store, task=t, source="human", collection=f"g0-human-{t}", limit=limit)
+        if fastest < 1.0:
+            keep = max(1, round(fastest * len(idx)))
+            idx = sorted(sorted(idx, key=lambda i: (store.record(i).length, i))[:keep])
+        out += idx
+    return out
 
 
 def _cache(args: argparse.Namespace, work: Path, store: Any) -> Any:
@@ -159,7 +168,7 @@ def train_stage(args: argparse.Namespace, work: Path) -> None:
         return
     store = EpisodeStore(work / "store", mode="r")
     cache = _cache(args, work, store)
-    idx = _demo_indices(store, args.tasks, args.max_demos)
+    idx = _demo_indices(store, args.tasks, args.max_demos, args.fastest)
     t0 = time.perf_counter()
     keys = [f"images/{c}" for c in cache.cameras] + list(PROPRIO_KEYS)
     data = EpisodeDataset(store, episodes=idx, obs_keys=keys, horizon=store.spec.action.chunk_horizon, features=cache)
@@ -297,6 +306,8 @@ def main() -> None:
     ap.add_argument("--feature-block", type=int, default=10)
     ap.add_argument("--frame-stride", type=int, default=1, help="encode and train on every k-th frame")
     ap.add_argument("--max-demos", type=int, default=165, help="train on at most this many demos per task")
+    ap.add_argument("--fastest", type=float, default=1.0,
+                    help="train on this fraction of each task's demos, the shortest ones (filtered BC)")
     ap.add_argument("--name", default="g0", help="the checkpoint's directory name under the workdir")
     ap.add_argument("--head", default="mlp", choices=["mlp", "token_learner", "flow"])
     ap.add_argument("--hidden-dim", type=int, default=512)

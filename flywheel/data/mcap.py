@@ -104,12 +104,12 @@ class _Bag:
 
 def export_mcap(store: EpisodeStore | str, out: str | Path, *, episodes: Sequence[int] | None = None,
                 overwrite: bool = False, progress: bool = True) -> list[Path]:
-    """Write ``episodes`` (default: all) of ``store`` as one rosbag2 MCAP bag each under ``out``."""
+    """Write ``episodes`` (default: all but the quarantined) of ``store`` as one rosbag2 MCAP bag each under ``out``."""
     from tqdm import tqdm
 
     store, out = start_export(store, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    eps = list(range(store.num_episodes)) if episodes is None else [int(e) for e in episodes]
+    eps = store.select() if episodes is None else [int(e) for e in episodes]  # not the quarantined
     if not eps:
         raise ValueError(f"{store.path}: no episodes to export")
     spec = store.spec

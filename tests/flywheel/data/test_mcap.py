@@ -230,3 +230,16 @@ def test_exported_messages_are_what_rclpy_reads_and_writes(store_path, tmp_path)
         want = [(t.split("/")[-1], n) for t, n, *_ in (f for f in fields if len(f) >= 2)]
         got = [(t.split("/")[-1], n) for t, n, *_ in (line.split() for line in msgs._DEFS[name].splitlines())]
         assert got == want, name
+
+
+def test_export_skips_quarantined_episodes(store_path, tmp_path):
+    """As export-lerobot: a quarantined episode is not exported by default; naming it is a clear error."""
+    from flywheel.data.mcap import export_mcap
+    from flywheel.data.store_layout import StoreError
+
+    with EpisodeStore(store_path, "a") as w:
+        w.quarantine(1, "damaged chunk")
+    bags = export_mcap(store_path, tmp_path / "bags", progress=False)
+    assert sorted(p.name for p in bags) == ["episode_000000", "episode_000002"]
+    with pytest.raises(StoreError, match="episode 1 is quarantined"):
+        export_mcap(store_path, tmp_path / "named", episodes=[1], progress=False)
