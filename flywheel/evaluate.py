@@ -1,10 +1,11 @@
 """`flywheel-eval`: success rate with a confidence interval over N seeded episodes per task.
 
 Runs a policy (a checkpoint directory, or ``expert`` for the scripted operator)
-on sim tasks, or on the rig through the ROS env adapter (``env=rig``). Seeds are
-``seed, seed+1, ...`` per task, so two evaluations with the same seed see the
-same resets; held-out evaluation uses a seed range no training job uses
-(``HELDOUT_SEED``).
+on sim tasks, or on the rig through the ROS env adapter (``env=rig``, :mod:`flywheel.rig_env`:
+a reset routine between episodes, ``reset.kind=none|scripted|operator``; success from the
+operator's events or ``classifier``). Seeds are ``seed, seed+1, ...`` per task, so two
+evaluations with the same seed see the same resets; held-out evaluation uses a seed range
+no training job uses (``HELDOUT_SEED``).
 
     flywheel-eval policy=outputs/ckpt tasks=[PandaRig/LiftCube-Red-v0] episodes=50
 """
@@ -24,6 +25,7 @@ import numpy as np
 from flywheel.cluster import ClusterConfig, PolicySource, evaluate_tasks
 from flywheel.rollout import Agent, Step
 from flywheel.rollout import run_episodes as _rollouts
+from robot.reset import ResetConfig
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +256,8 @@ class EvalConfig:
     expert_noise: float = 0.0
     max_steps: int | None = None
     namespace: str = ""  # rig: the rig's ROS namespace
+    reset: ResetConfig = field(default_factory=ResetConfig)  # rig: reset.kind=none|scripted|operator (robot.reset)
+    classifier: str = ""  # rig: a reward classifier .safetensors judges success ("": the operator's events)
     out: str = ""  # results JSON ("" -> eval_results.json in hydra's run directory)
     progress: bool = True
     device: str = "auto"  # the policy's torch device: auto (CUDA when present) | cpu | cuda | cuda:N
@@ -276,13 +280,21 @@ def _env_factory(cfg: Any, spec: Any) -> Callable[[str], Any]:
 
         return make_sim
     if cfg.env == "rig":
-        def make_rig(task: str) -> Any:
-            from robot.env import RosEnvConfig, RosRigEnv
+        from flywheel.rig_env import make_rig_env, reset_config
 
-            if spec is None:
-                raise ValueError("env=rig evaluates a policy checkpoint (its spec names the cameras), not 'expert'")
-            env = RosRigEnv(spec, RosEnvConfig(namespace=cfg.namespace), instruction=task)
-            return env.connect()
+        if spec is None:
+            raise ValueError("env=rig evaluates a policy checkpoint (its spec names the cameras), not 'expert'")
+        reset = reset_config(cfg.get("reset") if hasattr(cfg, "get") else cfg.reset)
+        classifier = str(cfg.get("classifier", "") if hasattr(cfg, "get") else cfg.classifier)
+        reward_fn = None
+        if classifier:
+            from flywheel.rl.reward_classifier import RewardClassifier
+
+            reward_fn = RewardClassifier.load(classifier).reward
+
+        def make_rig(task: str) -> Any:
+            return make_rig_env(spec, namespace=str(cfg.namespace), reset=reset, reward_fn=reward_fn,
+                                max_episode_steps=int(cfg.max_steps or 200), instruction=task)
 
         return make_rig
     raise ValueError(f"env={cfg.env!r}: use sim or rig")

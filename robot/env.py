@@ -18,7 +18,9 @@ one and then raises :class:`StaleObservation` naming the topic, the age and the
 node to check.
 
 Episodes: :meth:`reset` calls the franka node's ``home`` service, then the
-task's reset callback, and publishes ``episode/event`` ``start``. An episode
+task's reset callback (a :mod:`robot.reset` routine: a scripted motion through
+:meth:`move_to`, or the operator asked on ``reset/prompt`` through :meth:`prompt`
+and answering on ``episode/event``, :meth:`wait_event`), and publishes ``episode/event`` ``start``. An episode
 ends on ``episode/event`` success / failure (from the operator's teleop
 device), when the optional ``reward_fn`` (a learned reward classifier,
 ``obs -> probability``) crosses ``success_threshold`` (the env then publishes
@@ -147,6 +149,7 @@ class RosRigEnv(gym.Env):
         self._pub_gripper = n.create_publisher(JointState, "gripper/command", COMMAND_QOS)
         self._pub_event = n.create_publisher(String, "episode/event", COMMAND_QOS)
         self._pub_instruction = n.create_publisher(String, "policy/instruction", LATCHED_QOS)
+        self._pub_prompt = n.create_publisher(String, "reset/prompt", LATCHED_QOS)  # "" when none is pending
         from std_msgs.msg import Float32  # the reward classifier's belief, for the operator's console
 
         self._pub_reward = n.create_publisher(Float32, "reward/probability", COMMAND_QOS)
@@ -226,7 +229,7 @@ class RosRigEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._need()
-        self._call_home()
+        self.home()
         self._wait_for_subscribers()
         if self.task_reset is not None:
             self.task_reset(self)
@@ -287,12 +290,76 @@ class RosRigEnv(gym.Env):
         self._obs = obs
         return obs, reward, terminated, truncated, info
 
+    # ------------------------------------------------ reset routines' API
+    def pose(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The latest measured TCP position, quaternion (x, y, z, w) and gripper width (fresh, as :meth:`observe`)."""
+        self._need()
+        deadline = time.time() + self.cfg.wait_timeout
+        while True:
+            try:
+                t = time.time()
+                pos, quat = self.observer.sample("ee_pose", t)[1]
+                width = float(self.observer.sample("gripper", t)[1])
+                return np.asarray(pos, np.float64), np.asarray(quat, np.float64), width
+            except ObservationUnavailable as e:
+                if time.time() >= deadline:
+                    raise self._stale(e) from None
+            time.sleep(0.005)
+
+    def move_to(self, pos: np.ndarray, quat: np.ndarray, width: float | None = None, *, tolerance: float = 0.01,
+                timeout: float = 10.0) -> None:
+        """Stream a target at the control rate until the TCP is within ``tolerance`` m of ``pos`` (and the gripper,
+        when ``width`` is given, within 5 mm of it); ``width=None`` sends no gripper command (a grasp is kept)."""
+        self._need()
+        self._wait_for_subscribers()
+        pos, quat = np.asarray(pos, np.float64), np.asarray(quat, np.float64)
+        self._last_width = None  # the gripper command is sent (once) whatever was sent before
+        end = time.time() + timeout
+        while True:
+            self._publish_targets(pos, quat, width)
+            p, _, w = self.pose()
+            dist = float(np.linalg.norm(p - pos))
+            if dist <= tolerance and (width is None or abs(w - width) <= 0.005):
+                return
+            if time.time() > end:
+                raise RuntimeError(
+                    f"move_to {np.round(pos, 3).tolist()} (width {width}): the TCP is {dist:.3f} m away "
+                    f"(tolerance {tolerance}), gripper {w:.3f} m, after {timeout} s. Is the target inside the "
+                    "franka node's safety workspace, is the operator intervening, is the arm in error?")
+            time.sleep(self.period)
+
+    def prompt(self, text: str) -> None:
+        """Ask the operator something on ``reset/prompt`` (latched; ``""`` withdraws the request)."""
+        from std_msgs.msg import String
+
+        self._need()
+        self._pub_prompt.publish(String(data=text))
+
+    def clear_events(self) -> None:
+        """Forget the ``episode/event`` messages received so far."""
+        with self._events_lock:
+            self._events.clear()
+
+    def wait_event(self, names: tuple[str, ...], timeout: float) -> str | None:
+        """Pop ``episode/event`` messages (queued or to come) until one among ``names``; None after ``timeout`` s."""
+        end = time.time() + timeout
+        while time.time() < end:
+            with self._events_lock:
+                while self._events:
+                    ev = self._events.popleft().strip().lower()
+                    if ev in names:
+                        return ev
+            time.sleep(0.01)
+        return None
+
     # -------------------------------------------------------------- helpers
     def _need(self) -> None:
         if self._node is None:
             raise RuntimeError("RosRigEnv is not connected: call env.connect() (or use it as a context manager)")
 
-    def _publish_targets(self, pos: np.ndarray, quat: np.ndarray, width: float, stamp: float | None = None) -> None:
+    def _publish_targets(self, pos: np.ndarray, quat: np.ndarray, width: float | None,
+                         stamp: float | None = None) -> None:
+        """The pose target and, when ``width`` is given and changed, a gripper command."""
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
 
@@ -303,7 +370,7 @@ class RosRigEnv(gym.Env):
         p.x, p.y, p.z = (float(v) for v in pos)
         o.x, o.y, o.z, o.w = (float(v) for v in quat)
         self._pub_target.publish(msg)
-        if self._last_width is None or abs(width - self._last_width) > 1e-3:
+        if width is not None and (self._last_width is None or abs(width - self._last_width) > 1e-3):
             g = JointState(name=["width"], position=[float(width)], velocity=[self.cfg.gripper_speed],
                            effort=[self.cfg.grasp_force if width < self.cfg.grasp_below else 0.0])
             g.header.stamp = now
@@ -336,7 +403,8 @@ class RosRigEnv(gym.Env):
                                        f"(namespace {self.cfg.namespace or '/'!r})?")
                 time.sleep(0.01)
 
-    def _call_home(self) -> None:
+    def home(self) -> None:
+        """Call the franka node's ``home`` service and wait for it (``home_timeout``); raises naming the failure."""
         from std_srvs.srv import Trigger
 
         name = self._home.srv_name

@@ -36,6 +36,7 @@ from flywheel.rl.build import (
 from flywheel.rl.learner import LearnerConfig
 from flywheel.rl.sac import SACConfig
 from flywheel.rl.transport import TransportConfig
+from robot.reset import ResetConfig
 
 log = logging.getLogger("flywheel.rl")
 
@@ -48,6 +49,11 @@ class EnvConfig:
     privileged_state: bool = True  # sim only: object poses in state/privileged (state-only runs)
     factory: str = ""  # "module:function" returning the env instead of sim.make (e.g. the ROS env adapter)
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    kind: str = "sim"  # sim (sim.make) | rig (the ROS env adapter on a running rig-up graph: flywheel.rig_env)
+    namespace: str = ""  # rig: the rig's ROS namespace
+    control_hz: float = 10.0  # rig: rig-up's rig.control_hz
+    max_episode_steps: int = 200  # rig: an episode still running after this many steps is a failure
+    reset: ResetConfig = field(default_factory=ResetConfig)  # rig: reset.kind=none|scripted|operator (robot.reset)
 
 
 @dataclass
@@ -209,7 +215,10 @@ def compose(overrides: list[str]) -> Any:
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (``results.json``'s ``config``) in the current form; one from before the groups is converted."""
+    """A saved config (``results.json``'s ``config``) in the current form; one from before the groups is converted,
+    and ``env`` keys added since it was saved (``env.kind``, ``env.reset``...) get their defaults."""
+    if isinstance(saved.get("env"), dict):
+        saved = {**saved, "env": {**asdict(EnvConfig()), **saved["env"]}}
     if not isinstance(saved.get("role"), str):
         return saved
     top = {k: v for k, v in saved.items() if k not in MOVED and k not in ("role", "algo")}
@@ -251,15 +260,18 @@ def run(cfg: Any) -> dict[str, Any]:
     if role == "actor":
         from flywheel.rl.transport import ActorEndpoint
 
-        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
-                      reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
-                      recorder=make_recorder(cfg, env))
-        t0 = time.time()
-        tcfg = transport_config(cfg, agent)
-        with ActorEndpoint(tcfg, r.actor_name) as ep:
-            run_actor(actor, ep, int(cfg.total_steps), send_every=int(tcfg.send_every), progress=cfg.progress,
-                      random_steps=int(cfg.learner.random_steps), rate_hz=float(r.rate_hz))
-            results.update(sent=ep.sent, dropped=ep.dropped, **ep.counters)
+        try:
+            actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
+                          reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
+                          recorder=make_recorder(cfg, env))
+            t0 = time.time()
+            tcfg = transport_config(cfg, agent)
+            with ActorEndpoint(tcfg, r.actor_name) as ep:
+                run_actor(actor, ep, int(cfg.total_steps), send_every=int(tcfg.send_every), progress=cfg.progress,
+                          random_steps=int(cfg.learner.random_steps), rate_hz=float(r.rate_hz))
+                results.update(sent=ep.sent, dropped=ep.dropped, **ep.counters)
+        finally:
+            env.close()  # the rig env's ROS node goes with it
         results.update(env_steps=actor.env_steps, episodes=actor.episodes,
                        steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))
         _write_results(out / f"results_{r.actor_name}.json", results)

@@ -1,6 +1,6 @@
 """Builders of the RL app's parts from its composed config (``flywheel.rl.app.RLAppConfig``).
 
-The env (sim, or any ``module:function`` factory such as the ROS env adapter),
+The env (sim, the rig through :mod:`flywheel.rig_env`, or any ``module:function`` factory),
 the agent (with the generalist's frozen backbone as the encoder for latent RL),
 the simulated intervener, the demos (the scripted operator or a store's human
 episodes), the reward function, the rollout recorder, and the learner and
@@ -22,6 +22,13 @@ from flywheel.rl.transport import TransportConfig
 
 def make_env(cfg: Any) -> Any:
     e = cfg.env
+    kind = str(getattr(e, "kind", "sim"))
+    if kind not in ("sim", "rig"):
+        raise ValueError(f"env.kind={kind!r}: use sim or rig")
+    if kind == "rig":  # the ROS env adapter on a running rig-up graph, with the reset routine
+        from flywheel.rig_env import rl_rig_env
+
+        return rl_rig_env(cfg, reward_fn=reward_fn(cfg))
     if e.factory:
         mod, _, fn = e.factory.partition(":")
         if not fn:

@@ -11,7 +11,8 @@ Publishes, at ``rate_hz``:
 and, when they happen, ``teleop/gripper`` (sensor_msgs/JointState as
 ``gripper/command``: close = grasp with ``gripper_force``, open = move to
 0.08 m) and ``episode/event`` (std_msgs/String: start, success, failure,
-reset, abort).
+reset, abort). The env's requests to the operator on ``reset/prompt`` (std_msgs/String, e.g. a reset
+routine's "reset the scene, then confirm with reset") are logged where the operator looks.
 
 Parameters are :class:`robot.config.TeleopConfig` (``device``: keyboard,
 spacemouse, gamepad or none; ``tty_path`` for the keyboard) plus
@@ -77,6 +78,8 @@ class TeleopNode(RigNode):
         self.pub_gripper = self.make_publisher(JointState, "teleop/gripper", COMMAND_QOS)
         self.pub_intervening = self.make_publisher(Bool, "teleop/intervening", LATCHED_QOS)
         self.pub_event = self.make_publisher(String, "episode/event", COMMAND_QOS)
+        self.guarded_subscription(String, "reset/prompt", self._on_prompt, LATCHED_QOS)
+        self.prompt = ""  # the env's pending request to the operator (reset/prompt), "" when none
         self.diag = self.make_diagnostics("teleop", hardware_id=t.device)
 
     def start(self) -> None:
@@ -156,6 +159,12 @@ class TeleopNode(RigNode):
             self.get_logger().info(f"episode event: {ev[:40]!r}")
         if self.connected:
             self.diag.update(intervening=cmd.intervening)
+
+    def _on_prompt(self, m: String) -> None:
+        """Show the env's request (a reset routine's prompt) where the operator looks: the rig-up terminal."""
+        if m.data and m.data != self.prompt:
+            self.get_logger().warning(f"OPERATOR: {m.data[:300]}")
+        self.prompt = m.data
 
     def _publish_intervening(self, value: bool) -> None:
         if value != self._intervening:

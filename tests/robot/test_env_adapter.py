@@ -189,3 +189,40 @@ def test_actions_step_from_the_action_origin_and_interventions_are_recorded_in_i
     assert a[0] == pytest.approx(0.5 if origin == "commanded" else 0.7, abs=1e-6)
     with pytest.raises(ValueError, match="action_origin 'target'"):
         RosRigEnv(RigSpec(cameras=()), RosEnvConfig(action_origin="target"))
+
+
+@pytest.mark.ros
+def test_the_reset_routines_api_moves_prompts_and_waits_for_the_operator():
+    """What robot/reset.py uses: pose, move_to (a clear error when the arm does not get there), prompt, events."""
+    nodes = Spinner()
+    state = StateSource(nodes)
+    nodes.start()
+    probe = Probe()
+    probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)
+    probe.subscribe("gripper/command", JointState, COMMAND_QOS)
+    probe.subscribe("reset/prompt", String, COMMAND_QOS)
+    events = probe.publisher("episode/event", String, COMMAND_QOS)
+    env = RosRigEnv(RigSpec(cameras=()), RosEnvConfig(max_obs_age=0.4, wait_timeout=3.0))
+    try:
+        env.connect()
+        assert wait_for(lambda: env.observer.latest("ee_pose") and env.observer.latest("gripper"))  # discovery
+        pos, quat, width = env.pose()
+        np.testing.assert_allclose(pos, state.pos)
+        assert width == pytest.approx(0.05)
+        env.move_to(pos + [0.0, 0.0, 0.005], quat, tolerance=0.01, timeout=2.0)  # already within tolerance
+        with pytest.raises(RuntimeError, match=r"move_to \[0.5, 0.0, 0.2\] \(width 0.08\): the TCP is 0.100 m away"):
+            env.move_to([0.5, 0.0, 0.2], quat, 0.08, tolerance=0.01, timeout=0.3)
+        tgt = wait_for(lambda: probe.got("target_pose"))[-1].pose.position
+        assert (tgt.x, tgt.y, tgt.z) == pytest.approx((0.5, 0.0, 0.2))
+        assert wait_for(lambda: probe.got("gripper/command"))[-1].position[0] == pytest.approx(0.08)
+        env.prompt("put it back")
+        assert wait_for(lambda: [m.data for m in probe.got("reset/prompt")] == ["put it back"])
+        assert env.wait_event(("reset", "abort"), timeout=0.2) is None
+        wait_for(lambda: probe.node.count_subscribers("episode/event") > 0)
+        events.publish(String(data="success"))  # not an answer: dropped
+        events.publish(String(data="reset"))
+        assert env.wait_event(("reset", "abort"), timeout=3.0) == "reset"
+    finally:
+        env.close()
+        probe.close()
+        nodes.close()

@@ -97,3 +97,22 @@ def test_missing_device_is_a_clear_error_not_a_crash():
     finally:
         nodes.close()
         probe.close()
+
+
+def test_the_envs_reset_prompt_reaches_the_operators_terminal():
+    """A reset routine's prompt on reset/prompt (latched) is held (and logged) by the teleop node; "" withdraws it."""
+    probe = Probe()
+    prompt = probe.publisher("reset/prompt", String, LATCHED_QOS)
+    prompt.publish(String(data="put the cube back, then press b"))  # before the node is up: latched
+    nodes = Spinner()
+    node = TeleopNode("teleop", context=nodes.context,
+                      parameter_overrides=[rclpy.Parameter("teleop.device", value="none")])
+    nodes.add(node)
+    nodes.start()
+    try:
+        assert wait_for(lambda: node.prompt == "put the cube back, then press b")
+        prompt.publish(String(data=""))
+        assert wait_for(lambda: node.prompt == "")
+    finally:
+        nodes.close()
+        probe.close()
