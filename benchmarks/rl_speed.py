@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rl_speed.py            # full
     .venv/bin/python benchmarks/rl_speed.py --quick    # fewer repetitions
+    .venv/bin/python benchmarks/rl_speed.py --pixels   # pixel specialists: pretrained (cached) vs conv, 64/128 px
 
 Prints a markdown table and writes it (with the machine's load average) to
 ``--out`` (JSON). Updates are timed on synthetic replay data with the shapes a
@@ -54,14 +55,18 @@ def bench_updates(name: str, cfg: SACConfig, shapes: dict, n: int, threads: int)
             "threads": threads}
 
 
-def bench_actor(task: str, cameras: tuple[str, ...], steps: int, image_size: int) -> dict:
+def bench_actor(task: str, cameras: tuple[str, ...], steps: int, image_size: int, encoder: str = "") -> dict:
     import sim
     from flywheel.rl.actor import Actor
     from flywheel.rl.sac import obs_shapes_of
 
     torch.set_num_threads(1)
     env = sim.make(task, cameras=cameras, image_size=image_size, privileged_state=not cameras)
-    enc = "conv" if cameras else "state"
+    enc = encoder or ("conv" if cameras else "state")
+    if enc == "pretrained":  # the frozen trunk once per env step, in the env wrapper
+        from flywheel.rl.pretrained import FeatureEnv, ImageFeaturizer
+
+        env = FeatureEnv(env, ImageFeaturizer(10, image_size))
     agent = SACAgent(SACConfig(hidden_dims=[128, 128], encoder=enc, arm_dims=[0, 1, 2],
                                state_keys=None if not cameras else ["state/ee_pos", "state/gripper_width"]),
                      obs_shapes_of(env.observation_space))
@@ -77,11 +82,35 @@ def bench_actor(task: str, cameras: tuple[str, ...], steps: int, image_size: int
             "threads": 1}
 
 
+def pixel_rows(quick: bool, threads: int) -> list[dict]:
+    """Pixel specialists (issue #17): the frozen pretrained trunk's cached features vs the conv encoder on
+    images, 2 cameras at 64 and 128 px: learner updates (batch 256, MLP 128x2 as the lift preset) and actor steps."""
+    from flywheel.rl.pretrained import ImageFeaturizer
+
+    proprio = {"state/ee_pos": ((3,), "float32"), "state/gripper_width": ((1,), "float32")}
+    keys = ["state/ee_pos", "state/gripper_width"]
+    steps = 15 if quick else 40
+    rows = []
+    for px in (64, 128):
+        feat = ImageFeaturizer(10, px).out_shape
+        imgs = {**proprio, **{f"images/{c}": ((px, px, 3), "uint8") for c in ("front", "wrist")}}
+        feats = {**proprio, **{f"features/{c}": (feat, "float16") for c in ("front", "wrist")}}
+        rows.append(bench_updates(f"2x{px}px conv on images, batch 256", SACConfig(
+            encoder="conv", hidden_dims=[128, 128], state_keys=keys), imgs, 3 if px == 128 else 6, threads))
+        rows.append(bench_updates(f"2x{px}px pretrained (cached {feat[0]}x{feat[1]}x{feat[2]} fp16 features), "
+                                  "batch 256", SACConfig(encoder="pretrained", hidden_dims=[128, 128], state_keys=keys),
+                                  feats, 10 if quick else 30, threads))
+        for enc in ("conv", "pretrained"):
+            rows.append(bench_actor("LiftCube-Blue", ("front", "wrist"), steps, px, enc))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="outputs/bench/rl_speed.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pixels", action="store_true", help="only the pixel-specialist rows (issue #17)")
     a = ap.parse_args()
     n = 10 if a.quick else 40
     steps = 30 if a.quick else 150
@@ -89,7 +118,7 @@ def main() -> None:
                     "state/privileged": ((4,), "float32")}
     img64 = {**state_shapes, "images/front": ((64, 64, 3), "uint8"), "images/wrist": ((64, 64, 3), "uint8")}
     img128 = {**state_shapes, "images/front": ((128, 128, 3), "uint8"), "images/wrist": ((128, 128, 3), "uint8")}
-    rows = [
+    rows = pixel_rows(a.quick, a.threads) if a.pixels else [
         bench_updates("state-only, MLP 128x2, 2 critics, batch 256", SACConfig(hidden_dims=[128, 128]),
                       state_shapes, n * 5, a.threads),
         bench_updates("state-only, MLP 256x2, 10 critics (RLPD), batch 256",

@@ -186,6 +186,28 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Pixel specialists (issue #17): what the rig sees, no simulator state. Each is its state preset with the
+# front and wrist cameras at 128 px through the frozen pretrained trunk (agent.encoder=pretrained), the
+# agent's state restricted to proprioception and no state deltas (they read state/privileged).
+PIXEL_PROPRIO: dict[str, list[str]] = {
+    "peg_insert": ["state/ee_pos"],
+    "lift_cube": ["state/ee_pos", "state/ee_quat", "state/gripper_width"],  # ee_quat: lift controls yaw
+}
+
+
+def pixel_preset(name: str) -> dict[str, Any]:
+    """``<name>_pixels``: the state preset ``name`` for a pixel specialist (see PIXEL_PROPRIO)."""
+    base = TASK_PRESETS[name]
+    return {"env": {**base["env"], "privileged_state": False, "cameras": ["front", "wrist"], "image_size": 128},
+            "agent": {**base["agent"], "encoder": "pretrained", "state_keys": list(PIXEL_PROPRIO[name]),
+                      "state_deltas": []}}
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """Every ``rl_task`` option: the state presets and their ``_pixels`` variants."""
+    return {**TASK_PRESETS, **{f"{n}_pixels": pixel_preset(n) for n in PIXEL_PROPRIO}}
+
+
 def register() -> None:
     """Register the app config, its ``role`` and ``algo`` groups and the ``rl_task`` presets in hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
@@ -195,7 +217,7 @@ def register() -> None:
     for group, options in (("role", ROLES), ("algo", ALGOS)):
         for name, node in options.items():
             cs.store(group=group, name=name, node=node)
-    for name, preset in TASK_PRESETS.items():
+    for name, preset in presets().items():
         cs.store(group="rl_task", name=name, node=preset, package="_global_")
     cs.store(group="rl_task", name="none", node={}, package="_global_")
 

@@ -10,6 +10,7 @@ transport settings. A library: the ``flywheel-rl`` app and the distillation's
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -21,6 +22,35 @@ from flywheel.rl.transport import TransportConfig
 
 
 def make_env(cfg: Any) -> Any:
+    """The env of ``cfg.env``; with ``agent.encoder=pretrained``, wrapped to add the frozen trunk's features."""
+    env = _make_env(cfg)
+    if cfg.agent.encoder != "pretrained":
+        return env
+    from flywheel.rl.pretrained import FeatureEnv
+
+    try:
+        return FeatureEnv(env, featurizer(cfg), cfg.agent.image_keys)
+    except Exception:
+        env.close()
+        raise
+
+
+@functools.lru_cache(maxsize=4)
+def _featurizer(block: int, image_size: int, device: str) -> Any:
+    from flywheel.rl.pretrained import ImageFeaturizer
+
+    return ImageFeaturizer(block, image_size, device=device)
+
+
+def featurizer(cfg: Any) -> Any:
+    """The frozen EfficientNet-Lite0 trunk of ``agent.encoder=pretrained`` (``agent.pretrained_block``, at
+    ``env.image_size``), resolved from the installed wheel once per process (the env and the eval env share it)."""
+    from policy.device import resolve_device
+
+    return _featurizer(int(cfg.agent.pretrained_block), int(cfg.env.image_size), str(resolve_device(cfg.device, "device")))
+
+
+def _make_env(cfg: Any) -> Any:
     e = cfg.env
     kind = str(getattr(e, "kind", "sim"))
     if kind not in ("sim", "rig"):
@@ -121,6 +151,10 @@ def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | 
         eps = store.episodes(source="human", success=True)[: int(cfg.demos.num)]
         if not eps:
             raise ValueError(f"{cfg.demos.store}: no successful source=human episodes to use as demos")
+        if cfg.agent.encoder == "pretrained":  # the trunk's features of each recorded frame, once
+            from flywheel.rl.pretrained import with_features
+
+            eps = with_features(eps, featurizer(cfg), env.image_keys)
         batch = episodes_to_transitions(eps, agent.obs_keys, agent.cfg.gripper_fixed)
         return batch, {"demo_episodes": float(len(eps)), "demo_transitions": float(len(batch["reward"]))}
     import sim

@@ -8,7 +8,10 @@
   the critic with random-shift augmentation (``encoder="conv"``, :class:`ConvEncoder`),
   or frozen features of the generalist's backbone (``encoder="latent"``,
   iRe-VLA's latent RL) through a callable hook followed by a trainable
-  projection (:class:`LatentEncoder`).
+  projection (:class:`LatentEncoder`), or a trainable keypoint head on the frozen
+  pretrained feature maps the env wrapper caches in the observation
+  (``encoder="pretrained"``, ``features/<camera>``, :mod:`flywheel.rl.pretrained`;
+  :class:`KeypointEncoder`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from torch import nn
 # A frozen image encoder: uint8 images (B, H, W, 3) -> features (B, D), both torch.
 LatentEncoderFn = Callable[[torch.Tensor], torch.Tensor]
 
-ENCODERS = ("state", "conv", "latent")
+ENCODERS = ("state", "conv", "latent", "pretrained")
+
+# what a pixel run (env.privileged_state=false) does not have
+_PIXEL_HINT = (" (env.privileged_state=false drops state/privileged: a pixel specialist reads proprio only; "
+               "use rl_task=lift_cube_pixels / peg_insert_pixels or set agent.state_keys and agent.state_deltas=[])")
 
 if TYPE_CHECKING:
     from flywheel.rl.sac import SACConfig
@@ -42,25 +49,49 @@ def observation_layout(
 ) -> tuple[list[str], list[str]]:
     """(state keys, image keys) the agent reads, checked against the observation."""
     if cfg.encoder not in ENCODERS:
-        raise ValueError(f"encoder={cfg.encoder!r}: use one of state, conv, latent")
+        raise ValueError(f"encoder={cfg.encoder!r}: use one of {', '.join(ENCODERS)}")
     state_keys = list(cfg.state_keys) if cfg.state_keys is not None else sorted(
         k for k in obs_shapes if k.startswith("state/")
     )
     missing = [k for k in state_keys if k not in obs_shapes]
     if missing:
-        raise KeyError(f"state_keys {missing} are not in the observation (has {sorted(obs_shapes)})")
-    image_keys: list[str] = []
-    if cfg.encoder != "state":
-        image_keys = list(cfg.image_keys) if cfg.image_keys is not None else sorted(
-            k for k in obs_shapes if k.startswith("images/")
+        hint = _PIXEL_HINT if "state/privileged" in missing else ""
+        raise KeyError(f"agent.state_keys {missing} are not in the observation (has {sorted(obs_shapes)}){hint}")
+    if cfg.encoder == "state":
+        return state_keys, []
+    if cfg.encoder == "pretrained":
+        return state_keys, _feature_keys(obs_shapes, cfg)
+    image_keys = list(cfg.image_keys) if cfg.image_keys is not None else sorted(
+        k for k in obs_shapes if k.startswith("images/")
+    )
+    missing = [k for k in image_keys if k not in obs_shapes]
+    if missing or not image_keys:
+        raise KeyError(
+            f"encoder={cfg.encoder!r} needs images, but image keys {missing or '[]'} are not in the "
+            f"observation (has {sorted(obs_shapes)}); make the env with cameras or use encoder=state"
         )
-        missing = [k for k in image_keys if k not in obs_shapes]
-        if missing or not image_keys:
-            raise KeyError(
-                f"encoder={cfg.encoder!r} needs images, but image keys {missing or '[]'} are not in the "
-                f"observation (has {sorted(obs_shapes)}); make the env with cameras or use encoder=state"
-            )
     return state_keys, image_keys
+
+
+def _feature_keys(obs_shapes: Mapping[str, tuple[tuple[int, ...], str]], cfg: SACConfig) -> list[str]:
+    """encoder=pretrained reads ``features/<camera>`` (the frozen trunk's, cached by the env wrapper) for
+    the cameras of ``image_keys`` (None: every camera whose features are in the observation)."""
+    from flywheel.rl.pretrained import FEATURE_PREFIX, feature_key
+
+    if cfg.image_keys is not None:
+        keys = [feature_key(k) for k in cfg.image_keys]
+    else:
+        keys = sorted(k for k in obs_shapes if k.startswith(FEATURE_PREFIX))
+        keys = keys or sorted(feature_key(k) for k in obs_shapes if k.startswith("images/"))
+        if not keys:
+            raise KeyError(f"encoder='pretrained' needs camera images, but the observation has none (has "
+                           f"{sorted(obs_shapes)}); set env.cameras (e.g. [front,wrist]) or use encoder=state")
+    missing = [k for k in keys if k not in obs_shapes]
+    if missing:
+        raise KeyError(f"encoder='pretrained' reads {missing}, the frozen trunk's features, "
+                       f"which are not in the observation (has {sorted(obs_shapes)}): build the env with "
+                       f"flywheel.rl.build.make_env (it adds them) or wrap it in flywheel.rl.pretrained.FeatureEnv")
+    return keys
 
 
 _DELTA = re.compile(r"^\s*([\w/]+)\[(\d+):(\d+)\]\s*-\s*([\w/]+)\[(\d+):(\d+)\]\s*$")
@@ -83,7 +114,8 @@ def parse_state_deltas(
         sl = []
         for key, i, j in (m.group(1, 2, 3), m.group(4, 5, 6)):
             if key not in offsets:
-                raise KeyError(f"state_deltas entry {d!r}: {key} is not one of the state keys {state_keys}")
+                hint = _PIXEL_HINT if key not in obs_shapes and key == "state/privileged" else ""
+                raise KeyError(f"agent.state_deltas entry {d!r}: {key} is not one of the state keys {state_keys}{hint}")
             i, j = int(i), int(j)
             if not 0 <= i < j <= offsets[key][1]:
                 raise ValueError(f"state_deltas entry {d!r}: [{i}:{j}] is outside {key} (size {offsets[key][1]})")
@@ -148,6 +180,32 @@ class LatentEncoder(nn.Module):
         return self.head(z)
 
 
+class KeypointEncoder(nn.Module):
+    """Trainable head on one camera's frozen feature maps: float16 (B, C, h, w) -> (B, feature_dim).
+
+    As the compact VLA's head does: a 1x1 conv and ReLU, then spatial-softmax keypoints (where) with
+    the mean-pooled map (what), projected, LayerNorm, Tanh. No augmentation (the maps are cached).
+    """
+
+    def __init__(self, feat_shape: tuple[int, ...], channels: int, num_keypoints: int, feature_dim: int):
+        super().__init__()
+        from policy.compact import SpatialSoftmax
+
+        if len(feat_shape) != 3:
+            raise ValueError(f"encoder='pretrained' needs (C, h, w) feature maps, got shape {tuple(feat_shape)}")
+        c, h, w = (int(x) for x in feat_shape)
+        self.proj = nn.Sequential(nn.Conv2d(c, channels, 1), nn.ReLU())
+        self.keypoints = nn.Conv2d(channels, num_keypoints, 1)
+        self.softmax = SpatialSoftmax(h, w)
+        self.head = nn.Sequential(nn.Linear(2 * num_keypoints + channels, feature_dim), nn.LayerNorm(feature_dim),
+                                  nn.Tanh())
+
+    def forward(self, feats: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
+        x = self.proj(feats.float())
+        kp = self.softmax(self.keypoints(x)).flatten(1)
+        return self.head(torch.cat([kp, x.mean((2, 3))], -1))
+
+
 class Encoder(nn.Module):
     """Observation dict (torch) -> feature vector: image features ++ state vector."""
 
@@ -175,6 +233,8 @@ class Encoder(nn.Module):
                 if latent_fn is None:
                     raise ValueError("encoder='latent' needs latent_encoder=<callable images -> features>")
                 self.cams[name] = LatentEncoder(latent_fn, shape, cfg.feature_dim)
+            elif cfg.encoder == "pretrained":
+                self.cams[name] = KeypointEncoder(shape, cfg.conv_channels, cfg.pretrained_keypoints, cfg.feature_dim)
         self.out_dim = state_dim + cfg.feature_dim * len(self.cams)
         # state normalisation (identity until set_state_stats; saved with the weights)
         self.register_buffer("state_mean", torch.zeros(state_dim))

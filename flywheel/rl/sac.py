@@ -5,7 +5,9 @@ The agent, built from its parts:
 * **Encoder** (:mod:`flywheel.rl.encoders`) turns a spec observation dict into a
   feature vector: the state keys (proprioception, or every ``state/*`` key for
   state-only sim runs), plus per camera a conv net (``encoder="conv"``) or the
-  generalist's frozen backbone and a projection (``encoder="latent"``).
+  generalist's frozen backbone and a projection (``encoder="latent"``), or a
+  keypoint head on frozen pretrained features cached per env step
+  (``encoder="pretrained"``, :mod:`flywheel.rl.pretrained`).
 * **Critic** (:mod:`flywheel.rl.networks`): an ensemble of LayerNorm MLPs
   (RLPD/REDQ): every member regresses to one target, the minimum over a random
   subset of the target ensemble.
@@ -71,14 +73,16 @@ class SACConfig:
     gripper_penalty: float = 0.0  # subtracted from the gripper critic's reward on open/close
     gripper_epsilon: float = 0.05  # epsilon-greedy exploration of the gripper while training
     # observation encoding
-    encoder: str = "state"  # state | conv | latent
+    encoder: str = "state"  # state | conv | latent | pretrained (frozen EfficientNet-Lite0 features, cached)
     state_keys: list[str] | None = None  # None -> every state/* key in the observation
     # extra state features, differences of two slices of state keys: "key[i:j]-key[k:l]", e.g. the hole
     # relative to the peg ("state/privileged[3:6]-state/privileged[0:3]"), as a wrist camera would see it
     state_deltas: list[str] = field(default_factory=list)
     image_keys: list[str] | None = None  # None -> every images/* key (conv/latent only)
     feature_dim: int = 64  # per-camera feature size after the conv net / latent projection
-    conv_channels: int = 32
+    conv_channels: int = 32  # conv: channels of each layer; pretrained: the head's 1x1 conv
+    pretrained_block: int = 10  # pretrained: the EfficientNet-Lite0 block the trunk is cut after (112 ch)
+    pretrained_keypoints: int = 16  # pretrained: spatial-softmax keypoints per camera
     shift_pad: int = 4  # random-shift augmentation (pixels), 0 disables
     grad_clip: float = 10.0
 

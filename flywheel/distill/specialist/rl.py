@@ -92,6 +92,11 @@ class RLSpecialistAgent:
             self.agent = build_agent(rl_cfg, env)
         finally:
             env.close()
+        self._featurizer = None  # a pixel specialist (agent.encoder=pretrained) adds the trunk's features itself
+        if self.agent.cfg.encoder == "pretrained":
+            from flywheel.rl.build import featurizer
+
+            self._featurizer = featurizer(rl_cfg)
         tensors = safetensors.torch.load_file(str(run_dir / "checkpoint" / "agent.safetensors"))
         self.agent.load_state_dict({k[len("agent/"):]: v for k, v in tensors.items() if k.startswith("agent/")})
         self.agent.eval()
@@ -101,6 +106,10 @@ class RLSpecialistAgent:
         self._acting.reset()
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
+        if self._featurizer is not None:
+            from flywheel.rl.pretrained import add_features, image_key
+
+            obs = add_features(obs, self._featurizer, [image_key(k) for k in self.agent.image_keys])
         a = self._acting.act(obs)
         self._acting.grip = float(a[6])  # its own gripper command stays in force
         return a
