@@ -278,6 +278,8 @@ def run(cfg: Any) -> dict[str, Any]:
     agent = build_agent(cfg, env)
     rng_seed = int(cfg.seed)
     results: dict[str, Any] = {"role": role, "algo": algo, "task": cfg.env.task, "seed": rng_seed}
+    if cfg.agent.encoder == "pretrained":  # which frozen features the buffers hold
+        results["pretrained_encoder"] = env.featurizer.encoder_id
 
     if role == "actor":
         from flywheel.rl.transport import ActorEndpoint

@@ -39,9 +39,10 @@ class ImageFeaturizer:
 
     def __init__(self, block: int = 10, image_size: int = 128, name: str = "efficientnet-lite0",
                  device: str | torch.device = "cpu", chunk: int = 64):
-        from policy.encoders import image_trunk
+        from policy.encoders import image_encoder_id, image_trunk
 
         self.trunk = image_trunk(name, int(block), int(image_size)).to(device).eval()
+        self.encoder_id = image_encoder_id(name, int(block), int(image_size))  # weights digest, block, size
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         self.device = torch.device(device)

@@ -69,6 +69,7 @@ def test_pixel_preset_trains_on_cached_features_and_resumes(tmp_path):
     args = [f"out_dir={tmp_path}", "rl_task=lift_cube_pixels", *TINY]
     res = run(compose([*args, "total_steps=30"]))
     assert res["env_steps"] == 30 and res["update_calls"] == 21 and not res["resumed"]
+    assert res["pretrained_encoder"].startswith("efficientnet-lite0-") and "-b10-32px" in res["pretrained_encoder"]
     ckpt = tmp_path / "checkpoint"
     for buf in ("online_buffer.npz", "demo_buffer.npz"):
         with np.load(ckpt / buf) as z:
