@@ -122,6 +122,9 @@ class Actor:
     # -------------------------------------------------------------- episode
     def reset(self) -> dict[str, np.ndarray]:
         obs = self._loop.reset(int(self.rng.integers(2**31)))
+        reset_reward = getattr(self.reward_fn, "reset", None)  # a stateful reward (ClassifierReward)
+        if reset_reward is not None:
+            reset_reward()
         self._acting.start(obs)
         self._ret = 0.0
         if self.recorder is not None:

@@ -173,7 +173,7 @@ def reward_fn(cfg: Any) -> Any:
 
     if not a.classifier:
         raise ValueError("algo.reward=classifier needs algo.classifier=<path to the reward classifier .safetensors>")
-    return RewardClassifier.load(a.classifier).reward
+    return RewardClassifier.load(a.classifier).reward_fn()
 
 
 def make_recorder(cfg: Any, env: Any) -> Any:

