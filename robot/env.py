@@ -233,6 +233,8 @@ class RosRigEnv(gym.Env):
         self._wait_for_subscribers()
         if self.task_reset is not None:
             self.task_reset(self)
+        if callable(getattr(self.reward_fn, "reset", None)):
+            self.reward_fn.reset()  # type: ignore[union-attr]  # a stateful reward counts frames per episode
         if self.instruction:
             from std_msgs.msg import String
 
@@ -274,7 +276,8 @@ class RosRigEnv(gym.Env):
             reward = float(self.reward_fn(obs))
             from std_msgs.msg import Float32
 
-            self._pub_reward.publish(Float32(data=reward))
+            # a stateful reward (k frames in a row) keeps the classifier's own belief beside its 0/1 verdict
+            self._pub_reward.publish(Float32(data=float(getattr(self.reward_fn, "probability", reward))))
             if reward >= self.cfg.success_threshold and not success:
                 success = True
                 self._publish_event("success")

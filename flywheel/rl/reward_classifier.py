@@ -193,10 +193,13 @@ class RewardClassifier(nn.Module):
                for i in range(0, n, batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
+    def probability(self, obs: Mapping[str, np.ndarray]) -> float:
+        """p(success) of one observation."""
+        return float(self.predict_proba({k: np.asarray(obs[k])[None] for k in self.cfg.image_keys})[0])
+
     def reward(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> float:
         """1.0 when this one observation scores above the threshold (see :class:`ClassifierReward`)."""
-        p = self.predict_proba({k: np.asarray(obs[k])[None] for k in self.cfg.image_keys})[0]
-        return 1.0 if p > self.cfg.threshold else 0.0
+        return 1.0 if self.probability(obs) > self.cfg.threshold else 0.0
 
     def reward_fn(self) -> ClassifierReward:
         return ClassifierReward(self)
@@ -228,12 +231,14 @@ class ClassifierReward:
     def __init__(self, model: RewardClassifier) -> None:
         self.model = model
         self.streak = 0
+        self.probability = 0.0  # of the last frame scored (the rig env shows it to the operator)
 
     def reset(self) -> None:
         self.streak = 0
 
     def __call__(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> float:
-        self.streak = self.streak + 1 if self.model.reward(obs) > 0 else 0
+        self.probability = self.model.probability(obs)
+        self.streak = self.streak + 1 if self.probability > self.model.cfg.threshold else 0
         if self.streak >= self.model.cfg.consecutive:
             self.streak = 0
             return 1.0

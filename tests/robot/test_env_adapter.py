@@ -10,7 +10,7 @@ import rclpy
 from _ros_probe import Probe, Spinner
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Float32, String
 from std_srvs.srv import Trigger
 from waiting import wait_for
 
@@ -92,6 +92,7 @@ def test_env_round_trip_over_dds(tmp_path):
     probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)
     probe.subscribe("gripper/command", JointState, COMMAND_QOS)
     probe.subscribe("episode/event", String, COMMAND_QOS)
+    probe.subscribe("reward/probability", Float32, COMMAND_QOS)
     events = probe.publisher("episode/event", String, COMMAND_QOS)
     classifier_says = [0.0]
     env = RosRigEnv(spec, RosEnvConfig(max_obs_age=0.4, wait_timeout=3.0, max_episode_steps=50),
@@ -140,6 +141,28 @@ def test_env_round_trip_over_dds(tmp_path):
         _, r, term, _, info = env.step(np.zeros(7, np.float32))
         assert term and info["is_success"] and r == pytest.approx(0.9)
         assert wait_for(lambda: "success" in [m.data for m in probe.got("episode/event")])
+        # a stateful classifier reward (k frames in a row): reset at each episode, its belief shown to the operator
+
+        class Streak:
+            def __init__(self):
+                self.resets, self.streak, self.probability = 0, 0, 0.0
+
+            def reset(self):
+                self.resets, self.streak = self.resets + 1, 0
+
+            def __call__(self, obs):
+                self.probability = 0.7
+                self.streak += 1
+                return float(self.streak >= 2)
+
+        env.reward_fn = streak = Streak()
+        streak.streak = 5  # left over from another episode
+        env.reset()
+        assert streak.resets == 1 and streak.streak == 0
+        probe.clear()
+        assert not env.step(np.zeros(7, np.float32))[2]  # one frame is not enough
+        assert env.step(np.zeros(7, np.float32))[2]
+        assert wait_for(lambda: probe.got("reward/probability"))[-1].data == pytest.approx(0.7)
     finally:
         env.close()
         probe.close()

@@ -123,16 +123,17 @@ def test_pretrained_classifier_separates_success_and_chooses_its_threshold(tmp_p
 
 def test_classifier_reward_counts_consecutive_frames_and_resets():
     class Stub:
-        cfg = ClassifierConfig(consecutive=2)
+        cfg = ClassifierConfig(consecutive=2, threshold=0.5)
 
         def __init__(self, seq):
             self.seq = iter(seq)
 
-        def reward(self, obs):
+        def probability(self, obs):
             return next(self.seq)
 
-    r = ClassifierReward(Stub([1, 0, 1, 1, 1, 1, 1]))  # type: ignore[arg-type]
+    r = ClassifierReward(Stub([0.9, 0.1, 0.8, 0.6, 0.9, 0.9, 0.9]))  # type: ignore[arg-type]
     assert [r({}) for _ in range(4)] == [0.0, 0.0, 0.0, 1.0]
+    assert r.probability == pytest.approx(0.6)  # the last frame's belief, for the operator
     r({})
     r.reset()  # a new episode: the streak of the last one does not carry over
     assert r({}) == 0.0 and r({}) == 1.0
@@ -176,9 +177,9 @@ def test_actor_restarts_the_reward_streak_every_episode():
     from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
 
     class Stub:  # every frame scores above the threshold
-        cfg = ClassifierConfig(consecutive=3)
+        cfg = ClassifierConfig(consecutive=3, threshold=0.5)
 
-        def reward(self, obs):
+        def probability(self, obs):
             return 1.0
 
     env = LineEnv(horizon=2)  # episodes time out before three frames in a row
