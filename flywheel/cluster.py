@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -339,6 +340,44 @@ class RayEpisodePool:
         if self._own:
             self._ray.shutdown()
         self._ray = None
+
+
+class EvalScalars:
+    """TensorBoard scalars of an evaluation, as episodes arrive from any worker (``on_result`` of a pool).
+
+    Per task: ``eval/<task>/success_rate`` and ``eval/<task>/mean_steps`` (running, x = episodes of that
+    task done); across the pool: ``eval/episodes_per_min`` and ``eval/workers_replaced`` (x = episodes
+    done). :meth:`task_done` writes a finished task's totals (the serial path, which has no pool).
+    """
+
+    def __init__(self, log_dir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+        self.t0 = time.perf_counter()
+        self.done = 0
+        self.per_task: dict[str, list[tuple[bool, int]]] = {}
+
+    def __call__(self, pool: RayEpisodePool | None, rec: dict[str, Any]) -> None:
+        task = rec["task"]
+        eps = self.per_task.setdefault(task, [])
+        eps.append((bool(rec["success"]), int(rec["steps"])))
+        self.done += 1
+        n = len(eps)
+        self.writer.add_scalar(f"eval/{task}/success_rate", sum(e[0] for e in eps) / n, n)
+        self.writer.add_scalar(f"eval/{task}/mean_steps", sum(e[1] for e in eps) / n, n)
+        minutes = max(time.perf_counter() - self.t0, 1e-9) / 60.0
+        self.writer.add_scalar("eval/episodes_per_min", self.done / minutes, self.done)
+        if pool is not None:
+            self.writer.add_scalar("eval/workers_replaced", pool.replaced, self.done)
+
+    def task_done(self, result: Any) -> None:
+        n = int(result.episodes)
+        self.writer.add_scalar(f"eval/{result.task}/success_rate", result.rate, n)
+        self.writer.add_scalar(f"eval/{result.task}/mean_steps", result.mean_steps, n)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def evaluate_tasks(tasks: Sequence[str], src: PolicySource, episodes: int, *, seed: int,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.cluster import ClusterConfig, PolicySource, evaluate_tasks
+from flywheel.cluster import ClusterConfig, EvalScalars, PolicySource, evaluate_tasks
 from flywheel.rollout import Agent, Step
 from flywheel.rollout import run_episodes as _rollouts
 from robot.reset import ResetConfig
@@ -259,6 +259,7 @@ class EvalConfig:
     reset: ResetConfig = field(default_factory=ResetConfig)  # rig: reset.kind=none|scripted|operator (robot.reset)
     classifier: str = ""  # rig: a reward classifier .safetensors judges success ("": the operator's events)
     out: str = ""  # results JSON ("" -> eval_results.json in hydra's run directory)
+    tensorboard: str = ""  # a log dir: success rate per task and episodes/min as episodes arrive (any worker)
     progress: bool = True
     device: str = "auto"  # the policy's torch device: auto (CUDA when present) | cpu | cuda | cuda:N
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: episodes on Ray workers
@@ -318,8 +319,13 @@ def run_eval(cfg: Any) -> dict[str, TaskResult]:
         src = PolicySource(checkpoint=str(cfg.policy), expert_noise=float(cfg.expert_noise), execute=int(cfg.execute),
                            device=device, env="sim", max_steps=cfg.max_steps,
                            env_kwargs={"cameras": list(cfg.cameras), "image_size": int(cfg.image_size)})
-        results = evaluate_tasks(list(cfg.tasks), src, int(cfg.episodes), seed=int(cfg.seed), cluster=cluster,
-                                 progress=bool(cfg.progress))
+        scalars = _scalars(cfg)
+        try:
+            results = evaluate_tasks(list(cfg.tasks), src, int(cfg.episodes), seed=int(cfg.seed), cluster=cluster,
+                                     progress=bool(cfg.progress), on_result=scalars)
+        finally:
+            if scalars is not None:
+                scalars.close()
         return _report(cfg, results)
     spec, pol = None, None
     if cfg.policy != "expert":
@@ -337,9 +343,23 @@ def run_eval(cfg: Any) -> dict[str, TaskResult]:
         return ChunkedPolicy(pol, instruction, execute=int(cfg.execute))
 
     make_env = _env_factory(cfg, spec)
-    results = {t: evaluate_task(t, make_agent, int(cfg.episodes), seed=int(cfg.seed), make_env=make_env,
-                                max_steps=cfg.max_steps, show_progress=bool(cfg.progress)) for t in cfg.tasks}
+    scalars = _scalars(cfg)
+    results = {}
+    try:
+        for t in cfg.tasks:
+            results[t] = evaluate_task(t, make_agent, int(cfg.episodes), seed=int(cfg.seed), make_env=make_env,
+                                       max_steps=cfg.max_steps, show_progress=bool(cfg.progress))
+            if scalars is not None:
+                scalars.task_done(results[t])
+    finally:
+        if scalars is not None:
+            scalars.close()
     return _report(cfg, results)
+
+
+def _scalars(cfg: Any) -> EvalScalars | None:
+    tb = cfg.get("tensorboard", "") if hasattr(cfg, "get") else cfg.tensorboard
+    return EvalScalars(tb) if tb else None
 
 
 def _report(cfg: Any, results: dict[str, TaskResult]) -> dict[str, TaskResult]:

@@ -62,10 +62,26 @@ def test_ray_eval_equals_serial_episode_by_episode(ray_cluster, tmp_path):
     def cfg(kind: str) -> object:
         return OmegaConf.structured(EvalConfig(policy="expert", tasks=[TASK], episodes=4, cameras=[], expert_noise=1.0,
                                                max_steps=25, out=str(tmp_path / f"{kind}.json"), progress=False,
-                                               cluster=ClusterConfig(kind=kind, workers=2)))
+                                               cluster=ClusterConfig(kind=kind, workers=2),
+                                               tensorboard=str(tmp_path / f"tb_{kind}")))
     a, b = run_eval(cfg("local"))[TASK], run_eval(cfg("ray"))[TASK]
     assert b.success_per_episode == a.success_per_episode and b.seeds == a.seeds
     assert (b.mean_steps, b.mean_return) == pytest.approx((a.mean_steps, a.mean_return), abs=1e-9)
+    # TensorBoard across the workers: one running point per episode, ending at the result; serial: the total
+    ray_tb, local_tb = scalars(tmp_path / "tb_ray"), scalars(tmp_path / "tb_local")
+    rate = ray_tb[f"eval/{TASK}/success_rate"]
+    assert [s for s, _ in rate] == [1, 2, 3, 4] and rate[-1][1] == pytest.approx(b.rate)
+    assert len(ray_tb["eval/episodes_per_min"]) == 4 and all(v > 0 for _, v in ray_tb["eval/episodes_per_min"])
+    assert ray_tb["eval/workers_replaced"][-1][1] == 0
+    assert local_tb[f"eval/{TASK}/success_rate"] == [(4, pytest.approx(a.rate))]
+
+
+def scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(log_dir))
+    ea.Reload()
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
 
 
 @pytest.mark.slow
