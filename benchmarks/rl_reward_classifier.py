@@ -95,7 +95,7 @@ def run_variant(name: str, cfg: ClassifierConfig, train: tuple, fresh: tuple, co
                      "fresh": evaluate(p_fresh, f_labels, f_groups, chosen["threshold"], k)})
     scores = {"val_scores": p_val, "val_labels": labels[va], "val_groups": groups[va], "fresh_scores": p_fresh,
               "fresh_labels": f_labels, "fresh_groups": f_groups}
-    return {"encoder": name, "scores": scores, "train_s": t_train, "score_fresh_s": t_score,
+    return {"encoder": name, "model": model, "scores": scores, "train_s": t_train, "score_fresh_s": t_score,
             "score_ms_per_frame": 1000 * t_score / max(1, len(f_labels)), "rows": rows}
 
 
@@ -137,6 +137,9 @@ def main() -> None:
         res = run_variant(enc, cfg, tr, fr, ks, a.target_precision)
         Path(a.out).mkdir(parents=True, exist_ok=True)
         np.savez(Path(a.out) / f"scores_{enc}.npz", **res.pop("scores"))  # to re-choose thresholds offline
+        model = res.pop("model")  # its threshold and k as train_classifier chose them: algo.classifier=<this file>
+        res["saved"] = str(model.save(Path(a.out) / f"classifier_{enc}.safetensors"))
+        res["saved_threshold"], res["saved_consecutive"] = model.cfg.threshold, model.cfg.consecutive
         results.append(res)
         for r in res["rows"]:
             f, h = r["fresh"], r["held_out"]

@@ -274,7 +274,7 @@ def run(cfg: Any) -> dict[str, Any]:
     torch.set_num_threads(int(cfg.torch_threads))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env = make_env(cfg)
+    env = make_env(cfg, training=True)
     agent = build_agent(cfg, env)
     rng_seed = int(cfg.seed)
     results: dict[str, Any] = {"role": role, "algo": algo, "task": cfg.env.task, "seed": rng_seed}

@@ -21,9 +21,13 @@ from flywheel.rl.sac import SACConfig
 from flywheel.rl.transport import TransportConfig
 
 
-def make_env(cfg: Any) -> Any:
-    """The env of ``cfg.env``; with ``agent.encoder=pretrained``, wrapped to add the frozen trunk's features."""
-    env = _make_env(cfg)
+def make_env(cfg: Any, training: bool = False) -> Any:
+    """The env of ``cfg.env``; with ``agent.encoder=pretrained``, wrapped to add the frozen trunk's features.
+
+    ``training`` with ``algo.reward=classifier``: the sim env does not end an episode on its own success
+    test, so the classifier alone decides (as on the rig); evaluation envs keep the sim's test as the truth.
+    """
+    env = _make_env(cfg, training)
     if cfg.agent.encoder != "pretrained":
         return env
     from flywheel.rl.pretrained import FeatureEnv
@@ -50,7 +54,7 @@ def featurizer(cfg: Any) -> Any:
     return _featurizer(int(cfg.agent.pretrained_block), int(cfg.env.image_size), str(resolve_device(cfg.device, "device")))
 
 
-def _make_env(cfg: Any) -> Any:
+def _make_env(cfg: Any, training: bool = False) -> Any:
     e = cfg.env
     kind = str(getattr(e, "kind", "sim"))
     if kind not in ("sim", "rig"):
@@ -66,8 +70,9 @@ def _make_env(cfg: Any) -> Any:
         return getattr(importlib.import_module(mod), fn)(**dict(e.factory_kwargs))
     import sim
 
+    blind = training and getattr(cfg.algo, "reward", "success") == "classifier"  # no sim success signal
     return sim.make(e.task, cameras=tuple(e.cameras), image_size=int(e.image_size),
-                    privileged_state=bool(e.privileged_state))
+                    privileged_state=bool(e.privileged_state), terminate_on_success=not blind)
 
 
 def sac_config(cfg: Any) -> SACConfig:

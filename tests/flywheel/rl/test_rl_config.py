@@ -100,3 +100,19 @@ def test_a_run_saved_before_the_groups_loads_as_a_specialist(tmp_path):
     assert a.shape == (7,) and np.isfinite(a).all()
     info = train_rl("Line", SpecialistConfig(algo="sac", rl_run=str(run_dir)), tmp_path / "spec")
     assert info["eval_episodes"] == 3 and info["env_steps"] == 40
+
+
+def test_a_classifier_rewarded_run_trains_without_the_sims_success_signal():
+    """algo.reward=classifier: the training env runs on past the sim's success test (only the classifier
+    ends an episode, as on the rig); the evaluation env keeps that test as the truth."""
+    from flywheel.rl.build import make_env
+
+    for reward, blind in (("classifier", True), ("success", False)):
+        cfg = compose(["rl_task=lift_cube", f"algo.reward={reward}", "algo.classifier=c.safetensors"])
+        train_env, eval_env = make_env(cfg, training=True), make_env(cfg)
+        try:
+            assert train_env.unwrapped.terminate_on_success is not blind
+            assert eval_env.unwrapped.terminate_on_success
+        finally:
+            train_env.close()
+            eval_env.close()
