@@ -36,6 +36,7 @@ import numpy as np
 EXPERT_TASKS = ["PandaRig/LiftCube-Red-v0", "PandaRig/LiftCube-Green-v0", "PandaRig/PlaceCubeBin-Red-v0",
                 "PandaRig/PushCube-Blue-v0"]
 RL_TASKS = ["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0", "PandaRig/PlaceCubeTarget-Green-v0"]
+MORE_DEMOS = ("PandaRig/PushCube-Blue-v0=330", "PandaRig/LiftCube-Green-v0=330")  # G0 v3: 0.70 -> 0.80
 STAGES = ("collect", "features", "train", "eval", "latency", "report")
 
 log = logging.getLogger("g0")
@@ -67,6 +68,17 @@ def _collect_pool(args: argparse.Namespace) -> Any:
     return RayEpisodePool(src, ClusterConfig(kind="ray", workers=args.workers))
 
 
+def demos_for(args: argparse.Namespace, task: str) -> int:
+    """Successful demos to collect for ``task``: ``--demos-for TASK=N`` where given, else ``--demos``."""
+    for item in args.demos_for:
+        name, sep, n = item.rpartition("=")
+        if not sep or not n.isdigit():
+            raise SystemExit(f"--demos-for {item!r}: write it as TASK=N, e.g. PandaRig/PushCube-Blue-v0=330")
+        if name == task:
+            return int(n)
+    return int(args.demos)
+
+
 def collect(args: argparse.Namespace, work: Path) -> None:
     with _collect_pool(args) as pool:
         _collect(args, work, pool)
@@ -86,12 +98,13 @@ def _collect(args: argparse.Namespace, work: Path, pool: Any) -> None:
             agent = ExpertAgent(env, noise=args.noise, seed=ti)
             t0 = time.perf_counter()
             start = 0
+            want = demos_for(args, task)
             while True:
                 have = len(select(store, task=task, collection=name))
-                if have >= args.demos:
+                if have >= want:
                     break
                 # a batch of seeds sized by the remaining successes (noise 1.0 succeeds ~80%)
-                n = max(5, int((args.demos - have) * 1.3))
+                n = max(5, int((want - have) * 1.3))
                 seeds = range(start, start + n)
                 start += n
                 st = record_rollouts(store, env, agent, seeds, source="human", collection=name, progress=False,
@@ -301,11 +314,14 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=EXPERT_TASKS)
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     ap.add_argument("--demos", type=int, default=165, help="successful human-like demos per task")
+    ap.add_argument("--demos-for", nargs="*", default=list(MORE_DEMOS), metavar="TASK=N",
+                    help="more demos where G0 is weak (G0 v3: twice the PushCube and LiftCube-Green demos)")
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--feature-block", type=int, default=10)
     ap.add_argument("--frame-stride", type=int, default=1, help="encode and train on every k-th frame")
-    ap.add_argument("--max-demos", type=int, default=165, help="train on at most this many demos per task")
+    ap.add_argument("--max-demos", type=int, default=330, help="train on at most this many demos per task "
+                    "(G0 v2: 165)")
     ap.add_argument("--fastest", type=float, default=1.0,
                     help="train on this fraction of each task's demos, the shortest ones (filtered BC)")
     ap.add_argument("--name", default="g0", help="the checkpoint's directory name under the workdir")
@@ -335,7 +351,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
     if args.quick:
-        args.demos, args.steps, args.episodes, args.latency_iters = 3, 30, 2, 10
+        args.demos, args.demos_for, args.steps, args.episodes, args.latency_iters = 3, [], 30, 2, 10
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
