@@ -94,20 +94,6 @@ def frozen_trunk(name: str, block: int, image_size: int) -> tuple[nn.Module, str
     return trunk, image_encoder_id(name, block, image_size)
 
 
-class SpatialSoftmax(nn.Module):
-    """(B, K, h, w) logits -> (B, K, 2) expected (x, y) in [-1, 1], with a learned temperature."""
-
-    def __init__(self, h: int, w: int) -> None:
-        super().__init__()
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], -1), persistent=False)
-        self.log_temp = nn.Parameter(torch.zeros(()))
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        att = (logits.flatten(2) / self.log_temp.exp()).softmax(-1)
-        return att @ self.grid.to(att.dtype)
-
-
 class FeatureEncoder(nn.Module):
     """Frozen-trunk feature maps (B, C, h, w) of one camera -> (B, feature_dim)."""
 
@@ -115,6 +101,8 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         c, h, w = (int(x) for x in in_shape)
         self.proj = nn.Sequential(nn.Conv2d(c, channels, 1), nn.ReLU())
+        from policy.compact import SpatialSoftmax  # the compact VLA's keypoints, as the pixel agent's head
+
         self.keypoints = SpatialSoftmax(h, w) if pooling == "spatial_softmax" else None
         n = channels * (3 if self.keypoints is not None else 1)
         self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
