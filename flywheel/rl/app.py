@@ -255,6 +255,15 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     return {**top, **pick, "transport": transport}
 
 
+def actor_reward(cfg: Any) -> tuple[str, Any]:
+    """The actor's ``(reward_source, reward_fn)``. On the rig (``env.kind=rig``) the env already runs the reward
+    classifier as its success test (and announces ``success``), so the actor reads the env's success instead of
+    running the classifier a second time on the same frame."""
+    if str(getattr(cfg.env, "kind", "sim")) == "rig":
+        return "success", None
+    return str(cfg.algo.reward), reward_fn(cfg)
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Run one role of the app with a composed config; returns the results written to results.json."""
     import torch
@@ -285,8 +294,9 @@ def run(cfg: Any) -> dict[str, Any]:
         from flywheel.rl.transport import ActorEndpoint
 
         try:
-            actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
-                          reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
+            source, fn = actor_reward(cfg)
+            actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
+                          reward_fn=fn, seed=rng_seed, name=r.actor_name,
                           recorder=make_recorder(cfg, env))
             t0 = time.time()
             tcfg = transport_config(cfg, agent)
@@ -325,8 +335,9 @@ def run(cfg: Any) -> dict[str, Any]:
         for _ in trange(int(a.steps), disable=not cfg.progress, desc="BC steps"):
             agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))
     elif role == "local":
-        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=a.reward,
-                      reward_fn=reward_fn(cfg), seed=rng_seed, name=r.actor_name,
+        source, fn = actor_reward(cfg)
+        actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
+                      reward_fn=fn, seed=rng_seed, name=r.actor_name,
                       recorder=make_recorder(cfg, env))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)

@@ -188,3 +188,21 @@ def test_actor_restarts_the_reward_streak_every_episode():
     actor = Actor(env, agent, reward_source="classifier", reward_fn=reward, seed=0)
     rewards = [float(actor.step()[0]["reward"]) for _ in range(8)]
     assert rewards == [0.0] * 8  # without the reset, the 3rd step (first of episode 2) would fire
+
+
+def test_on_the_rig_the_env_runs_the_classifier_and_the_actor_reads_its_success(tmp_path):
+    """The rig env's success test is the classifier (it announces ``success``); the actor must not run a second
+    copy on the same frame. In sim the actor runs it (the env knows nothing of it)."""
+    from types import SimpleNamespace
+
+    from flywheel.rl.app import actor_reward
+
+    images, _, _ = _episodes(2, 6, np.random.default_rng(0))
+    path = RewardClassifier(_cfg(consecutive=1), {k: v.shape[1:] for k, v in images.items()}).save(
+        tmp_path / "clf.safetensors")
+    algo = SimpleNamespace(reward="classifier", classifier=str(path))
+    assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="rig"), algo=algo)) == ("success", None)
+    source, fn = actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"), algo=algo))
+    assert source == "classifier" and isinstance(fn, ClassifierReward)
+    assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"),
+                                        algo=SimpleNamespace(reward="success", classifier=""))) == ("success", None)
