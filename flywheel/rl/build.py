@@ -10,7 +10,6 @@ transport settings. A library: the ``flywheel-rl`` app and the distillation's
 
 from __future__ import annotations
 
-import functools
 import importlib
 from typing import Any
 
@@ -39,19 +38,14 @@ def make_env(cfg: Any, training: bool = False) -> Any:
         raise
 
 
-@functools.lru_cache(maxsize=4)
-def _featurizer(block: int, image_size: int, device: str) -> Any:
-    from flywheel.rl.pretrained import ImageFeaturizer
-
-    return ImageFeaturizer(block, image_size, device=device)
-
-
 def featurizer(cfg: Any) -> Any:
     """The frozen EfficientNet-Lite0 trunk of ``agent.encoder=pretrained`` (``agent.pretrained_block``, at
     ``env.image_size``), resolved from the installed wheel once per process (the env and the eval env share it)."""
+    from flywheel.rl.pretrained import shared_featurizer
     from policy.device import resolve_device
 
-    return _featurizer(int(cfg.agent.pretrained_block), int(cfg.env.image_size), str(resolve_device(cfg.device, "device")))
+    return shared_featurizer(int(cfg.agent.pretrained_block), int(cfg.env.image_size),
+                             device=str(resolve_device(cfg.device, "device")))
 
 
 def _make_env(cfg: Any, training: bool = False) -> Any:

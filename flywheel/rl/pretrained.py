@@ -17,6 +17,7 @@ the agent's weights: a checkpoint is resumed by re-resolving it from the install
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,6 +58,14 @@ class ImageFeaturizer:
         out = [self.trunk(torch.as_tensor(imgs[i: i + self.chunk], device=self.device)).to(torch.float16).cpu()
                for i in range(0, len(imgs), self.chunk)]
         return torch.cat(out).numpy() if out else np.zeros((0, *self.out_shape), np.float16)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_featurizer(block: int = 10, image_size: int = 128, name: str = "efficientnet-lite0",
+                      device: str = "cpu") -> ImageFeaturizer:
+    """One featurizer per trunk, input size and device per process: the training env, the evaluation env and
+    the reward classifier share the trunk (resolved from its wheel once)."""
+    return ImageFeaturizer(int(block), int(image_size), name, device=device)
 
 
 def _image_keys(keys: Sequence[str], image_keys: Sequence[str] | None) -> list[str]:

