@@ -380,14 +380,15 @@ def main() -> None:
                             f"{', '.join(f'{r:.2f}' for r in v['rates'])} | {v['mean']:.2f} ± {v['std']:.2f} | "
                             f"{v['pooled']:.2f} [{v['pooled_ci'][0]:.2f}, {v['pooled_ci'][1]:.2f}] (n={v['episodes']}) |"
                             for k, v in seeds_table.items())
-    human, rl = res("ft_human"), res("ft_rldg")
+    first = sfx(args.seeds[0])  # the gap and data columns of the first seed (seed 0's stages need not be here)
+    human, rl = res(f"ft_human{first}"), res(f"ft_rldg{first}")
     summary = {
         "table": table, "episodes_per_task": out["counts"]["output"],
         "specialists": {t: {k: v for k, v in s.items() if k in ("algo", "eval_success_rate", "eval_episodes",
                                                                    "env_steps", "intervention_rate")}
                         for t, s in out["specialists"]["output"].items()},
         "rollouts": out["rollouts"]["output"], "demos": out["demos"]["output"],
-        "data_steps": {a: out[f"ft_{a}"]["output"].get("steps") for a in arms},
+        "data_steps": {a: out[f"ft_{a}{first}"]["output"].get("steps") for a in arms},
         "match_steps": out.get("rollouts_steps", {}).get("output"),
         "seeds": seeds_table,
         "gap_rldg_minus_human": {t: rl[t].rate - human[t].rate for t in tasks if t in rl and t in human},
