@@ -93,6 +93,30 @@ def test_the_cli_validates_the_cluster_switch(tmp_path):
         RolloutEngine(_policy(), make_vec, ["reach"], cluster=ClusterConfig(kind="ray", workers=0))
 
 
+@pytest.mark.parametrize("head,kind", [("mlp", "gaussian"), ("flow", "flow")])
+def test_a_generalist_policy_survives_the_trip_to_a_worker(tmp_path, head, kind):
+    """What a Ray worker gets (the module through the object store's pickler) acts as the driver's does."""
+    pytest.importorskip("policy.compact")
+    cloudpickle = pytest.importorskip("ray.cloudpickle")
+    import pickle
+
+    from test_adapters import _obs, make_checkpoint
+
+    from flywheel.vla_rl.checkpoint import build_policy
+
+    model = make_checkpoint(tmp_path / "g0", head)
+    pol = build_policy({"kind": kind, "hidden": [16], "value_hidden": [16]}, {"type": "checkpoint",
+                                                                            "path": str(tmp_path / "g0")})
+    copy_ = pickle.loads(cloudpickle.dumps(pol))
+    obs = _obs(model.spec, 3)
+    f, g = pol.features(obs), copy_.features(obs)
+    assert torch.equal(f, g)
+    with torch.no_grad():
+        a = pol.act(f, generator=torch.Generator().manual_seed(1))[0]
+        b = copy_.act(g, generator=torch.Generator().manual_seed(1))[0]
+    assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------ on Ray
 def _engines(kind: str = "gaussian") -> tuple[RolloutEngine, RolloutEngine]:
     """(serial, ray) engines: 4 groups of 2 on 2 envs -> 4 waves."""
