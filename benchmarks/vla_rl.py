@@ -15,12 +15,15 @@ compute that rejection / filtering saved, and the success curves in one PNG besi
     .venv/bin/python benchmarks/vla_rl.py --toy --env-steps 4000 --out /tmp/vla_rl_toy.md
 
 Extra hydra overrides for every run: ``--set key=value`` (repeatable), e.g. ``--set exec_horizon=4``.
+``--cluster ray --workers N``: each run's rollout waves on N Ray workers (a local Ray cluster started
+per run; ``cluster.*`` of ``flywheel-vla-rl``); the batches, hence the results, are the serial run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +65,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
           f"env_steps={args.env_steps}", f"out_dir={out}", f"seed={seed}", f"num_envs={args.num_envs}",
           f"train.eval_every={args.eval_every}", f"train.eval_episodes={args.eval_episodes}",
           f"train.final_eval_episodes={args.final_eval_episodes}", f"torch_threads={args.threads}",
-          "train.progress=false"]
+          "train.progress=false", f"cluster.kind={args.cluster}", f"cluster.workers={args.workers}"]
     if args.toy:
         ov += ["env.factory=vla_rl_toy:make_vec", "env.state_keys=[state/pos,state/goal]", "head.action_dim=2",
                "head.hidden=[64,64]", "head.value_hidden=[64,64]", "algo.lr=0.001"]
@@ -144,12 +147,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--toy", action="store_true", help="the tests' point-reach task instead of the sim")
+    p.add_argument("--cluster", default="local", choices=("local", "ray"), help="where rollouts run")
+    p.add_argument("--workers", type=int, default=2, help="--cluster ray: Ray workers (one CPU each)")
     p.add_argument("--set", action="append", default=[], help="an extra hydra override for every run")
     p.add_argument("--workdir", default="outputs/bench/vla_rl")
     p.add_argument("--out", default="docs/bench/vla_rl.md")
     args = p.parse_args()
     if args.toy:
-        sys.path.insert(0, str(ROOT / "tests" / "flywheel" / "vla_rl"))
+        toy = str(ROOT / "tests" / "flywheel" / "vla_rl")
+        sys.path.insert(0, toy)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [toy, os.environ.get("PYTHONPATH")]))  # Ray workers
         args.methods = [m for m in args.methods if m != "ppo_prm"]  # the PRM's demos come from the sim expert
         args.tasks = ["reach"]
     work = Path(args.workdir)

@@ -228,6 +228,23 @@ class EpisodeWorker:
 
 
 # ------------------------------------------------------------------------------ the pool
+def connect_ray(cluster: ClusterConfig) -> tuple[Any, bool]:
+    """(the ray module, whether this call started Ray: then its closer shuts it down)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("cluster.kind=ray needs Ray: pip install -e .[cluster]") from e
+    if ray.is_initialized():
+        return ray, False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if cluster.address:
+        kw["address"] = cluster.address
+    elif cluster.num_cpus:
+        kw["num_cpus"] = int(cluster.num_cpus)
+    ray.init(**kw)
+    return ray, True
+
+
 class RayEpisodePool:
     """A pool of :class:`EpisodeWorker` Ray actors with a connect/close life cycle."""
 
@@ -243,19 +260,8 @@ class RayEpisodePool:
         self._actor: Any = None
 
     def connect(self) -> RayEpisodePool:
-        try:
-            import ray
-        except ImportError as e:
-            raise ImportError("cluster.kind=ray needs Ray: pip install -e .[cluster]") from e
-        self._ray = ray
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if self.cluster.address:
-                kw["address"] = self.cluster.address
-            elif self.cluster.num_cpus:
-                kw["num_cpus"] = int(self.cluster.num_cpus)
-            ray.init(**kw)
-            self._own = True
+        self._ray, self._own = connect_ray(self.cluster)
+        ray = self._ray
         self._files = ray.put(checkpoint_files(self.src.checkpoint)) if self.src.kind == "checkpoint" else None
         if self.src.kind == "specialist" and self.src.specialist.get("checkpoint"):  # read where the driver is
             info = {**self.src.specialist, "checkpoint": str(Path(self.src.specialist["checkpoint"]).resolve())}

@@ -6,6 +6,7 @@ Examples::
     flywheel-vla-rl algo=ppo prm.enabled=true tasks=[PegInsert]          # PPO + process reward
     flywheel-vla-rl algo=gfpo algo.adaptive=true algo.group_size=16
     flywheel-vla-rl algo=dpo policy=outputs/g0 registry=outputs/registry  # a candidate for the gate
+    flywheel-vla-rl algo=grpo cluster.kind=ray cluster.workers=4 num_envs=8  # rollout waves on Ray workers
 
 ``policy``: a compact VLA checkpoint (its frozen features, its own head as the mean / the flow),
 an RL policy directory written by this app (continue training), or empty: a state-only policy
@@ -13,7 +14,8 @@ from scratch on ``env.state_keys`` (sim, privileged state). ``algo`` picks a con
 per algorithm: ``algo.<field>=`` sets its fields). Outputs in ``out_dir``: ``checkpoint/``
 (resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/``.
 With ``registry=DIR`` the trained policy is registered there as a candidate (not promoted: the
-promotion gate decides).
+promotion gate decides). ``cluster.kind=ray`` runs the rollout waves (``num_envs`` envs each) on
+``cluster.workers`` Ray workers, with the serial run's batches (:mod:`flywheel.vla_rl.ray_engine`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.cluster import ClusterConfig
 from flywheel.vla_rl import ALGORITHMS, algorithm
 from flywheel.vla_rl.prm import PRMConfig
 from flywheel.vla_rl.trainer import TrainConfig
@@ -90,6 +93,7 @@ class VlaRLConfig:
     prm: PRMConfig = field(default_factory=PRMConfig)
     bc_init: BCInitConfig = field(default_factory=BCInitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: the waves on Ray workers
 
 
 def register() -> None:
@@ -227,6 +231,9 @@ def run(cfg: Any) -> dict[str, Any]:
     acfg = algo_cfg_cls(**a)
     torch.set_num_threads(int(cfg.torch_threads))
     torch.manual_seed(int(cfg.seed))
+    cluster = ClusterConfig(**OmegaConf.to_container(cfg.cluster, resolve=True)) if "cluster" in cfg else None
+    if cluster is not None:
+        cluster.validate()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy, make_vec = build(cfg)
@@ -243,7 +250,8 @@ def run(cfg: Any) -> dict[str, Any]:
     engine = RolloutEngine(policy, make_vec, list(cfg.tasks), group_size=acfg.group_size,
                            num_envs=max(int(cfg.num_envs), acfg.group_size), exec_horizon=exec_h,
                            max_steps=int(cfg.env.max_steps) or None,
-                           task_weights=list(cfg.task_weights) or None, seed=int(cfg.seed), recorder=recorder)
+                           task_weights=list(cfg.task_weights) or None, seed=int(cfg.seed), recorder=recorder,
+                           cluster=cluster)
     resuming = (out / "checkpoint" / "state.json").exists()
     if int(cfg.bc_init.demos) > 0:  # the warm start is the reference policy: kept in out/init for resuming
         from flywheel.vla_rl.checkpoint import load_policy, save_policy

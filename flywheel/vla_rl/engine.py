@@ -7,6 +7,12 @@ sampling. Groups run in waves on one vector env per task (``sim.make_vec`` by de
 envs stepped together and the policy evaluated once per decision for the whole batch. A decision
 is one action chunk; its first ``exec_horizon`` actions execute (an episode may end inside).
 
+A wave (:class:`Wave`, run by :func:`run_wave`, which returns plain data) is the unit of work and
+is deterministic on its own: its envs reset with its seeds and the policy's sampling noise comes
+from a ``torch.Generator`` seeded by a digest of the wave (task, seeds, G, deterministic), not
+from the global RNG. So the waves can run anywhere: ``cluster=ClusterConfig(kind="ray")`` runs
+them on Ray workers (:mod:`flywheel.vla_rl.ray_engine`) and the batch is the serial run's.
+
 The stop rule and the action clipping are :mod:`flywheel.rollout`'s (``episode_over``,
 ``executed``), so a step and an episode mean what they mean everywhere else. (That module's
 ``Rollout`` drives one env and one agent; this engine needs a batch of envs and the per-step
@@ -25,6 +31,8 @@ algorithm and iteration in the record's ``extra``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -121,16 +129,22 @@ class StoreRecorder:
         )
 
 
-def make_sim_vec(env_kwargs: Mapping[str, Any] | None = None) -> Callable[[str, int], Any]:
-    """A factory ``(task, num_envs) -> sim.make_vec(...)`` (sync) with fixed env overrides."""
-    kw = dict(env_kwargs or {})
+@dataclass(frozen=True)
+class SimVec:
+    """A factory ``(task, num_envs) -> sim.make_vec(...)`` (sync) with fixed env overrides; picklable
+    (a Ray worker rebuilds its envs from it)."""
 
-    def make(task: str, n: int) -> Any:
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, task: str, n: int) -> Any:
         import sim
 
-        return sim.make_vec(task, n, "sync", **kw)
+        return sim.make_vec(task, n, "sync", **dict(self.env_kwargs))
 
-    return make
+
+def make_sim_vec(env_kwargs: Mapping[str, Any] | None = None) -> SimVec:
+    """A factory ``(task, num_envs) -> sim.make_vec(...)`` (sync) with fixed env overrides."""
+    return SimVec(dict(env_kwargs or {}))
 
 
 def _env_attr(vec: Any, name: str, default: str) -> str:
@@ -140,13 +154,110 @@ def _env_attr(vec: Any, name: str, default: str) -> str:
         return default
 
 
+# ---------------------------------------------------------------------------- one wave
+@dataclass(frozen=True)
+class Wave:
+    """The unit of work: G rollouts from each of ``seeds`` (one group per seed) on one vector env.
+
+    Its sampling noise comes from a generator seeded by :meth:`noise_seed` (a digest of the task,
+    the seeds, G and ``deterministic``), so a wave gives the same result wherever it runs."""
+
+    task: str
+    seeds: tuple[int, ...]
+    groups: tuple[int, ...]  # the batch's group id of each seed
+    group_size: int
+    deterministic: bool
+
+    def noise_seed(self) -> int:
+        key = json.dumps([self.task, [int(s) for s in self.seeds], int(self.group_size), bool(self.deterministic)])
+        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
+
+
+@dataclass
+class WaveResult:
+    """What a wave returns (plain data: it crosses processes). Episode ``i`` is env ``i``'s."""
+
+    instruction: str
+    task_id: str
+    episodes: list[dict[str, Any]]  # task, seed, group, ret, length, success, progress, terminal, final_feats
+    steps: list[tuple]  # per decision: feats, actions, logp, rewards, episode (long, wave-local), extra
+    traces: list[tuple[int, dict[str, list]]] = field(default_factory=list)  # (episode, obs/act/rew), as they ended
+
+
+@torch.no_grad()
+def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps: int | None,
+             record: bool = False) -> WaveResult:
+    """Roll one wave on ``vec`` (all its envs step; those past the wave's episodes are ignored)."""
+    g, n = wave.group_size, vec.num_envs
+    n_active = len(wave.seeds) * g
+    if n_active > n:
+        raise ValueError(f"a wave of {len(wave.seeds)} groups of {g} needs {n_active} envs; the vector env has {n}")
+    gen = torch.Generator().manual_seed(wave.noise_seed())
+    env_seeds = [int(wave.seeds[min(i // g, len(wave.seeds) - 1)]) for i in range(n)]
+    obs, _ = vec.reset(seed=env_seeds)
+    instr = _env_attr(vec, "instruction", wave.task)
+    alive = np.arange(n) < n_active
+    eps = [dict(task=wave.task, seed=env_seeds[i], group=int(wave.groups[i // g]), ret=0.0, length=0, success=False,
+                progress=-np.inf, terminal=False, final_feats=None) for i in range(n_active)]
+    out = WaveResult(instr, _env_attr(vec, "task_id", wave.task), eps, [])
+    traces: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
+    final_obs: dict[int, dict[str, np.ndarray]] = {}
+    steps = np.zeros(n, int)
+    while alive.any():
+        feats = policy.features({**obs, "instruction": [instr] * n})
+        act, logp, extra = policy.act(feats, deterministic=wave.deterministic, generator=gen)
+        env_act = policy.to_env(act)
+        idx = np.nonzero(alive)[0]
+        rew = np.zeros(n)
+        for j in range(exec_horizon):
+            a = np.stack([executed(x) for x in env_act[:, j]])
+            nobs, r, term, trunc, info = vec.step(a)
+            succ = np.asarray(info.get("is_success", np.zeros(n, bool)), bool)
+            prog = np.asarray(info.get("dense_reward", np.zeros(n)), float)
+            for i in np.nonzero(alive)[0]:
+                steps[i] += 1
+                rew[i] += float(r[i])
+                e = eps[i]
+                e["ret"] += float(r[i])
+                e["length"] += 1
+                e["success"] = e["success"] or bool(succ[i])
+                e["progress"] = max(e["progress"], float(prog[i]))
+                if record:
+                    traces[i]["obs"].append({k: np.asarray(v[i]) for k, v in obs.items()})
+                    traces[i]["act"].append(a[i])
+                    traces[i]["rew"].append(float(r[i]))
+                if episode_over(bool(term[i]), bool(trunc[i]), bool(succ[i]), int(steps[i]), max_steps):
+                    alive[i] = False
+                    e["terminal"] = bool(term[i]) or bool(succ[i])
+                    final_obs[int(i)] = {k: np.asarray(v[i]) for k, v in nobs.items()}
+                    if record:
+                        out.traces.append((int(i), traces[i]))
+            obs = nobs
+            if not alive.any():
+                break
+        out.steps.append((feats[idx], act[idx], logp[idx], torch.as_tensor(rew[idx], dtype=torch.float32),
+                          torch.as_tensor(idx, dtype=torch.long), {k: v[idx] for k, v in extra.items()}))
+    keys = list(final_obs)
+    fo = {k: np.stack([final_obs[e][k] for e in keys]) for k in final_obs[keys[0]]}
+    ff = policy.features({**fo, "instruction": [instr] * len(keys)})
+    for e, f in zip(keys, ff, strict=True):
+        eps[e]["final_feats"] = f
+    return out
+
+
+# -------------------------------------------------------------------------- the engine
 class RolloutEngine:
-    """Collects groups of rollouts of a chunk policy (see the module docstring)."""
+    """Collects groups of rollouts of a chunk policy (see the module docstring).
+
+    ``cluster`` (a :class:`flywheel.cluster.ClusterConfig`, ``kind=ray``) runs the waves on Ray
+    workers (:mod:`flywheel.vla_rl.ray_engine`): the same batch as the serial run; ``make_vec``
+    must then be picklable (:func:`make_sim_vec`'s is)."""
 
     def __init__(
         self, policy: Any, make_vec: Callable[[str, int], Any], tasks: Sequence[str], *, group_size: int = 8,
         num_envs: int = 16, exec_horizon: int = 1, max_steps: int | None = None,
         task_weights: Sequence[float] | None = None, seed: int = 0, recorder: StoreRecorder | None = None,
+        cluster: Any = None,
     ) -> None:
         if not tasks:
             raise ValueError("RolloutEngine: tasks must name at least one task")
@@ -156,6 +267,8 @@ class RolloutEngine:
             raise ValueError(f"exec_horizon={exec_horizon} must be in [1, the chunk horizon {policy.horizon}]")
         if task_weights is not None and len(task_weights) != len(tasks):
             raise ValueError(f"task_weights has {len(task_weights)} entries for {len(tasks)} tasks")
+        if cluster is not None:
+            cluster.validate()
         self.policy, self.make_vec, self.tasks = policy, make_vec, list(tasks)
         self.group_size, self.num_envs, self.exec_horizon, self.max_steps = group_size, num_envs, exec_horizon, max_steps
         w = np.ones(len(tasks)) if task_weights is None else np.asarray(task_weights, float)
@@ -163,22 +276,18 @@ class RolloutEngine:
         self.rng = np.random.default_rng(seed)
         self.next_seed = int(seed) * 1_000_003
         self.recorder = recorder
-        self._vecs: dict[tuple[str, int], Any] = {}
-        self._instr: dict[str, str] = {}
-        self._task_id: dict[str, str] = {}
+        self.cluster = cluster
+        self.pool: Any = None  # the Ray wave pool, connected on the first collect
+        self._vecs: dict[str, Any] = {}
         self.env_steps = 0
 
     def close(self) -> None:
         for v in self._vecs.values():
             v.close()
         self._vecs.clear()
-
-    def _vec(self, task: str, n: int) -> Any:
-        if (task, n) not in self._vecs:
-            self._vecs[(task, n)] = self.make_vec(task, n)
-            self._instr[task] = _env_attr(self._vecs[(task, n)], "instruction", task)
-            self._task_id[task] = _env_attr(self._vecs[(task, n)], "task_id", task)
-        return self._vecs[(task, n)]
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint needs to resume the same sampling (JSON)."""
@@ -189,7 +298,17 @@ class RolloutEngine:
         self.next_seed, self.env_steps = int(st["next_seed"]), int(st["env_steps"])
 
     # ------------------------------------------------------------------ collect
-    @torch.no_grad()
+    def waves(self, seeds: Sequence[int], tasks: Sequence[str], g: int, deterministic: bool) -> list[Wave]:
+        """The groups cut into waves: per task (first-seen order), ``num_envs // g`` groups a wave."""
+        out = []
+        per_wave = max(1, self.num_envs // g)
+        for task in dict.fromkeys(tasks):
+            ids = [i for i, t in enumerate(tasks) if t == task]
+            for w in range(0, len(ids), per_wave):
+                chunk = ids[w: w + per_wave]
+                out.append(Wave(task, tuple(int(seeds[i]) for i in chunk), tuple(chunk), g, bool(deterministic)))
+        return out
+
     def collect(self, num_groups: int, *, group_size: int | None = None, deterministic: bool = False,
                 seeds: Sequence[int] | None = None, tasks: Sequence[str] | None = None,
                 count: bool = True) -> RolloutBatch:
@@ -204,76 +323,41 @@ class RolloutEngine:
             self.next_seed += num_groups
         if tasks is None:
             tasks = [self.tasks[i] for i in self.rng.choice(len(self.tasks), size=num_groups, p=self.task_p)]
+        waves = self.waves(seeds, tasks, g, deterministic)
+        rec = self.recorder is not None
         acc = _Acc()
-        for task in dict.fromkeys(tasks):
-            ids = [i for i, t in enumerate(tasks) if t == task]
-            per_wave = max(1, self.num_envs // g)
-            for w in range(0, len(ids), per_wave):
-                chunk = ids[w: w + per_wave]
-                self._wave(task, [int(seeds[i]) for i in chunk], chunk, g, deterministic, acc)
-        batch = acc.build(self.policy.feature_dim)
+        if self.cluster is not None and self.cluster.kind == "ray":
+            for res in self._pool().run(waves, self.policy, record=rec):
+                self._absorb(acc, res)
+        else:
+            for w in waves:
+                self._absorb(acc, self._run_local(w, rec))
+        batch = acc.build()
         if count:
             self.env_steps += batch.env_steps
         return batch
 
-    def _wave(self, task: str, seeds: list[int], group_ids: list[int], g: int, deterministic: bool,
-              acc: _Acc) -> None:
-        n_active = len(seeds) * g
-        vec = self._vec(task, self.num_envs)
-        n = self.num_envs
-        env_seeds = [seeds[min(i // g, len(seeds) - 1)] for i in range(n)]
-        obs, _ = vec.reset(seed=env_seeds)
-        instr = self._instr[task]
-        alive = np.arange(n) < n_active
-        ep = [acc.new_episode(task, env_seeds[i], group_ids[i // g]) if alive[i] else -1 for i in range(n)]
-        steps = np.zeros(n, int)
-        rec = self.recorder is not None
-        traces: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
-        final_obs: dict[int, dict[str, np.ndarray]] = {}
-        pol = self.policy
-        while alive.any():
-            feats = pol.features({**obs, "instruction": [instr] * n})
-            act, logp, extra = pol.act(feats, deterministic=deterministic)
-            env_act = pol.to_env(act)
-            idx = np.nonzero(alive)[0]
-            rew = np.zeros(n)
-            for j in range(self.exec_horizon):
-                a = np.stack([executed(x) for x in env_act[:, j]])
-                nobs, r, term, trunc, info = vec.step(a)
-                succ = np.asarray(info.get("is_success", np.zeros(n, bool)), bool)
-                prog = np.asarray(info.get("dense_reward", np.zeros(n)), float)
-                for i in np.nonzero(alive)[0]:
-                    steps[i] += 1
-                    rew[i] += float(r[i])
-                    e = acc.ep[ep[i]]
-                    e["ret"] += float(r[i])
-                    e["length"] += 1
-                    e["success"] = e["success"] or bool(succ[i])
-                    e["progress"] = max(e["progress"], float(prog[i]))
-                    if rec:
-                        traces[i]["obs"].append({k: np.asarray(v[i]) for k, v in obs.items()})
-                        traces[i]["act"].append(a[i])
-                        traces[i]["rew"].append(float(r[i]))
-                    if episode_over(bool(term[i]), bool(trunc[i]), bool(succ[i]), int(steps[i]), self.max_steps):
-                        alive[i] = False
-                        e["terminal"] = bool(term[i]) or bool(succ[i])
-                        final_obs[ep[i]] = {k: np.asarray(v[i]) for k, v in nobs.items()}
-                        if rec:
-                            self._record(task, instr, traces[i], e)
-                obs = nobs
-                if not alive.any():
-                    break
-            acc.add_steps(feats[idx], act[idx], logp[idx], torch.as_tensor(rew[idx], dtype=torch.float32),
-                          [ep[i] for i in idx], {k: v[idx] for k, v in extra.items()})
-        keys = list(final_obs)
-        fo = {k: np.stack([final_obs[e][k] for e in keys]) for k in final_obs[keys[0]]}
-        ff = pol.features({**fo, "instruction": [instr] * len(keys)})
-        for e, f in zip(keys, ff, strict=True):
-            acc.ep[e]["final_feats"] = f
+    def _run_local(self, wave: Wave, record: bool) -> WaveResult:
+        if wave.task not in self._vecs:
+            self._vecs[wave.task] = self.make_vec(wave.task, self.num_envs)
+        return run_wave(self.policy, self._vecs[wave.task], wave, exec_horizon=self.exec_horizon,
+                        max_steps=self.max_steps, record=record)
 
-    def _record(self, task: str, instr: str, trace: Mapping[str, list], e: Mapping[str, Any]) -> None:
-        assert self.recorder is not None
-        self.recorder.record(self._task_id[task], instr, trace["obs"], trace["act"], trace["rew"], e["success"], e["seed"], e["group"])
+    def _pool(self) -> Any:
+        if self.pool is None:
+            from flywheel.vla_rl.ray_engine import RayWavePool
+
+            self.pool = RayWavePool(self.policy, self.make_vec, self.cluster, num_envs=self.num_envs,
+                                    exec_horizon=self.exec_horizon, max_steps=self.max_steps).connect()
+        return self.pool
+
+    def _absorb(self, acc: _Acc, res: WaveResult) -> None:
+        base = acc.add_wave(res)
+        if self.recorder is not None:
+            for i, tr in res.traces:
+                e = acc.ep[base + i]
+                self.recorder.record(res.task_id, res.instruction, tr["obs"], tr["act"], tr["rew"], e["success"],
+                                     e["seed"], e["group"])
 
 
 class _Acc:
@@ -283,15 +367,15 @@ class _Acc:
         self.ep: list[dict[str, Any]] = []
         self.steps: list[tuple] = []
 
-    def new_episode(self, task: str, seed: int, group: int) -> int:
-        self.ep.append(dict(task=task, seed=seed, group=group, ret=0.0, length=0, success=False,
-                            progress=-np.inf, terminal=False, final_feats=None))
-        return len(self.ep) - 1
+    def add_wave(self, res: WaveResult) -> int:
+        """Append a wave's episodes and decisions; returns the batch index of its episode 0."""
+        base = len(self.ep)
+        self.ep.extend(res.episodes)
+        for feats, act, logp, rew, ep, extra in res.steps:
+            self.steps.append((feats, act, logp, rew, ep + base, extra))
+        return base
 
-    def add_steps(self, feats, act, logp, rew, eps, extra) -> None:
-        self.steps.append((feats, act, logp, rew, torch.as_tensor(eps, dtype=torch.long), extra))
-
-    def build(self, feature_dim: int) -> RolloutBatch:
+    def build(self) -> RolloutBatch:
         if not self.steps:
             raise RuntimeError("RolloutEngine: no decisions were collected")
         cat = lambda i: torch.cat([s[i] for s in self.steps])  # noqa: E731
