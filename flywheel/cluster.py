@@ -245,17 +245,95 @@ def connect_ray(cluster: ClusterConfig) -> tuple[Any, bool]:
     return ray, True
 
 
-class RayEpisodePool:
-    """A pool of :class:`EpisodeWorker` Ray actors with a connect/close life cycle."""
+class RayWorkerPool:
+    """Ray actors that each run one job at a time, with a connect/close life cycle. A worker that dies is
+    replaced and its job re-run, up to ``cluster.max_worker_restarts`` replacements over the pool's life;
+    every job's result is accepted once. Subclasses start Ray in ``connect`` (:func:`connect_ray`), fill
+    :attr:`workers` and say how to start one more (:meth:`_spawn`)."""
 
-    def __init__(self, src: PolicySource, cluster: ClusterConfig):
+    def __init__(self, cluster: ClusterConfig):
         cluster.validate()
-        src.validate()
-        self.src, self.cluster = src, cluster
+        self.cluster = cluster
         self.workers: list[Any] = []
         self.replaced = 0
         self._ray: Any = None
         self._own = False
+
+    def connect(self) -> RayWorkerPool:
+        raise NotImplementedError
+
+    def _spawn(self) -> Any:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _dispatch(self, jobs: Sequence[Any], call: Callable[[Any, Any], Any], accept: Callable[[int, Any, Any], None],
+                  describe: Callable[[Any], str] = str) -> None:
+        """Every job of ``jobs`` once (a job listed twice runs once): ``call(worker, job)`` submits it (an object
+        ref); ``accept(worker_index, job, result)`` takes its result. ``describe(job)`` names it in messages."""
+        if self._ray is None:
+            raise RuntimeError(f"{type(self).__name__}: call connect() first")
+        ray = self._ray
+        from ray.exceptions import RayActorError
+
+        queue = collections.deque(dict.fromkeys(jobs))
+        finished: set[Any] = set()
+        inflight: dict[Any, tuple[int, Any]] = {}
+
+        def submit(i: int) -> None:
+            while queue:
+                job = queue.popleft()
+                if job not in finished:
+                    inflight[call(self.workers[i], job)] = (i, job)
+                    return
+
+        for i in range(len(self.workers)):
+            submit(i)
+        while inflight:
+            done, _ = ray.wait(list(inflight), num_returns=1)
+            i, job = inflight.pop(done[0])
+            try:
+                res = ray.get(done[0])
+            except RayActorError as e:
+                self.replaced += 1
+                if self.replaced > int(self.cluster.max_worker_restarts):
+                    raise RuntimeError(f"{self.replaced} Ray workers died (cluster.max_worker_restarts="
+                                       f"{self.cluster.max_worker_restarts}); last job {describe(job)}: {e}") from e
+                log.warning("Ray worker %d died on %s: replaced, it re-runs", i, describe(job))
+                self.workers[i] = self._spawn()
+                queue.appendleft(job)
+                submit(i)
+                continue
+            if job not in finished:
+                finished.add(job)
+                accept(i, job, res)
+            submit(i)
+
+    def close(self) -> None:
+        if self._ray is None:
+            return
+        for w in self.workers:
+            try:
+                self._ray.kill(w)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+        self.workers = []
+        if self._own:
+            self._ray.shutdown()
+        self._ray = None
+
+
+class RayEpisodePool(RayWorkerPool):
+    """A pool of :class:`EpisodeWorker` Ray actors: one (task, seed) episode a job."""
+
+    def __init__(self, src: PolicySource, cluster: ClusterConfig):
+        super().__init__(cluster)
+        src.validate()
+        self.src = src
         self._files: Any = None
         self._actor: Any = None
 
@@ -273,12 +351,6 @@ class RayEpisodePool:
     def _spawn(self) -> Any:
         return self._actor.remote(self.src, self._files)
 
-    def __enter__(self) -> RayEpisodePool:
-        return self.connect()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def run(self, jobs: Sequence[tuple[str, int]], *, progress: Any = None,
             on_result: Callable[[RayEpisodePool, dict[str, Any]], None] | None = None,
             method: str = "run", args: tuple = (), keep: bool = True) -> dict[tuple[str, int], Any]:
@@ -289,39 +361,9 @@ class RayEpisodePool:
         hands each result to ``on_result`` only (the returned values are None): whole
         episodes are not held here.
         """
-        if self._ray is None:
-            raise RuntimeError("RayEpisodePool: call connect() first")
-        ray = self._ray
-        from ray.exceptions import RayActorError
+        results: dict[tuple[str, int], Any] = {}
 
-        queue = collections.deque(dict.fromkeys(jobs))  # a job listed twice runs once
-        results: dict[tuple[str, int], dict] = {}
-        inflight: dict[Any, tuple[int, tuple[str, int]]] = {}
-
-        def submit(i: int) -> None:
-            while queue:
-                job = queue.popleft()
-                if job not in results:
-                    inflight[getattr(self.workers[i], method).remote(job[0], [job[1]], *args)] = (i, job)
-                    return
-
-        for i in range(len(self.workers)):
-            submit(i)
-        while inflight:
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            i, job = inflight.pop(done[0])
-            try:
-                recs = ray.get(done[0])
-            except RayActorError as e:
-                self.replaced += 1
-                if self.replaced > int(self.cluster.max_worker_restarts):
-                    raise RuntimeError(f"{self.replaced} Ray workers died (cluster.max_worker_restarts="
-                                       f"{self.cluster.max_worker_restarts}); last job {job}: {e}") from e
-                log.warning("Ray worker %d died on %s: replaced, the episode re-runs", i, job)
-                self.workers[i] = self._spawn()
-                queue.appendleft(job)
-                submit(i)
-                continue
+        def accept(i: int, job: tuple[str, int], recs: list[dict[str, Any]]) -> None:
             for rec in recs:
                 key = (rec["task"], rec["seed"])
                 if key in results:
@@ -331,21 +373,9 @@ class RayEpisodePool:
                     progress.update(1)
                 if on_result is not None:
                     on_result(self, rec)
-            submit(i)
-        return results
 
-    def close(self) -> None:
-        if self._ray is None:
-            return
-        for w in self.workers:
-            try:
-                self._ray.kill(w)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-        self.workers = []
-        if self._own:
-            self._ray.shutdown()
-        self._ray = None
+        self._dispatch(jobs, lambda w, job: getattr(w, method).remote(job[0], [job[1]], *args), accept)
+        return results
 
 
 class EvalScalars:

@@ -19,16 +19,12 @@ driver: a wave brings its episodes' traces back. Nothing here imports Ray until 
 
 from __future__ import annotations
 
-import collections
 import copy
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flywheel.cluster import ClusterConfig, connect_ray
+from flywheel.cluster import ClusterConfig, RayWorkerPool, connect_ray
 from flywheel.vla_rl.engine import Wave, WaveResult, run_wave
-
-log = logging.getLogger(__name__)
 
 
 def cpu_state(policy: Any) -> dict[str, Any]:
@@ -73,19 +69,15 @@ class WaveWorker:
         self._vecs.clear()
 
 
-class RayWavePool:
-    """A pool of :class:`WaveWorker` Ray actors with a connect/close life cycle."""
+class RayWavePool(RayWorkerPool):
+    """A pool of :class:`WaveWorker` Ray actors: one wave a job."""
 
     def __init__(self, policy: Any, make_vec: Callable[[str, int], Any], cluster: ClusterConfig, *, num_envs: int,
                  exec_horizon: int, max_steps: int | None) -> None:
-        cluster.validate()
-        self.policy, self.make_vec, self.cluster = policy, make_vec, cluster
+        super().__init__(cluster)
+        self.policy, self.make_vec = policy, make_vec
         self.num_envs, self.exec_horizon, self.max_steps = num_envs, exec_horizon, max_steps
-        self.workers: list[Any] = []
-        self.replaced = 0
         self.version = 0
-        self._ray: Any = None
-        self._own = False
         self._policy_ref: Any = None
         self._actor: Any = None
         self.on_wave: Callable[[RayWavePool, int], None] | None = None
@@ -103,66 +95,20 @@ class RayWavePool:
     def _spawn(self) -> Any:
         return self._actor.remote(self._policy_ref, self.make_vec, self.num_envs, self.exec_horizon, self.max_steps)
 
-    def __enter__(self) -> RayWavePool:
-        return self.connect()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def run(self, waves: Sequence[Wave], policy: Any, *, record: bool = False) -> list[WaveResult]:
         """Every wave once, under ``policy``'s current weights; the results in wave order.
         :attr:`on_wave` ``(pool, index)`` is called as each wave's result arrives."""
         if self._ray is None:
             raise RuntimeError("RayWavePool: call connect() first")
-        ray = self._ray
-        from ray.exceptions import RayActorError
-
         self.version += 1
-        weights = [ray.put(cpu_state(policy))]  # once per call; workers read it by reference
-        queue = collections.deque(range(len(waves)))
+        version, weights = self.version, [self._ray.put(cpu_state(policy))]  # once per call; read by reference
         results: dict[int, WaveResult] = {}
-        inflight: dict[Any, tuple[int, int]] = {}
 
-        def submit(i: int) -> None:
-            while queue:
-                k = queue.popleft()
-                if k not in results:
-                    inflight[self.workers[i].run.remote(self.version, weights, waves[k], record)] = (i, k)
-                    return
+        def accept(i: int, k: int, res: WaveResult) -> None:
+            results[k] = res
+            if self.on_wave is not None:
+                self.on_wave(self, k)
 
-        for i in range(len(self.workers)):
-            submit(i)
-        while inflight:
-            done, _ = ray.wait(list(inflight), num_returns=1)
-            i, k = inflight.pop(done[0])
-            try:
-                res = ray.get(done[0])
-            except RayActorError as e:
-                self.replaced += 1
-                if self.replaced > int(self.cluster.max_worker_restarts):
-                    raise RuntimeError(f"{self.replaced} Ray workers died (cluster.max_worker_restarts="
-                                       f"{self.cluster.max_worker_restarts}); last wave {waves[k]}: {e}") from e
-                log.warning("Ray worker %d died on wave %d (%s): replaced, the wave re-runs", i, k, waves[k].task)
-                self.workers[i] = self._spawn()
-                queue.appendleft(k)
-                submit(i)
-                continue
-            if k not in results:
-                results[k] = res
-                if self.on_wave is not None:
-                    self.on_wave(self, k)
-            submit(i)
+        self._dispatch(range(len(waves)), lambda w, k: w.run.remote(version, weights, waves[k], record), accept,
+                       describe=lambda k: f"wave {k} ({waves[k].task})")
         return [results[k] for k in range(len(waves))]
-
-    def close(self) -> None:
-        if self._ray is None:
-            return
-        for w in self.workers:
-            try:
-                self._ray.kill(w)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-        self.workers = []
-        if self._own:
-            self._ray.shutdown()
-        self._ray = None
