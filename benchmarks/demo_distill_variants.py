@@ -11,6 +11,7 @@ on the same held-out seeds as the demo (n = budget.eval_episodes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,16 +33,25 @@ def main() -> None:
     from flywheel.distill.generalist import SFTConfig, evaluate
     from flywheel.distill.rldg import RLDGConfig
     from flywheel.evaluate import HELDOUT_SEED
+    from flywheel.registry import ModelRegistry
 
     wd = Path(a.workdir)
     it = wd / "iterations" / "iter_001"
+    if not (it / "job_state.json").exists():
+        raise SystemExit(f"{wd}: no {it / 'job_state.json'}: give a finished flywheel-demo workdir")
     state = json.loads((it / "job_state.json").read_text())
     cfg, st = state["config"], state["stages"]
+    if "collect_specialists" not in st or "path" not in st.get("bootstrap", {}).get("output", {}):
+        raise SystemExit(f"{wd}: the demo has not finished its bootstrap and specialist rollouts yet")
     g0 = st["bootstrap"]["output"]["path"]
+    parent = ModelRegistry(wd / "registry").get(st["evaluate_current"]["output"]["model"])
+    tunable = {f.name for f in dataclasses.fields(SFTConfig)} | {"replay"}
     out = Path(a.out or it / "variants")
     rows = []
     for v in a.variant or ["base"]:
         kv = dict(x.split("=", 1) for x in v.split(",")) if v != "base" else {}
+        if unknown := sorted(set(kv) - tunable):
+            raise SystemExit(f"--variant {v!r}: {unknown} are not sft fields or replay (sft: {sorted(tunable)})")
         sft = SFTConfig(**{**cfg["sft"], "steps": int(cfg["budget"]["distill_steps"]),
                            "feature_root": str(wd / "features"), "device": "cpu"})
         rc = RLDGConfig(**{**cfg["rldg"], "episodes_per_task": int(cfg["budget"]["rollouts"])})
@@ -52,8 +62,8 @@ def main() -> None:
                 setattr(sft, k, type(getattr(sft, k))(float(x)) if k != "finetune" else x)
         d = out / v.replace("=", "_").replace(",", "__")
         with EpisodeStore(wd / "store", "r") as store:
-            replay = collect.select(store, source=["human", "rl", "policy"],
-                                    collection=[f"human/{t}" for t in cfg["pretrain_tasks"]])
+            # the parent's own data, as the demo's distill stage replays it
+            replay = collect.select(store, source=["human", "rl", "policy"], collection=parent.data.get("collections"))
             tasks = list(cfg["tasks"])
             ckpt, data = rldg.distill(g0, store, tasks, d / "sft", sft, rc, source=["rl", "policy"],
                                       replay_episodes=replay,
