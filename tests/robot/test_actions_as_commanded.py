@@ -1,6 +1,7 @@
 """Actions as commanded, end to end on the sim backend (#17): franka node + env adapter + recorder cores.
 
-The franka node runs the sim backend (MuJoCo in-process) behind its safety filter; the env adapter
+The franka node runs the sim backend (MuJoCo in-process), or franky against franka-sim (the FCI protocol
+on loopback), behind its safety filter; the env adapter
 commands it as a policy (``env.step``) and the operator takes over through ``teleop/twist``;
 recorder cores (the recorder node's core with its observer subscribed over DDS) tick at several
 phases of the env's control tick. Both ``action_origin`` values, env and recorders alike: ``measured``
@@ -105,9 +106,15 @@ class PhasedRecorders:
         self.spinner.close()
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory):
-    h = Harness(SIM)
+# franky against franka-sim: softer gains than the rig's (franka-sim shares 2 cores with the test), as in
+# test_franka_node_fci.py
+FRANKY = {"backend": "franky", "state_rate_hz": 250.0, "translational_stiffness": 800.0, "rotational_stiffness": 40.0}
+
+
+@pytest.fixture(scope="module", params=["sim", pytest.param("franky", marks=pytest.mark.fci)])
+def rig(request, tmp_path_factory):
+    params = SIM if request.param == "sim" else {**FRANKY, "host": request.getfixturevalue("franka_sim").host}
+    h = Harness(params)
     env = RosRigEnv(SPEC, RosEnvConfig(namespace=h.ns, max_obs_age=0.3, wait_timeout=5.0, max_episode_steps=1000))
     recs = None
     try:
@@ -152,7 +159,7 @@ def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reprod
     env.cfg.action_origin = origin  # the env and the recorders always agree (rig-up passes one value to both)
     for _, rec, _ in recs.recs:
         rec.action_origin = origin
-    a = np.array([0.5, -0.3, 0.2, 0.0, 0.0, 0.3, 1.0], np.float32)
+    a = np.array([0.5, -0.3, -0.2, 0.0, 0.0, 0.3, 1.0], np.float32)
     # --- a policy commands a through the env adapter
     obs, info = env.reset()
     recs.record(info["tick"])
@@ -161,6 +168,7 @@ def test_policy_and_operator_actions_are_recorded_as_commanded_and_replay_reprod
     time.sleep(0.05)
     policy_eps = recs.stop()
     pol = _errors(policy_eps, a)
+    print("recorded medians per phase:", [np.round(np.median(ep["action"][1:-3, :6], axis=0), 3).tolist() for ep in policy_eps])
     spread = _phase_spread(policy_eps)
     print(f"\n{origin} origin, policy a={a[:6]}: |recorded - commanded| over {pol.size} steps x {len(PHASES)} phases: "
           f"median {np.median(pol):.4f}, 90th percentile {np.percentile(pol, 90):.4f}, max {pol.max():.4f}; "
