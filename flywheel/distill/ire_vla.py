@@ -53,6 +53,9 @@ class IReVLAConfig:
     batch_size: int = 64
     head_lr: float = 3e-4
     critic_lr: float = 1e-3
+    # stage 2's share of samples from the RL successes: 0 weighs every step equally (the paper: expert demos and
+    # RL successes pooled); e.g. 0.5 keeps a few dozen RL successes from drowning among ~1000 expert demos
+    stage2_rl_fraction: float = 0.0
     stage2_finetune: str = "full"  # full | lora (vla); frozen | partial | full (compact: frozen = cached features)
     device: str = "auto"  # rollouts and evaluation: auto (CUDA when present) | cpu | cuda; stage 2 uses sft.device
 
@@ -297,14 +300,29 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
 
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_eps: list[int], out_dir: Path,
              sft: Any, cfg: Any) -> Path:
-    """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step).
+    """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step,
+    or ``cfg.stage2_rl_fraction`` of the samples from the RL successes).
 
     ``cfg.stage2_finetune`` sets ``sft.finetune``; a compact parent with ``frozen`` trains its head on cached
     encoder features (the frozen-backbone stage of the compact family)."""
     from flywheel.distill.generalist import finetune
 
     sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
-    return finetune(parent, store, list(expert_eps) + list(rl_success_eps), out_dir, sft)
+    eps, weights = stage2_mix(expert_eps, rl_success_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)))
+    return finetune(parent, store, eps, out_dir, sft, weights=weights)
+
+
+def stage2_mix(expert_eps: Sequence[int], rl_success_eps: Sequence[int],
+               rl_fraction: float) -> tuple[list[int], list[float] | None]:
+    """Stage 2's episodes and per-episode sampling weights: ``None`` (every step equally likely) for
+    ``rl_fraction`` 0 or no RL success, else weights giving the RL successes ``rl_fraction`` of the samples."""
+    from flywheel.distill.rldg import mix_weights
+
+    if not 0.0 <= rl_fraction < 1.0:
+        raise ValueError(f"method.stage2_rl_fraction={rl_fraction}: give a fraction in [0, 1)")
+    if rl_fraction == 0.0 or not rl_success_eps or not expert_eps:
+        return list(expert_eps) + list(rl_success_eps), None
+    return mix_weights(list(rl_success_eps), list(expert_eps), 1.0 - rl_fraction)
 
 
 def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) -> Any:

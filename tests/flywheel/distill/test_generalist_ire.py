@@ -7,7 +7,7 @@ import torch
 from flywheel.data import EpisodeStore
 from flywheel.distill import collect, rldg
 from flywheel.distill.generalist import sft_batches, store_stats
-from flywheel.distill.ire_vla import awr_update, discounted_returns
+from flywheel.distill.ire_vla import awr_update, discounted_returns, stage2_mix
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,18 @@ def test_replay_fraction_sets_the_share_of_old_data(store):
     share_old = float(np.mean(b["actions"][:, 0, 0].numpy() > 0))  # old (human) episodes acted +0.1
     assert abs(share_old - 0.25) < 0.04
     assert rldg.mix_weights([2], [], 0.3) == ([2], None)
+
+
+def test_stage2_rl_fraction_sets_the_share_of_rl_successes(store):
+    # ire stage 2: expert demos 0 and 1 (acted +0.1), one RL success (episode 2); equal weight per step by default
+    assert stage2_mix([0, 1], [2], 0.0) == ([0, 1, 2], None)
+    assert stage2_mix([0, 1], [], 0.5) == ([0, 1], None)
+    eps, w = stage2_mix([0, 1], [2], 0.6)
+    b = next(iter(sft_batches(store, eps, store.spec, batch_size=4000, seed=2, weights=w)))
+    share_rl = float(np.mean(b["actions"][:, 0, 0].numpy() <= 0))
+    assert abs(share_rl - 0.6) < 0.04
+    with pytest.raises(ValueError, match="stage2_rl_fraction"):
+        stage2_mix([0], [2], 1.0)
 
 
 def test_discounted_returns():
