@@ -115,6 +115,9 @@ class HILSERLAlgo:
     name: str = "hil_serl"
     reward: str = "success"  # success | env | classifier
     classifier: str = ""  # reward classifier .safetensors (reward=classifier)
+    # behaviour-cloning steps on the demos before online RL (0: none, as HIL-SERL): a warm start of the actor and,
+    # with agent.encoder=pretrained, of the keypoint head the critic then shares (a fresh run only, not on resume)
+    bc_warmup: int = 0
 
 
 @dataclass
@@ -208,6 +211,21 @@ def presets() -> dict[str, dict[str, Any]]:
     return {**TASK_PRESETS, **{f"{n}_pixels": pixel_preset(n) for n in PIXEL_PROPRIO}}
 
 
+def bc_warmup(agent: Any, learner: Any, steps: int, progress: bool = False) -> dict[str, float]:
+    """``algo.bc_warmup``: ``steps`` behaviour-cloning updates of the encoder, actor and gripper head on the demo
+    buffer before online RL; returns the BC loss over the first and last tenth of the steps."""
+    if len(learner.demo) == 0:
+        raise ValueError("algo.bc_warmup needs demos (demos.num > 0 or demos.store=...)")
+    from tqdm import trange
+
+    losses = [agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))["bc_loss"]
+              for _ in trange(int(steps), disable=not progress, desc="BC warm-up")]
+    k = max(1, len(losses) // 10)
+    out = {"steps": len(losses), "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:]))}
+    log.info("BC warm-up: %d steps, loss %.4f -> %.4f", out["steps"], out["loss_first"], out["loss_last"])
+    return out
+
+
 def register() -> None:
     """Register the app config, its ``role`` and ``algo`` groups and the ``rl_task`` presets in hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
@@ -241,6 +259,8 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     and ``env`` keys added since it was saved (``env.kind``, ``env.reset``...) get their defaults."""
     if isinstance(saved.get("env"), dict):
         saved = {**saved, "env": {**asdict(EnvConfig()), **saved["env"]}}
+    if isinstance(saved.get("algo"), dict) and saved["algo"].get("name") in ALGOS:  # algo keys added since
+        saved = {**saved, "algo": {**asdict(ALGOS[saved["algo"]["name"]]()), **saved["algo"]}}
     if not isinstance(saved.get("role"), str):
         return saved
     top = {k: v for k, v in saved.items() if k not in MOVED and k not in ("role", "algo")}
@@ -248,8 +268,9 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     role, algo = saved["role"], saved.get("algo", "hil_serl")
     if role not in ROLES or algo not in ALGOS:
         raise ValueError(f"saved config: role={role!r} algo={algo!r} (roles {list(ROLES)}, algos {list(ALGOS)})")
-    pick = {g: {"name": n, **{f.name: old[f"{g}.{f.name}"] for f in fields(ROLES[n] if g == "role" else ALGOS[n])
-                              if f"{g}.{f.name}" in old}} for g, n in (("role", role), ("algo", algo))}
+    pick = {g: {**asdict((ROLES[n] if g == "role" else ALGOS[n])()), "name": n,
+                **{f.name: old[f"{g}.{f.name}"] for f in fields(ROLES[n] if g == "role" else ALGOS[n])
+                   if f"{g}.{f.name}" in old}} for g, n in (("role", role), ("algo", algo))}
     transport = {**saved.get("transport", {}), **({"send_every": old["transport.send_every"]}
                                                    if "transport.send_every" in old else {})}
     return {**top, **pick, "transport": transport}
@@ -324,6 +345,8 @@ def run(cfg: Any) -> dict[str, Any]:
         if demos is not None:
             agent.fit_state_normalizer(demos)
             learner.add_demos(demos)
+        if algo == "hil_serl" and int(a.bc_warmup) > 0:
+            results["bc_warmup"] = bc_warmup(agent, learner, int(a.bc_warmup), progress=cfg.progress)
     eval_env = make_env(cfg)
     eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
     t0 = time.time()

@@ -60,8 +60,10 @@ def test_recorded_episodes_become_demo_transitions():
 def test_local_role_on_the_sim_insertion_task(tmp_path):
     res = run(_cfg(tmp_path, "rl_task=peg_insert", "total_steps=60", "demos.num=1", "demos.noise=0.0",
                    "learner.eval_every=0", "role.final_eval_episodes=1", "agent.hidden_dims=[32]",
-                   "agent.batch_size=32", f"role.record_to={tmp_path / 'store'}"))
+                   "agent.batch_size=32", f"role.record_to={tmp_path / 'store'}", "algo.bc_warmup=40"))
     assert res["demo_episodes"] == 1 and res["env_steps"] == 60
+    # the actor was behaviour-cloned on the demo before going online
+    assert res["bc_warmup"]["steps"] == 40 and res["bc_warmup"]["loss_last"] < res["bc_warmup"]["loss_first"]
     assert res["demo_buffer"] >= res["demo_transitions"]  # demos plus intervened steps
     assert 0.0 <= res["intervention_rate"] <= 1.0
     from flywheel.data import EpisodeStore

@@ -71,7 +71,8 @@ def test_a_results_config_from_before_the_groups_upgrades_to_the_composed_one():
     up = upgrade_config(old)
     assert up["role"] == {"name": "local", "actor_name": "rig7", "record_to": "", "resume": False,
                           "final_eval_episodes": 3}
-    assert up["algo"] == {"name": "hil_serl", "reward": "env", "classifier": ""}  # bc_steps: not this run's algo
+    # bc_steps: not this run's algo; bc_warmup: added since, its default
+    assert up["algo"] == {"name": "hil_serl", "reward": "env", "classifier": "", "bc_warmup": 0}
     assert up["transport"]["send_every"] == 20 and up["transport"]["weights_port"] == old["transport"]["weights_port"]
     assert not set(MOVED) & set(up)
     now = _plain(compose(["out_dir=/tmp/x", *TOY, "role.actor_name=rig7", "role.final_eval_episodes=3",
