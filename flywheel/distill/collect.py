@@ -41,15 +41,24 @@ class CollectStats:
     steps: int = 0
     intervened_steps: int = 0
     episode_indices: list[int] = field(default_factory=list)
+    skipped_successes: int = 0  # successes among the skipped seeds' episodes (recorded earlier)
 
     @property
     def success_rate(self) -> float:
+        """Over the episodes this call recorded."""
         return self.successes / self.episodes if self.episodes else 0.0
+
+    @property
+    def success_rate_all(self) -> float:
+        """Over every requested seed's episode, the earlier-recorded (skipped) ones included."""
+        n = self.episodes + self.skipped
+        return (self.successes + self.skipped_successes) / n if n else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"collection": self.collection, "episodes": self.episodes, "successes": self.successes,
-                "skipped": self.skipped, "steps": self.steps, "intervened_steps": self.intervened_steps,
-                "success_rate": self.success_rate}
+                "skipped": self.skipped, "skipped_successes": self.skipped_successes, "steps": self.steps,
+                "intervened_steps": self.intervened_steps, "success_rate": self.success_rate,
+                "success_rate_all": self.success_rate_all}
 
 
 def make_env(task: str, cameras: Sequence[str] = ("front", "wrist"), image_size: int = 32,
@@ -168,6 +177,9 @@ def record_rollouts(
     todo = [s for s in seeds if s not in done]
     st = CollectStats(collection, skipped=len(seeds) - len(todo))
     if st.skipped:
+        wanted = set(seeds) & done
+        st.skipped_successes = sum(bool(r.success) for r in store.records
+                                   if r.extra.get("collection") == collection and r.extra.get("seed") in wanted)
         log.info("%s: %d of %d seeds already recorded, resuming", collection, st.skipped, len(seeds))
 
     def commit(ep: RolledEpisode) -> None:

@@ -273,8 +273,10 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
             eps = collect.select(store, task=task, source="rl", success=None,
                                  collection=[f"ire/{out_dir.name}/{task}/iter{i}" for i in range(it + 1)])
             m = learner.update(store, eps, out_dir, cfg, seed=seed + it)
-            rec = {"iteration": it, "rollout_success": st.success_rate, "interventions": st.intervened_steps,
-                   "episodes": len(eps), **m}
+            # a collection found in the store (a resumed or copied run) is reused: its success counts, its
+            # interventions are the new episodes' only
+            rec = {"iteration": it, "rollout_success": st.success_rate_all, "interventions": st.intervened_steps,
+                   "reused_episodes": st.skipped, "episodes": len(eps), **m}
             log.info("iRe-VLA stage 1 %s: %s", task, rec)
             tmp = out_dir / "iter_tmp"
             model.save_pretrained(tmp)

@@ -42,6 +42,7 @@ def test_rollouts_keep_images_not_privileged_state_and_resume(tmp_path, env):
     # re-running the same collection skips the recorded seeds
     st2 = collect.record_rollouts(store, env, agent, [0, 1, 2], source="rl", collection="c1", progress=False)
     assert st2.skipped == 2 and st2.episodes == 1 and store.num_episodes == 3
+    assert st2.skipped_successes == 0 and st2.success_rate_all == 0.0  # the zero-action agent never succeeds
     assert collect.recorded_seeds(store, "c1") == {0, 1, 2}
     store.close()
 
@@ -88,3 +89,18 @@ def test_operator_noise_follows_the_episode_seed_and_the_operators_own_seed(env)
     np.testing.assert_array_equal(actions(7, 5), actions(7, 5))
     assert not np.array_equal(actions(0, 5), actions(7, 5))  # another operator seed: other demos
     assert not np.array_equal(actions(0, 5), actions(0, 6))
+
+
+def test_a_reused_collection_reports_its_recorded_successes(env):
+    # every requested seed was recorded earlier (a resumed or copied run): nothing is rolled out, and the stats
+    # say how the recorded episodes of exactly those seeds went
+    from types import SimpleNamespace
+
+    from flywheel.data.store_layout import EpisodeRecord
+
+    recs = [EpisodeRecord(index=i, success=ok, extra={"collection": c, "seed": seed})
+            for i, (c, seed, ok) in enumerate([("c1", 0, True), ("c1", 1, False), ("c1", 5, True), ("c2", 1, True)])]
+    store = SimpleNamespace(records=recs, spec=env.unwrapped.rig_spec)
+    st = collect.record_rollouts(store, env, _Agent(), [0, 1], source="rl", collection="c1", progress=False)
+    assert (st.episodes, st.skipped, st.skipped_successes) == (0, 2, 1)
+    assert st.success_rate == 0.0 and st.success_rate_all == 0.5
