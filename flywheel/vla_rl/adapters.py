@@ -68,6 +68,21 @@ class CompactEncoder(nn.Module):
         else:
             self.policy_mean = _CompactMean(self)
 
+    def set_trainable(self, part: str) -> None:
+        """Which of the generalist's head RL trains (call after the policy is built): ``all`` (its camera branches,
+        keypoints, instruction projection and MLP) or ``mlp`` (the ``mlp`` head's final MLP over frozen keypoints:
+        a small step in its weights stays a small step in the policy, where the keypoints' spatial softmax is
+        sensitive)."""
+        if part == "all":
+            return
+        if part != "mlp":
+            raise ValueError(f"head.train={part!r}: use all | mlp")
+        if self.model.cfg.head != "mlp":
+            raise ValueError(f"head.train=mlp needs a compact checkpoint with head=mlp (this one has head="
+                             f"{self.model.cfg.head!r}); use head.train=all")
+        self.model.head.requires_grad_(False)
+        self.model.head.mlp.requires_grad_(True)
+
     def split(self, flat: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         parts = torch.split(flat, self.sizes, dim=-1)
         maps = {c: p.reshape(-1, *self.map_shape) for c, p in zip(self.cams, parts, strict=False)}

@@ -45,6 +45,7 @@ class HeadConfig:
     value_hidden: list[int] = field(default_factory=lambda: [128, 128])
     init_log_std: float = -1.0  # gaussian
     fixed_dims: list[int] = field(default_factory=list)  # gaussian: action dims executed at the mean (6: gripper)
+    train: str = "all"  # a generalist's head: all of it | mlp (the mlp head's MLP only, keypoints frozen)
     steps: int = 5  # flow: denoising steps
     noise_level: float = 0.5  # flow: SDE noise
     horizon: int = 0  # 0: the generalist's chunk horizon (1 for a state policy from scratch)
@@ -155,6 +156,11 @@ def build(cfg: Any) -> tuple[Any, Any]:
         pol.encoder.fit(obs)
         pol.encoder.scale.clamp_(min=0.05)
         vec.close()
+    if head["train"] != "all":
+        if not hasattr(pol.encoder, "set_trainable"):
+            raise ValueError(f"head.train={head['train']!r} needs a generalist checkpoint (policy=...); a state "
+                             "policy's head trains whole")
+        pol.encoder.set_trainable(str(head["train"]))
     return pol, make_vec_factory(cfg, getattr(pol.encoder, "spec", None))
 
 

@@ -89,3 +89,25 @@ def test_flow_policy_runs_the_generalists_flow_head(tmp_path):
     assert torch.allclose(new.detach(), lp, atol=1e-2)
     new.sum().backward()
     assert any(p.grad is not None for p in pol.encoder.model.head.action.parameters())
+
+
+def test_head_train_mlp_freezes_the_keypoints(tmp_path):
+    from flywheel.vla_rl.checkpoint import build_policy
+
+    make_checkpoint(tmp_path / "g0", "mlp")
+    pol = build_policy({"kind": "gaussian", "hidden": [16], "value_hidden": [16]},
+                       {"type": "checkpoint", "path": str(tmp_path / "g0")})
+    head = pol.encoder.model.head
+    pol.encoder.set_trainable("mlp")
+    assert all(p.requires_grad for p in head.mlp.parameters())
+    assert not any(p.requires_grad for m in (head.cameras, head.keypoints, head.text_proj) for p in m.parameters())
+    feats = pol.features(_obs(pol.encoder.spec, 2))
+    a, lp, ex = pol.act(feats)
+    pol.log_prob(feats, a.detach(), ex).sum().backward()
+    assert all(p.grad is None for p in head.cameras.parameters()) and head.mlp[0].weight.grad is not None
+    with pytest.raises(ValueError, match="all \\| mlp"):
+        pol.encoder.set_trainable("keypoints")
+    make_checkpoint(tmp_path / "g0f", "flow")
+    flow = build_policy({"kind": "flow", "steps": 4, "noise_level": 0.5}, {"type": "checkpoint", "path": str(tmp_path / "g0f")})
+    with pytest.raises(ValueError, match="head=mlp"):
+        flow.encoder.set_trainable("mlp")

@@ -36,6 +36,13 @@ def test_config_groups_per_algorithm(tmp_path):
         _compose(tmp_path, "algo=nope")
 
 
+def test_head_train_mlp_needs_a_generalist(tmp_path):
+    from flywheel.vla_rl.cli import build
+
+    with pytest.raises(ValueError, match="needs a generalist checkpoint"):
+        build(_compose(tmp_path, "head.train=mlp"))
+
+
 def test_run_resume_and_register(tmp_path):
     from flywheel.registry import ModelRegistry
     from flywheel.vla_rl.checkpoint import load_policy
