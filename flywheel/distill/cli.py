@@ -110,16 +110,29 @@ def compose(overrides: list[str]) -> Any:
 
 
 def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (a job's ``config``) in the current form; one from before the method group is converted."""
-    if not isinstance(saved.get("method"), str):
+    """A saved config (a job's ``config``) in the current form; one from before the method group is converted,
+    and method keys added since it was saved (``stage2_rl_fraction``...) get their defaults."""
+    m = saved.get("method")
+    if isinstance(m, dict):
+        if m.get("name") not in METHODS:
+            return saved
+        return {**saved, "method": {**_defaults(m["name"]), **m}}
+    if not isinstance(m, str):
         return saved
-    name = saved["method"]
+    name = m
     if name not in METHODS:
         raise ValueError(f"saved config: method={name!r} is not one of {list(METHODS)}")
     own = {f.name for f in fields(METHODS[name])}
-    method = {"name": name, **{k: v for k, v in saved.items() if k in own}, **saved.get(_OLD_GROUPS[name], {})}
+    method = {**_defaults(name), **{k: v for k, v in saved.items() if k in own}, **saved.get(_OLD_GROUPS[name], {})}
     gone = {"method", *_OLD_KEYS, *_OLD_GROUPS.values()}
     return {**{k: v for k, v in saved.items() if k not in gone}, "method": method}
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    """Method ``name``'s fields at their defaults, as a composed config holds them."""
+    from dataclasses import asdict
+
+    return {**asdict(METHODS[name]()), "name": name}
 
 
 def _upgrade_saved_job(workdir: Path) -> None:
@@ -130,10 +143,10 @@ def _upgrade_saved_job(workdir: Path) -> None:
     if not f.exists():
         return
     state = json.loads(f.read_text())
-    if isinstance(state.get("config"), dict) and isinstance(state["config"].get("method"), str):
+    if isinstance(state.get("config"), dict) and upgrade_config(state["config"]) != state["config"]:
         state["config"] = upgrade_config(state["config"])
         atomic_write_text(f, json.dumps(state, indent=2))
-        log.info("%s: upgraded its saved config to the method group form", f)
+        log.info("%s: upgraded its saved config to the current form", f)
 
 
 def _plain(cfg: Any) -> dict[str, Any]:

@@ -79,6 +79,12 @@ def test_a_saved_config_from_before_the_group_upgrades_to_the_composed_one(metho
     assert cli.upgrade_config(now) == now  # the current form is left as it is
 
 
+def test_a_saved_config_from_before_a_new_method_key_gets_its_default():
+    now = cli._plain(cli.compose(["method=ire_vla", "parent=/tmp/ckpt", "workdir=/tmp/w", "method.head_updates=9"]))
+    old = {**now, "method": {k: v for k, v in now["method"].items() if k != "stage2_rl_fraction"}}
+    assert cli.upgrade_config(old) == now and now["method"]["stage2_rl_fraction"] == 0.0
+
+
 def test_a_job_started_before_the_group_resumes(tmp_path):
     cfg = cli.compose(["method=rldg", "parent=/tmp/ckpt", f"workdir={tmp_path}", "seed=3", "sft.steps=5",
                        "method.tasks=[PandaRig/LiftCube-Blue-v0]", "method.source=human", "method.collection=c1",
