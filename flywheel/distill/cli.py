@@ -143,8 +143,9 @@ def _upgrade_saved_job(workdir: Path) -> None:
     if not f.exists():
         return
     state = json.loads(f.read_text())
-    if isinstance(state.get("config"), dict) and upgrade_config(state["config"]) != state["config"]:
-        state["config"] = upgrade_config(state["config"])
+    new = upgrade_config(state["config"]) if isinstance(state.get("config"), dict) else None
+    if new is not None and new != state["config"]:
+        state["config"] = new
         atomic_write_text(f, json.dumps(state, indent=2))
         log.info("%s: upgraded its saved config to the current form", f)
 

@@ -211,18 +211,19 @@ def presets() -> dict[str, dict[str, Any]]:
     return {**TASK_PRESETS, **{f"{n}_pixels": pixel_preset(n) for n in PIXEL_PROPRIO}}
 
 
-def bc_warmup(agent: Any, learner: Any, steps: int, progress: bool = False) -> dict[str, float]:
-    """``algo.bc_warmup``: ``steps`` behaviour-cloning updates of the encoder, actor and gripper head on the demo
-    buffer before online RL; returns the BC loss over the first and last tenth of the steps."""
+def behaviour_clone(agent: Any, learner: Any, steps: int, what: str, progress: bool = False) -> dict[str, float]:
+    """``steps`` behaviour-cloning updates of the encoder, actor and gripper head on the demo buffer (``algo=bc``,
+    and ``algo.bc_warmup`` before online RL; ``what`` names the setting in messages); returns the BC loss over
+    the first and last tenth of the steps."""
     if len(learner.demo) == 0:
-        raise ValueError("algo.bc_warmup needs demos (demos.num > 0 or demos.store=...)")
+        raise ValueError(f"{what} needs demos (demos.num > 0 or demos.store=...)")
     from tqdm import trange
 
     losses = [agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))["bc_loss"]
-              for _ in trange(int(steps), disable=not progress, desc="BC warm-up")]
+              for _ in trange(int(steps), disable=not progress, desc=f"BC ({what})")]
     k = max(1, len(losses) // 10)
     out = {"steps": len(losses), "loss_first": float(np.mean(losses[:k])), "loss_last": float(np.mean(losses[-k:]))}
-    log.info("BC warm-up: %d steps, loss %.4f -> %.4f", out["steps"], out["loss_first"], out["loss_last"])
+    log.info("%s: %d BC steps, loss %.4f -> %.4f", what, out["steps"], out["loss_first"], out["loss_last"])
     return out
 
 
@@ -268,9 +269,9 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     role, algo = saved["role"], saved.get("algo", "hil_serl")
     if role not in ROLES or algo not in ALGOS:
         raise ValueError(f"saved config: role={role!r} algo={algo!r} (roles {list(ROLES)}, algos {list(ALGOS)})")
-    pick = {g: {**asdict((ROLES[n] if g == "role" else ALGOS[n])()), "name": n,
-                **{f.name: old[f"{g}.{f.name}"] for f in fields(ROLES[n] if g == "role" else ALGOS[n])
-                   if f"{g}.{f.name}" in old}} for g, n in (("role", role), ("algo", algo))}
+    groups = {"role": (role, ROLES[role]), "algo": (algo, ALGOS[algo])}
+    pick = {g: {**asdict(c()), "name": n, **{f.name: old[f"{g}.{f.name}"] for f in fields(c) if f"{g}.{f.name}" in old}}
+            for g, (n, c) in groups.items()}
     transport = {**saved.get("transport", {}), **({"send_every": old["transport.send_every"]}
                                                    if "transport.send_every" in old else {})}
     return {**top, **pick, "transport": transport}
@@ -346,17 +347,12 @@ def run(cfg: Any) -> dict[str, Any]:
             agent.fit_state_normalizer(demos)
             learner.add_demos(demos)
         if algo == "hil_serl" and int(a.bc_warmup) > 0:
-            results["bc_warmup"] = bc_warmup(agent, learner, int(a.bc_warmup), progress=cfg.progress)
+            results["bc_warmup"] = behaviour_clone(agent, learner, int(a.bc_warmup), "algo.bc_warmup", cfg.progress)
     eval_env = make_env(cfg)
     eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
     t0 = time.time()
     if algo == "bc":
-        if len(learner.demo) == 0:
-            raise ValueError("algo=bc needs demos (demos.num > 0)")
-        from tqdm import trange
-
-        for _ in trange(int(a.steps), disable=not cfg.progress, desc="BC steps"):
-            agent.bc_update(learner.demo.sample(agent.cfg.batch_size, learner.rng))
+        behaviour_clone(agent, learner, int(a.steps), "algo=bc", cfg.progress)
     elif role == "local":
         source, fn = actor_reward(cfg)
         actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,

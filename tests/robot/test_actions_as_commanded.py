@@ -1,8 +1,7 @@
-"""Actions as commanded, end to end on the sim backend (#17): franka node + env adapter + recorder cores.
+"""Actions as commanded, end to end on both backends (#17): franka node + env adapter + recorder cores.
 
 The franka node runs the sim backend (MuJoCo in-process), or franky against franka-sim (the FCI protocol
-on loopback), behind its safety filter; the env adapter
-commands it as a policy (``env.step``) and the operator takes over through ``teleop/twist``;
+on loopback), behind its safety filter; the env adapter commands it as a policy (``env.step``) and the operator takes over through ``teleop/twist``;
 recorder cores (the recorder node's core with its observer subscribed over DDS) tick at several
 phases of the env's control tick. Both ``action_origin`` values, env and recorders alike: ``measured``
 (the default, the sim's meaning) and ``commanded``. A policy's recorded actions must equal the

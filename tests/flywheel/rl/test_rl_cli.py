@@ -34,6 +34,11 @@ def test_local_role_on_a_custom_env_logs_checkpoints_and_resumes(tmp_path):
 def test_bad_settings_fail_clearly(tmp_path):
     with pytest.raises(ConfigCompositionException, match="(?s)role/both.*Available options in 'role'"):
         run(_cfg(tmp_path, "role=both", "rl_task=none", "env.factory=rl_toy_envs:LineEnv"))
+    toy = ["rl_task=none", "env.factory=rl_toy_envs:LineEnv", "demos.num=0", "agent.arm_dims=[0]"]
+    with pytest.raises(ValueError, match=r"algo=bc needs demos \(demos.num > 0"):
+        run(_cfg(tmp_path, *toy, "algo=bc", "algo.steps=5"))
+    with pytest.raises(ValueError, match=r"algo.bc_warmup needs demos \(demos.num > 0"):
+        run(_cfg(tmp_path, *toy, "algo.bc_warmup=5"))
     with pytest.raises(ValueError, match="package.module:function"):
         run(_cfg(tmp_path, "rl_task=none", "env.factory=rl_toy_envs"))
     with pytest.raises(ValueError, match="no transport token"):
