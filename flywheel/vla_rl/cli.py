@@ -45,6 +45,7 @@ class HeadConfig:
     value_hidden: list[int] = field(default_factory=lambda: [128, 128])
     init_log_std: float = -1.0  # gaussian
     fixed_dims: list[int] = field(default_factory=list)  # gaussian: action dims executed at the mean (6: gripper)
+    sample_executed: bool = False  # gaussian: sample (and score) only the chunk's executed steps (exec_horizon)
     train: str = "all"  # a generalist's head: all of it | mlp (the mlp head's MLP only, keypoints frozen)
     steps: int = 5  # flow: denoising steps
     noise_level: float = 0.5  # flow: SDE noise
@@ -138,6 +139,10 @@ def build(cfg: Any) -> tuple[Any, Any]:
          "horizon": head["horizon"], "action_dim": head["action_dim"]}
     h.update({"init_log_std": head["init_log_std"], "fixed_dims": head["fixed_dims"]} if kind == "gaussian" else
              {"steps": head["steps"], "noise_level": head["noise_level"]})
+    if kind == "gaussian" and head["sample_executed"]:
+        if not int(cfg.exec_horizon):
+            raise ValueError("head.sample_executed=true needs exec_horizon > 0 (the executed steps of a chunk)")
+        h["sampled_steps"] = int(cfg.exec_horizon)
     if cfg.policy and is_rl_policy(cfg.policy):
         pol = load_policy(cfg.policy, cfg.device)
     elif cfg.policy:

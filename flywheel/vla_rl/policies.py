@@ -113,21 +113,30 @@ class ChunkPolicyBase(nn.Module):
 class GaussianChunkPolicy(ChunkPolicyBase):
     """A diagonal Gaussian over the (normalised) action chunk, with a learned state-dependent scale:
     log_std = lo + (hi - lo) * sigmoid(W f + b), W initialised to 0 and b so log_std starts at
-    ``init_log_std``. ``deterministic`` acts with the mean."""
+    ``init_log_std``. ``deterministic`` acts with the mean.
+
+    ``fixed_dims`` (action dims) and ``sampled_steps`` (the chunk's first steps; 0 = all) say what is
+    sampled: the rest is given at the mean, without noise and outside the log-probability. With a
+    receding horizon only a chunk's first steps execute; the others change nothing in the env, so
+    their noise would only add variance to the importance ratios and the KL."""
 
     def __init__(
         self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
         init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 1.0),
-        value_hidden: Sequence[int] = (128, 128), fixed_dims: Sequence[int] = (),
+        value_hidden: Sequence[int] = (128, 128), fixed_dims: Sequence[int] = (), sampled_steps: int = 0,
     ) -> None:
         super().__init__(encoder, horizon, action_dim, value_hidden)
         bad = [d for d in fixed_dims if not 0 <= int(d) < action_dim]
         if bad:
             raise ValueError(f"fixed_dims {bad} are not action dims 0..{action_dim - 1}")
+        if not 0 <= int(sampled_steps) <= self.horizon:
+            raise ValueError(f"sampled_steps={sampled_steps} must lie in 0..{self.horizon} (0: the whole chunk)")
         # dims executed at the mean, without noise and outside the log-probability (e.g. the gripper
-        # while a peg is held: exploring it drops the peg)
-        sampled = torch.ones(action_dim)
-        sampled[[int(d) for d in fixed_dims]] = 0.0
+        # while a peg is held: exploring it drops the peg); likewise steps past ``sampled_steps``
+        sampled = torch.ones(self.horizon, action_dim)
+        sampled[:, [int(d) for d in fixed_dims]] = 0.0
+        if int(sampled_steps):
+            sampled[int(sampled_steps):] = 0.0
         self.register_buffer("sampled", sampled, persistent=False)
         lo, hi = log_std_bounds
         if not lo < init_log_std < hi:

@@ -74,6 +74,28 @@ def test_gaussian_fixed_dims_execute_the_mean():
         GaussianChunkPolicy(_enc(), 1, 3, fixed_dims=[3])
 
 
+def test_gaussian_samples_only_the_executed_steps():
+    torch.manual_seed(0)
+    pol = GaussianChunkPolicy(_enc(), horizon=4, action_dim=2, sampled_steps=2, init_log_std=-0.5)
+    feats = pol.features(_obs(1)).expand(20_000, -1)
+    with torch.no_grad():
+        a, lp, _ = pol.act(feats)
+        mean, log_std = pol.dist(feats[:1])
+        assert torch.allclose(a[:, 2:], mean[:, 2:].expand(20_000, -1, -1), atol=1e-6)  # later steps: the mean
+        assert torch.allclose(a[:, :2].std(0), log_std[0, :2].exp(), rtol=0.03)
+        # by hand: the Gaussian density of the first two steps only
+        z = (a[:, :2] - mean[:, :2]) / log_std[:, :2].exp()
+        by_hand = (-0.5 * z**2 - log_std[:, :2] - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+        assert torch.allclose(lp, by_hand, atol=1e-4)
+        b = a.clone()
+        b[:, 2:] += 1.0  # steps that never execute are outside the density
+        assert torch.allclose(pol.log_prob(feats, b), lp)
+        assert float(-lp.mean()) == pytest.approx(float(pol.entropy(feats[:1])[0]), abs=0.05)
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match="sampled_steps"):
+            GaussianChunkPolicy(_enc(), 4, 2, sampled_steps=bad)
+
+
 def test_gaussian_scale_starts_at_init():
     pol = GaussianChunkPolicy(_enc(), horizon=1, action_dim=2, init_log_std=-1.0)
     _, ls = pol.dist(pol.features(_obs(3)))

@@ -43,6 +43,16 @@ def test_head_train_mlp_needs_a_generalist(tmp_path):
         build(_compose(tmp_path, "head.train=mlp"))
 
 
+def test_sample_executed_sets_the_heads_sampled_steps(tmp_path):
+    from flywheel.vla_rl.cli import build
+
+    with pytest.raises(ValueError, match="exec_horizon"):
+        build(_compose(tmp_path, "head.sample_executed=true"))
+    pol, _ = build(_compose(tmp_path, "head.sample_executed=true", "head.horizon=4", "exec_horizon=2"))
+    assert pol.sampled.shape == (4, 2) and pol.sampled[:2].all() and not pol.sampled[2:].any()
+    assert pol.desc["head"]["sampled_steps"] == 2  # saved with the policy, so a resumed run rebuilds it
+
+
 def test_run_resume_and_register(tmp_path):
     from flywheel.registry import ModelRegistry
     from flywheel.vla_rl.checkpoint import load_policy
