@@ -55,6 +55,11 @@ def build_policy(head: Mapping[str, Any], encoder_desc: Mapping[str, Any], devic
     for k in ("hidden", "value_hidden", "log_std_bounds", "fixed_dims"):
         if k in h:
             h[k] = tuple(h[k])
+    # a generalist's wide raw features reach the value and scale heads through a LayerNorm (policies.py);
+    # written into the description, so a saved policy rebuilds as it was
+    h.setdefault("norm_features", encoder_desc.get("type") == "checkpoint")
+    if kind == "gaussian":
+        h.setdefault("log_std_hidden", 32)
     if kind == "gaussian":
         pol = GaussianChunkPolicy(enc, horizon, action_dim, **h)
     elif kind == "flow":
@@ -109,7 +114,12 @@ def load_policy(path: str | Path, device: str = "cpu") -> Any:
     d = json.loads((path / META).read_text())
     if d.get("format") != FORMAT:
         raise ValueError(f"{path / META}: format {d.get('format')!r} is not {FORMAT!r}")
-    pol = build_policy(d["head"], d["encoder"], device)
+    head = dict(d["head"])
+    # saved before the heads read normalised features through a bottleneck: rebuild them as they were
+    head.setdefault("norm_features", False)
+    if head.get("kind", "gaussian") == "gaussian":
+        head.setdefault("log_std_hidden", 0)
+    pol = build_policy(head, d["encoder"], device)
     sd = safetensors.torch.load_file(str(path / WEIGHTS), device=device)
     missing, unexpected = pol.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k in policy_tensors(pol)]

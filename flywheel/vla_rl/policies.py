@@ -77,7 +77,8 @@ class StateFeatures(nn.Module):
 class ChunkPolicyBase(nn.Module):
     """What both stochastic heads share: the frozen encoder, a value head, spec conversion."""
 
-    def __init__(self, encoder: Any, horizon: int, action_dim: int, value_hidden: Sequence[int]) -> None:
+    def __init__(self, encoder: Any, horizon: int, action_dim: int, value_hidden: Sequence[int],
+                 norm_features: bool = False) -> None:
         super().__init__()
         if not hasattr(encoder, "policy_features") or not hasattr(encoder, "feature_dim"):
             raise TypeError("encoder: needs policy_features(obs) -> (B, D) and feature_dim")
@@ -89,6 +90,15 @@ class ChunkPolicyBase(nn.Module):
                     getattr(encoder, name).requires_grad_(True)
         self.horizon, self.action_dim = int(horizon), int(action_dim)
         self.feature_dim = int(encoder.feature_dim)
+        # ``norm_features``: the value (and the Gaussian's scale, and its mean unless that is the
+        # generalist's own head) read the features through a LayerNorm.
+        # A generalist's features are wide and large (the compact VLA's: 14.7k values up to ~40) and one
+        # Adam step moves a linear layer's output by about lr x sum|x|: on raw features even lr 3e-7 moved
+        # the policy by an approximate KL of 0.2 in one step. State features are standardised already
+        # (and a LayerNorm over a few values would erase them): build_policy turns it on for generalists.
+        self.norm_features = bool(norm_features)
+        self.head_norm: nn.Module = (nn.LayerNorm(self.feature_dim, elementwise_affine=False) if norm_features
+                                     else nn.Identity())
         self.value_net = mlp([self.feature_dim, *value_hidden, 1])
 
     @torch.no_grad()
@@ -96,7 +106,7 @@ class ChunkPolicyBase(nn.Module):
         return self.encoder.policy_features(obs).float()
 
     def value(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.value_net(feats).squeeze(-1)
+        return self.value_net(self.head_norm(feats)).squeeze(-1)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         """Normalised chunks -> spec actions in [-1, 1] (numpy)."""
@@ -112,8 +122,8 @@ class ChunkPolicyBase(nn.Module):
 
 class GaussianChunkPolicy(ChunkPolicyBase):
     """A diagonal Gaussian over the (normalised) action chunk, with a learned state-dependent scale:
-    log_std = lo + (hi - lo) * sigmoid(W f + b), W initialised to 0 and b so log_std starts at
-    ``init_log_std``. ``deterministic`` acts with the mean.
+    log_std = lo + (hi - lo) * sigmoid(g(LayerNorm(f))), g a small MLP whose last layer starts at 0 with
+    its bias so log_std starts at ``init_log_std``. ``deterministic`` acts with the mean.
 
     ``fixed_dims`` (action dims) and ``sampled_steps`` (the chunk's first steps; 0 = all) say what is
     sampled: the rest is given at the mean, without noise and outside the log-probability. With a
@@ -124,8 +134,9 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
         init_log_std: float = -1.0, log_std_bounds: tuple[float, float] = (-5.0, 1.0),
         value_hidden: Sequence[int] = (128, 128), fixed_dims: Sequence[int] = (), sampled_steps: int = 0,
+        log_std_hidden: int = 32, norm_features: bool = False,
     ) -> None:
-        super().__init__(encoder, horizon, action_dim, value_hidden)
+        super().__init__(encoder, horizon, action_dim, value_hidden, norm_features)
         bad = [d for d in fixed_dims if not 0 <= int(d) < action_dim]
         if bad:
             raise ValueError(f"fixed_dims {bad} are not action dims 0..{action_dim - 1}")
@@ -150,16 +161,31 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         else:
             self.mean_net = mlp([d, *hidden, n])
             self._own_mean = True
-        self.log_std_net = nn.Linear(d, n)
-        nn.init.zeros_(self.log_std_net.weight)
+        # the scale: a small bottleneck on the normalised features (0: one linear layer), its last layer
+        # starting at zero so the scale starts at init_log_std everywhere
+        self.log_std_hidden = int(log_std_hidden)
+        if self.log_std_hidden > 0:
+            self.log_std_net: nn.Module = nn.Sequential(nn.Linear(d, self.log_std_hidden), nn.Tanh(),
+                                                        nn.Linear(self.log_std_hidden, n))
+        else:
+            self.log_std_net = nn.Linear(d, n)
+        last = self.log_std_out
+        nn.init.zeros_(last.weight)
         p = (init_log_std - lo) / (hi - lo)
-        nn.init.constant_(self.log_std_net.bias, math.log(p / (1 - p)))
+        nn.init.constant_(last.bias, math.log(p / (1 - p)))
+
+    @property
+    def log_std_out(self) -> nn.Linear:
+        """The scale head's output layer."""
+        net = self.log_std_net
+        return net[-1] if isinstance(net, nn.Sequential) else net  # type: ignore[return-value]
 
     def dist(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std), each (B, H, A)."""
-        b = feats.shape[0]
-        mean = self.mean_net(feats).reshape(b, self.horizon, self.action_dim)
-        log_std = self.lo + (self.hi - self.lo) * torch.sigmoid(self.log_std_net(feats))
+        b, x = feats.shape[0], self.head_norm(feats)
+        mean = self.mean_net(x if self._own_mean else feats)  # a generalist's own head reads its raw features
+        log_std = self.lo + (self.hi - self.lo) * torch.sigmoid(self.log_std_net(x))
+        mean = mean.reshape(b, self.horizon, self.action_dim)
         return mean, log_std.reshape(b, self.horizon, self.action_dim)
 
     def act(self, feats: torch.Tensor, deterministic: bool = False, generator: torch.Generator | None = None):
@@ -201,9 +227,9 @@ class FlowChunkPolicy(ChunkPolicyBase):
     def __init__(
         self, encoder: Any, horizon: int, action_dim: int, *, hidden: Sequence[int] = (128, 128),
         steps: int = 5, noise_level: float = 0.5, t_max: float = 0.9, time_dim: int = 16,
-        value_hidden: Sequence[int] = (128, 128),
+        value_hidden: Sequence[int] = (128, 128), norm_features: bool = False,
     ) -> None:
-        super().__init__(encoder, horizon, action_dim, value_hidden)
+        super().__init__(encoder, horizon, action_dim, value_hidden, norm_features)
         if noise_level <= 0:
             raise ValueError(f"FlowChunkPolicy: noise_level={noise_level} must be > 0 (0 is the evaluation ODE)")
         self.steps, self.noise_level, self.t_max, self.time_dim = int(steps), float(noise_level), float(t_max), time_dim

@@ -37,7 +37,7 @@ def test_gaussian_log_prob_matches_sampling():
     torch.manual_seed(0)
     pol = GaussianChunkPolicy(_enc(), horizon=2, action_dim=3, init_log_std=-0.5)
     with torch.no_grad():
-        pol.log_std_net.weight.normal_(0, 0.3)  # a state-dependent scale
+        pol.log_std_out.weight.normal_(0, 0.3)  # a state-dependent scale
     feats = pol.features(_obs(2))
     f = feats[:1].expand(40_000, -1)
     with torch.no_grad():
@@ -94,6 +94,45 @@ def test_gaussian_samples_only_the_executed_steps():
     for bad in (-1, 5):
         with pytest.raises(ValueError, match="sampled_steps"):
             GaussianChunkPolicy(_enc(), 4, 2, sampled_steps=bad)
+
+
+class _WideEncoder:
+    """Features shaped like a generalist's: wide (5000) and large (values ~ +-10)."""
+
+    feature_dim = 5000
+
+    def policy_features(self, obs):
+        return torch.as_tensor(obs["f"])
+
+
+def _one_adam_step_kl(pol, feats, lr):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a, lp, _ = pol.act(feats)
+    opt = torch.optim.Adam([p for p in pol.parameters() if p.requires_grad], lr=lr)
+    loss = -(pol.log_prob(feats, a) * torch.randn(len(feats))).mean()  # a policy-gradient step
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        r = pol.log_prob(feats, a) - lp
+    return float(((r.exp() - 1) - r).mean())
+
+
+def test_wide_raw_features_do_not_make_one_step_a_leap():
+    # regression: on the compact VLA's raw features one Adam step at lr 3e-7 moved the old linear scale
+    # head by an approximate KL of 0.2; reading normalised features keeps the step ~100x smaller
+    torch.manual_seed(0)
+    feats = torch.randn(16, 5000) * 10
+    old = GaussianChunkPolicy(_WideEncoder(), 4, 7, log_std_hidden=0, norm_features=False)
+    new = GaussianChunkPolicy(_WideEncoder(), 4, 7)
+    new_normed = GaussianChunkPolicy(_WideEncoder(), 4, 7, norm_features=True)
+    assert _one_adam_step_kl(old, feats, 1e-6) > 0.1
+    assert _one_adam_step_kl(new_normed, feats, 1e-6) < 0.01
+    assert new.norm_features is False  # the class default: state features are standardised already
+    pol = build_policy({"kind": "gaussian", "horizon": 2, "action_dim": 3}, {"type": "state", "keys": ["state/a"],
+                                                                          "dims": [2]})
+    assert pol.desc["head"]["norm_features"] is False and pol.desc["head"]["log_std_hidden"] == 32
 
 
 def test_gaussian_scale_starts_at_init():
