@@ -122,8 +122,9 @@ class ChunkPolicyBase(nn.Module):
 
 class GaussianChunkPolicy(ChunkPolicyBase):
     """A diagonal Gaussian over the (normalised) action chunk, with a learned state-dependent scale:
-    log_std = lo + (hi - lo) * sigmoid(g(LayerNorm(f))), g a small MLP whose last layer starts at 0 with
-    its bias so log_std starts at ``init_log_std``. ``deterministic`` acts with the mean.
+    log_std = lo + (hi - lo) * sigmoid(g(f)), g a small MLP (``log_std_hidden`` units; 0: one linear layer)
+    whose last layer starts at 0 with its bias so log_std starts at ``init_log_std``; f through a LayerNorm
+    when ``norm_features``. ``deterministic`` acts with the mean.
 
     ``fixed_dims`` (action dims) and ``sampled_steps`` (the chunk's first steps; 0 = all) say what is
     sampled: the rest is given at the mean, without noise and outside the log-probability. With a
