@@ -14,32 +14,12 @@ also steps each module alone at the smallest lr. See ``docs/bench/vla_rl.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 
 import numpy as np
 import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-
-
-def one_step_kl(pol, feats, lr, params=None, seed=0):
-    """Approximate KL of one Adam step (random advantages) on ``params`` (default: every trainable one)."""
-    pol = copy.deepcopy(pol)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        a, lp, _ = pol.act(feats, generator=g)
-    adv = torch.randn(len(feats), generator=g)
-    named = dict(pol.named_parameters())
-    ps = [named[n] for n in params] if params else [p for p in pol.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(ps, lr=lr)
-    loss = -(pol.log_prob(feats, a) * adv).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    with torch.no_grad():
-        r = pol.log_prob(feats, a) - lp
-    return float(((r.exp() - 1) - r).mean())
 
 
 def main() -> None:
@@ -55,6 +35,7 @@ def main() -> None:
 
     from flywheel.vla_rl.checkpoint import build_policy
     from flywheel.vla_rl.engine import make_sim_vec
+    from flywheel.vla_rl.policies import one_step_kl
 
     enc = {"type": "checkpoint", "path": args.policy}
     heads = {

@@ -206,6 +206,30 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         return ((log_std + 0.5 * math.log(2 * math.pi * math.e)) * self.sampled).flatten(1).sum(1)
 
 
+def one_step_kl(policy: ChunkPolicyBase, feats: torch.Tensor, lr: float, params: Sequence[str] | None = None,
+                seed: int = 0) -> float:
+    """How far one Adam step moves a head: the approximate KL (k3, on its own samples) between a copy of
+    ``policy`` before and after one policy-gradient step with random advantages on ``feats``, stepping
+    ``params`` (parameter names; default every trainable one). ``policy`` itself is not changed."""
+    import copy
+
+    pol = copy.deepcopy(policy)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        a, lp, _ = pol.act(feats, generator=g)
+    adv = torch.randn(len(feats), generator=g)
+    named = dict(pol.named_parameters())
+    ps = [named[n] for n in params] if params else [p for p in pol.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(ps, lr=lr)
+    loss = -(pol.log_prob(feats, a) * adv).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        r = pol.log_prob(feats, a) - lp
+    return float(((r.exp() - 1) - r).mean())
+
+
 def _normal_logp(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     z = (x - mean) * torch.exp(-log_std)

@@ -10,7 +10,7 @@ import torch
 
 from flywheel.vla_rl import flow_sde
 from flywheel.vla_rl.checkpoint import build_policy, load_policy, save_policy
-from flywheel.vla_rl.policies import FlowChunkPolicy, GaussianChunkPolicy, StateFeatures
+from flywheel.vla_rl.policies import FlowChunkPolicy, GaussianChunkPolicy, StateFeatures, one_step_kl
 
 
 def _enc():
@@ -105,20 +105,6 @@ class _WideEncoder:
         return torch.as_tensor(obs["f"])
 
 
-def _one_adam_step_kl(pol, feats, lr):
-    torch.manual_seed(1)
-    with torch.no_grad():
-        a, lp, _ = pol.act(feats)
-    opt = torch.optim.Adam([p for p in pol.parameters() if p.requires_grad], lr=lr)
-    loss = -(pol.log_prob(feats, a) * torch.randn(len(feats))).mean()  # a policy-gradient step
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    with torch.no_grad():
-        r = pol.log_prob(feats, a) - lp
-    return float(((r.exp() - 1) - r).mean())
-
-
 def test_wide_raw_features_do_not_make_one_step_a_leap():
     # regression: on the compact VLA's raw features one Adam step at lr 3e-7 moved the old linear scale
     # head by an approximate KL of 0.2; reading normalised features keeps the step ~100x smaller
@@ -127,8 +113,8 @@ def test_wide_raw_features_do_not_make_one_step_a_leap():
     old = GaussianChunkPolicy(_WideEncoder(), 4, 7, log_std_hidden=0, norm_features=False)
     new = GaussianChunkPolicy(_WideEncoder(), 4, 7)
     new_normed = GaussianChunkPolicy(_WideEncoder(), 4, 7, norm_features=True)
-    assert _one_adam_step_kl(old, feats, 1e-6) > 0.1
-    assert _one_adam_step_kl(new_normed, feats, 1e-6) < 0.01
+    assert one_step_kl(old, feats, 1e-6) > 0.1
+    assert one_step_kl(new_normed, feats, 1e-6) < 0.003  # without the LayerNorm: 0.007
     assert new.norm_features is False  # the class default: state features are standardised already
     pol = build_policy({"kind": "gaussian", "horizon": 2, "action_dim": 3}, {"type": "state", "keys": ["state/a"],
                                                                           "dims": [2]})
