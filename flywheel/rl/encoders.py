@@ -141,6 +141,20 @@ def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     return padded[bidx, cidx, rows, cols]
 
 
+def random_map_shift(x: torch.Tensor, cells: float) -> torch.Tensor:
+    """DrQ-v2-style random translation of (B, C, h, w) feature maps by up to ``cells`` cells in x and y
+    (uniform, sub-cell: bilinear resampling, border padding); 0 returns ``x`` unchanged."""
+    if cells <= 0:
+        return x
+    b, _, h, w = x.shape
+    t = (torch.rand(b, 2, device=x.device) * 2 - 1) * float(cells)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2], theta[:, 1, 2] = t[:, 0] * 2 / w, t[:, 1] * 2 / h  # cells -> normalised [-1, 1] units
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class ConvEncoder(nn.Module):
     """Small conv net for one camera: uint8 (B, H, W, 3) -> (B, feature_dim)."""
 
@@ -184,7 +198,8 @@ class KeypointEncoder(nn.Module):
     """Trainable head on one camera's frozen feature maps: float16 (B, C, h, w) -> (B, feature_dim).
 
     As the compact VLA's head does: a 1x1 conv and ReLU, then spatial-softmax keypoints (where) with
-    the mean-pooled map (what), projected, LayerNorm, Tanh. No augmentation (the maps are cached).
+    the mean-pooled map (what), projected, LayerNorm, Tanh. Augmentation (``SACConfig.feature_shift``) shifts
+    the cached maps by a random sub-cell translation (:func:`random_map_shift`).
     """
 
     def __init__(self, feat_shape: tuple[int, ...], channels: int, num_keypoints: int, feature_dim: int):
@@ -200,8 +215,8 @@ class KeypointEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * num_keypoints + channels, feature_dim), nn.LayerNorm(feature_dim),
                                   nn.Tanh())
 
-    def forward(self, feats: torch.Tensor, shift_pad: int = 0) -> torch.Tensor:
-        x = self.proj(feats.float())
+    def forward(self, feats: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
+        x = self.proj(random_map_shift(feats.float(), shift))
         kp = self.softmax(self.keypoints(x)).flatten(1)
         return self.head(torch.cat([kp, x.mean((2, 3))], -1))
 
@@ -223,7 +238,8 @@ class Encoder(nn.Module):
         self.deltas = list(deltas)
         state_dim += sum(a.stop - a.start for a, _ in self.deltas)
         self.image_keys = list(image_shapes)
-        self.shift_pad = cfg.shift_pad if cfg.encoder == "conv" else 0
+        # the augmentation's size: pixels for the conv net, cells of the cached maps for the pretrained head
+        self.shift: float = {"conv": cfg.shift_pad, "pretrained": cfg.feature_shift}.get(cfg.encoder, 0)
         self.cams = nn.ModuleDict()
         for k, shape in image_shapes.items():
             name = k.replace("/", "__")
@@ -250,7 +266,7 @@ class Encoder(nn.Module):
         return torch.cat([x, *(x[:, a] - x[:, b] for a, b in self.deltas)], -1)
 
     def forward(self, obs: Mapping[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
-        parts = [enc(obs[k.replace("__", "/")], self.shift_pad if augment else 0) for k, enc in self.cams.items()]
+        parts = [enc(obs[k.replace("__", "/")], self.shift if augment else 0) for k, enc in self.cams.items()]
         if self.state_keys:
             parts.append((self.state_vector(obs) - self.state_mean) / self.state_std)
         return torch.cat(parts, -1)

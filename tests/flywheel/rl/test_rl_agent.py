@@ -10,7 +10,7 @@ from rl_toy_envs import AlwaysIntervener, LineEnv, LineExpert, TargetEnv
 from flywheel.rl.actions import GRIP_CLOSE, GRIP_OPEN, GRIP_STAY, compose_action, gripper_label
 from flywheel.rl.actor import Actor, collect_demos
 from flywheel.rl.buffers import ReplayBuffer, rlpd_batch, route_transitions, stack_transitions
-from flywheel.rl.encoders import obs_shapes_of, random_shift
+from flywheel.rl.encoders import KeypointEncoder, obs_shapes_of, random_map_shift, random_shift
 from flywheel.rl.learner import Learner, LearnerConfig
 from flywheel.rl.loops import train_local
 from flywheel.rl.sac import SACAgent, SACConfig
@@ -177,6 +177,40 @@ def test_image_encoders_conv_and_latent_hook():
         SACAgent(SACConfig(encoder="latent"), shapes)
     with pytest.raises(KeyError, match="cameras"):
         SACAgent(SACConfig(encoder="conv"), {"state/x": ((2,), "float32")})
+
+
+def test_feature_map_shift_translates_by_up_to_the_given_cells():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 3, 4] = 1.0  # one peak, away from the border
+    assert random_map_shift(x, 0.0) is x
+    y = random_map_shift(x, 1.0)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    # each map's centre of mass moved by the sampled translation, never more than one cell per axis
+    grid = torch.arange(8.0)
+    cy = (y[:, 0].sum(2) * grid).sum(1) / y[:, 0].sum((1, 2))
+    cx = (y[:, 0].sum(1) * grid).sum(1) / y[:, 0].sum((1, 2))
+    dy, dx = cy - 3, cx - 4
+    assert dx.abs().max() <= 1.0 + 1e-5 and dy.abs().max() <= 1.0 + 1e-5
+    assert dx.abs().max() > 0.5 and dy.abs().max() > 0.5 and dx.std() > 0.3  # spread, both signs
+    assert (dx > 0).any() and (dx < 0).any()
+    # the mass is kept (a sub-cell shift is an interpolation, not a crop) for a peak inside the map
+    assert torch.allclose(y.sum((1, 2, 3)), torch.ones(64), atol=1e-5)
+
+
+def test_pretrained_keypoint_head_augments_only_when_asked():
+    torch.manual_seed(0)
+    feats = torch.randn(4, 112, 8, 8).half()
+    enc = KeypointEncoder((112, 8, 8), channels=8, num_keypoints=4, feature_dim=16)
+    assert torch.equal(enc(feats), enc(feats))  # no augmentation: deterministic
+    assert not torch.allclose(enc(feats, 0.5), enc(feats, 0.5))
+    cfg = SACConfig(hidden_dims=[32], batch_size=4, encoder="pretrained", state_keys=["state/q"], feature_shift=0.5,
+                    conv_channels=8, feature_dim=16, pretrained_keypoints=4)
+    agent = SACAgent(cfg, {"features/front": ((112, 8, 8), "float16"), "state/q": ((2,), "float32")})
+    obs = {"features/front": feats, "state/q": torch.zeros(4, 2)}
+    assert agent.encoder.shift == 0.5
+    assert torch.equal(agent.encoder(obs), agent.encoder(obs))
+    assert not torch.allclose(agent.encoder(obs, augment=True), agent.encoder(obs, augment=True))
 
 
 def test_collect_demos_keeps_only_successes():
