@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -194,15 +195,29 @@ class LatentEncoder(nn.Module):
         return self.head(z)
 
 
+class SpatialEmbedding(nn.Module):
+    """HIL-SERL's learned spatial embeddings: (B, C, h, w) -> (B, C * k), each channel's map weighted by k learned
+    (h, w) kernels and summed, so *where* a feature fires (a cube's edges, its orientation) survives pooling."""
+
+    def __init__(self, channels: int, h: int, w: int, k: int):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(channels, h * w, k) / math.sqrt(h * w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bcn,cnk->bck", x.flatten(2), self.kernel).flatten(1)
+
+
 class KeypointEncoder(nn.Module):
     """Trainable head on one camera's frozen feature maps: float16 (B, C, h, w) -> (B, feature_dim).
 
     As the compact VLA's head does: a 1x1 conv and ReLU, then spatial-softmax keypoints (where) with
-    the mean-pooled map (what), projected, LayerNorm, Tanh. Augmentation (``SACConfig.feature_shift``) shifts
-    the cached maps by a random sub-cell translation (:func:`random_map_shift`).
+    the mean-pooled map (what), and with ``spatial`` > 0 learned spatial embeddings (:class:`SpatialEmbedding`),
+    projected, LayerNorm, Tanh. Augmentation (``SACConfig.feature_shift``) shifts the cached maps by a random
+    sub-cell translation (:func:`random_map_shift`).
     """
 
-    def __init__(self, feat_shape: tuple[int, ...], channels: int, num_keypoints: int, feature_dim: int):
+    def __init__(self, feat_shape: tuple[int, ...], channels: int, num_keypoints: int, feature_dim: int,
+                 spatial: int = 0):
         super().__init__()
         from policy.compact import SpatialSoftmax
 
@@ -212,13 +227,15 @@ class KeypointEncoder(nn.Module):
         self.proj = nn.Sequential(nn.Conv2d(c, channels, 1), nn.ReLU())
         self.keypoints = nn.Conv2d(channels, num_keypoints, 1)
         self.softmax = SpatialSoftmax(h, w)
-        self.head = nn.Sequential(nn.Linear(2 * num_keypoints + channels, feature_dim), nn.LayerNorm(feature_dim),
-                                  nn.Tanh())
+        self.spatial = SpatialEmbedding(channels, h, w, int(spatial)) if spatial > 0 else None
+        n = 2 * num_keypoints + channels + channels * max(int(spatial), 0)
+        self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
     def forward(self, feats: torch.Tensor, shift: float = 0.0) -> torch.Tensor:
         x = self.proj(random_map_shift(feats.float(), shift))
         kp = self.softmax(self.keypoints(x)).flatten(1)
-        return self.head(torch.cat([kp, x.mean((2, 3))], -1))
+        parts = [kp, x.mean((2, 3))] + ([self.spatial(x)] if self.spatial is not None else [])
+        return self.head(torch.cat(parts, -1))
 
 
 class Encoder(nn.Module):
@@ -250,7 +267,8 @@ class Encoder(nn.Module):
                     raise ValueError("encoder='latent' needs latent_encoder=<callable images -> features>")
                 self.cams[name] = LatentEncoder(latent_fn, shape, cfg.feature_dim)
             elif cfg.encoder == "pretrained":
-                self.cams[name] = KeypointEncoder(shape, cfg.conv_channels, cfg.pretrained_keypoints, cfg.feature_dim)
+                self.cams[name] = KeypointEncoder(shape, cfg.conv_channels, cfg.pretrained_keypoints, cfg.feature_dim,
+                                                  cfg.pretrained_spatial)
         self.out_dim = state_dim + cfg.feature_dim * len(self.cams)
         # state normalisation (identity until set_state_stats; saved with the weights)
         self.register_buffer("state_mean", torch.zeros(state_dim))

@@ -83,6 +83,7 @@ class SACConfig:
     conv_channels: int = 32  # conv: channels of each layer; pretrained: the head's 1x1 conv
     pretrained_block: int = 10  # pretrained: the EfficientNet-Lite0 block the trunk is cut after (112 ch)
     pretrained_keypoints: int = 16  # pretrained: spatial-softmax keypoints per camera
+    pretrained_spatial: int = 0  # pretrained: learned spatial embeddings per channel (HIL-SERL's), 0 off
     shift_pad: int = 4  # conv: random-shift augmentation (pixels), 0 disables
     feature_shift: float = 0.0  # pretrained: random sub-cell shift of the cached maps (cells, 0 disables)
     grad_clip: float = 10.0

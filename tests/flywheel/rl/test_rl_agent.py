@@ -10,7 +10,13 @@ from rl_toy_envs import AlwaysIntervener, LineEnv, LineExpert, TargetEnv
 from flywheel.rl.actions import GRIP_CLOSE, GRIP_OPEN, GRIP_STAY, compose_action, gripper_label
 from flywheel.rl.actor import Actor, collect_demos
 from flywheel.rl.buffers import ReplayBuffer, rlpd_batch, route_transitions, stack_transitions
-from flywheel.rl.encoders import KeypointEncoder, obs_shapes_of, random_map_shift, random_shift
+from flywheel.rl.encoders import (
+    KeypointEncoder,
+    SpatialEmbedding,
+    obs_shapes_of,
+    random_map_shift,
+    random_shift,
+)
 from flywheel.rl.learner import Learner, LearnerConfig
 from flywheel.rl.loops import train_local
 from flywheel.rl.sac import SACAgent, SACConfig
@@ -211,6 +217,22 @@ def test_pretrained_keypoint_head_augments_only_when_asked():
     assert agent.encoder.shift == 0.5
     assert torch.equal(agent.encoder(obs), agent.encoder(obs))
     assert not torch.allclose(agent.encoder(obs, augment=True), agent.encoder(obs, augment=True))
+
+
+def test_spatial_embedding_keeps_where_a_feature_fires():
+    torch.manual_seed(0)
+    emb = SpatialEmbedding(channels=3, h=4, w=4, k=2)
+    a, b = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    a[0, :, 0, 0], b[0, :, 3, 3] = 1.0, 1.0  # equal means, different places
+    assert emb(a).shape == (1, 6)
+    assert torch.allclose(a.mean((2, 3)), b.mean((2, 3))) and not torch.allclose(emb(a), emb(b))
+    # exactly the kernel at the firing cell
+    assert torch.allclose(emb(a)[0].view(3, 2), emb.kernel[:, 0, :])
+    enc = KeypointEncoder((5, 4, 4), channels=3, num_keypoints=2, feature_dim=8, spatial=2)
+    assert enc.head[0].in_features == 2 * 2 + 3 + 3 * 2
+    out = enc(torch.randn(2, 5, 4, 4))
+    out.sum().backward()
+    assert out.shape == (2, 8) and emb.kernel.grad is None and enc.spatial.kernel.grad is not None
 
 
 def test_collect_demos_keeps_only_successes():
