@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -280,13 +281,14 @@ class Graph:
         node, _, attr = ref.partition(".")
         return getattr(self.nodes.get(node), attr, None)
 
-    def spin(self, duration: float = 0.0) -> None:
-        """Spin until Ctrl-C, or for ``duration`` seconds when > 0."""
+    def spin(self, duration: float = 0.0, stop: threading.Event | None = None) -> None:
+        """Spin until Ctrl-C, ``stop`` is set, or for ``duration`` seconds when > 0."""
         from rclpy.executors import ExternalShutdownException
 
         end = time.monotonic() + duration if duration > 0 else None
         try:
-            while self._context.ok() and (end is None or time.monotonic() < end):
+            while (self._context.ok() and (stop is None or not stop.is_set())
+                   and (end is None or time.monotonic() < end)):
                 self.executor.spin_once(timeout_sec=0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
         except ExternalShutdownException:  # Ctrl-C or the context shut down by its owner
             pass
@@ -313,13 +315,14 @@ class Graph:
 def run(cfg: Any) -> int:
     """Bring the rig up and spin (the body of ``rig-up``).
 
-    Ctrl-C and SIGTERM (what ``ros2 launch`` sends) end the spin as a KeyboardInterrupt and every node
-    shuts down through its lifecycle. ``kill -USR1 <pid>`` prints every thread's stack to stderr, for a
-    rig that will not stop.
+    Ctrl-C and SIGTERM (what ``ros2 launch`` sends) end the spin and every node shuts down through its
+    lifecycle. The first signal only sets a flag the spin loop checks (within 0.1 s): an exception raised
+    inside rclpy's native code (a message being taken) would surface as a pybind11 RuntimeError instead of a
+    KeyboardInterrupt and end the rig with an error. A second signal interrupts at once. ``kill -USR1 <pid>``
+    prints every thread's stack to stderr, for a rig that will not stop.
     """
     import faulthandler
     import signal
-    import threading
 
     try:
         g = Graph(cfg, rclpy_signal_handlers=False)
@@ -327,17 +330,21 @@ def run(cfg: Any) -> int:
         log.error(str(e))
         raise SystemExit(2) from None
 
-    def _term(*_: Any) -> None:
-        raise KeyboardInterrupt
+    stop = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        if stop.is_set():  # the second Ctrl-C / SIGTERM: do not wait for the loop
+            raise KeyboardInterrupt
+        stop.set()
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         g.start()
         log.info("rig %r up: %s", str(cfg.rig.name), ", ".join(f"{d.name} ({d.executable})" for d in g.descriptions))
-        g.spin(float(cfg.duration))
+        g.spin(float(cfg.duration), stop)
     except KeyboardInterrupt:
         pass
     except NodeStartError as e:  # the node's own error is logged above it
