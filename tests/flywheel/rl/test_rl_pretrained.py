@@ -134,6 +134,7 @@ def test_pixel_presets_read_proprio_and_features_only(name, tmp_path):
         assert agent.image_keys == ["features/front", "features/wrist"]
         assert all(k.startswith("state/") and k != "state/privileged" for k in agent.state_keys)
         assert agent.cfg.state_deltas == []
+        assert agent.encoder.shift == 0.5  # the cached maps are augmented in critic updates (docs/bench/rl.md)
     finally:
         env.close()
 
