@@ -228,7 +228,7 @@ class KeypointEncoder(nn.Module):
         self.keypoints = nn.Conv2d(channels, num_keypoints, 1)
         self.softmax = SpatialSoftmax(h, w)
         self.spatial = SpatialEmbedding(channels, h, w, int(spatial)) if spatial > 0 else None
-        n = 2 * num_keypoints + channels + channels * max(int(spatial), 0)
+        n = 2 * num_keypoints + channels + channels * int(spatial)
         self.head = nn.Sequential(nn.Linear(n, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh())
 
     def forward(self, feats: torch.Tensor, shift: float = 0.0) -> torch.Tensor:

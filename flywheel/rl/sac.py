@@ -107,6 +107,10 @@ class SACAgent(nn.Module):
         bad = [d for d in cfg.arm_dims if not 0 <= d < ARM_DIMS]
         if bad or not cfg.arm_dims:
             raise ValueError(f"arm_dims={list(cfg.arm_dims)}: give a non-empty subset of 0..5")
+        if not (np.isfinite(cfg.feature_shift) and cfg.feature_shift >= 0):
+            raise ValueError(f"feature_shift={cfg.feature_shift}: give the largest shift in cells, >= 0 (0: off)")
+        if cfg.pretrained_spatial < 0:
+            raise ValueError(f"pretrained_spatial={cfg.pretrained_spatial}: give the kernels per channel, >= 0 (0: off)")
         self.cfg = cfg
         self.device = torch.device(device)
         self.state_keys, self.image_keys = observation_layout(obs_shapes, cfg)

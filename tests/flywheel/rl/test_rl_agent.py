@@ -217,6 +217,11 @@ def test_pretrained_keypoint_head_augments_only_when_asked():
     assert agent.encoder.shift == 0.5
     assert torch.equal(agent.encoder(obs), agent.encoder(obs))
     assert not torch.allclose(agent.encoder(obs, augment=True), agent.encoder(obs, augment=True))
+    shapes = {"features/front": ((112, 8, 8), "float16"), "state/q": ((2,), "float32")}
+    for bad, err in (({"feature_shift": -0.5}, "feature_shift=-0.5"), ({"feature_shift": float("nan")}, "feature_shift"),
+                     ({"pretrained_spatial": -1}, "pretrained_spatial=-1")):
+        with pytest.raises(ValueError, match=err):
+            SACAgent(SACConfig(encoder="pretrained", state_keys=["state/q"], **bad), shapes)
 
 
 def test_spatial_embedding_keeps_where_a_feature_fires():
