@@ -51,7 +51,7 @@ class Watcher:
 
     def __init__(self, task, reach: float, closed_width: float):
         self.task, self.reach, self.closed_width = task, reach, closed_width
-        self.names = ["target_cube"] + [f"distractor{i}" for i in range(int(getattr(task, "n_distractors", 0)))]
+        self.names = ["target_cube"] + [f"distractor{i}" for i in range(int(task.n_distractors))]
         self.start()
 
     def start(self) -> None:
@@ -82,7 +82,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the episodes and the table as JSON")
     args = ap.parse_args()
 
-    import safetensors.torch
     import torch
     from omegaconf import OmegaConf
     from tqdm import tqdm
@@ -90,6 +89,7 @@ def main() -> None:
     from flywheel.rl.actor import Actor, SACActing
     from flywheel.rl.app import upgrade_config
     from flywheel.rl.build import build_agent, make_env
+    from flywheel.rl.learner import load_agent_weights
     from flywheel.rollout import run_episodes
 
     results = args.run_dir / "results.json"
@@ -101,8 +101,7 @@ def main() -> None:
     torch.set_num_threads(int(cfg.torch_threads))
     env = make_env(cfg)
     agent = build_agent(cfg, env)
-    sd = {k[len("agent/"):]: v for k, v in safetensors.torch.load_file(str(weights)).items() if k.startswith("agent/")}
-    agent.load_state_dict(sd, strict=True)
+    load_agent_weights(agent, weights.parent)
     task = env.unwrapped.task
     if not hasattr(task, "n_distractors"):
         raise SystemExit(f"{cfg.env.task} is not a lift task: this breakdown knows LiftCube-* only")

@@ -32,6 +32,18 @@ from flywheel.rl.sac import SACAgent
 log = logging.getLogger(__name__)
 
 
+def agent_state(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The agent's state dict from a checkpoint's tensors (:meth:`Learner.save` prefixes them ``agent/``)."""
+    return {k[len("agent/"):]: v for k, v in tensors.items() if k.startswith("agent/")}
+
+
+def load_agent_weights(agent: SACAgent, checkpoint: str | os.PathLike) -> None:
+    """Load only the agent's weights from a checkpoint directory (for acting: no optimisers, buffers or
+    counters); every key must match the agent."""
+    tensors = safetensors.torch.load_file(str(Path(checkpoint) / "agent.safetensors"))
+    agent.load_state_dict(agent_state(tensors), strict=True)
+
+
 @dataclass
 class LearnerConfig:
     demo_capacity: int = 100_000
@@ -180,8 +192,7 @@ class Learner:
             raise FileNotFoundError(f"{path} is not a learner checkpoint (no state.json)")
         state = json.loads((path / "state.json").read_text())
         tensors = safetensors.torch.load_file(str(path / "agent.safetensors"))
-        agent_sd = {k[len("agent/"):]: v for k, v in tensors.items() if k.startswith("agent/")}
-        self.agent.load_state_dict(agent_sd, strict=True)
+        self.agent.load_state_dict(agent_state(tensors), strict=True)
         for name, opt in self.agent.optimizers().items():
             meta = state["optimizers"][name]
             opt_state = {

@@ -79,11 +79,11 @@ class RLSpecialistAgent:
     """A trained ``flywheel-rl`` agent, acting deterministically on the state keys of a (camera) env."""
 
     def __init__(self, run_dir: str | Path):
-        import safetensors.torch
         from omegaconf import OmegaConf
 
         from flywheel.rl.actor import SACActing
         from flywheel.rl.build import build_agent, make_env
+        from flywheel.rl.learner import load_agent_weights
 
         run_dir = Path(run_dir)
         rl_cfg = OmegaConf.create(_results(run_dir)["config"])
@@ -97,8 +97,7 @@ class RLSpecialistAgent:
             from flywheel.rl.build import featurizer
 
             self._featurizer = featurizer(rl_cfg)
-        tensors = safetensors.torch.load_file(str(run_dir / "checkpoint" / "agent.safetensors"))
-        self.agent.load_state_dict({k[len("agent/"):]: v for k, v in tensors.items() if k.startswith("agent/")})
+        load_agent_weights(self.agent, run_dir / "checkpoint")
         self.agent.eval()
         self._acting = SACActing(self.agent, deterministic=True)
 
