@@ -40,7 +40,7 @@ from torch import nn
 from policy.config import CompactConfig
 from policy.encoders import SentenceEncoder, image_encoder_id, image_trunk
 from policy.heads import FlowMatchingHead, TokenLearnerHead, _mlp
-from policy.model import FORMAT, WEIGHTS, _as_numpy, head_backbone_groups
+from policy.model import _as_numpy, head_backbone_groups
 from policy.normalize import Normalizer
 from rig.spec import PROPRIO_KEYS, RigSpec
 
@@ -59,15 +59,6 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | N
         return err.mean(dims)
     keep = (~is_pad.bool()).unsqueeze(-1).to(err.dtype)
     return (err * keep).sum(dims) / (keep.sum(dims) * err.shape[-1]).clamp_min(1.0)
-
-
-def checkpoint_family(path: str | Path) -> str:
-    """``compact`` or ``vlm`` (a checkpoint without a family field is a transformers-VLM one)."""
-    f = Path(path) / "policy_config.json"
-    if not f.is_file():
-        return "vlm"
-    meta = json.loads(f.read_text())
-    return str(meta.get("family") or meta.get("config", {}).get("family") or "vlm")
 
 
 class SpatialSoftmax(nn.Module):
@@ -299,16 +290,12 @@ class CompactVLA(nn.Module):
 
     # --------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file, save_model
+        from safetensors.torch import save_file
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_model(self, str(path / WEIGHTS))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "family": FAMILY,
-                "config": dataclasses.asdict(self.cfg)}
-        (path / "policy_config.json").write_text(json.dumps(meta, indent=2))
-        self.normalizer.save(path / "stats.json")
-        (path / "spec.json").write_text(self.spec.to_json())
+        from policy import checkpoint
+
+        path = checkpoint.write(path, self, family=FAMILY, version=FORMAT_VERSION,
+                                config=dataclasses.asdict(self.cfg), normalizer=self.normalizer, spec=self.spec)
         texts = sorted(self.text.cache)
         (path / f"{INSTRUCTIONS}.json").write_text(json.dumps(texts, indent=1))
         emb = np.stack([self.text.cache[t] for t in texts]) if texts else np.zeros((0, self.text.dim), np.float32)
@@ -318,28 +305,16 @@ class CompactVLA(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, spec: RigSpec | None = None) -> CompactVLA:
         """Rebuild from a checkpoint directory (its weights include the encoder's: no image wheel needed)."""
-        from safetensors.torch import load_file, load_model
+        from safetensors.torch import load_file
 
-        from rig.spec import check_compatible
+        from policy import checkpoint
 
         path = Path(path)
-        meta_file = path / "policy_config.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} is not a policy checkpoint: {meta_file.name} is missing")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT or meta.get("family") != FAMILY \
-                or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{path}: checkpoint {meta.get('format')!r} family {meta.get('family')!r} "
-                             f"v{meta.get('format_version')} is not {FORMAT!r} {FAMILY!r} <= v{FORMAT_VERSION}")
-        saved_spec = RigSpec.from_json((path / "spec.json").read_text())
-        if spec is not None:
-            check_compatible(spec, saved_spec, "rig", f"checkpoint {path}")
+        meta = checkpoint.read_meta(path, family=FAMILY, version=FORMAT_VERSION)
+        saved_spec = checkpoint.read_spec(path, spec)
         cfg = CompactConfig(**meta["config"])
-        model = cls(cfg, saved_spec, Normalizer.read(path / "stats.json"), pretrained=False)
-        missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS} does not fit the model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+        model = cls(cfg, saved_spec, checkpoint.read_normalizer(path), pretrained=False)
+        checkpoint.load_weights(model, path)
         names = path / f"{INSTRUCTIONS}.json"
         if names.is_file():
             texts = json.loads(names.read_text())

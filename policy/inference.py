@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policy.checks import check_finite_output, check_finite_weights
+from policy.checks import check_finite_output
 from policy.model import VLA
 from rig.spec import PROPRIO_KEYS, RigSpec, SpecError
 
@@ -123,12 +123,12 @@ def load(
 
     The checkpoint's ``family`` picks the model class: ``compact`` (:mod:`policy.compact`) or
     ``vlm`` (:class:`policy.model.VLA`; checkpoints without the field are VLM ones)."""
-    from policy.compact import CompactVLA, checkpoint_family
+    from policy.checkpoint import checkpoint_family
+    from policy.compact import CompactVLA
 
     family = checkpoint_family(path)
     if family not in ("vlm", "compact"):
         raise ValueError(f"{path}: unknown policy family {family!r} (expected 'vlm' or 'compact')")
+    # each family's from_checkpoint refuses NaN/Inf weights, naming the tensor (policy.checkpoint.load_weights)
     model = CompactVLA.from_checkpoint(path, spec=spec) if family == "compact" else VLA.from_checkpoint(path, spec=spec)
-    if family != "vlm":  # VLA.from_checkpoint checks its own weights
-        check_finite_weights(model.state_dict(), path)  # NaN/Inf weights: refuse, naming the tensor
     return Policy(model, device=device, compile=compile, path=path)

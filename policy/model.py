@@ -7,7 +7,7 @@ backbone's last hidden states (see :mod:`policy.heads`).
 Checkpoint directory (everything needed to reload offline, nothing pickled)::
 
     model.safetensors     all weights (backbone, adapters, head)
-    policy_config.json    PolicyConfig + format version
+    policy_config.json    PolicyConfig + format version (family "vlm")
     stats.json            normalisation statistics (policy.normalize)
     spec.json             the rig spec the policy was trained for
     backbone/             backbone config.json + processor / tokenizer files
@@ -16,7 +16,6 @@ Checkpoint directory (everything needed to reload offline, nothing pickled)::
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,8 @@ from policy.heads import FlowMatchingHead, TokenLearnerHead
 from policy.normalize import Normalizer
 from rig.spec import PROPRIO_KEYS, RigSpec
 
-FORMAT = "panda-flywheel-vla"
 FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
+FAMILY = "vlm"
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -231,15 +229,11 @@ class VLA(nn.Module):
     # ---------------------------------------------------------- checkpoints
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the checkpoint directory (see the module docstring)."""
-        from safetensors.torch import save_model
+        from policy import checkpoint
 
-        path = Path(path)
-        (path / "backbone").mkdir(parents=True, exist_ok=True)
-        save_model(self, str(path / WEIGHTS))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(self.cfg)}
-        (path / "policy_config.json").write_text(json.dumps(meta, indent=2))
-        self.normalizer.save(path / "stats.json")
-        (path / "spec.json").write_text(self.spec.to_json())
+        path = checkpoint.write(path, self, family=FAMILY, version=FORMAT_VERSION,
+                                config=dataclasses.asdict(self.cfg), normalizer=self.normalizer, spec=self.spec)
+        (path / "backbone").mkdir(exist_ok=True)
         self.backbone.config.save_pretrained(path / "backbone")
         self.processor.save_pretrained(path / "backbone")
         return path
@@ -247,36 +241,17 @@ class VLA(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, spec: RigSpec | None = None) -> VLA:
         """Rebuild from a checkpoint directory; ``spec`` (the rig's) must match the saved one."""
-        from safetensors.torch import load_model
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-        from rig.spec import check_compatible
+        from policy import checkpoint
 
         path = Path(path)
-        meta_file = path / "policy_config.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{path} is not a policy checkpoint: {meta_file.name} is missing")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: checkpoint format {meta.get('format')!r} v{meta.get('format_version')} is not "
-                f"{FORMAT!r} <= v{FORMAT_VERSION}"
-            )
-        saved_spec = RigSpec.from_json((path / "spec.json").read_text())
-        if spec is not None:
-            check_compatible(spec, saved_spec, "rig", f"checkpoint {path}")
+        meta = checkpoint.read_meta(path, family=FAMILY, version=FORMAT_VERSION)
+        saved_spec = checkpoint.read_spec(path, spec)
         cfg = PolicyConfig(**meta["config"])
         bcfg = AutoConfig.from_pretrained(path / "backbone")
         backbone = AutoModelForImageTextToText.from_config(bcfg, dtype=torch.float32)
         processor = AutoProcessor.from_pretrained(path / "backbone")
-        model = cls(cfg, saved_spec, backbone, processor, Normalizer.read(path / "stats.json"))
-        missing, unexpected = load_model(model, str(path / WEIGHTS), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path / WEIGHTS} does not fit the model: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
-            )
-        from policy.checks import check_finite_weights
-
-        check_finite_weights(model.state_dict(), path / WEIGHTS)  # NaN/Inf weights: refuse, naming the tensor
+        model = cls(cfg, saved_spec, backbone, processor, checkpoint.read_normalizer(path))
+        checkpoint.load_weights(model, path)
         return model

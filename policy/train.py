@@ -40,9 +40,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from policy import distributed as pdist
+from policy.checkpoint import WEIGHTS
 from policy.config import TrainConfig
 from policy.inference import pick_device
-from policy.model import VLA, WEIGHTS
+from policy.model import VLA
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ FINETUNE = ("frozen", "partial", "full")
 def is_compact(parent: str | Path | Any) -> bool:
     """Whether ``parent`` (a checkpoint directory or a model) is of the compact family."""
     if isinstance(parent, (str, Path)):
-        from policy.compact import checkpoint_family
+        from policy.checkpoint import checkpoint_family
 
         return checkpoint_family(parent) == "compact"
     return getattr(parent, "family", None) == "compact"

@@ -106,7 +106,8 @@ class CompactEncoder(nn.Module):
 
 def encoder_from_checkpoint(path: str | Path, device: str = "cpu") -> Any:
     """The encoder adapter of a generalist checkpoint directory."""
-    from policy.compact import CompactVLA, checkpoint_family
+    from policy.checkpoint import checkpoint_family
+    from policy.compact import CompactVLA
 
     family = checkpoint_family(path)
     if family != "compact":

@@ -8,9 +8,10 @@ import torch
 from policy_helpers import observation, tiny_spec
 
 import policy
+from policy.checkpoint import WEIGHTS
 from policy.checks import NonFiniteError, check_finite_output, check_finite_weights
 from policy.config import PolicyConfig
-from policy.model import VLA, WEIGHTS
+from policy.model import VLA
 
 
 def _model(tiny_backbones) -> VLA:
