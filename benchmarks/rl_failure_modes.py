@@ -1,7 +1,8 @@
-"""Why a lift specialist fails: its held-out episodes sorted by how far they got.
+"""Why a specialist fails: its held-out episodes sorted by how far they got.
 
 Loads a `flywheel-rl` run directory (its `results.json` config and `checkpoint/agent.safetensors`), runs the
-deterministic policy on held-out seeds of its sim lift task (LiftCube-*), and watches the task's own state:
+deterministic policy on held-out seeds of its sim task and watches the task's own state. Lift tasks
+(LiftCube-*):
 
 | outcome | meaning |
 | --- | --- |
@@ -12,10 +13,21 @@ deterministic policy on held-out seeds of its sim lift task (LiftCube-*), and wa
 | grasped a distractor | it held another cube and never the target |
 | grasped, not lifted | it held the target but never lifted it to the success height |
 
-For each outcome: the count, the mean |cube yaw relative to the gripper| at the closest approach (the cube's
-symmetry folds it into +-45 degrees) and the mean TCP height when the gripper first closed.
+with the mean |cube yaw relative to the gripper| at the closest approach (the cube's symmetry folds it into
++-45 degrees) and the mean TCP height when the gripper first closed. Insertion (PegInsert):
+
+| outcome | meaning |
+| --- | --- |
+| success | the sim's success test passed |
+| never over the hole | the peg's bottom never came within `--align` (xy) of the hole's centre |
+| over the hole, not in | it came within `--align` but the bottom never went below the block's top |
+| in the hole, not deep | the bottom entered the hole but not to the success depth |
+
+with the closest xy approach of the peg's bottom to the hole's centre (the hole leaves 1 mm per side) and
+the peg's largest tilt (deg).
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/rl_failure_modes.py outputs/bench/rl_pix_blue4 --episodes 50
+    MUJOCO_GL=egl .venv/bin/python benchmarks/rl_failure_modes.py outputs/bench/rl_pix_peg --episodes 50
 """
 
 from __future__ import annotations
@@ -27,30 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-OUTCOMES = ("success", "never reached", "reached, never closed", "closed and missed", "grasped a distractor",
-            "grasped, not lifted")
 
-
-def classify(ep: dict) -> str:
-    """One episode's outcome from what :class:`Watcher` saw."""
-    if ep["success"]:
-        return "success"
-    if "target_cube" in ep["grasped"]:
-        return "grasped, not lifted"
-    if ep["grasped"]:
-        return "grasped a distractor"
-    if ep["closed_z"] is not None and ep["reached"]:
-        return "closed and missed"
-    if not ep["reached"]:
-        return "never reached"
-    return "reached, never closed"
-
-
-class Watcher:
+class LiftWatcher:
     """Per step: which cubes are held, the closest xy approach to the target, the gripper's first closing."""
 
-    def __init__(self, task, reach: float, closed_width: float):
-        self.task, self.reach, self.closed_width = task, reach, closed_width
+    OUTCOMES = ("success", "never reached", "reached, never closed", "closed and missed", "grasped a distractor",
+                "grasped, not lifted")
+    COLUMNS = {"mean abs(yaw) at the closest approach (deg)": ("yaw", "{:.1f}", True),
+               "TCP z when first closed (m)": ("closed_z", "{:.3f}", False)}
+
+    def __init__(self, task, args: argparse.Namespace):
+        self.task, self.reach, self.closed_width = task, args.reach, args.closed_width
         self.names = ["target_cube"] + [f"distractor{i}" for i in range(int(task.n_distractors))]
         self.start()
 
@@ -71,6 +70,66 @@ class Watcher:
         return {"success": bool(success), "grasped": sorted(self.grasped), "reached": self.dmin < self.reach,
                 "dmin": self.dmin, "yaw": self.yaw, "closed_z": self.closed_z}
 
+    @staticmethod
+    def classify(ep: dict) -> str:
+        """One episode's outcome from what the watcher saw."""
+        if ep["success"]:
+            return "success"
+        if "target_cube" in ep["grasped"]:
+            return "grasped, not lifted"
+        if ep["grasped"]:
+            return "grasped a distractor"
+        if ep["closed_z"] is not None and ep["reached"]:
+            return "closed and missed"
+        if not ep["reached"]:
+            return "never reached"
+        return "reached, never closed"
+
+
+class InsertWatcher:
+    """Per step: the closest xy approach of the peg's bottom to the hole, how deep it went, the peg's tilt."""
+
+    OUTCOMES = ("success", "never over the hole", "over the hole, not in", "in the hole, not deep")
+    COLUMNS = {"closest xy of the peg's bottom to the hole (mm)": ("xy_mm", "{:.1f}", False),
+               "largest peg tilt (deg)": ("tilt", "{:.1f}", False)}
+
+    def __init__(self, task, args: argparse.Namespace):
+        self.task, self.align = task, args.align
+        self.start()
+
+    def start(self) -> None:
+        self.xy, self.zmin, self.tilt = np.inf, np.inf, 0.0
+
+    def __call__(self, step) -> None:
+        t = self.task
+        b, h = t.peg_bottom(), t.hole_pos()
+        self.xy = min(self.xy, float(np.linalg.norm(b[:2] - h[:2])))
+        self.zmin = min(self.zmin, float(b[2]))
+        axis = t.rig.data.body("peg").xmat.reshape(3, 3)[:, 2]
+        self.tilt = max(self.tilt, float(np.degrees(np.arccos(np.clip(abs(axis[2]), 0.0, 1.0)))))
+
+    def episode(self, success: bool) -> dict:
+        top = 2 * self.task.block_hz
+        return {"success": bool(success), "xy_mm": 1000 * self.xy, "aligned": self.xy < self.align,
+                "entered": self.zmin < top - 0.002, "depth_mm": 1000 * (top - self.zmin), "tilt": self.tilt}
+
+    @staticmethod
+    def classify(ep: dict) -> str:
+        if ep["success"]:
+            return "success"
+        if ep["entered"]:
+            return "in the hole, not deep"
+        return "over the hole, not in" if ep["aligned"] else "never over the hole"
+
+
+def watcher_for(task, args: argparse.Namespace):
+    """The watcher that knows ``task``'s kind (a clear error for the others)."""
+    if hasattr(task, "n_distractors"):
+        return LiftWatcher(task, args)
+    if hasattr(task, "peg_bottom"):
+        return InsertWatcher(task, args)
+    raise SystemExit(f"{type(task).__name__}: this breakdown knows lift (LiftCube-*) and insertion (PegInsert) tasks")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -79,6 +138,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1_000_000, help="first held-out seed (the final eval's)")
     ap.add_argument("--reach", type=float, default=0.015, help="xy distance (m) that counts as reached")
     ap.add_argument("--closed-width", type=float, default=0.07, help="gripper width (m) below which it closed")
+    ap.add_argument("--align", type=float, default=0.003, help="peg-to-hole xy distance (m) that counts as over it")
     ap.add_argument("--out", type=Path, default=None, help="write the episodes and the table as JSON")
     args = ap.parse_args()
 
@@ -102,10 +162,7 @@ def main() -> None:
     env = make_env(cfg)
     agent = build_agent(cfg, env)
     load_agent_weights(agent, weights.parent)
-    task = env.unwrapped.task
-    if not hasattr(task, "n_distractors"):
-        raise SystemExit(f"{cfg.env.task} is not a lift task: this breakdown knows LiftCube-* only")
-    watch = Watcher(task, args.reach, args.closed_width)
+    watch = watcher_for(env.unwrapped.task, args)
     acting = SACActing(agent, deterministic=True, action_spec=Actor(env, agent).action_spec)
     eps = []
     for seed in tqdm(range(args.seed, args.seed + args.episodes), desc="episodes"):
@@ -116,21 +173,21 @@ def main() -> None:
 
     by: dict[str, list[dict]] = defaultdict(list)
     for e in eps:
-        by[classify(e)].append(e)
+        by[watch.classify(e)].append(e)
     print(f"\n{args.run_dir} ({cfg.env.task}, {len(eps)} held-out episodes from seed {args.seed})\n")
-    print("| outcome | episodes | mean abs(yaw) at the closest approach (deg) | TCP z when first closed (m) |")
-    print("| --- | --- | --- | --- |")
+    print("| outcome | episodes | " + " | ".join(watch.COLUMNS) + " |")
+    print("| --- " * (2 + len(watch.COLUMNS)) + "|")
     table = []
-    for o in OUTCOMES:
+    for o in watch.OUTCOMES:
         es = by.get(o, [])
-        yaws = [abs(e["yaw"]) for e in es if e["yaw"] is not None]
-        zs = [e["closed_z"] for e in es if e["closed_z"] is not None]
-        row = {"outcome": o, "episodes": len(es), "yaw": float(np.mean(yaws)) if yaws else None,
-               "closed_z": float(np.mean(zs)) if zs else None}
+        row: dict = {"outcome": o, "episodes": len(es)}
+        cells = []
+        for key, fmt, absolute in watch.COLUMNS.values():
+            vals = [abs(e[key]) if absolute else e[key] for e in es if e[key] is not None]
+            row[key] = float(np.mean(vals)) if vals else None
+            cells.append("-" if row[key] is None else fmt.format(row[key]))
         table.append(row)
-        yaw = "-" if row["yaw"] is None else f"{row['yaw']:.1f}"
-        z = "-" if row["closed_z"] is None else f"{row['closed_z']:.3f}"
-        print(f"| {o} | {len(es)} | {yaw} | {z} |")
+        print(f"| {o} | {len(es)} | " + " | ".join(cells) + " |")
     if args.out:
         args.out.write_text(json.dumps({"episodes": eps, "table": table}, indent=2))
 
