@@ -21,7 +21,7 @@ with the mean |cube yaw relative to the gripper| at the closest approach (the cu
 | success | the sim's success test passed |
 | never over the hole | the peg's bottom never came within `--align` (xy) of the hole's centre |
 | over the hole, not in | it came within `--align` but the bottom never went below the block's top |
-| in the hole, not deep | the bottom entered the hole but not to the success depth |
+| in the hole, not deep | the bottom went below the block's top over the hole, not to the success depth |
 
 with the closest xy approach of the peg's bottom to the hole's centre (the hole leaves 1 mm per side) and
 the peg's largest tilt (deg).
@@ -103,8 +103,10 @@ class InsertWatcher:
     def __call__(self, step) -> None:
         t = self.task
         b, h = t.peg_bottom(), t.hole_pos()
-        self.xy = min(self.xy, float(np.linalg.norm(b[:2] - h[:2])))
-        self.zmin = min(self.zmin, float(b[2]))
+        xy = float(np.linalg.norm(b[:2] - h[:2]))
+        self.xy = min(self.xy, xy)
+        if xy < t.hole_half:  # the depth counts over the hole only (beside the block the bottom can go lower)
+            self.zmin = min(self.zmin, float(b[2]))
         axis = t.rig.data.body("peg").xmat.reshape(3, 3)[:, 2]
         self.tilt = max(self.tilt, float(np.degrees(np.arccos(np.clip(abs(axis[2]), 0.0, 1.0)))))
 
