@@ -69,12 +69,14 @@ class EpisodeStats:
     intervention_rate: float
     env_steps: int
     actor: str = ""
+    # diagnostics per episode, e.g. a classifier reward checked against the sim's own test (see Actor.step)
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "episode": self.episode, "length": self.length, "return": self.ret, "success": self.success,
             "intervention_rate": self.intervention_rate, "env_steps": self.env_steps, "actor": self.actor,
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
 
@@ -127,6 +129,7 @@ class Actor:
             reset_reward()
         self._acting.start(obs)
         self._ret = 0.0
+        self._truth_seen = False
         if self.recorder is not None:
             self.recorder.begin(self)
         return obs
@@ -164,17 +167,28 @@ class Actor:
             self.recorder.add(obs, s.action, reward, s.intervened)
         self.env_steps += 1
         self._ret += reward
+        self._truth_seen = self._truth_seen or bool(s.info.get("is_success", False))
         stats = None
         if s.done:
             ep = self._loop.episode
             assert ep is not None
             success = bool(s.info.get("is_success", reward > 0 and terminated))
             stats = EpisodeStats(self.episodes, ep.steps, self._ret, success, ep.intervention_rate,
-                                 self.env_steps, self.name)
+                                 self.env_steps, self.name, self._reward_check(s))
             self.episodes += 1
             if self.recorder is not None:
                 self.recorder.end(success)
         return tr, stats
+
+    def _reward_check(self, s: Step) -> dict[str, float]:
+        """A classifier reward against the sim's own test, where the env still reports it (``is_success`` in
+        ``info``; on the rig nothing knows the truth): did the classifier end the episode, was that a false
+        positive (the sim's test false at that step), or did it miss a success the sim saw at some step."""
+        if self.reward_source != "classifier" or "is_success" not in s.info:
+            return {}
+        fired = bool(s.success)
+        return {"reward_fired": float(fired), "reward_false_positive": float(fired and not s.info["is_success"]),
+                "reward_missed": float(not fired and self._truth_seen)}
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, episodes: int, seed: int = 10_000, max_steps: int | None = None) -> dict[str, float]:

@@ -383,12 +383,24 @@ def run(cfg: Any) -> dict[str, Any]:
         train_seconds=train_s, demo_buffer=len(learner.demo), online_buffer=len(learner.online),
         resumed=resumed, config=_plain(cfg),
     )
+    results.update(reward_check_summary(eps))
     learner.plot(out / "learning_curve.png", title=f"{cfg.env.task} {algo}")
     learner.close()
     _write_results(out / "results.json", results)
     env.close()
     eval_env.close()
     return results
+
+
+def reward_check_summary(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A classifier reward in sim, over the training episodes that checked it (``extra``, see
+    ``Actor._reward_check``): how often per 100 episodes it fired, fired wrongly and missed; {} when none did."""
+    checks = [h["extra"] for h in episodes if h.get("extra")]
+    if not checks:
+        return {}
+    keys = sorted({k for c in checks for k in c})
+    return {"reward_check_episodes": len(checks),
+            "reward_check_per_100_episodes": {k: 100.0 * float(np.mean([c.get(k, 0.0) for c in checks])) for k in keys}}
 
 
 def _plain(cfg: Any) -> Any:

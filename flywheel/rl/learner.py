@@ -123,6 +123,9 @@ class Learner:
         self.scalar("episode/intervention_rate", stats.intervention_rate)
         self.scalar("episode/length", stats.length)
         self.scalar("episode/success_rate_last20", np.mean([s.success for s in self._recent]))
+        for k, v in stats.extra.items():  # e.g. reward_false_positive: per episode and over the last 20
+            self.scalar(f"episode/{k}", v)
+            self.scalar(f"episode/{k}_last20", np.mean([s.extra.get(k, 0.0) for s in self._recent]))
 
     def log_eval(self, metrics: Mapping[str, float]) -> None:
         self.history.append({"kind": "eval", "env_steps": self.env_steps, **metrics})

@@ -120,6 +120,7 @@ def serve(
                     learner.log_episode(EpisodeStats(
                         int(st["episode"]), int(st["length"]), float(st["return"]), bool(st["success"]),
                         float(st["intervention_rate"]), int(st["env_steps"]), str(st.get("actor", m.get("actor"))),
+                        {str(k): float(v) for k, v in dict(st.get("extra") or {}).items()},
                     ))
         # keep update calls in step with received env steps (the UTD ratio per env step)
         n = 0

@@ -192,6 +192,7 @@ class _ReplayGuard:
 
 _EPISODE_FIELDS = {"episode": int, "length": int, "env_steps": int, "return": float,
                    "intervention_rate": float, "success": bool}
+_MAX_EXTRA = 16
 
 
 def check_transitions(msg: Mapping[str, Any]) -> None:
@@ -226,6 +227,12 @@ def check_transitions(msg: Mapping[str, Any]) -> None:
             ok = isinstance(v, bool) if t is bool else (_is_int(v) or (t is float and isinstance(v, float)))
             if not ok or (isinstance(v, float) and not np.isfinite(v)):
                 raise MalformedError(f"episode stats field {f!r}: expected a finite {t.__name__}, got {v!r}")
+        extra = st.get("extra", {})  # per-episode diagnostics (EpisodeStats.extra): a few named numbers
+        if not isinstance(extra, dict) or len(extra) > _MAX_EXTRA or not all(
+                isinstance(k, str) and len(k) <= 64 and (_is_int(v) or isinstance(v, float)) and np.isfinite(v)
+                for k, v in extra.items()):
+            raise MalformedError(f"episode stats field 'extra': expected at most {_MAX_EXTRA} named finite numbers, "
+                                 f"got {str(extra)[:120]}")
 
 
 def check_weights(msg: Mapping[str, Any]) -> None:

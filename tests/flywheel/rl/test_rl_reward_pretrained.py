@@ -206,3 +206,63 @@ def test_on_the_rig_the_env_runs_the_classifier_and_the_actor_reads_its_success(
     assert source == "classifier" and isinstance(fn, ClassifierReward)
     assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"),
                                         algo=SimpleNamespace(reward="success", classifier=""))) == ("success", None)
+
+
+def test_a_classifier_reward_is_checked_against_the_sims_own_test_every_episode(tmp_path):
+    """In sim the env still reports ``is_success``: each training episode says whether the classifier fired,
+    fired wrongly or missed a success, the learner logs it, and the run's results count it per 100 episodes."""
+    from rl_toy_envs import LineEnv, LineExpert
+
+    from flywheel.rl.actor import Actor
+    from flywheel.rl.learner import Learner, LearnerConfig
+    from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
+
+    class Always:  # fires on every frame (one in a row suffices)
+        def __init__(self, fire):
+            self.fire = fire
+
+        def __call__(self, obs, info):
+            return 1.0 if self.fire else 0.0
+
+    class Scripted(LineExpert):  # drives the point onto the goal: the sim's own test passes
+        def step(self, obs, policy_action):
+            return self.act(obs), True
+
+    def episode(fire: bool, intervener=None) -> dict:
+        env = LineEnv(horizon=20)
+        agent = SACAgent(SACConfig(hidden_dims=[16], arm_dims=[0]), obs_shapes_of(env.observation_space))
+        actor = Actor(env, agent, reward_source="classifier", reward_fn=Always(fire), seed=3, intervener=intervener)
+        while True:
+            _, st = actor.step()
+            if st is not None:
+                return st.extra
+
+    # fires on the first frame, far from the goal: a false positive
+    assert episode(True) == {"reward_fired": 1.0, "reward_false_positive": 1.0, "reward_missed": 0.0}
+    # never fires while the operator reaches the goal (LineEnv ends the episode on its own success): missed
+    assert episode(False, Scripted()) == {"reward_fired": 0.0, "reward_false_positive": 0.0, "reward_missed": 1.0}
+
+    # the sim's success reward has nothing to check
+    env = LineEnv(horizon=3)
+    agent = SACAgent(SACConfig(hidden_dims=[16], arm_dims=[0]), obs_shapes_of(env.observation_space))
+    actor = Actor(env, agent, seed=0)
+    stats = [st for _ in range(6) if (st := actor.step()[1]) is not None]
+    assert stats and all(st.extra == {} and "extra" not in st.to_dict() for st in stats)
+
+    from flywheel.rl.actor import EpisodeStats
+
+    learner = Learner(agent, LearnerConfig())
+    logged: dict[str, float] = {}
+    learner.scalar = lambda tag, value: logged.__setitem__(tag, float(value))  # type: ignore[method-assign]
+    learner.log_episode(EpisodeStats(0, 5, 0.0, False, 0.0, 5, "a", {"reward_false_positive": 1.0}))
+    learner.log_episode(EpisodeStats(1, 5, 0.0, False, 0.0, 10, "a", {"reward_false_positive": 0.0}))
+    assert [h["extra"]["reward_false_positive"] for h in learner.history if h["kind"] == "episode"] == [1.0, 0.0]
+    assert logged["episode/reward_false_positive"] == 0.0
+    assert logged["episode/reward_false_positive_last20"] == 0.5
+
+    from flywheel.rl.app import reward_check_summary
+
+    eps = [h for h in learner.history if h["kind"] == "episode"] + [{"kind": "episode", "success": True}]
+    assert reward_check_summary(eps) == {"reward_check_episodes": 2,
+                                         "reward_check_per_100_episodes": {"reward_false_positive": 50.0}}
+    assert reward_check_summary([{"kind": "episode", "success": True}]) == {}

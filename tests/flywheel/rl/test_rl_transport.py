@@ -256,6 +256,9 @@ def test_replayed_same_and_older_sessions_are_refused(tcfg):
     assert learner.replayed == 6 and learner.rejected == 6 and learner.received == 6
 
 
+_STATS = {"episode": 1, "length": 10, "return": 1.0, "success": True, "intervention_rate": 0.0, "env_steps": 10}
+
+
 def test_forged_malformed_and_oversized_frames_are_refused_and_counted(tcfg):
     """Over real ZeroMQ: the learner survives every bad frame, counts it, and keeps taking good ones."""
     tcfg.max_frame_bytes = 1 << 20
@@ -263,7 +266,8 @@ def test_forged_malformed_and_oversized_frames_are_refused_and_counted(tcfg):
         att = _Attacker(tcfg)
         try:
             seq = iter(range(1, 100))
-            good = [att.frame(float(i), seq=next(seq)) for i in range(3)]
+            good = [att.frame(float(i), seq=next(seq)) for i in range(2)]
+            good.append(att.frame(2.0, seq=next(seq), episodes=[{**_STATS, "extra": {"reward_missed": 1.0}}]))
             forged = [att.frame(9.0, seq=50, key=b"guess"), b"short", b"\x00" * 40]
             malformed = [
                 att.frame(0.0, seq=next(seq), batch=_DROP),                           # no batch
@@ -272,6 +276,9 @@ def test_forged_malformed_and_oversized_frames_are_refused_and_counted(tcfg):
                 att.frame(0.0, seq=next(seq), batch={"x": np.array([np.nan])}),       # not finite
                 att.frame(0.0, seq=next(seq), batch={"x": np.zeros(2), "y": np.zeros(3)}),  # ragged
                 att.frame(0.0, seq=next(seq), episodes=[{"episode": "one"}]),         # bad stats
+                att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": {"fp": float("nan")}}]),  # bad extra
+                att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": {f"k{i}": 0.0 for i in range(99)}}]),
+                att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": ["fp", 1.0]}]),
                 att.frame(0.0, seq=next(seq), type="weights"),                        # wrong type
                 att.frame(0.0, seq="7"),                                              # counter not an int
                 encode([1, 2, 3], att.key),                                           # not a map
