@@ -30,7 +30,9 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
         ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
         ea.Reload()
         for tag in ea.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: e.value for e in ea.Scalars(tag)})
+            got = out.setdefault(tag, {})
+            for e in ea.Scalars(tag):  # the first value per step: the final evaluation repeats the last step
+                got.setdefault(e.step, e.value)
     return {tag: sorted(v.items()) for tag, v in out.items()}
 
 
