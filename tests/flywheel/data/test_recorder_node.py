@@ -161,8 +161,10 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     inter = ep["intervention"]
     assert not inter[:4].any() and inter.sum() >= 3 and not inter[-2:].any()
     a = ep["action"]
-    # 1 cm commanded per tick + 5 mm lag / (2 cm per unit); the 100 Hz test publisher resolves 0.05 and jitters
-    assert np.median(a[:, 0]) == pytest.approx(0.75, abs=0.01)
+    # 1 cm commanded per tick + 5 mm lag / (2 cm per unit); the 100 Hz test publisher resolves 0.05, and on a loaded
+    # machine the window's end sample can be one publisher period staler than its start's (CI at load ~3: 0.70):
+    # one period either side, still far from the other meanings (the command's own step 0.5, no lag 0.5)
+    assert np.median(a[:, 0]) == pytest.approx(0.75, abs=0.051)
     # every tick but a late one: a tick the loaded machine delays by a period shortens one window and lengthens
     # the next (seen at load 5: 0.30 then 1.0, clipped); more than two such ticks is a wrong meaning, not jitter
     off = np.abs(a[:, 0] - 0.75) > 0.12
