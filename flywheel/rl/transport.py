@@ -164,6 +164,11 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_number(x: Any) -> bool:
+    """A finite float, or an int a float holds exactly (a huge int would overflow ``float()`` downstream)."""
+    return (isinstance(x, float) and bool(np.isfinite(x))) or (_is_int(x) and abs(x) <= 2**53)
+
+
 class _ReplayGuard:
     """Per sender: the newest session seen, ordered by (epoch, session id), and its highest counter."""
 
@@ -229,8 +234,7 @@ def check_transitions(msg: Mapping[str, Any]) -> None:
                 raise MalformedError(f"episode stats field {f!r}: expected a finite {t.__name__}, got {v!r}")
         extra = st.get("extra", {})  # per-episode diagnostics (EpisodeStats.extra): a few named numbers
         if not isinstance(extra, dict) or len(extra) > _MAX_EXTRA or not all(
-                isinstance(k, str) and len(k) <= 64 and (_is_int(v) or isinstance(v, float)) and np.isfinite(v)
-                for k, v in extra.items()):
+                isinstance(k, str) and len(k) <= 64 and _is_number(v) for k, v in extra.items()):
             raise MalformedError(f"episode stats field 'extra': expected at most {_MAX_EXTRA} named finite numbers, "
                                  f"got {str(extra)[:120]}")
 

@@ -279,6 +279,7 @@ def test_forged_malformed_and_oversized_frames_are_refused_and_counted(tcfg):
                 att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": {"fp": float("nan")}}]),  # bad extra
                 att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": {f"k{i}": 0.0 for i in range(99)}}]),
                 att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": ["fp", 1.0]}]),
+                att.frame(0.0, seq=next(seq), episodes=[{**_STATS, "extra": {"fp": 2**60}}]),  # not exact as a float
                 att.frame(0.0, seq=next(seq), type="weights"),                        # wrong type
                 att.frame(0.0, seq="7"),                                              # counter not an int
                 encode([1, 2, 3], att.key),                                           # not a map
