@@ -116,6 +116,7 @@ class Actor:
         success_fn = self._classifier_success if reward_source == "classifier" else None
         self._loop = Rollout(env, None, intervener=intervener, success_fn=success_fn, on_step=self._acting.executed)
         self._ret = 0.0
+        self._truth_seen = False  # the env's own success test passed at some step of this episode
 
     def _classifier_success(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> bool:
         assert self.reward_fn is not None

@@ -52,6 +52,24 @@ class SyntheticChunks(Dataset):
         return obs
 
 
+def damage_head_weight(checkpoint: Any, value: float, index: int = 0) -> str:
+    """Write ``value`` (NaN or Inf) into one element of the first multi-element floating-point head tensor of a
+    saved checkpoint's weights; returns the tensor's name (the loaders must name it when they refuse)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from policy.checkpoint import WEIGHTS
+
+    file = str(Path(checkpoint) / WEIGHTS)
+    tensors = load_file(file)
+    name = next(k for k, v in tensors.items() if k.startswith("head.") and v.is_floating_point() and v.numel() > 1)
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[index] = value
+    save_file(tensors, file, metadata={"format": "pt"})
+    return name
+
+
 def batch_of(samples: list[dict]) -> dict:
     out = {k: np.stack([s[k] for s in samples]) for k in samples[0] if k != "instruction"}
     out["instruction"] = [s["instruction"] for s in samples]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from policy_helpers import observation
+from policy_helpers import damage_head_weight, observation
 
 from policy.checkpoint import checkpoint_family
 from policy.compact import CompactVLA
@@ -230,9 +230,6 @@ def test_load_dispatches_on_family(tmp_path):
 def test_compact_loader_refuses_nan_weights_and_the_vlm_loader_refuses_a_compact_checkpoint(spec, tmp_path):
     """Both families load through policy.checkpoint: callers of from_checkpoint (distillation, iRe-VLA,
     on-policy RL) get the same refusals as policy.load, not only the inference path."""
-    from safetensors.torch import load_file, save_file
-
-    from policy.checkpoint import WEIGHTS
     from policy.checks import NonFiniteError
     from policy.model import VLA
 
@@ -240,11 +237,7 @@ def test_compact_loader_refuses_nan_weights_and_the_vlm_loader_refuses_a_compact
     CompactVLA.from_checkpoint(ck)  # the healthy checkpoint loads
     with pytest.raises(ValueError, match="family 'compact' v1 is not 'panda-flywheel-vla' 'vlm'"):
         VLA.from_checkpoint(ck)
-    tensors = load_file(str(ck / WEIGHTS))
-    name = next(k for k, v in tensors.items() if k.startswith("head.") and v.is_floating_point() and v.numel() > 1)
-    tensors[name] = tensors[name].clone()
-    tensors[name].view(-1)[0] = float("inf")
-    save_file(tensors, str(ck / WEIGHTS), metadata={"format": "pt"})
+    name = damage_head_weight(ck, float("inf"))
     with pytest.raises(NonFiniteError, match=f"tensor '{name}'"):
         CompactVLA.from_checkpoint(ck)
     with pytest.raises(FileNotFoundError, match="is not a policy checkpoint"):

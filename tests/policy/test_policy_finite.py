@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from policy_helpers import observation, tiny_spec
+from policy_helpers import damage_head_weight, observation, tiny_spec
 
 import policy
 from policy.checkpoint import WEIGHTS
@@ -44,15 +44,9 @@ def test_output_check():
 
 
 def test_a_checkpoint_with_a_nan_weight_is_refused_naming_the_tensor(tiny_backbones, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     ck = _model(tiny_backbones).save_pretrained(tmp_path / "ck")
     policy.load(ck)  # the healthy checkpoint loads
-    tensors = load_file(str(ck / WEIGHTS))
-    name = next(k for k, v in tensors.items() if k.startswith("head.") and v.is_floating_point() and v.numel() > 1)
-    tensors[name] = tensors[name].clone()
-    tensors[name].view(-1)[1] = float("nan")
-    save_file(tensors, str(ck / WEIGHTS), metadata={"format": "pt"})
+    name = damage_head_weight(ck, float("nan"), index=1)
     with pytest.raises(NonFiniteError, match=f"tensor '{name}'"):
         policy.load(ck)
     with pytest.raises(NonFiniteError, match=WEIGHTS):
