@@ -10,7 +10,10 @@ ROS env adapter); the executed action is what is stored, labelled
 (``reward_source="success"``, sparse, terminal on success), the env's own reward
 (``"env"``), or a reward function such as the learned classifier
 (``"classifier"``, pass ``reward_fn``); an episode ends by the loop's one stop
-rule (terminated, truncated, success, or the step limit).
+rule (terminated, truncated, success, or the step limit). A ``reviewer`` (the
+operator) may reject a success the classifier claimed: the transition then
+carries no reward and no terminal, and the reward function hears the verdict
+(:mod:`flywheel.rl.reward_refine`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from flywheel.rollout import Intervener, Rollout, Step, run_episodes
 from rig.spec import ActionSpec
 
 RewardFn = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], float]
+Reviewer = Callable[[Step], bool]  # the operator's verdict on a success the classifier claimed at this step
 
 
 class SACActing:
@@ -95,12 +99,16 @@ class Actor:
         seed: int = 0,
         name: str = "actor0",
         recorder: RolloutRecorder | None = None,
+        reviewer: Reviewer | None = None,
     ):
         if reward_source not in ("success", "env", "classifier"):
             raise ValueError(f"reward_source={reward_source!r}: use success, env or classifier")
         if reward_source == "classifier" and reward_fn is None:
             raise ValueError("reward_source='classifier' needs reward_fn (e.g. RewardClassifier.reward)")
+        if reviewer is not None and reward_source != "classifier":
+            raise ValueError("a reviewer judges a classifier's successes: it needs reward_source='classifier'")
         self.env = env
+        self.reviewer = reviewer
         self.agent = agent
         self.intervener = intervener
         self.reward_source = reward_source
@@ -117,6 +125,16 @@ class Actor:
         self._loop = Rollout(env, None, intervener=intervener, success_fn=success_fn, on_step=self._acting.executed)
         self._ret = 0.0
         self._truth_seen = False  # the env's own success test passed at some step of this episode
+        self._rejected: bool | None = None  # the reviewer's verdict on this episode's claimed success
+
+    def _review(self, s: Step) -> bool:
+        """The reviewer's verdict on the success the classifier claimed at ``s``, told to the reward function."""
+        assert self.reviewer is not None
+        confirmed = bool(self.reviewer(s))
+        verdict = getattr(self.reward_fn, "verdict", None)  # a refining reward (RefiningReward) learns from it
+        if verdict is not None:
+            verdict(confirmed)
+        return confirmed
 
     def _classifier_success(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> bool:
         assert self.reward_fn is not None
@@ -131,6 +149,7 @@ class Actor:
         self._acting.start(obs)
         self._ret = 0.0
         self._truth_seen = False
+        self._rejected = None
         if self.recorder is not None:
             self.recorder.begin(self)
         return obs
@@ -155,8 +174,12 @@ class Actor:
             grip = gripper_label(s.action[6], prev_grip)
         if self.reward_source == "env":
             reward, terminated = s.reward, s.terminated
-        else:  # success / classifier: sparse, terminal on success
-            reward, terminated = (1.0 if s.success else 0.0), (s.terminated or s.success)
+        else:  # success / classifier: sparse, terminal on success (unless the operator rejects it)
+            rejected = s.success and self.reviewer is not None and not self._review(s)
+            succeeded = s.success and not rejected
+            reward, terminated = (1.0 if succeeded else 0.0), (s.terminated or succeeded)
+            if self.reviewer is not None and s.success:
+                self._rejected = rejected
         keys = self.agent.obs_keys
         tr = {f"obs/{k}": np.asarray(obs[k]) for k in keys}
         tr.update({f"next_obs/{k}": np.asarray(s.next_obs[k]) for k in keys})
@@ -188,8 +211,11 @@ class Actor:
         if self.reward_source != "classifier" or "is_success" not in s.info:
             return {}
         fired = bool(s.success)
-        return {"reward_fired": float(fired), "reward_false_positive": float(fired and not s.info["is_success"]),
-                "reward_missed": float(not fired and self._truth_seen)}
+        out = {"reward_fired": float(fired), "reward_false_positive": float(fired and not s.info["is_success"]),
+               "reward_missed": float(not fired and self._truth_seen)}
+        if self.reviewer is not None:
+            out["reward_rejected"] = float(bool(self._rejected))
+        return out
 
     # ----------------------------------------------------------- evaluation
     def evaluate(self, episodes: int, seed: int = 10_000, max_steps: int | None = None) -> dict[str, float]:

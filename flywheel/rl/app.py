@@ -30,10 +30,12 @@ from flywheel.rl.build import (
     make_env,
     make_intervener,
     make_recorder,
+    make_reviewer,
     reward_fn,
     transport_config,
 )
 from flywheel.rl.learner import LearnerConfig
+from flywheel.rl.reward_refine import RefineConfig
 from flywheel.rl.sac import SACConfig
 from flywheel.rl.transport import TransportConfig
 from robot.reset import ResetConfig
@@ -115,6 +117,10 @@ class HILSERLAlgo:
     name: str = "hil_serl"
     reward: str = "success"  # success | env | classifier
     classifier: str = ""  # reward classifier .safetensors (reward=classifier)
+    # the operator's verdict on each success the classifier claims (none | sim: the sim's test stands in): a
+    # rejected one is relabelled (no reward, no terminal) and refines the classifier (flywheel.rl.reward_refine)
+    review: str = "none"
+    refine: RefineConfig = field(default_factory=RefineConfig)  # with review: refine.every=0 relabels only
     # behaviour-cloning steps on the demos before online RL (0: none, as HIL-SERL): a warm start of the actor and,
     # with agent.encoder=pretrained, of the keypoint head the critic then shares (a fresh run only, not on resume)
     bc_warmup: int = 0
@@ -321,9 +327,12 @@ def run(cfg: Any) -> dict[str, Any]:
 
         try:
             source, fn = actor_reward(cfg)
+            if hasattr(fn, "set_base") and int(a.refine.every) > 0:
+                raise ValueError("algo.refine.every > 0 refines the classifier on the demo buffer: role=local only "
+                                 "(a networked actor can still relabel: algo.refine.every=0)")
             actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
                           reward_fn=fn, seed=rng_seed, name=r.actor_name,
-                          recorder=make_recorder(cfg, env))
+                          recorder=make_recorder(cfg, env), reviewer=make_reviewer(cfg))
             t0 = time.time()
             tcfg = transport_config(cfg, agent)
             with ActorEndpoint(tcfg, r.actor_name) as ep:
@@ -355,13 +364,17 @@ def run(cfg: Any) -> dict[str, Any]:
     eval_env = make_env(cfg)
     eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
     t0 = time.time()
+    review_counts = None
     if algo == "bc":
         behaviour_clone(agent, learner, int(a.steps), "algo=bc", cfg.progress)
     elif role == "local":
         source, fn = actor_reward(cfg)
+        if hasattr(fn, "set_base"):  # a refining classifier: the demo buffer's frames are its base set
+            fn.set_base(learner.demo)
+            review_counts = fn.counts
         actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
                       reward_fn=fn, seed=rng_seed, name=r.actor_name,
-                      recorder=make_recorder(cfg, env))
+                      recorder=make_recorder(cfg, env), reviewer=make_reviewer(cfg))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)
     else:  # learner
@@ -385,6 +398,8 @@ def run(cfg: Any) -> dict[str, Any]:
         resumed=resumed, config=_plain(cfg),
     )
     results.update(reward_check_summary(eps))
+    if review_counts is not None:  # the operator's verdicts the run used, and what they did
+        results["reward_review"] = dict(review_counts)
     learner.plot(out / "learning_curve.png", title=f"{cfg.env.task} {algo}")
     learner.close()
     _write_results(out / "results.json", results)

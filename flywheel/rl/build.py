@@ -165,14 +165,65 @@ def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | 
 
 
 def reward_fn(cfg: Any) -> Any:
+    """The reward classifier of ``algo.reward=classifier`` as the actor's reward function (None otherwise).
+
+    When the agent's observations carry the same frozen trunk's features of the classifier's cameras
+    (``agent.encoder=pretrained``), the classifier reads them instead of running the trunk again. With
+    ``algo.review`` set it is a :class:`flywheel.rl.reward_refine.RefiningReward` that learns from the
+    operator's verdicts, resumed from ``out_dir/checkpoint`` when a refined copy is there."""
     a = cfg.algo
     if a.reward != "classifier":
         return None
-    from flywheel.rl.reward_classifier import RewardClassifier
+    from flywheel.rl.reward_classifier import ClassifierReward, RewardClassifier
 
     if not a.classifier:
         raise ValueError("algo.reward=classifier needs algo.classifier=<path to the reward classifier .safetensors>")
-    return RewardClassifier.load(a.classifier).reward_fn()
+    model = RewardClassifier.load(a.classifier)
+    reuse = _features_match(cfg, model)
+    if str(getattr(a, "review", "none")) == "none":
+        return ClassifierReward(model, features_from_obs=reuse)
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from flywheel.rl.reward_refine import RefineConfig, RefiningReward
+
+    rc = a.refine if isinstance(a.refine, RefineConfig) else RefineConfig(**OmegaConf.to_container(a.refine))
+    save_dir = Path(cfg.out_dir) / "checkpoint"
+    fn = RefiningReward(model, rc, features_from_obs=reuse, save_dir=save_dir, seed=int(cfg.seed))
+    if bool(getattr(cfg.role, "resume", True)):
+        fn.load(save_dir)
+    return fn
+
+
+def _features_match(cfg: Any, model: Any) -> bool:
+    """The env adds the classifier's own trunk features of its cameras (so the classifier need not run the trunk)."""
+    agent = getattr(cfg, "agent", None)
+    if agent is None or getattr(agent, "encoder", "") != "pretrained" or model.trunk is None:
+        return False
+    keys = agent.image_keys
+    if keys is not None and not set(model.cfg.image_keys) <= set(keys):
+        return False
+    if keys is None and not all(k.split("/", 1)[-1] in list(cfg.env.cameras) for k in model.cfg.image_keys):
+        return False
+    return featurizer(cfg).encoder_id == model.cfg.encoder_id
+
+
+def make_reviewer(cfg: Any) -> Any:
+    """The operator's verdict on the classifier's claimed successes (``algo.review``): None, or in sim the sim's
+    own test standing in for the operator."""
+    review = str(getattr(cfg.algo, "review", "none"))
+    if review == "none":
+        return None
+    if review != "sim":
+        raise ValueError(f"algo.review={review!r}: use none or sim")
+    if cfg.algo.reward != "classifier":
+        raise ValueError("algo.review judges the classifier's successes: it needs algo.reward=classifier")
+    if str(getattr(cfg.env, "kind", "sim")) == "rig":
+        raise ValueError("algo.review=sim reads the sim's success test; the rig has none (env.kind=rig)")
+    from flywheel.rl.reward_refine import sim_reviewer
+
+    return sim_reviewer
 
 
 def make_recorder(cfg: Any, env: Any) -> Any:

@@ -203,18 +203,40 @@ class RewardClassifier(nn.Module):
 class ClassifierReward:
     """The actor's ``reward_fn(obs, info=None)``: 1.0 once ``consecutive`` frames in a row score
     above the threshold. The count restarts when it fires (the success ends the episode) and on
-    :meth:`reset` (the actor calls it at every episode start)."""
+    :meth:`reset` (the actor calls it at every episode start).
 
-    def __init__(self, model: RewardClassifier) -> None:
+    ``features_from_obs``: the observations already carry the frozen trunk's maps of the classifier's
+    cameras (``features/<camera>``, added by :class:`flywheel.rl.pretrained.FeatureEnv` with the same
+    trunk: the caller checks the identity), so the trunk does not run a second time per frame.
+    ``keep_frames``: the encoders' inputs of this episode's frames stay in :attr:`frames` (until
+    :meth:`reset`), for :class:`flywheel.rl.reward_refine.RefiningReward`."""
+
+    def __init__(self, model: RewardClassifier, *, features_from_obs: bool = False, keep_frames: bool = False) -> None:
         self.model = model
+        self.features_from_obs = features_from_obs
+        self.keep_frames = keep_frames
+        self.frames: list[dict[str, torch.Tensor]] = []
         self.streak = 0
         self.probability = 0.0  # of the last frame scored (the rig env shows it to the operator)
 
     def reset(self) -> None:
         self.streak = 0
+        self.frames = []
+
+    def inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """One observation -> the encoders' inputs (batch of one)."""
+        keys = self.model.cfg.image_keys
+        if self.features_from_obs:
+            from flywheel.rl.pretrained import feature_key
+
+            return {k: torch.from_numpy(np.asarray(obs[feature_key(k)])[None]) for k in keys}
+        return self.model.inputs({k: np.asarray(obs[k])[None] for k in keys})
 
     def __call__(self, obs: Mapping[str, np.ndarray], info: Mapping[str, Any] | None = None) -> float:
-        self.probability = self.model.probability(obs)
+        x = self.inputs(obs)
+        if self.keep_frames:
+            self.frames.append(x)
+        self.probability = float(self.model.proba(x)[0])
         self.streak = self.streak + 1 if self.probability > self.model.cfg.threshold else 0
         if self.streak >= self.model.cfg.consecutive:
             self.streak = 0

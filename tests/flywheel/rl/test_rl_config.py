@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from hydra.errors import ConfigCompositionException
 
 from flywheel.rl import cli
 from flywheel.rl.app import MOVED, _plain, compose, run, upgrade_config
+from flywheel.rl.reward_refine import RefineConfig
 
 OLD = Path(__file__).parent / "fixtures" / "results_config_before_groups.json"
 TOY = ["rl_task=none", "env.factory=rl_toy_envs:LineEnv", "agent.hidden_dims=[32]", "agent.arm_dims=[0]",
@@ -71,8 +73,9 @@ def test_a_results_config_from_before_the_groups_upgrades_to_the_composed_one():
     up = upgrade_config(old)
     assert up["role"] == {"name": "local", "actor_name": "rig7", "record_to": "", "resume": False,
                           "final_eval_episodes": 3}
-    # bc_steps: not this run's algo; bc_warmup: added since, its default
-    assert up["algo"] == {"name": "hil_serl", "reward": "env", "classifier": "", "bc_warmup": 0}
+    # bc_steps: not this run's algo; bc_warmup, review, refine: added since, their defaults
+    assert up["algo"] == {"name": "hil_serl", "reward": "env", "classifier": "", "bc_warmup": 0, "review": "none",
+                          "refine": asdict(RefineConfig())}
     assert up["transport"]["send_every"] == 20 and up["transport"]["weights_port"] == old["transport"]["weights_port"]
     assert not set(MOVED) & set(up)
     now = _plain(compose(["out_dir=/tmp/x", *TOY, "role.actor_name=rig7", "role.final_eval_episodes=3",

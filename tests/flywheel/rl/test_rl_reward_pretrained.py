@@ -123,13 +123,16 @@ def test_pretrained_classifier_separates_success_and_chooses_its_threshold(tmp_p
 
 def test_classifier_reward_counts_consecutive_frames_and_resets():
     class Stub:
-        cfg = ClassifierConfig(consecutive=2, threshold=0.5)
+        cfg = ClassifierConfig(consecutive=2, threshold=0.5, image_keys=[])
 
         def __init__(self, seq):
             self.seq = iter(seq)
 
-        def probability(self, obs):
-            return next(self.seq)
+        def inputs(self, images):
+            return {}
+
+        def proba(self, x):
+            return np.array([next(self.seq)])
 
     r = ClassifierReward(Stub([0.9, 0.1, 0.8, 0.6, 0.9, 0.9, 0.9]))  # type: ignore[arg-type]
     assert [r({}) for _ in range(4)] == [0.0, 0.0, 0.0, 1.0]
@@ -177,10 +180,13 @@ def test_actor_restarts_the_reward_streak_every_episode():
     from flywheel.rl.sac import SACAgent, SACConfig, obs_shapes_of
 
     class Stub:  # every frame scores above the threshold
-        cfg = ClassifierConfig(consecutive=3, threshold=0.5)
+        cfg = ClassifierConfig(consecutive=3, threshold=0.5, image_keys=[])
 
-        def probability(self, obs):
-            return 1.0
+        def inputs(self, images):
+            return {}
+
+        def proba(self, x):
+            return np.array([1.0])
 
     env = LineEnv(horizon=2)  # episodes time out before three frames in a row
     agent = SACAgent(SACConfig(hidden_dims=[16], arm_dims=[0]), obs_shapes_of(env.observation_space))
