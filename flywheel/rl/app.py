@@ -9,7 +9,8 @@ key for a key of the form before the groups, and :func:`upgrade_config` reads a
 ``results.json`` config written then. :mod:`flywheel.rl.cli` is the
 hydra entry point around it, and the distillation's ``sac`` specialist calls
 it directly. Outputs under ``out_dir``: ``checkpoint/`` (resumed
-automatically), ``tb/`` (TensorBoard), ``learning_curve.png``, ``results.json``.
+automatically), ``tb/`` (TensorBoard), ``learning_curve.png``, ``results.json``, and with ``algo.review``
+``reward_classifier/`` (the classifier refined in the loop, resumed too).
 """
 
 from __future__ import annotations
@@ -377,6 +378,8 @@ def run(cfg: Any) -> dict[str, Any]:
                       recorder=make_recorder(cfg, env), reviewer=make_reviewer(cfg))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)
+        if review_counts is not None and fn.save_dir is not None:  # the verdicts since the last refinement too
+            fn.save(fn.save_dir)
     else:  # learner
         from flywheel.rl.transport import LearnerEndpoint
 

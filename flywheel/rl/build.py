@@ -19,6 +19,8 @@ from flywheel.rl.learner import LearnerConfig
 from flywheel.rl.sac import SACConfig
 from flywheel.rl.transport import TransportConfig
 
+REFINED_DIR = "reward_classifier"  # under out_dir: the classifier refined in the loop and its labelled frames
+
 
 def make_env(cfg: Any, training: bool = False) -> Any:
     """The env of ``cfg.env``; with ``agent.encoder=pretrained``, wrapped to add the frozen trunk's features.
@@ -170,7 +172,8 @@ def reward_fn(cfg: Any) -> Any:
     When the agent's observations carry the same frozen trunk's features of the classifier's cameras
     (``agent.encoder=pretrained``), the classifier reads them instead of running the trunk again. With
     ``algo.review`` set it is a :class:`flywheel.rl.reward_refine.RefiningReward` that learns from the
-    operator's verdicts, resumed from ``out_dir/checkpoint`` when a refined copy is there."""
+    operator's verdicts, resumed from ``out_dir/reward_classifier/`` when a refined copy is there (beside the
+    learner's checkpoint directory, which the learner replaces whole on every save)."""
     a = cfg.algo
     if a.reward != "classifier":
         return None
@@ -189,7 +192,7 @@ def reward_fn(cfg: Any) -> Any:
     from flywheel.rl.reward_refine import RefineConfig, RefiningReward
 
     rc = a.refine if isinstance(a.refine, RefineConfig) else RefineConfig(**OmegaConf.to_container(a.refine))
-    save_dir = Path(cfg.out_dir) / "checkpoint"
+    save_dir = Path(cfg.out_dir) / REFINED_DIR
     fn = RefiningReward(model, rc, features_from_obs=reuse, save_dir=save_dir, seed=int(cfg.seed))
     if bool(getattr(cfg.role, "resume", True)):
         fn.load(save_dir)

@@ -14,8 +14,8 @@ episode, the operator confirms or rejects the success (one key press per claimed
   fine-tunes the classifier's trainable head (the trunk stays frozen) for ``steps`` balanced batches on those
   frames and a base set: the demo buffer's frames, positive where the operator's success reward is (the frames
   the classifier was made from are not kept with it).
-* After each refinement the classifier and its labelled frames are saved (``save_dir``), and a resumed run loads
-  them, so a refinement is never lost or repeated.
+* After each refinement (and at the end of the run) the classifier and its labelled frames are saved
+  (``save_dir``: ``out_dir/reward_classifier/``), and a resumed run loads them, so a refinement is never lost.
 
 The threshold and the consecutive-frames rule stay as chosen: a refinement moves the scores, and the per-episode
 check against the sim's test (``reward_false_positive``, ``reward_missed``) measures what it did to both errors.

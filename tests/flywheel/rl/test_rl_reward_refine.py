@@ -165,7 +165,7 @@ def test_review_is_configured_for_sim_classifier_runs_only(tmp_path):
                    "algo.refine.every=3", f"out_dir={tmp_path / 'run'}"])
     fn = reward_fn(cfg)
     assert isinstance(fn, RefiningReward) and fn.cfg.every == 3 and not fn.features_from_obs
-    assert fn.save_dir == tmp_path / "run" / "checkpoint"
+    assert fn.save_dir == tmp_path / "run" / "reward_classifier"  # not in checkpoint/: the learner replaces that
     assert make_reviewer(cfg) is sim_reviewer
     assert make_reviewer(compose(["algo.reward=classifier", f"algo.classifier={path}"])) is None
     with pytest.raises(ValueError, match="needs algo.reward=classifier"):
