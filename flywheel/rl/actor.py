@@ -125,7 +125,6 @@ class Actor:
         self._loop = Rollout(env, None, intervener=intervener, success_fn=success_fn, on_step=self._acting.executed)
         self._ret = 0.0
         self._truth_seen = False  # the env's own success test passed at some step of this episode
-        self._rejected: bool | None = None  # the reviewer's verdict on this episode's claimed success
 
     def _review(self, s: Step) -> bool:
         """The reviewer's verdict on the success the classifier claimed at ``s``, told to the reward function."""
@@ -149,7 +148,6 @@ class Actor:
         self._acting.start(obs)
         self._ret = 0.0
         self._truth_seen = False
-        self._rejected = None
         if self.recorder is not None:
             self.recorder.begin(self)
         return obs
@@ -172,14 +170,13 @@ class Actor:
         s = self._loop.step(action)
         if s.intervened:
             grip = gripper_label(s.action[6], prev_grip)
+        rejected = False  # the reviewer's verdict on a claimed success (a success ends the episode: one per episode)
         if self.reward_source == "env":
             reward, terminated = s.reward, s.terminated
         else:  # success / classifier: sparse, terminal on success (unless the operator rejects it)
             rejected = s.success and self.reviewer is not None and not self._review(s)
             succeeded = s.success and not rejected
             reward, terminated = (1.0 if succeeded else 0.0), (s.terminated or succeeded)
-            if self.reviewer is not None and s.success:
-                self._rejected = rejected
         keys = self.agent.obs_keys
         tr = {f"obs/{k}": np.asarray(obs[k]) for k in keys}
         tr.update({f"next_obs/{k}": np.asarray(s.next_obs[k]) for k in keys})
@@ -198,13 +195,13 @@ class Actor:
             assert ep is not None
             success = bool(s.info.get("is_success", reward > 0 and terminated))
             stats = EpisodeStats(self.episodes, ep.steps, self._ret, success, ep.intervention_rate,
-                                 self.env_steps, self.name, self._reward_check(s))
+                                 self.env_steps, self.name, self._reward_check(s, rejected))
             self.episodes += 1
             if self.recorder is not None:
                 self.recorder.end(success)
         return tr, stats
 
-    def _reward_check(self, s: Step) -> dict[str, float]:
+    def _reward_check(self, s: Step, rejected: bool) -> dict[str, float]:
         """A classifier reward against the sim's own test, where the env still reports it (``is_success`` in
         ``info``; on the rig nothing knows the truth): did the classifier end the episode, was that a false
         positive (the sim's test false at that step), or did it miss a success the sim saw at some step."""
@@ -214,7 +211,7 @@ class Actor:
         out = {"reward_fired": float(fired), "reward_false_positive": float(fired and not s.info["is_success"]),
                "reward_missed": float(not fired and self._truth_seen)}
         if self.reviewer is not None:
-            out["reward_rejected"] = float(bool(self._rejected))
+            out["reward_rejected"] = float(rejected)
         return out
 
     # ----------------------------------------------------------- evaluation
