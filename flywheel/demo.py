@@ -22,7 +22,7 @@ progress bars, ``job.log``, and re-running continues a killed run. When the
 iteration has finished, re-running prints its report again (delete the workdir,
 or pass ``workdir=...``, to start over). Measured: ``docs/bench/demo.md``.
 
-    flywheel-demo                               # ~13-15 minutes on a shared 2-core CPU
+    flywheel-demo                               # ~10-15 minutes on a shared 2-core CPU
     flywheel-demo budget=tiny workdir=/tmp/fw   # a smoke test of the same path
     flywheel-demo generalist.kind=vla           # the earlier demo: a tiny random SmolVLM generalist
                                                 # (32 px) and the scripted operator as the specialist

@@ -4,7 +4,8 @@ Both build :class:`robot.env.RosRigEnv` on a running ``rig-up`` graph (the lab r
 code path) with a reset routine between episodes (:mod:`robot.reset`: none, scripted or operator) and, when a
 reward classifier is given, the classifier as the env's success test (the env then announces ``success`` on
 ``episode/event``; otherwise the operator's success / failure events end episodes, and a timeout is a
-failure). The ``rig-up`` recorder node (``record_path=``) records every episode with its label.
+failure; with ``review_timeout`` the operator confirms or rejects each success the classifier claims). The
+``rig-up`` recorder node (``record_path=``) records every episode with its label.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ def reset_config(values: Any) -> ResetConfig:
 
 def make_rig_env(spec: RigSpec, *, namespace: str = "", reset: Any = None, max_episode_steps: int = 200,
                  reward_fn: Callable[[Mapping[str, np.ndarray]], float] | None = None, instruction: str = "",
-                 prefix: str = "reset") -> Any:
-    """A connected :class:`robot.env.RosRigEnv` with the reset routine of ``reset`` (errors name ``prefix.*``)."""
+                 prefix: str = "reset", review_timeout: float = 0.0) -> Any:
+    """A connected :class:`robot.env.RosRigEnv` with the reset routine of ``reset`` (errors name ``prefix.*``);
+    ``review_timeout`` > 0: the reward function's successes are put to the operator first."""
     from robot.env import RosEnvConfig, RosRigEnv
 
     if max_episode_steps < 1:
         raise ValueError(f"max_episode_steps={max_episode_steps}: must be >= 1")
     routine = make_reset(reset_config(reset), prefix)
-    env = RosRigEnv(spec, RosEnvConfig(namespace=namespace, max_episode_steps=int(max_episode_steps)),
+    env = RosRigEnv(spec, RosEnvConfig(namespace=namespace, max_episode_steps=int(max_episode_steps),
+                                       review_timeout=float(review_timeout)),
                     task_reset=routine, reward_fn=reward_fn, instruction=instruction)
     return env.connect()
 
@@ -70,9 +73,11 @@ def check_rl_on_rig(cfg: Any) -> None:
                          "(rig-up record_path=...); leave role.record_to empty")
 
 
-def rl_rig_env(cfg: Any, reward_fn: Callable[[Mapping[str, np.ndarray]], float] | None = None) -> Any:
+def rl_rig_env(cfg: Any, reward_fn: Callable[[Mapping[str, np.ndarray]], float] | None = None,
+               review_timeout: float = 0.0) -> Any:
     """``flywheel-rl``'s env on the rig (``env.kind=rig``), after :func:`check_rl_on_rig`."""
     check_rl_on_rig(cfg)
     e = cfg.env
     return make_rig_env(rl_spec(e), namespace=str(e.namespace), reset=e.reset,
-                        max_episode_steps=int(e.max_episode_steps), reward_fn=reward_fn, prefix="env.reset")
+                        max_episode_steps=int(e.max_episode_steps), reward_fn=reward_fn, prefix="env.reset",
+                        review_timeout=review_timeout)

@@ -222,7 +222,9 @@ def train(model: VLA, data: Iterable[dict[str, Any]], cfg: TrainConfig, *,
     params = [p for g in opt.param_groups for p in g["params"]]
     batches = _cycle(data, skip=start * cfg.grad_accum)
     metrics: dict[str, Any] = {"step": start}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="policy sft")
+    # a bar on a terminal only (None: off when stderr is a file, e.g. a job's log)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=True if rank != 0 else None,
+               desc="policy sft")
     t0 = time.perf_counter()
     try:
         for step in bar:

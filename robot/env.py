@@ -25,7 +25,10 @@ ends on ``episode/event`` success / failure (from the operator's teleop
 device), when the optional ``reward_fn`` (a learned reward classifier,
 ``obs -> probability``) crosses ``success_threshold`` (the env then publishes
 ``success``), or after ``max_episode_steps`` (truncated; the env publishes
-``failure``); ``info["is_success"]`` says which. A recorder node on the graph
+``failure``); ``info["is_success"]`` says which. With ``review_timeout`` > 0 a success the classifier claims is
+first put to the operator on ``reset/prompt``: their ``success`` confirms it, their ``failure`` rejects it (no
+reward, truncated, not terminal: HIL-SERL's relabelling), no answer leaves it standing; ``info["review"]`` says
+which. A recorder node on the graph
 therefore labels every episode the env runs. ``info["intervening"]`` and ``info["intervene_action"]`` (the
 command the operator gave the arm between the previous tick and this one, as a spec action in the meaning of
 ``action_origin``: measured, the command at this tick relative to the measured pose at the previous one;
@@ -37,6 +40,8 @@ worker thread, so it works next to an in-process ``rig-up`` graph.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import deque
@@ -50,6 +55,8 @@ import numpy as np
 from rig.spec import RigSpec
 from robot.ros.convert import BASE_FRAME, to_stamp
 from robot.ros.observer import ORIGIN_STAMP_OFFSET, ObservationUnavailable, Observer
+
+log = logging.getLogger(__name__)
 
 
 class StaleObservation(RuntimeError):
@@ -69,6 +76,14 @@ class RosEnvConfig:
     success_threshold: float = 0.5  # reward_fn output that counts as success
     connect_timeout: float = 10.0  # s to wait for the first samples of every topic
     action_origin: str = "measured"  # measured (as in sim) | commanded (command_applied): the pose an action steps from
+    # s the operator has to confirm or reject a success the reward_fn claims (0: no review, the claim stands)
+    review_timeout: float = 0.0
+    review_prompt: str = ("The reward classifier says success: confirm with success (keyboard y, gamepad Start, "
+                          "the console) or reject with failure (n, Back)")
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.review_timeout) and self.review_timeout >= 0.0):
+            raise ValueError(f"review_timeout={self.review_timeout!r}: seconds, >= 0 (0: no review)")
 
 
 def observation_space(spec: RigSpec) -> gym.spaces.Dict:
@@ -272,6 +287,7 @@ class RosRigEnv(gym.Env):
         with self._events_lock:
             events, self._events = list(self._events), deque()
         reward, success = 0.0, "success" in events
+        review: dict[str, Any] = {}
         if self.reward_fn is not None:
             reward = float(self.reward_fn(obs))
             from std_msgs.msg import Float32
@@ -279,19 +295,47 @@ class RosRigEnv(gym.Env):
             # a stateful reward (k frames in a row) keeps the classifier's own belief beside its 0/1 verdict
             self._pub_reward.publish(Float32(data=float(getattr(self.reward_fn, "probability", reward))))
             if reward >= self.cfg.success_threshold and not success:
-                success = True
-                self._publish_event("success")
+                review = {"review": self._review_claim()}
+                if review["review"] == "reject":
+                    reward = 0.0  # the operator's failure event ended the episode (the recorder labels it so)
+                else:
+                    success = True
+                    if review["review"] == "none":  # unreviewed: the classifier's claim stands, announced
+                        self._publish_event("success")
         elif success:
             reward = 1.0
+        rejected = review.get("review") == "reject"
         terminated = success or "failure" in events
-        timeout = not terminated and self._steps >= self.cfg.max_episode_steps
-        truncated = timeout or (not terminated and ("reset" in events or "abort" in events))
+        timeout = not terminated and not rejected and self._steps >= self.cfg.max_episode_steps
+        truncated = timeout or rejected or (not terminated and ("reset" in events or "abort" in events))
         if timeout:
             self._publish_event("failure")  # out of time: a failed attempt (the recorder labels it so)
-        info = {"is_success": success, "events": events, "late": max(0.0, late), **oinfo,
+        info = {"is_success": success, "events": events, "late": max(0.0, late), **oinfo, **review,
                 **self._intervention(prev, self._tick)}
         self._obs = obs
         return obs, reward, terminated, truncated, info
+
+    def _review_claim(self) -> str:
+        """The operator's verdict on the success the reward function just claimed: ``confirm`` (their
+        ``success`` event), ``reject`` (``failure``), or ``none`` (no review, or no answer within
+        ``review_timeout``). The arm holds still meanwhile (no target is sent); the answer, on ``episode/event``,
+        is what the recorder labels the episode with. A reward function with a ``verdict`` method
+        (:class:`flywheel.rl.reward_refine.RefiningReward`) hears it."""
+        if self.cfg.review_timeout <= 0:
+            return "none"
+        self.prompt(self.cfg.review_prompt)
+        try:
+            ev = self.wait_event(("success", "failure"), self.cfg.review_timeout)
+        finally:
+            self.prompt("")
+        if ev is None:
+            log.warning("no verdict on the classifier's success within review_timeout=%.0f s: it stands unreviewed",
+                        self.cfg.review_timeout)
+            return "none"
+        tell = getattr(self.reward_fn, "verdict", None)
+        if tell is not None:
+            tell(ev == "success")
+        return "confirm" if ev == "success" else "reject"
 
     # ------------------------------------------------ reset routines' API
     def pose(self) -> tuple[np.ndarray, np.ndarray, float]:

@@ -118,9 +118,11 @@ class HILSERLAlgo:
     name: str = "hil_serl"
     reward: str = "success"  # success | env | classifier
     classifier: str = ""  # reward classifier .safetensors (reward=classifier)
-    # the operator's verdict on each success the classifier claims (none | sim: the sim's test stands in): a
-    # rejected one is relabelled (no reward, no terminal) and refines the classifier (flywheel.rl.reward_refine)
+    # the operator's verdict on each success the classifier claims (none | sim: the sim's test stands in | operator:
+    # on the rig, asked on reset/prompt and answered with the success / failure keys): a rejected one is relabelled
+    # (no reward, no terminal) and refines the classifier (flywheel.rl.reward_refine)
     review: str = "none"
+    review_timeout: float = 120.0  # review=operator: s to wait for the verdict (no answer: the claim stands)
     refine: RefineConfig = field(default_factory=RefineConfig)  # with review: refine.every=0 relabels only
     # behaviour-cloning steps on the demos before online RL (0: none, as HIL-SERL): a warm start of the actor and,
     # with agent.encoder=pretrained, of the keypoint head the critic then shares (a fresh run only, not on resume)
@@ -288,13 +290,27 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
     return {**top, **pick, "transport": transport}
 
 
-def actor_reward(cfg: Any) -> tuple[str, Any]:
-    """The actor's ``(reward_source, reward_fn)``. On the rig (``env.kind=rig``) the env already runs the reward
-    classifier as its success test (and announces ``success``), so the actor reads the env's success instead of
-    running the classifier a second time on the same frame."""
+def actor_reward(cfg: Any, env: Any) -> tuple[str, Any, Any]:
+    """The actor's ``(reward_source, reward_fn)`` and the reward function that hears the operator's verdicts (a
+    :class:`~flywheel.rl.reward_refine.RefiningReward`, or None). On the rig (``env.kind=rig``) the env already runs
+    the reward classifier as its success test (announcing ``success``, and with ``algo.review=operator`` asking the
+    operator first), so the actor reads the env's success instead of running the classifier a second time."""
     if str(getattr(cfg.env, "kind", "sim")) == "rig":
-        return "success", None
-    return str(cfg.algo.reward), reward_fn(cfg)
+        fn = getattr(env.unwrapped, "reward_fn", None)
+        return "success", None, fn if hasattr(fn, "verdict") else None
+    fn = reward_fn(cfg)
+    return str(cfg.algo.reward), fn, fn if hasattr(fn, "verdict") else None
+
+
+def eval_env_for(cfg: Any, env: Any) -> Any:
+    """The evaluation env. On the rig its success test is the training env's classifier (the same weights, refined
+    or not, without the operator's review: evaluation only reads it)."""
+    fn = getattr(env.unwrapped, "reward_fn", None)
+    if str(getattr(cfg.env, "kind", "sim")) != "rig" or fn is None:
+        return make_env(cfg)
+    from flywheel.rl.reward_classifier import ClassifierReward
+
+    return make_env(cfg, rig_reward=ClassifierReward(fn.model))
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -327,8 +343,8 @@ def run(cfg: Any) -> dict[str, Any]:
         from flywheel.rl.transport import ActorEndpoint
 
         try:
-            source, fn = actor_reward(cfg)
-            if hasattr(fn, "set_base") and int(a.refine.every) > 0:
+            source, fn, refining = actor_reward(cfg, env)
+            if refining is not None and int(a.refine.every) > 0:
                 raise ValueError("algo.refine.every > 0 refines the classifier on the demo buffer: role=local only "
                                  "(a networked actor can still relabel: algo.refine.every=0)")
             actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
@@ -344,6 +360,10 @@ def run(cfg: Any) -> dict[str, Any]:
             env.close()  # the rig env's ROS node goes with it
         results.update(env_steps=actor.env_steps, episodes=actor.episodes,
                        steps_per_s=actor.env_steps / max(time.time() - t0, 1e-9))
+        if refining is not None:  # the operator's verdicts and their frames, kept for an offline refinement
+            results["reward_review"] = dict(refining.counts)
+            if refining.save_dir is not None:
+                refining.save(refining.save_dir)
         _write_results(out / f"results_{r.actor_name}.json", results)
         return results
 
@@ -362,24 +382,24 @@ def run(cfg: Any) -> dict[str, Any]:
             learner.add_demos(demos)
         if algo == "hil_serl" and int(a.bc_warmup) > 0:
             results["bc_warmup"] = behaviour_clone(agent, learner, int(a.bc_warmup), "algo.bc_warmup", cfg.progress)
-    eval_env = make_env(cfg)
+    eval_env = eval_env_for(cfg, env)
     eval_actor = Actor(eval_env, agent, seed=rng_seed + 100, name="eval")
     t0 = time.time()
     review_counts = None
     if algo == "bc":
         behaviour_clone(agent, learner, int(a.steps), "algo=bc", cfg.progress)
     elif role == "local":
-        source, fn = actor_reward(cfg)
-        if hasattr(fn, "set_base"):  # a refining classifier: the demo buffer's frames are its base set
-            fn.set_base(learner.demo)
-            review_counts = fn.counts
+        source, fn, refining = actor_reward(cfg, env)
+        if refining is not None:  # a refining classifier: the demo buffer's frames are its base set
+            refining.set_base(learner.demo)
+            review_counts = refining.counts
         actor = Actor(env, agent, intervener=make_intervener(cfg, env), reward_source=source,
                       reward_fn=fn, seed=rng_seed, name=r.actor_name,
                       recorder=make_recorder(cfg, env), reviewer=make_reviewer(cfg))
         train_local(learner, actor, int(cfg.total_steps), eval_actor=eval_actor, checkpoint_dir=ckpt,
                     progress=cfg.progress)
-        if review_counts is not None and fn.save_dir is not None:  # the verdicts since the last refinement too
-            fn.save(fn.save_dir)
+        if refining is not None and refining.save_dir is not None:  # the verdicts since the last refinement too
+            refining.save(refining.save_dir)
     else:  # learner
         from flywheel.rl.transport import LearnerEndpoint
 

@@ -22,13 +22,15 @@ from flywheel.rl.transport import TransportConfig
 REFINED_DIR = "reward_classifier"  # under out_dir: the classifier refined in the loop and its labelled frames
 
 
-def make_env(cfg: Any, training: bool = False) -> Any:
+def make_env(cfg: Any, training: bool = False, rig_reward: Any = None) -> Any:
     """The env of ``cfg.env``; with ``agent.encoder=pretrained``, wrapped to add the frozen trunk's features.
 
     ``training`` with ``algo.reward=classifier``: the sim env does not end an episode on its own success
     test, so the classifier alone decides (as on the rig); evaluation envs keep the sim's test as the truth.
+    On the rig (``env.kind=rig``) the classifier is the env's success test: ``rig_reward``, or the one of
+    ``algo.classifier``; a training env with ``algo.review=operator`` puts its claims to the operator.
     """
-    env = _make_env(cfg, training)
+    env = _make_env(cfg, training, rig_reward)
     if cfg.agent.encoder != "pretrained":
         return env
     from flywheel.rl.pretrained import FeatureEnv
@@ -50,7 +52,7 @@ def featurizer(cfg: Any) -> Any:
                              device=str(resolve_device(cfg.device, "device")))
 
 
-def _make_env(cfg: Any, training: bool = False) -> Any:
+def _make_env(cfg: Any, training: bool = False, rig_reward: Any = None) -> Any:
     e = cfg.env
     kind = str(getattr(e, "kind", "sim"))
     if kind not in ("sim", "rig"):
@@ -58,7 +60,9 @@ def _make_env(cfg: Any, training: bool = False) -> Any:
     if kind == "rig":  # the ROS env adapter on a running rig-up graph, with the reset routine
         from flywheel.rig_env import rl_rig_env
 
-        return rl_rig_env(cfg, reward_fn=reward_fn(cfg))
+        review = training and str(getattr(cfg.algo, "review", "none")) == "operator"
+        return rl_rig_env(cfg, reward_fn=rig_reward if rig_reward is not None else reward_fn(cfg),
+                          review_timeout=float(cfg.algo.review_timeout) if review else 0.0)
     if e.factory:
         mod, _, fn = e.factory.partition(":")
         if not fn:
@@ -183,7 +187,7 @@ def reward_fn(cfg: Any) -> Any:
         raise ValueError("algo.reward=classifier needs algo.classifier=<path to the reward classifier .safetensors>")
     model = RewardClassifier.load(a.classifier)
     reuse = _features_match(cfg, model)
-    if str(getattr(a, "review", "none")) == "none":
+    if check_review(cfg) == "none":
         return ClassifierReward(model, features_from_obs=reuse)
     from pathlib import Path
 
@@ -204,6 +208,8 @@ def _features_match(cfg: Any, model: Any) -> bool:
     agent = getattr(cfg, "agent", None)
     if agent is None or getattr(agent, "encoder", "") != "pretrained" or model.trunk is None:
         return False
+    if str(getattr(cfg.env, "kind", "sim")) == "rig":  # the rig env runs the classifier below the FeatureEnv
+        return False
     keys = agent.image_keys
     if keys is not None and not set(model.cfg.image_keys) <= set(keys):
         return False
@@ -212,18 +218,34 @@ def _features_match(cfg: Any, model: Any) -> bool:
     return featurizer(cfg).encoder_id == model.cfg.encoder_id
 
 
-def make_reviewer(cfg: Any) -> Any:
-    """The operator's verdict on the classifier's claimed successes (``algo.review``): None, or in sim the sim's
-    own test standing in for the operator."""
+REVIEWS = ("none", "sim", "operator")
+
+
+def check_review(cfg: Any) -> str:
+    """``algo.review``, checked against the reward and the env kind."""
     review = str(getattr(cfg.algo, "review", "none"))
-    if review == "none":
-        return None
-    if review != "sim":
-        raise ValueError(f"algo.review={review!r}: use none or sim")
-    if cfg.algo.reward != "classifier":
+    rig = str(getattr(getattr(cfg, "env", None), "kind", "sim")) == "rig"
+    if review not in REVIEWS:
+        raise ValueError(f"algo.review={review!r}: use one of {', '.join(REVIEWS)}")
+    if review != "none" and cfg.algo.reward != "classifier":
         raise ValueError("algo.review judges the classifier's successes: it needs algo.reward=classifier")
-    if str(getattr(cfg.env, "kind", "sim")) == "rig":
-        raise ValueError("algo.review=sim reads the sim's success test; the rig has none (env.kind=rig)")
+    if review == "sim" and rig:
+        raise ValueError("algo.review=sim reads the sim's success test; the rig has none (env.kind=rig): "
+                         "use algo.review=operator")
+    if review == "operator" and not rig:
+        raise ValueError("algo.review=operator asks the operator on the rig (env.kind=rig); in sim the sim's test "
+                         "stands in for them: algo.review=sim")
+    if review == "operator" and not float(cfg.algo.review_timeout) > 0:
+        raise ValueError(f"algo.review_timeout={cfg.algo.review_timeout!r}: seconds to wait for the verdict, > 0")
+    return review
+
+
+def make_reviewer(cfg: Any) -> Any:
+    """The actor's reviewer of the classifier's claimed successes (``algo.review``): in sim the sim's own test
+    standing in for the operator; None otherwise (``operator``: the rig env asks the operator itself, see
+    :class:`robot.env.RosRigEnv`)."""
+    if check_review(cfg) != "sim":
+        return None
     from flywheel.rl.reward_refine import sim_reviewer
 
     return sim_reviewer

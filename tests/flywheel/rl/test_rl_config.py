@@ -73,8 +73,9 @@ def test_a_results_config_from_before_the_groups_upgrades_to_the_composed_one():
     up = upgrade_config(old)
     assert up["role"] == {"name": "local", "actor_name": "rig7", "record_to": "", "resume": False,
                           "final_eval_episodes": 3}
-    # bc_steps: not this run's algo; bc_warmup, review, refine: added since, their defaults
+    # bc_steps: not this run's algo; bc_warmup, review, review_timeout, refine: added since, their defaults
     assert up["algo"] == {"name": "hil_serl", "reward": "env", "classifier": "", "bc_warmup": 0, "review": "none",
+                          "review_timeout": 120.0,
                           "refine": asdict(RefineConfig())}
     assert up["transport"]["send_every"] == 20 and up["transport"]["weights_port"] == old["transport"]["weights_port"]
     assert not set(MOVED) & set(up)

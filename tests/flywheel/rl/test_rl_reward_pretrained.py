@@ -206,12 +206,15 @@ def test_on_the_rig_the_env_runs_the_classifier_and_the_actor_reads_its_success(
     images, _, _ = _episodes(2, 6, np.random.default_rng(0))
     path = RewardClassifier(_cfg(consecutive=1), {k: v.shape[1:] for k, v in images.items()}).save(
         tmp_path / "clf.safetensors")
-    algo = SimpleNamespace(reward="classifier", classifier=str(path))
-    assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="rig"), algo=algo)) == ("success", None)
-    source, fn = actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"), algo=algo))
-    assert source == "classifier" and isinstance(fn, ClassifierReward)
+    algo = SimpleNamespace(reward="classifier", classifier=str(path), review="none")
+    rig_env = SimpleNamespace(unwrapped=SimpleNamespace(reward_fn=ClassifierReward(RewardClassifier.load(path))))
+    assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="rig"), algo=algo), rig_env) == \
+        ("success", None, None)  # and the env's classifier, without review, hears no verdicts
+    source, fn, refining = actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"), algo=algo), None)
+    assert source == "classifier" and isinstance(fn, ClassifierReward) and refining is None
     assert actor_reward(SimpleNamespace(env=SimpleNamespace(kind="sim"),
-                                        algo=SimpleNamespace(reward="success", classifier=""))) == ("success", None)
+                                        algo=SimpleNamespace(reward="success", classifier="")), None) == \
+        ("success", None, None)
 
 
 def test_a_classifier_reward_is_checked_against_the_sims_own_test_every_episode(tmp_path):

@@ -156,7 +156,7 @@ def test_a_rejected_success_is_relabelled_before_it_reaches_a_buffer():
     assert sim_reviewer(SimpleNamespace(info={})) is False
 
 
-def test_review_is_configured_for_sim_classifier_runs_only(tmp_path):
+def test_review_is_configured_for_classifier_runs_the_sim_one_in_sim_the_operator_on_the_rig(tmp_path):
     from flywheel.rl.app import compose
     from flywheel.rl.build import make_reviewer, reward_fn
 
@@ -172,7 +172,16 @@ def test_review_is_configured_for_sim_classifier_runs_only(tmp_path):
         make_reviewer(compose(["algo.review=sim"]))
     with pytest.raises(ValueError, match="rig has none"):
         make_reviewer(compose(["env.kind=rig", "algo.reward=classifier", f"algo.classifier={path}", "algo.review=sim"]))
-    with pytest.raises(ValueError, match="use none or sim"):
+    with pytest.raises(ValueError, match="use one of none, sim, operator"):
         make_reviewer(compose(["algo.reward=classifier", f"algo.classifier={path}", "algo.review=human"]))
+    with pytest.raises(ValueError, match="in sim the sim's test stands in"):
+        make_reviewer(compose(["algo.reward=classifier", f"algo.classifier={path}", "algo.review=operator"]))
+    rig = ["env.kind=rig", "env.privileged_state=false", "algo.reward=classifier", f"algo.classifier={path}",
+           "algo.review=operator", "agent.encoder=pretrained", f"out_dir={tmp_path / 'rig'}"]
+    assert make_reviewer(compose(rig)) is None  # the rig env asks the operator itself
+    with pytest.raises(ValueError, match="review_timeout"):
+        make_reviewer(compose([*rig, "algo.review_timeout=0"]))
+    fn = reward_fn(compose(rig))  # the rig env runs it on raw frames, below the FeatureEnv
+    assert isinstance(fn, RefiningReward) and not fn.features_from_obs
     with pytest.raises(ValueError, match="RefineConfig"):
         RefineConfig(steps=0)
