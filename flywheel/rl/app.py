@@ -298,7 +298,7 @@ def actor_reward(cfg: Any, env: Any) -> tuple[str, Any, Any]:
     if str(getattr(cfg.env, "kind", "sim")) == "rig":
         fn = getattr(env.unwrapped, "reward_fn", None)
         return "success", None, fn if hasattr(fn, "verdict") else None
-    fn = reward_fn(cfg)
+    fn = reward_fn(cfg, env)
     return str(cfg.algo.reward), fn, fn if hasattr(fn, "verdict") else None
 
 

@@ -170,11 +170,12 @@ def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | 
                          max_attempts=int(cfg.demos.max_attempts))
 
 
-def reward_fn(cfg: Any) -> Any:
+def reward_fn(cfg: Any, env: Any = None) -> Any:
     """The reward classifier of ``algo.reward=classifier`` as the actor's reward function (None otherwise).
 
-    When the agent's observations carry the same frozen trunk's features of the classifier's cameras
-    (``agent.encoder=pretrained``), the classifier reads them instead of running the trunk again. With
+    When the observations of ``env`` (the actor's) carry the same frozen trunk's features of the classifier's
+    cameras (``agent.encoder=pretrained``), the classifier reads them instead of running the trunk again (the rig
+    env runs it below that wrapper, on raw frames: no ``env`` there). With
     ``algo.review`` set it is a :class:`flywheel.rl.reward_refine.RefiningReward` that learns from the
     operator's verdicts, resumed from ``out_dir/reward_classifier/`` when a refined copy is there (beside the
     learner's checkpoint directory, which the learner replaces whole on every save)."""
@@ -186,7 +187,7 @@ def reward_fn(cfg: Any) -> Any:
     if not a.classifier:
         raise ValueError("algo.reward=classifier needs algo.classifier=<path to the reward classifier .safetensors>")
     model = RewardClassifier.load(a.classifier)
-    reuse = _features_match(cfg, model)
+    reuse = _features_match(env, model)
     if check_review(cfg) == "none":
         return ClassifierReward(model, features_from_obs=reuse)
     from pathlib import Path
@@ -203,19 +204,12 @@ def reward_fn(cfg: Any) -> Any:
     return fn
 
 
-def _features_match(cfg: Any, model: Any) -> bool:
-    """The env adds the classifier's own trunk features of its cameras (so the classifier need not run the trunk)."""
-    agent = getattr(cfg, "agent", None)
-    if agent is None or getattr(agent, "encoder", "") != "pretrained" or model.trunk is None:
-        return False
-    if str(getattr(cfg.env, "kind", "sim")) == "rig":  # the rig env runs the classifier below the FeatureEnv
-        return False
-    keys = agent.image_keys
-    if keys is not None and not set(model.cfg.image_keys) <= set(keys):
-        return False
-    if keys is None and not all(k.split("/", 1)[-1] in list(cfg.env.cameras) for k in model.cfg.image_keys):
-        return False
-    return featurizer(cfg).encoder_id == model.cfg.encoder_id
+def _features_match(env: Any, model: Any) -> bool:
+    """``env`` (a :class:`flywheel.rl.pretrained.FeatureEnv`) already adds the classifier's own trunk features of
+    its cameras, so the classifier need not run the trunk again."""
+    keys, feat = getattr(env, "image_keys", None), getattr(env, "featurizer", None)
+    return (keys is not None and feat is not None and model.trunk is not None
+            and set(model.cfg.image_keys) <= set(keys) and feat.encoder_id == model.cfg.encoder_id)
 
 
 REVIEWS = ("none", "sim", "operator")

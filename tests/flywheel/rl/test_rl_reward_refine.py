@@ -183,5 +183,13 @@ def test_review_is_configured_for_classifier_runs_the_sim_one_in_sim_the_operato
         make_reviewer(compose([*rig, "algo.review_timeout=0"]))
     fn = reward_fn(compose(rig))  # the rig env runs it on raw frames, below the FeatureEnv
     assert isinstance(fn, RefiningReward) and not fn.features_from_obs
+    # in sim it reads the actor env's features when that env adds them from the classifier's own trunk
+    model = RewardClassifier.load(path)
+    env = SimpleNamespace(image_keys=KEYS, featurizer=SimpleNamespace(encoder_id=model.cfg.encoder_id))
+    plain = compose(["algo.reward=classifier", f"algo.classifier={path}"])
+    assert reward_fn(plain, env).features_from_obs
+    assert not reward_fn(plain, SimpleNamespace(image_keys=KEYS[:1], featurizer=env.featurizer)).features_from_obs
+    assert not reward_fn(plain, SimpleNamespace(image_keys=KEYS, featurizer=SimpleNamespace(
+        encoder_id="another trunk"))).features_from_obs
     with pytest.raises(ValueError, match="RefineConfig"):
         RefineConfig(steps=0)
