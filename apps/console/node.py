@@ -108,6 +108,7 @@ class ConsoleNode(RigNode):
             LATCHED_QOS, "teleop/intervening")
         sub(String, "policy/instruction", lambda m: self.state.on_instruction(m.data), LATCHED_QOS,
             "policy/instruction")
+        sub(String, "reset/prompt", lambda m: self.state.on_prompt(m.data), LATCHED_QOS, "reset/prompt")
         sub(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         sub(Float32, "reward/probability", lambda m: self.state.on_reward(m.data, time.time()), COMMAND_QOS,
             "reward/probability")

@@ -1,11 +1,12 @@
 """What the operator's console knows about the rig and the session: a pure model, fed by the node.
 
 :class:`ConsoleState` takes the graph's events (``episode/event``, ``teleop/intervening``,
-``policy/instruction``, ``/diagnostics`` statuses, arm state) with their times and gives a
+``policy/instruction``, ``reset/prompt``, ``/diagnostics`` statuses, arm state) with their times and gives a
 JSON-ready :meth:`~ConsoleState.snapshot`: who is in control (``holding`` when the franka node
 holds, else ``operator`` while ``teleop/intervening`` is True, else ``policy``), the episode
 timer, the safety filter's counts, the session counters (episodes, successes, failures,
-interventions per episode, operator time) and which successes the reward classifier called
+interventions per episode, operator time), what the rig asks the operator now (``prompt``: reset the scene,
+or confirm / reject a success the classifier claims) and which successes the reward classifier called
 (:meth:`~ConsoleState.classifier_success_starts`). Thread-safe; no ROS.
 """
 
@@ -55,6 +56,7 @@ class ConsoleState:
         self._lock = threading.Lock()
         self.task = task
         self.instruction = ""
+        self.prompt = ""  # what the rig asks the operator now (reset/prompt; "" when nothing)
         self.session = Session()
         self.intervening = False
         self._intervening_since: float | None = None
@@ -121,6 +123,10 @@ class ConsoleState:
             raise ValueError(f"instruction of {len(text)} characters: at most {MAX_INSTRUCTION}")
         with self._lock:
             self.instruction = text
+
+    def on_prompt(self, text: str) -> None:
+        with self._lock:
+            self.prompt = text[:MAX_INSTRUCTION]
 
     def on_status(self, name: str, level: int, message: str, values: Mapping[str, str]) -> None:
         """One /diagnostics status (name as published, e.g. ``/franka: franka``)."""
@@ -193,6 +199,7 @@ class ConsoleState:
                 "control": control,
                 "task": self.task,
                 "instruction": self.instruction,
+                "prompt": self.prompt,
                 "episode": {"active": self.episode_active, "elapsed": max(0.0, elapsed),
                             "last_outcome": self.last_outcome, "interventions": self._episode_interventions},
                 "session": {

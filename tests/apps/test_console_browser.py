@@ -100,6 +100,7 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
     probe_event = probe.publisher("episode/event", String, COMMAND_QOS)
     probe_reward = probe.publisher("reward/probability", Float32, COMMAND_QOS)
     probe.publisher("reward/threshold", Float32, LATCHED_QOS).publish(Float32(data=0.5))
+    probe_prompt = probe.publisher("reset/prompt", String, LATCHED_QOS)
     log = (tmp_path / "rig-up.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "apps.bringup", "duration=300", *overrides],
                             stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
@@ -133,6 +134,12 @@ def test_console_drives_the_sim_rig_from_a_browser(tmp_path: Path):
             assert wait_for(lambda: [m.data for m in probe.got("policy/instruction")][-1:] == ["reach the red cube"],
                             timeout=10)
             time.sleep(0.5)  # the recorder takes it from the same latched topic
+            # the rig's question to the operator shows as a banner until it is withdrawn
+            probe_prompt.publish(String(data="The reward classifier says success: confirm with success"))
+            page.wait_for_function("() => { const p = document.querySelector('#prompt'); return !p.hidden && "
+                                   "p.textContent.startsWith('The reward classifier says success'); }", timeout=10_000)
+            probe_prompt.publish(String(data=""))
+            page.wait_for_function("() => document.querySelector('#prompt').hidden", timeout=10_000)
             # start, then success: the events go on episode/event and the recorder stores the episode
             page.click("button[data-action=start]")
             assert wait_for(lambda: "start" in [m.data for m in probe.got("episode/event")], timeout=10)

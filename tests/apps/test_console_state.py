@@ -61,6 +61,15 @@ def test_instruction_and_status_limits():
     assert snap["franka"]["level"] == "STALE"  # no franka status yet
 
 
+def test_the_rigs_prompt_is_shown_until_withdrawn():
+    s = ConsoleState()
+    assert s.snapshot(0)["prompt"] == ""
+    s.on_prompt("The reward classifier says success: confirm with success or reject with failure")
+    assert s.snapshot(0)["prompt"].startswith("The reward classifier says success")
+    s.on_prompt("")  # answered: the env withdraws it
+    assert s.snapshot(0)["prompt"] == ""
+
+
 def test_classifier_probability_and_threshold():
     s = ConsoleState()
     assert s.snapshot(0.0)["classifier"] == {"probability": None, "age": None, "threshold": None}

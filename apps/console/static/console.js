@@ -70,6 +70,8 @@ function render(s) {
   if (document.activeElement !== inp) inp.value = s.instruction || "";
   $("timer").textContent = fmt(s.episode.elapsed, 1) + " s";
   $("episode-state").textContent = s.episode.active ? "running" : (s.episode.last_outcome || "idle");
+  const pr = $("prompt");  // the rig's question (reset the scene; confirm or reject the classifier's success)
+  pr.textContent = s.prompt || ""; pr.hidden = !s.prompt;
   const rc = s.classifier || {};
   if (rc.probability === null || rc.probability === undefined) $("reward").textContent = "-";
   else {
