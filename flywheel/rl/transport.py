@@ -245,6 +245,7 @@ def check_weights(msg: Mapping[str, Any]) -> None:
 
 
 DEFAULT_FRAME_CAP = 64 << 20  # bytes; what max_frame_bytes=0 means
+CLOSE_LINGER_MS = 2000  # how long an actor's close waits for messages already accepted to reach the learner
 
 
 def frame_cap(layout: Mapping[str, tuple[tuple[int, ...], str]], send_every: int, weights_bytes: int) -> int:
@@ -455,7 +456,11 @@ class ActorEndpoint(_Receiver):
         return self
 
     def close(self) -> None:
-        self._close_zmq(self._sub, (self._push, self._sub))
+        if self._push is not None:
+            # deliver what ZMQ has accepted but not yet written (the end of a run): bounded, and IMMEDIATE
+            # queued nothing on a link that is down, so a dead learner costs no wait
+            self._push.close(linger=CLOSE_LINGER_MS)
+        self._close_zmq(self._sub, (self._sub,))
         self._push = self._sub = None
 
     def send(self, msg: Mapping[str, Any]) -> None:

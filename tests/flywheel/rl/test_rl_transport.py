@@ -102,6 +102,24 @@ def test_outbox_is_bounded_while_the_learner_is_away(tcfg):
             assert [int(m["batch"]["i"][0]) for m in got] == list(range(20 - tcfg.queue_size, 20))
 
 
+def test_an_actor_that_closes_right_after_sending_delivers_what_it_sent(tcfg):
+    """The end of an actor's run: its last messages, accepted by ZMQ but still in flight, are not dropped."""
+    big = np.zeros((1, 256, 256, 3), np.uint8)  # a frame per message: takes a moment on the wire
+    with LearnerEndpoint(tcfg) as learner:
+        for round_ in range(3):
+            actor = ActorEndpoint(tcfg, f"a{round_}").connect()
+            for i in range(tcfg.queue_size):
+                actor.send({"type": "transitions", "batch": {"i": np.array([i]), "img": big}})
+            end = time.monotonic() + 5
+            while actor.outbox and time.monotonic() < end:  # as run_actor drains before it returns
+                actor.flush()
+                time.sleep(0.01)
+            assert not actor.outbox  # all accepted by ZMQ
+            actor.close()
+            got = [m for m in _recv_until(learner, tcfg.queue_size) if m["actor"] == f"a{round_}"]
+            assert [int(m["batch"]["i"][0]) for m in got] == list(range(tcfg.queue_size))
+
+
 def test_actor_reconnects_after_learner_restart(tcfg):
     with ActorEndpoint(tcfg, "a") as actor:
         with LearnerEndpoint(tcfg) as first:
