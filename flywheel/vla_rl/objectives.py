@@ -147,18 +147,46 @@ def mixed_groups(success: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return (m > 0.0) & (m < 1.0)
 
 
-def keep_k_best(cost: torch.Tensor, groups: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+def keep_k_best(cost: torch.Tensor, groups: torch.Tensor, k: int | torch.Tensor,
+                outcome: torch.Tensor | None = None) -> torch.Tensor:
     """GFPO's filter: within each group, True for the ``k`` members of lowest cost (ties: lower index).
 
-    ``k`` is one int or one per member (the value for its group, as :func:`adaptive_k` gives)."""
+    ``k`` is one int or one per member (the value for its group, as :func:`adaptive_k` gives).
+    ``outcome`` (e.g. success) ranks members only against others of the same outcome: each outcome keeps
+    its share of the group's k (largest remainder; at least one member of each outcome present, where k
+    allows), so the kept set has the group's success rate and the filter only chooses *which* successes
+    and failures. Without it, a length cost on episodes that end at success keeps the successes first
+    (every failure lasts the time limit), and a kept set of successes only has no advantage to learn from."""
     n = len(cost)
     keep = torch.zeros(n, dtype=torch.bool, device=cost.device)
     kk = torch.as_tensor(k, device=cost.device).expand(n) if not torch.is_tensor(k) or k.dim() == 0 else k
     for g in torch.unique(groups):
         idx = torch.nonzero(groups == g).flatten()
-        order = idx[torch.argsort(cost[idx], stable=True)]
-        keep[order[: int(kk[idx[0]])]] = True
+        k_g = min(int(kk[idx[0]]), len(idx))
+        strata = [idx] if outcome is None else [idx[outcome[idx] == o] for o in torch.unique(outcome[idx])]
+        for members, take in zip(strata, _shares([len(m) for m in strata], k_g), strict=True):
+            order = members[torch.argsort(cost[members], stable=True)]
+            keep[order[:take]] = True
     return keep
+
+
+def _shares(sizes: list[int], k: int) -> list[int]:
+    """``k`` split over strata of ``sizes`` in proportion (largest remainder), each non-empty stratum at least
+    one while k allows (smallest strata first), none more than its size."""
+    total = sum(sizes)
+    exact = [k * s / total for s in sizes]
+    take = [min(s, max(1, int(e))) if k >= len(sizes) else int(e) for s, e in zip(sizes, exact, strict=True)]
+    while sum(take) > k:  # the minimum of one overshot: trim the largest
+        take[max(range(len(take)), key=lambda i: take[i])] -= 1
+    for i in sorted(range(len(sizes)), key=lambda i: (take[i] - exact[i], sizes[i])):
+        if sum(take) >= k:
+            break
+        if take[i] < sizes[i]:
+            take[i] += 1
+    while sum(take) < k:  # remainders exhausted: fill whatever has room
+        i = next(i for i in range(len(take)) if take[i] < sizes[i])
+        take[i] += 1
+    return take
 
 
 def adaptive_k(success: torch.Tensor, groups: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:

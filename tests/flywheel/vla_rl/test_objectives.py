@@ -109,6 +109,22 @@ def test_gfpo_keeps_k_lowest_cost_per_group():
     assert keep.tolist() == [False, True, False, False, True, True]
 
 
+def test_gfpo_by_outcome_keeps_the_groups_success_rate_and_the_shortest_of_each():
+    # group 0: lengths of 3 successes (4, 6, 9) and 5 failures (12 each, the time limit); k = 4 of 8
+    length = T([4.0, 12.0, 6.0, 12.0, 9.0, 12.0, 12.0, 12.0])
+    success = T([1, 0, 1, 0, 1, 0, 0, 0]).bool()
+    groups = T([0] * 8)
+    plain = keep_k_best(length, groups, 4)  # the successes first: every success kept, one failure
+    assert plain.tolist() == [True, True, True, False, True, False, False, False]
+    strat = keep_k_best(length, groups, 4, success)  # 3/8 of 4 = 1.5 -> 2 successes (the shortest), 2 failures
+    assert strat.tolist() == [True, True, True, True, False, False, False, False]
+    # every success: the k shortest; one success in eight: kept, with k - 1 failures
+    assert keep_k_best(length, groups, 2, torch.ones(8, dtype=torch.bool)).tolist() == [
+        True, False, True, False, False, False, False, False]
+    one = T([0, 0, 0, 0, 0, 0, 0, 1]).bool()  # index 7 the only success (length 12); failures ranked by length
+    assert keep_k_best(length, groups, 3, one).tolist() == [True, False, True, False, False, False, False, True]
+
+
 def test_adaptive_k_gives_hard_groups_more():
     k = adaptive_k(T([0, 0, 1, 1, 1, 0]), T([0, 0, 1, 1, 2, 2]), k_min=2, k_max=6)
     assert k.tolist() == [6, 6, 2, 2, 4, 4]
