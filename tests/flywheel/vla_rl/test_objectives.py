@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,20 @@ def test_gfpo_by_outcome_keeps_the_groups_success_rate_and_the_shortest_of_each(
         True, False, True, False, False, False, False, False]
     one = T([0, 0, 0, 0, 0, 0, 0, 1]).bool()  # index 7 the only success (length 12); failures ranked by length
     assert keep_k_best(length, groups, 3, one).tolist() == [True, False, True, False, False, False, False, True]
+
+
+def test_gfpo_outcome_shares_are_proportional_and_keep_each_outcome():
+    from flywheel.vla_rl.objectives import _shares
+
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        sizes = [int(x) for x in rng.integers(1, 33, size=int(rng.integers(1, 3)))]  # successes, failures
+        k = int(rng.integers(0, sum(sizes) + 1))
+        take = _shares(sizes, k)
+        assert sum(take) == k and all(0 <= t <= n for t, n in zip(take, sizes, strict=True)), (sizes, k, take)
+        assert all(abs(t - k * n / sum(sizes)) < 1 for t, n in zip(take, sizes, strict=True)), (sizes, k, take)
+        if k >= len(sizes):
+            assert min(take) >= 1, (sizes, k, take)
 
 
 def test_adaptive_k_gives_hard_groups_more():
