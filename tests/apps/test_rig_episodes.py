@@ -94,6 +94,9 @@ def test_flywheel_eval_on_the_rig_prompts_the_operator_between_episodes_and_reco
                       default_spec(16, ("wrist",))).save_pretrained(tmp_path / "ckpt")
     before = len(records(sim_rig))
     op = Operator(succeed=(2,))
+    # the operator's answers must reach the recorder: every subscriber of episode/event matched first
+    assert wait_for(lambda: op.pub.get_subscription_count() >= op.node.count_subscribers("episode/event") >= 2,
+                    timeout=10)
     try:
         cfg = OmegaConf.structured(EvalConfig(
             policy=str(tmp_path / "ckpt"), tasks=["reach"], episodes=2, env="rig", max_steps=15, device="cpu",
@@ -234,6 +237,10 @@ def test_the_operator_confirms_or_rejects_the_classifiers_successes_on_the_rig(s
     thread.start()
     before = len(records(sim_rig))
     op = Reviewer(["failure", "success"])
+    # the verdicts must reach the recorder: wait until every subscriber of episode/event (the recorder's, the
+    # reviewer's own) has matched the reviewer's publisher, or a verdict published during discovery is lost
+    assert wait_for(lambda: op.pub.get_subscription_count() >= op.node.count_subscribers("episode/event") >= 2,
+                    timeout=10)
     try:
         res = run(cfg)
         assert res["env_steps"] == 6 and res["episodes"] == 2
