@@ -4,9 +4,12 @@ node labels every episode in the store."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,6 +55,51 @@ def records(store: Path) -> list:
     return EpisodeStore(store, "r").records
 
 
+# the rig actor's settings shared by the flywheel-rl tests below: a tiny conv agent on the wrist camera
+RIG_ACTOR = ["role=actor", "rl_task=none", "progress=false", "env.kind=rig", "env.privileged_state=false",
+             "env.cameras=[wrist]", "env.image_size=32", "env.max_episode_steps=8", "intervention.enabled=false",
+             "learner.random_steps=10", "agent.encoder=conv", "agent.conv_channels=8", "agent.feature_dim=16",
+             "agent.hidden_dims=[32]", "agent.arm_dims=[0,1,2]", "agent.gripper=false",
+             "agent.state_keys=[state/ee_pos,state/gripper_width]", "transport.token=t"]
+
+
+@contextlib.contextmanager
+def stand_in_learner(cfg: Any) -> Iterator[list[dict]]:
+    """A learner for an actor of ``cfg``: publishes the agent's weights, collects what the actor sends (yielded)."""
+    from flywheel.rig_env import rl_spec
+    from flywheel.rl.build import build_agent
+    from flywheel.rl.learner import weights_to_bytes
+    from flywheel.rl.transport import LearnerEndpoint, TransportConfig
+    from robot.env import RosRigEnv
+
+    t = cfg.transport
+    weights = weights_to_bytes(build_agent(cfg, RosRigEnv(rl_spec(cfg.env))))
+    got: list[dict] = []
+    stop = threading.Event()
+
+    def learner() -> None:
+        with LearnerEndpoint(TransportConfig(transitions_port=t.transitions_port, weights_port=t.weights_port,
+                                             token=t.token)) as ep:
+            while not stop.is_set():
+                ep.publish_weights(1, weights)
+                got.extend(ep.recv(timeout_ms=100))
+
+    thread = threading.Thread(target=learner, daemon=True)
+    thread.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def wait_heard_by_all(op: Probe) -> None:
+    """Until every subscriber of episode/event (the recorder's, the probe's own) has matched ``op.pub``: an answer
+    published during DDS discovery would be lost."""
+    assert wait_for(lambda: op.pub.get_subscription_count() >= op.node.count_subscribers("episode/event") >= 2,
+                    timeout=10)
+
+
 class Operator(Probe):
     """A test operator: answers every reset prompt with `reset`, and marks episode n (1-based) a success half a
     second after it starts for each n in ``succeed``."""
@@ -94,9 +142,7 @@ def test_flywheel_eval_on_the_rig_prompts_the_operator_between_episodes_and_reco
                       default_spec(16, ("wrist",))).save_pretrained(tmp_path / "ckpt")
     before = len(records(sim_rig))
     op = Operator(succeed=(2,))
-    # the operator's answers must reach the recorder: every subscriber of episode/event matched first
-    assert wait_for(lambda: op.pub.get_subscription_count() >= op.node.count_subscribers("episode/event") >= 2,
-                    timeout=10)
+    wait_heard_by_all(op)  # the operator's answers must reach the recorder
     try:
         cfg = OmegaConf.structured(EvalConfig(
             policy=str(tmp_path / "ckpt"), tasks=["reach"], episodes=2, env="rig", max_steps=15, device="cpu",
@@ -120,44 +166,24 @@ def test_flywheel_eval_on_the_rig_prompts_the_operator_between_episodes_and_reco
 
 
 def test_a_flywheel_rl_actor_on_the_rig_runs_episodes_with_the_scripted_reset(sim_rig, tmp_path):
-    from flywheel.rig_env import rl_spec
     from flywheel.rl.app import compose, run
-    from flywheel.rl.build import build_agent
-    from flywheel.rl.learner import weights_to_bytes
-    from flywheel.rl.transport import LearnerEndpoint, TransportConfig, free_ports
-    from robot.env import RosRigEnv
+    from flywheel.rl.transport import free_ports
 
     t_port, w_port = free_ports(2)
     lo, hi = [0.33, -0.08, 0.3], [0.45, 0.08, 0.42]  # a put-down box near home (short motions)
     cfg = compose([
-        f"out_dir={tmp_path / 'rl'}", "role=actor", "rl_task=none", "progress=false", "total_steps=20",
-        "env.kind=rig", "env.privileged_state=false", "env.cameras=[wrist]", "env.image_size=32",
-        "env.max_episode_steps=8", "env.reset.kind=scripted", f"env.reset.workspace_min={lo}",
-        f"env.reset.workspace_max={hi}", "intervention.enabled=false", "learner.random_steps=10",
-        "agent.encoder=conv", "agent.conv_channels=8", "agent.feature_dim=16", "agent.hidden_dims=[32]",
-        "agent.arm_dims=[0,1,2]", "agent.gripper=false", "agent.gripper_fixed=-1.0",  # closed: it may hold
-        "agent.state_keys=[state/ee_pos,state/gripper_width]", "transport.send_every=5", "transport.token=t",
-        f"transport.transitions_port={t_port}", f"transport.weights_port={w_port}"])
-    # a stand-in learner: publishes the agent's weights, collects what the actor sends
-    weights = weights_to_bytes(build_agent(cfg, RosRigEnv(rl_spec(cfg.env))))
-    got: list[dict] = []
-    stop = threading.Event()
-
-    def learner() -> None:
-        with LearnerEndpoint(TransportConfig(transitions_port=t_port, weights_port=w_port, token="t")) as ep:
-            while not stop.is_set():
-                ep.publish_weights(1, weights)
-                got.extend(ep.recv(timeout_ms=100))
-
-    thread = threading.Thread(target=learner, daemon=True)
-    thread.start()
+        *RIG_ACTOR, f"out_dir={tmp_path / 'rl'}", "total_steps=20", "env.reset.kind=scripted",
+        f"env.reset.workspace_min={lo}", f"env.reset.workspace_max={hi}",
+        "agent.gripper_fixed=-1.0",  # closed: it may hold
+        "transport.send_every=5", f"transport.transitions_port={t_port}", f"transport.weights_port={w_port}"])
     before = len(records(sim_rig))
     watch = Probe("watch")
     watch.subscribe("target_pose", PoseStamped, COMMAND_QOS)
     try:
-        res = run(cfg)
-        assert res["env_steps"] == 20 and res["episodes"] == 2  # 8 + 8 steps, and 4 of a third
-        assert wait_for(lambda: sum(len(m["batch"]["reward"]) for m in got) == 20, timeout=10)
+        with stand_in_learner(cfg) as got:
+            res = run(cfg)
+            assert res["env_steps"] == 20 and res["episodes"] == 2  # 8 + 8 steps, and 4 of a third
+            assert wait_for(lambda: sum(len(m["batch"]["reward"]) for m in got) == 20, timeout=10)
         eps = [e for m in got for e in m["episodes"]]
         assert [(e["length"], e["success"]) for e in eps] == [(8, False), (8, False)]
         # the scripted reset lowered to the box's floor at a spot inside the box after each closed-gripper episode
@@ -170,8 +196,6 @@ def test_a_flywheel_rl_actor_on_the_rig_runs_episodes_with_the_scripted_reset(si
         assert wait_for(lambda: len(records(sim_rig)) >= before + 2, timeout=15), records(sim_rig)
         assert [r.success for r in records(sim_rig)[before:before + 2]] == [False, False]
     finally:
-        stop.set()
-        thread.join(timeout=5)
         watch.close()
 
 
@@ -200,13 +224,9 @@ def test_the_operator_confirms_or_rejects_the_classifiers_successes_on_the_rig(s
     """`algo.review=operator`: a success the classifier claims on the rig is put to the operator; their failure key
     rejects it (no reward, no terminal reaches the learner, the recorder labels a failure), their success key
     confirms it; the reward function hears both verdicts and keeps their frames for a refinement."""
-    from flywheel.rig_env import rl_spec
     from flywheel.rl.app import compose, run
-    from flywheel.rl.build import build_agent
-    from flywheel.rl.learner import weights_to_bytes
     from flywheel.rl.reward_classifier import ClassifierConfig, RewardClassifier
-    from flywheel.rl.transport import LearnerEndpoint, TransportConfig, free_ports
-    from robot.env import RosRigEnv
+    from flywheel.rl.transport import free_ports
 
     # a classifier that fires on every frame: p > 0 always, 3 frames in a row
     clf = RewardClassifier(ClassifierConfig(image_keys=["images/wrist"], channels=4, feature_dim=8, hidden_dims=[8],
@@ -214,38 +234,19 @@ def test_the_operator_confirms_or_rejects_the_classifiers_successes_on_the_rig(s
     path = clf.save(tmp_path / "clf.safetensors")
     t_port, w_port = free_ports(2)
     cfg = compose([
-        f"out_dir={tmp_path / 'rl'}", "role=actor", "rl_task=none", "progress=false", "total_steps=6",
-        "env.kind=rig", "env.privileged_state=false", "env.cameras=[wrist]", "env.image_size=32",
-        "env.max_episode_steps=8", "intervention.enabled=false", "learner.random_steps=10",
+        *RIG_ACTOR, f"out_dir={tmp_path / 'rl'}", "total_steps=6",
         "algo.reward=classifier", f"algo.classifier={path}", "algo.review=operator", "algo.review_timeout=30",
-        "algo.refine.every=0",
-        "agent.encoder=conv", "agent.conv_channels=8", "agent.feature_dim=16", "agent.hidden_dims=[32]",
-        "agent.arm_dims=[0,1,2]", "agent.gripper=false", "agent.gripper_fixed=1.0",
-        "agent.state_keys=[state/ee_pos,state/gripper_width]", "transport.send_every=3", "transport.token=t",
-        f"transport.transitions_port={t_port}", f"transport.weights_port={w_port}"])
-    weights = weights_to_bytes(build_agent(cfg, RosRigEnv(rl_spec(cfg.env))))
-    got: list[dict] = []
-    stop = threading.Event()
-
-    def learner() -> None:
-        with LearnerEndpoint(TransportConfig(transitions_port=t_port, weights_port=w_port, token="t")) as ep:
-            while not stop.is_set():
-                ep.publish_weights(1, weights)
-                got.extend(ep.recv(timeout_ms=100))
-
-    thread = threading.Thread(target=learner, daemon=True)
-    thread.start()
+        "algo.refine.every=0", "agent.gripper_fixed=1.0",
+        "transport.send_every=3", f"transport.transitions_port={t_port}", f"transport.weights_port={w_port}"])
     before = len(records(sim_rig))
     op = Reviewer(["failure", "success"])
-    # the verdicts must reach the recorder: wait until every subscriber of episode/event (the recorder's, the
-    # reviewer's own) has matched the reviewer's publisher, or a verdict published during discovery is lost
-    assert wait_for(lambda: op.pub.get_subscription_count() >= op.node.count_subscribers("episode/event") >= 2,
-                    timeout=10)
+    wait_heard_by_all(op)  # the verdicts must reach the recorder
     try:
-        res = run(cfg)
-        assert res["env_steps"] == 6 and res["episodes"] == 2
-        assert len(op.prompts) == 2  # asked once per claimed success
-        assert wait_for(lambda: sum(len(m["batch"]["reward"]) for m in got) == 6, timeout=10)
+        with stand_in_learner(cfg) as got:
+            res = run(cfg)
+            assert res["env_steps"] == 6 and res["episodes"] == 2
+            assert len(op.prompts) == 2  # asked once per claimed success
+            assert wait_for(lambda: sum(len(m["batch"]["reward"]) for m in got) == 6, timeout=10)
         reward = np.concatenate([m["batch"]["reward"] for m in got])
         terminated = np.concatenate([m["batch"]["terminated"] for m in got])
         # episode 1: rejected on its 3rd step -> no reward, not terminal; episode 2: confirmed -> reward 1, terminal
@@ -260,6 +261,4 @@ def test_the_operator_confirms_or_rejects_the_classifiers_successes_on_the_rig(s
         assert wait_for(lambda: len(records(sim_rig)) >= before + 2 and
                         [r.success for r in records(sim_rig)[-2:]] == [False, True], timeout=15), records(sim_rig)
     finally:
-        stop.set()
-        thread.join(timeout=5)
         op.close()
