@@ -60,7 +60,7 @@ def _make_env(cfg: Any, training: bool = False, rig_reward: Any = None) -> Any:
     if kind == "rig":  # the ROS env adapter on a running rig-up graph, with the reset routine
         from flywheel.rig_env import rl_rig_env
 
-        review = training and str(getattr(cfg.algo, "review", "none")) == "operator"
+        review = training and check_review(cfg) == "operator"
         return rl_rig_env(cfg, reward_fn=rig_reward if rig_reward is not None else reward_fn(cfg),
                           review_timeout=float(cfg.algo.review_timeout) if review else 0.0)
     if e.factory:
