@@ -249,3 +249,67 @@ def test_the_reset_routines_api_moves_prompts_and_waits_for_the_operator():
         env.close()
         probe.close()
         nodes.close()
+
+
+@pytest.mark.ros
+def test_the_operator_confirms_or_rejects_a_success_the_classifier_claims():
+    """``review_timeout``: a claimed success is put to the operator on reset/prompt; their failure rejects it (no
+    reward, truncated, not terminal, not announced), their success confirms it, silence leaves it standing
+    (announced); the reward function hears each verdict."""
+    from robot.ros.qos import LATCHED_QOS
+
+    class Claims:  # a classifier that claims a success on every frame and hears the verdicts
+        def __init__(self):
+            self.verdicts: list[bool] = []
+
+        def __call__(self, obs):
+            return 1.0
+
+        def verdict(self, success: bool) -> None:
+            self.verdicts.append(success)
+
+    answers = ["failure", "success"]
+    nodes = Spinner()
+    StateSource(nodes)
+    nodes.start()
+    probe = Probe()
+    probe.subscribe("target_pose", PoseStamped, COMMAND_QOS)  # the franka node's inputs
+    probe.subscribe("gripper/command", JointState, COMMAND_QOS)
+    probe.subscribe("episode/event", String, COMMAND_QOS)
+    prompts: list[str] = []
+    events = probe.publisher("episode/event", String, COMMAND_QOS)
+
+    def on_prompt(m: String) -> None:
+        prompts.append(m.data)
+        if m.data.startswith("The reward classifier") and answers:
+            events.publish(String(data=answers.pop(0)))
+
+    probe.node.create_subscription(String, "reset/prompt", on_prompt, LATCHED_QOS)
+    claims = Claims()
+    env = RosRigEnv(RigSpec(cameras=()), RosEnvConfig(max_obs_age=0.4, wait_timeout=3.0, review_timeout=5.0),
+                    reward_fn=claims)
+    try:
+        env.connect()
+        assert wait_for(lambda: env.observer.latest("ee_pose") and env.observer.latest("gripper"))  # discovery
+        assert wait_for(lambda: events.get_subscription_count() >= probe.node.count_subscribers("episode/event") >= 2)
+        env.reset()
+        _, r, term, trunc, info = env.step(np.zeros(7, np.float32))  # rejected
+        assert (r, term, trunc, info["review"], info["is_success"]) == (0.0, False, True, "reject", False)
+        env.reset()
+        _, r, term, trunc, info = env.step(np.zeros(7, np.float32))  # confirmed
+        assert (r, term, trunc, info["review"], info["is_success"]) == (1.0, True, False, "confirm", True)
+        assert claims.verdicts == [False, True]
+        assert wait_for(lambda: prompts[-1] == "")  # the question withdrawn once answered
+        # the env announced no success of its own: the operator's answers are the only success / failure events
+        assert [m.data for m in probe.got("episode/event") if m.data != "start"] == ["failure", "success"]
+        env.cfg.review_timeout = 0.3  # nobody answers: the claim stands, announced by the env
+        env.reset()
+        _, r, term, trunc, info = env.step(np.zeros(7, np.float32))
+        assert (r, term, info["review"], info["is_success"]) == (1.0, True, "none", True)
+        assert claims.verdicts == [False, True]
+        assert wait_for(lambda: [m.data for m in probe.got("episode/event") if m.data != "start"][-1:] == ["success"]
+                        and len([m for m in probe.got("episode/event") if m.data == "success"]) == 2)
+    finally:
+        env.close()
+        probe.close()
+        nodes.close()
