@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IReVLAConfig:
+    # stage 1's learner: awr (advantage-weighted regression of the head on assisted rollouts, the simulated
+    # operator correcting) | an on-policy flywheel-vla-rl algorithm (ppo: the paper's; grpo, rloo, ...) on the
+    # head of a compact parent, unassisted, for stage1_env_steps (flywheel/distill/ire_onpolicy.py)
+    stage1: str = "awr"
+    stage1_env_steps: int = 20_000
+    # flywheel-vla-rl overrides for an on-policy stage 1 (after its own: e.g. algo.lr=1e-5, num_envs=16)
+    stage1_overrides: list[str] = field(default_factory=list)
     rl_tasks: list[str] = field(default_factory=lambda: ["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0"])
     rl_iterations: int = 3  # collect -> update rounds of stage 1 per task
     episodes_per_iteration: int = 20
@@ -226,14 +233,18 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
              progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Stage 1 on ``task``: frozen backbone; rollouts -> latents cache -> AWR on the heads. Resumable.
 
-    A compact parent (:mod:`flywheel.distill.ire_compact`) trains its head on the shared feature cache."""
+    A compact parent (:mod:`flywheel.distill.ire_compact`) trains its head on the shared feature cache;
+    ``cfg.stage1`` other than awr runs an on-policy algorithm instead (:mod:`flywheel.distill.ire_onpolicy`)."""
     import torch
     from safetensors.torch import load_file, save_file
 
     import sim
     from flywheel.distill.compact import is_compact
     from flywheel.distill.generalist import env_kwargs
+    from flywheel.distill.ire_onpolicy import check_stage1, onpolicy_stage
 
+    if check_stage1(str(getattr(cfg, "stage1", "awr"))) != "awr":
+        return onpolicy_stage(parent, store, task, out_dir, cfg, g, seed=seed, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "policy"
     summary_file = out_dir / "rl_stage.json"
@@ -344,10 +355,12 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         new_generalist,
         store_stats,
     )
+    from flywheel.distill.ire_onpolicy import check_stage1, collection_name
     from flywheel.evaluate import HELDOUT_SEED, load_results, save_results
     from flywheel.job import Stage
 
     g, ire = cfg.generalist, cfg.method
+    check_stage1(str(ire.stage1))
     groups = {"expert": list(ire.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(ire.unseen_tasks)}
     eval_tasks = [t for ts in groups.values() for t in ts]
     spec_holder: dict[str, Any] = {}
@@ -428,6 +441,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
             with store("r") as s:
                 names = [f"ire/round{i}_rl/{t}/iter{k}" for i, t in enumerate(groups["rl"][:r], start=1)
                          for k in range(int(ire.rl_iterations))]
+                names += [collection_name(f"round{i}_rl", t, ire.stage1)
+                          for i, t in enumerate(groups["rl"][:r], start=1)]
                 rl_ok = collect.select(s, source="rl", success=True, collection=names)
                 ckpt = sl_stage(ctx.output(rl_name)["checkpoint"], s, expert_eps(s), rl_ok,
                                 ctx.stage_dir(sl_name) / "sft", sft_cfg(ire.stage2_steps), ire)

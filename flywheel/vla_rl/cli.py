@@ -24,6 +24,7 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class VlaRLConfig:
     exec_horizon: int = 0  # executed actions per chunk (0: the whole chunk)
     out_dir: str = "outputs/vla_rl"
     record_to: str = ""  # an EpisodeStore: training episodes go there (source=rl)
+    record_collection: str = ""  # their collection name (flywheel.distill.collect.select finds them by it)
     registry: str = ""  # a ModelRegistry root: register the result as a candidate
     registry_parent: str = ""  # the id of the starting generalist in that registry
     torch_threads: int = 1
@@ -96,6 +98,17 @@ class VlaRLConfig:
     bc_init: BCInitConfig = field(default_factory=BCInitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: the waves on Ray workers
+
+
+def make_config(algo: str, overrides: Sequence[str] = ()) -> Any:
+    """``flywheel-vla-rl``'s config without hydra's global state, for callers inside another app (iRe-VLA's
+    stage 1): the defaults, ``algo``'s group, then ``overrides`` as ``key=value`` (unknown keys are errors)."""
+    from omegaconf import OmegaConf
+
+    _, cfg_cls = algorithm(algo)
+    base = OmegaConf.structured(VlaRLConfig)
+    base.algo = {"name": algo, **asdict(cfg_cls())}
+    return OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
 
 
 def register() -> None:
@@ -228,7 +241,25 @@ def bc_init(policy: Any, demos: list[tuple[Any, Any]], steps: int, lr: float, se
     return float(loss.detach())
 
 
-def run(cfg: Any) -> dict[str, Any]:
+def export_generalist(rl_policy: str | Path, out: str | Path) -> Path:
+    """The generalist checkpoint of an RL policy trained from one: the compact VLA with the trained head as its
+    action head (the Gaussian's mean; execution is deterministic), for ``policy.load``, the policy node and
+    fine-tuning. A flow head exports its trained velocity network (the same module)."""
+    from flywheel.vla_rl.checkpoint import load_policy
+
+    pol = load_policy(rl_policy)
+    model = getattr(pol.encoder, "model", None)
+    if model is None:
+        raise ValueError(f"{rl_policy}: a state-only RL policy has no generalist to export (train it with "
+                         "policy=<a compact checkpoint>)")
+    out = Path(out)
+    model.save_pretrained(out)
+    return out
+
+
+def run(cfg: Any, store: Any = None) -> dict[str, Any]:
+    """Train ``cfg.algo`` as configured; ``store``: an open EpisodeStore for the training episodes (instead of
+    opening ``cfg.record_to``)."""
     import torch
 
     from flywheel.vla_rl.engine import RolloutEngine, StoreRecorder
@@ -249,15 +280,17 @@ def run(cfg: Any) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     policy, make_vec = build(cfg)
     exec_h = int(cfg.exec_horizon) or policy.horizon
-    recorder = None
-    if cfg.record_to:
+    recorder, own_store = None, None
+    if store is None and cfg.record_to:
         from flywheel.data import EpisodeStore
 
         probe = make_vec(cfg.tasks[0], 1)
         spec = probe.envs[0].unwrapped.rig_spec
         probe.close()
-        recorder = StoreRecorder(EpisodeStore(cfg.record_to, mode="a", spec=spec), name,
-                                 policy_version=f"vla_rl:{name}:{out}")
+        store = own_store = EpisodeStore(cfg.record_to, mode="a", spec=spec)
+    if store is not None:
+        recorder = StoreRecorder(store, name, policy_version=f"vla_rl:{name}:{out}",
+                                 collection=str(cfg.record_collection))
     engine = RolloutEngine(policy, make_vec, list(cfg.tasks), group_size=acfg.group_size,
                            num_envs=max(int(cfg.num_envs), acfg.group_size), exec_horizon=exec_h,
                            max_steps=int(cfg.env.max_steps) or None,
@@ -295,6 +328,8 @@ def run(cfg: Any) -> dict[str, Any]:
         results = trainer.run()
     finally:
         trainer.close()
+        if own_store is not None:
+            own_store.close()
     results["wall_seconds"] = time.time() - t0
     if cfg.registry:
         results["candidate_id"] = register_candidate(cfg, results, out / "policy")

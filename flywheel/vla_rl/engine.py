@@ -110,10 +110,11 @@ class RolloutBatch:
 
 class StoreRecorder:
     """Writes finished episodes to an :class:`flywheel.data.EpisodeStore` (``source="rl"``); only the
-    keys of the store's rig spec are written (``state/privileged`` is not)."""
+    keys of the store's rig spec are written (``state/privileged`` is not). ``collection`` names the run's
+    episodes for :func:`flywheel.distill.collect.select` (iRe-VLA's stage 2 finds its RL successes by it)."""
 
-    def __init__(self, store: Any, algo: str, policy_version: str = "") -> None:
-        self.store, self.algo, self.policy_version = store, algo, policy_version
+    def __init__(self, store: Any, algo: str, policy_version: str = "", collection: str = "") -> None:
+        self.store, self.algo, self.policy_version, self.collection = store, algo, policy_version, collection
         self.keys = list(store.spec.observation_specs())
         self.iteration = 0
 
@@ -125,7 +126,8 @@ class StoreRecorder:
         return self.store.add_episode(
             arrays, task=task, instruction=instruction, success=bool(success), source="rl",
             policy_version=self.policy_version,
-            extra={"algo": self.algo, "iteration": int(self.iteration), "seed": int(seed), "group": int(group)},
+            extra={"algo": self.algo, "iteration": int(self.iteration), "seed": int(seed), "group": int(group),
+                   **({"collection": self.collection} if self.collection else {})},
         )
 
 

@@ -240,6 +240,43 @@ def test_ire_stage1_on_a_compact_parent_trains_the_head_on_cached_features(paren
         assert rl_stage(parent, s, RL, tmp_path / "rl", cfg, g, progress=False)[1] == summary  # done: cached
 
 
+def test_ire_stage1_with_ppo_trains_the_head_on_policy_and_records_its_rollouts(parent, tmp_path):
+    """``method.stage1=ppo``: flywheel-vla-rl's PPO on the parent's head; rollouts land in the store under the
+    round's collection, the trained head comes back as a compact generalist with the parent's encoder."""
+    from flywheel.distill.collect import select
+    from flywheel.distill.ire_vla import IReVLAConfig, rl_stage
+    from flywheel.vla_rl.checkpoint import load_policy
+
+    cfg = IReVLAConfig(stage1="ppo", stage1_env_steps=32, device="cpu",
+                       stage1_overrides=["num_envs=2", "algo.groups_per_iter=2", "env.max_steps=16", "algo.epochs=1",
+                                         "algo.minibatch_size=8", "algo.lr=1e-3", "algo.target_kl=0",
+                                         "train.eval_episodes=1", "train.final_eval_episodes=1"])
+    g = GeneralistConfig(execute=4)
+    with EpisodeStore(tmp_path / "store", "w", spec=_spec(), image_codec="png") as s:
+        ckpt, summary = rl_stage(parent, s, RL, tmp_path / "round1_rl", cfg, g, progress=False)
+        eps = select(s, task=RL, source="rl", success=None, collection=f"ire/round1_rl/{RL}/ppo")
+        assert summary["episodes"] == eps and len(eps) == 2
+        assert all(s.record(i).length == 16 and s.record(i).extra["algo"] == "ppo" for i in eps)
+        assert summary["successes"] == [i for i in eps if s.record(i).success]
+        a, b = CompactVLA.from_checkpoint(parent), CompactVLA.from_checkpoint(ckpt)
+        trained = load_policy(tmp_path / "round1_rl" / "vla_rl" / "policy").encoder.model
+        for (k, v), w in zip(b.head.state_dict().items(), trained.head.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k  # the exported head is the one PPO trained
+        assert not torch.equal(a.head.mlp[0].weight, b.head.mlp[0].weight)
+        for (k, v), w in zip(a.encoder.state_dict().items(), b.encoder.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k
+        assert rl_stage(parent, s, RL, tmp_path / "round1_rl", cfg, g, progress=False)[1] == summary  # done: cached
+
+
+def test_ire_stage1_names_the_learners_it_takes():
+    from flywheel.distill.ire_onpolicy import check_stage1
+
+    assert [check_stage1(n) for n in ("awr", "ppo", "rloo")] == ["awr", "ppo", "rloo"]
+    for bad in ("dpo", "sac"):
+        with pytest.raises(ValueError, match="awr, ppo"):
+            check_stage1(bad)
+
+
 def test_compact_awr_moves_the_head_towards_successful_actions(parent, tmp_path):
     from flywheel.distill.ire_compact import CompactLearner
     from flywheel.distill.ire_vla import IReVLAConfig

@@ -116,3 +116,18 @@ def test_behaviour_cloning_warm_start_on_sim_demos(tmp_path):
         before = float(((pol.dist(feats)[0] - chunks) ** 2).mean())
     after = bc_init(pol, demos, steps=200, lr=3e-3)
     assert after < 0.5 * before
+
+
+def test_make_config_composes_without_hydras_global_state():
+    """The config iRe-VLA's on-policy stage 1 builds inside another app: defaults, the algorithm's group, overrides."""
+    from omegaconf.errors import ConfigKeyError
+
+    from flywheel.vla_rl.cli import make_config
+
+    cfg = make_config("gfpo", ["algo.group_size=12", "head.fixed_dims=[6]", "record_collection=ire/r1/peg/gfpo"])
+    assert cfg.algo.name == "gfpo" and cfg.algo.group_size == 12 and cfg.algo.keep == 8
+    assert list(cfg.head.fixed_dims) == [6] and cfg.record_collection == "ire/r1/peg/gfpo" and cfg.num_envs == 16
+    with pytest.raises(ConfigKeyError, match="nope"):
+        make_config("ppo", ["nope=1"])
+    with pytest.raises(ValueError, match="use one of"):
+        make_config("sac")
