@@ -3,8 +3,8 @@
 The parent's encoder stays frozen (the compact family's cached features) and its action head becomes the mean of
 ``flywheel-vla-rl``'s Gaussian chunk policy; the algorithm trains it for ``method.stage1_env_steps`` on the RL
 task. Its rollouts are recorded to the iRe-VLA store under the collection ``ire/<round>/<task>/<algo>``, where
-stage 2 finds the successes; the trained head is exported as a generalist checkpoint (``policy/``) for stage 2 and
-the evaluations. The run lives in ``<stage dir>/vla_rl`` and resumes from there. No operator intervenes: the
+stage 2 finds the successes; the run (``<stage dir>/vla_rl``, resumed from there) exports the trained head as a
+generalist checkpoint (``vla_rl/generalist``) for stage 2 and the evaluations. No operator intervenes: the
 assisted variant is the AWR stage (:func:`flywheel.distill.ire_vla.rl_stage`).
 """
 
@@ -38,9 +38,9 @@ def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg
                    progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Stage 1 on ``task`` with ``cfg.stage1`` (ppo, grpo, rloo, ...): returns (generalist checkpoint, summary)."""
     from flywheel.distill.compact import is_compact
-    from flywheel.vla_rl.cli import export_generalist, make_config, run
+    from flywheel.vla_rl.cli import make_config, run
 
-    final, summary_file = out_dir / "policy", out_dir / "rl_stage.json"
+    final, summary_file = out_dir / "vla_rl" / "generalist", out_dir / "rl_stage.json"
     if summary_file.exists() and (final / "policy_config.json").exists():
         return final, json.loads(summary_file.read_text())
     if not is_compact(parent):
@@ -54,8 +54,7 @@ def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg
                  # the job evaluates each stage itself: the run's own evaluations stay small
                  "train.eval_every=0", "train.eval_episodes=10", "train.final_eval_episodes=10",
                  *list(cfg.stage1_overrides)]
-    res = run(make_config(str(cfg.stage1), overrides), store=store)
-    export_generalist(out_dir / "vla_rl" / "policy", final)
+    res = run(make_config(str(cfg.stage1), overrides), store=store)  # exports the trained head: ``final``
     eps = collect.select(store, task=task, source="rl", success=None, collection=name)
     summary = {"task": task, "algo": str(cfg.stage1), "env_steps": res["env_steps"],
                "history": res.get("evals", []), "episodes": eps,

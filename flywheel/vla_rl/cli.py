@@ -12,9 +12,10 @@ Examples::
 an RL policy directory written by this app (continue training), or empty: a state-only policy
 from scratch on ``env.state_keys`` (sim, privileged state). ``algo`` picks a config group (one
 per algorithm: ``algo.<field>=`` sets its fields). Outputs in ``out_dir``: ``checkpoint/``
-(resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/``.
-With ``registry=DIR`` the trained policy is registered there as a candidate (not promoted: the
-promotion gate decides). ``cluster.kind=ray`` runs the rollout waves (``num_envs`` envs each) on
+(resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/``
+and, from a generalist, ``generalist/``: the generalist checkpoint with the trained head (``policy.load``,
+the policy node, the gate's evaluation). With ``registry=DIR`` that (or a state policy's ``policy/``) is
+registered there as a candidate (not promoted: the promotion gate decides). ``cluster.kind=ray`` runs the rollout waves (``num_envs`` envs each) on
 ``cluster.workers`` Ray workers, with the serial run's batches (:mod:`flywheel.vla_rl.ray_engine`).
 """
 
@@ -331,8 +332,11 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
         if own_store is not None:
             own_store.close()
     results["wall_seconds"] = time.time() - t0
+    deployable = out / "policy"
+    if getattr(policy.encoder, "model", None) is not None:  # a generalist's head trained: deploy it as one
+        deployable = results["generalist"] = export_generalist(out / "policy", out / "generalist")
     if cfg.registry:
-        results["candidate_id"] = register_candidate(cfg, results, out / "policy")
+        results["candidate_id"] = register_candidate(cfg, results, Path(deployable))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 

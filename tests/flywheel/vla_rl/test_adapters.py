@@ -67,6 +67,14 @@ def test_gaussian_mean_is_the_generalists_head(tmp_path):
     from safetensors.torch import load_file
 
     assert not [k for k in load_file(str(tmp_path / "rl" / "policy.safetensors")) if k.startswith("encoder.model.encoder")]
+    # exported as a generalist checkpoint: its prediction is the trained policy's deterministic action
+    from flywheel.vla_rl.cli import export_generalist
+    from policy.compact import CompactVLA
+
+    g = CompactVLA.from_checkpoint(export_generalist(tmp_path / "rl", tmp_path / "generalist")).eval()
+    with torch.no_grad():
+        assert torch.allclose(g.predict(g.prepare(obs)), pol.act(feats, deterministic=True)[0], atol=1e-5)
+        assert not torch.allclose(g.predict(g.prepare(obs)), ref, atol=1e-3)  # not the starting head
 
 
 def test_flow_policy_runs_the_generalists_flow_head(tmp_path):
