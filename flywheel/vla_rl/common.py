@@ -39,9 +39,17 @@ class AlgoConfig:
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
-    """The reference policy: a frozen deep copy (the encoder is shared, it is frozen anyway)."""
+    """The reference policy: a frozen deep copy that shares what never trains (a generalist's image and text
+    encoders) and copies the rest. A generalist encoder's own head is trainable (it is the Gaussian's mean):
+    sharing it would freeze the policy's mean along with the reference (the defect before 2026-12-01)."""
     enc = getattr(policy, "encoder", None)
-    memo = {id(enc): enc} if enc is not None else {}
+    if enc is None:
+        shared: list[Any] = []
+    elif hasattr(enc, "frozen_parts"):
+        shared = list(enc.frozen_parts())
+    else:
+        shared = [m for m in enc.modules() if not any(p.requires_grad for p in m.parameters())]
+    memo = {id(o): o for o in shared}
     ref = copy.deepcopy(policy, memo)
     ref.requires_grad_(False)
     return ref.eval()

@@ -119,3 +119,31 @@ def test_head_train_mlp_freezes_the_keypoints(tmp_path):
     flow = build_policy({"kind": "flow", "steps": 4, "noise_level": 0.5}, {"type": "checkpoint", "path": str(tmp_path / "g0f")})
     with pytest.raises(ValueError, match="head=mlp"):
         flow.encoder.set_trainable("mlp")
+
+
+@pytest.mark.parametrize("algo", ["grpo", "gspo", "gfpo", "dpo"])
+def test_a_reference_policy_leaves_the_generalists_head_trainable(tmp_path, algo):
+    """The KL reference (GRPO, GSPO, GFPO: kl_coef > 0; DPO always) is a frozen copy. It shared the whole encoder,
+    the generalist's own head (the Gaussian's mean) included, so freezing the reference froze the policy's mean:
+    those methods trained only the scale. The reference now shares only what never trains."""
+    from flywheel.vla_rl import algorithm
+    from flywheel.vla_rl.checkpoint import build_policy
+
+    make_checkpoint(tmp_path / "g0", "mlp")
+    pol = build_policy({"kind": "gaussian", "hidden": [16], "value_hidden": [16]},
+                       {"type": "checkpoint", "path": str(tmp_path / "g0")})
+    algo_cls, cfg_cls = algorithm(algo)
+    a = algo_cls(pol, cfg_cls(), seed=0)
+    head, ref_head = pol.encoder.model.head, a.ref.encoder.model.head
+    assert ref_head is not head and all(p.requires_grad for p in head.parameters())
+    assert not any(p.requires_grad for p in ref_head.parameters())
+    trained = {id(p) for g in a.opt.param_groups for p in g["params"]}
+    assert all(id(p) in trained for p in head.parameters())  # the optimiser steps the mean
+    assert a.ref.encoder.model.encoder is pol.encoder.model.encoder  # the image encoder is shared, not copied
+    assert a.ref.encoder.model.text is pol.encoder.model.text
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1)
+    feats = pol.features(_obs(pol.encoder.spec, 2))
+    with torch.no_grad():
+        assert not torch.allclose(pol.act(feats, deterministic=True)[0], a.ref.act(feats, deterministic=True)[0])
