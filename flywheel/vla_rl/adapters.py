@@ -83,11 +83,10 @@ class CompactEncoder(nn.Module):
         self.model.head.requires_grad_(False)
         self.model.head.mlp.requires_grad_(True)
 
-    def frozen_parts(self) -> list[Any]:
-        """What a frozen reference copy of the policy may share: every module without a trainable parameter (the
-        image encoder; with ``head.train=mlp`` the keypoint layers) and the text encoder. The trainable head
-        layers must be copied (:func:`flywheel.vla_rl.common.frozen_copy`)."""
-        return [*(m for m in self.modules() if not any(p.requires_grad for p in m.parameters())), self.model.text]
+    def shared_with_reference(self) -> list[Any]:
+        """Besides the frozen modules, what a frozen reference copy of the policy may share
+        (:func:`flywheel.vla_rl.common.frozen_copy`): the text encoder, which is not a module."""
+        return [self.model.text]
 
     def split(self, flat: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         parts = torch.split(flat, self.sizes, dim=-1)

@@ -248,10 +248,14 @@ def export_generalist(rl_policy: str | Path, out: str | Path) -> Path:
     fine-tuning. A flow head exports its trained velocity network (the same module)."""
     from flywheel.vla_rl.checkpoint import load_policy
 
-    pol = load_policy(rl_policy)
-    model = getattr(pol.encoder, "model", None)
+    return save_generalist(load_policy(rl_policy), out, name=str(rl_policy))
+
+
+def save_generalist(policy: Any, out: str | Path, name: str = "the policy") -> Path:
+    """:func:`export_generalist` of a policy in memory (the end of a run: no reload)."""
+    model = getattr(policy.encoder, "model", None)
     if model is None:
-        raise ValueError(f"{rl_policy}: a state-only RL policy has no generalist to export (train it with "
+        raise ValueError(f"{name}: a state-only RL policy has no generalist to export (train it with "
                          "policy=<a compact checkpoint>)")
     out = Path(out)
     model.save_pretrained(out)
@@ -334,7 +338,7 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
     results["wall_seconds"] = time.time() - t0
     deployable = out / "policy"
     if getattr(policy.encoder, "model", None) is not None:  # a generalist's head trained: deploy it as one
-        deployable = results["generalist"] = export_generalist(out / "policy", out / "generalist")
+        deployable = results["generalist"] = save_generalist(policy, out / "generalist")
     if cfg.registry:
         results["candidate_id"] = register_candidate(cfg, results, Path(deployable))
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

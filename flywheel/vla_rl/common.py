@@ -43,12 +43,10 @@ def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
     encoders) and copies the rest. A generalist encoder's own head is trainable (it is the Gaussian's mean):
     sharing it would freeze the policy's mean along with the reference (the defect before 2026-12-01)."""
     enc = getattr(policy, "encoder", None)
-    if enc is None:
-        shared: list[Any] = []
-    elif hasattr(enc, "frozen_parts"):
-        shared = list(enc.frozen_parts())
-    else:
+    shared: list[Any] = []
+    if enc is not None:  # its modules without a trainable parameter, and what it names besides (a text encoder)
         shared = [m for m in enc.modules() if not any(p.requires_grad for p in m.parameters())]
+        shared += list(getattr(enc, "shared_with_reference", list)())
     memo = {id(o): o for o in shared}
     ref = copy.deepcopy(policy, memo)
     ref.requires_grad_(False)
