@@ -250,6 +250,18 @@ def parse_image_codec(spec: str) -> tuple[str, int]:
     return fmt, int(level)
 
 
+def as_trained(batch: dict[str, Any], camera_names: Any, codec: str) -> dict[str, Any]:
+    """The live-frame boundary: ``batch`` with each ``images/<camera>`` passed through the codec the
+    policy's training frames went through (its config's ``image_codec``; ``""``: unchanged). Every path
+    that feeds live camera or sim frames to a policy (inference, the RL rollout engine) goes through here."""
+    if not codec:
+        return batch
+    out = dict(batch)
+    for c in camera_names:
+        out[f"images/{c}"] = codec_roundtrip(out[f"images/{c}"], codec)
+    return out
+
+
 def codec_roundtrip(images: np.ndarray, spec: str) -> np.ndarray:
     """uint8 (..., H, W, 3) frames encoded and decoded with ``spec`` (e.g. ``"jpeg:95"``), as a store
     holding them would return them: live frames then match the frames a policy was trained on."""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from policy.checks import check_finite_output
+from policy.encoders import as_trained
 from policy.model import VLA
 from rig.spec import PROPRIO_KEYS, RigSpec, SpecError
 
@@ -86,12 +87,7 @@ class Policy:
         self.check(obs)
         t0 = time.perf_counter()
         batch = {k: np.asarray(v)[None] for k, v in obs.items() if k != "instruction"}
-        codec = getattr(self.model.cfg, "image_codec", "")
-        if codec:  # live frames through the training store's codec (compact family)
-            from policy.encoders import codec_roundtrip
-
-            for c in self.spec.camera_names:
-                batch[f"images/{c}"] = codec_roundtrip(batch[f"images/{c}"], codec)
+        batch = as_trained(batch, self.spec.camera_names, getattr(self.model.cfg, "image_codec", ""))
         batch["instruction"] = [obs["instruction"]]
         prep = self.model.prepare(batch, self.device)
         prep["inputs"] = {k: (v.to(self.dtype) if v.is_floating_point() else v) for k, v in prep["inputs"].items()}

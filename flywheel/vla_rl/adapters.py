@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from policy.encoders import as_trained
+
 
 class _CompactMean(nn.Module):
     def __init__(self, enc: CompactEncoder) -> None:
@@ -96,6 +98,7 @@ class CompactEncoder(nn.Module):
     @torch.no_grad()
     def policy_features(self, obs: Mapping[str, Any]) -> torch.Tensor:
         device = next(self.model.head.parameters()).device
+        obs = as_trained(dict(obs), self.cams, getattr(self.model.cfg, "image_codec", ""))  # live frames, as trained
         f = self.model.features(obs, device=device)
         return torch.cat([f[f"features/{c}"].flatten(1) for c in self.cams] + [f["text"], f["proprio"]], -1).float()
 

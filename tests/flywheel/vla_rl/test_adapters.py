@@ -11,7 +11,7 @@ compact = pytest.importorskip("policy.compact")
 INSTR = "insert the peg into the hole"
 
 
-def make_checkpoint(path, head: str = "mlp", image: int = 32):
+def make_checkpoint(path, head: str = "mlp", image: int = 32, image_codec: str = ""):
     """A small compact VLA checkpoint (random encoder weights) that knows the PegInsert instruction."""
     from policy.config import CompactConfig
     from policy.encoders import SentenceEncoder
@@ -21,7 +21,8 @@ def make_checkpoint(path, head: str = "mlp", image: int = 32):
     text.preload({INSTR: np.random.default_rng(0).normal(size=text.dim).astype(np.float32)})
     torch.manual_seed(0)
     model = compact.CompactVLA(CompactConfig(image_size=image, head=head, hidden_dim=64, conv_dim=16,
-                                             num_keypoints=8, flow_steps=4, expert_layers=1),
+                                             num_keypoints=8, flow_steps=4, expert_layers=1,
+                                             image_codec=image_codec),
                                default_spec(image), text=text, pretrained=False)
     model.save_pretrained(path)
     return model
@@ -75,6 +76,29 @@ def test_gaussian_mean_is_the_generalists_head(tmp_path):
     with torch.no_grad():
         assert torch.allclose(g.predict(g.prepare(obs)), pol.act(feats, deterministic=True)[0], atol=1e-5)
         assert not torch.allclose(g.predict(g.prepare(obs)), ref, atol=1e-3)  # not the starting head
+
+
+def test_rollout_frames_take_the_generalists_training_codec(tmp_path):
+    """The engine's live frames go through the store codec the generalist trained on, as in the policy node:
+    the RL policy's deterministic action is the one ``policy.load(...).infer`` gives (measured: without the
+    round trip the iRe-VLA candidate's held-out success read 0.38 instead of 0.56)."""
+    import policy
+    from flywheel.vla_rl.checkpoint import build_policy
+
+    model = make_checkpoint(tmp_path / "g0", "mlp", image_codec="jpeg:30")
+    pol = build_policy({"kind": "gaussian", "hidden": [16], "value_hidden": [16]},
+                       {"type": "checkpoint", "path": str(tmp_path / "g0")})
+    obs = _obs(model.spec, 2)
+    with torch.no_grad():
+        feats = pol.features(obs)
+        mean = pol.to_env(pol.act(feats, deterministic=True)[0])
+        raw = model.eval().features(obs)
+    node = policy.load(tmp_path / "g0")
+    served = node.infer({k: v[0] for k, v in obs.items()})["actions"]
+    np.testing.assert_allclose(mean[0], served, atol=1e-4)
+    cam = model.spec.camera_names[0]  # the round trip changes what the head sees
+    n_map = raw[f"features/{cam}"][0].numel()
+    assert not torch.allclose(feats[:, :n_map], raw[f"features/{cam}"].flatten(1), rtol=1e-4, atol=0)
 
 
 def test_flow_policy_runs_the_generalists_flow_head(tmp_path):
