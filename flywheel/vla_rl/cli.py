@@ -76,6 +76,22 @@ class BCInitConfig:
 
 
 @dataclass
+class OperatorConfig:
+    """A simulated operator who takes over from a straying policy during training rollouts (sim.SimulatedIntervener;
+    held-out evaluation is never assisted). Its corrections become DPO's intervention pairs: ``algo=dpo`` only (the
+    on-policy methods' ratios assume the policy chose every executed action). As iRe-VLA's stage-1 operator."""
+
+    enabled: bool = False
+    noise: float = 0.3  # the scripted expert's noise
+    criterion: str = "distance"  # distance | direction | stall (sim.SimulatedIntervener)
+    disagreement: float = 0.9
+    patience: int = 3
+    stall_steps: int = 15
+    takeover_steps: int = 8
+    max_interventions: int = 2  # per episode (0: no limit)
+
+
+@dataclass
 class VlaRLConfig:
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"algo": "rloo"}])
     algo: Any = None  # the config group
@@ -99,6 +115,7 @@ class VlaRLConfig:
     bc_init: BCInitConfig = field(default_factory=BCInitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: the waves on Ray workers
+    intervention: OperatorConfig = field(default_factory=OperatorConfig)  # DPO: operator corrections as pairs
 
 
 def make_config(algo: str, overrides: Sequence[str] = ()) -> Any:
@@ -123,6 +140,34 @@ def register() -> None:
 
 
 # ------------------------------------------------------------------ building
+def make_operator_factory(cfg: Any, algo: str, head_kind: str):
+    """``env -> sim.SimulatedIntervener`` when ``intervention.enabled`` (else None), after checking it fits."""
+    i = cfg.intervention
+    if not i.enabled:
+        return None
+    if algo != "dpo":
+        raise ValueError(f"intervention.enabled=true needs algo=dpo (its intervention pairs); algo={algo} is "
+                         "on-policy: its ratios assume the policy chose every executed action")
+    if head_kind != "gaussian":
+        raise ValueError("intervention.enabled=true needs head.kind=gaussian (an operator's chunk has a density "
+                         "under the Gaussian; the flow head's likelihood needs its own denoising chain)")
+    if cfg.env.factory:
+        raise ValueError("intervention.enabled=true needs the sim's envs (the operator is its scripted expert); "
+                         f"env.factory={cfg.env.factory!r}")
+    seed = int(cfg.seed)
+
+    def make(env: Any) -> Any:
+        import sim
+
+        return sim.SimulatedIntervener(env, sim.expert(env, noise=float(i.noise), seed=seed + 1),
+                                       criterion=str(i.criterion), disagreement=float(i.disagreement),
+                                       patience=int(i.patience), stall_steps=int(i.stall_steps),
+                                       takeover_steps=int(i.takeover_steps),
+                                       max_interventions=int(i.max_interventions) or None)
+
+    return make
+
+
 def make_vec_factory(cfg: Any, encoder_spec: Any = None):
     e = cfg.env
     if e.factory:
@@ -276,6 +321,7 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
 
     a = {k: v for k, v in OmegaConf.to_container(cfg.algo, resolve=True).items() if k != "name"}
     acfg = algo_cfg_cls(**a)
+    make_operator = make_operator_factory(cfg, name, str(cfg.head.kind))  # checked before anything is built
     torch.set_num_threads(int(cfg.torch_threads))
     torch.manual_seed(int(cfg.seed))
     cluster = ClusterConfig(**OmegaConf.to_container(cfg.cluster, resolve=True)) if "cluster" in cfg else None
@@ -300,7 +346,7 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
                            num_envs=max(int(cfg.num_envs), acfg.group_size), exec_horizon=exec_h,
                            max_steps=int(cfg.env.max_steps) or None,
                            task_weights=list(cfg.task_weights) or None, seed=int(cfg.seed), recorder=recorder,
-                           cluster=cluster)
+                           cluster=cluster, make_operator=make_operator)
     resuming = (out / "checkpoint" / "state.json").exists()
     if int(cfg.bc_init.demos) > 0:  # the warm start is the reference policy: kept in out/init for resuming
         from flywheel.vla_rl.checkpoint import load_policy, save_policy

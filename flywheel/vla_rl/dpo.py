@@ -15,6 +15,8 @@ standardises within the group. The loss is DPO on the trajectory log-likelihoods
 Operator interventions give pairs too (:func:`intervention_pairs`): at the states where the
 operator took over, the operator's chunk is preferred over the policy's proposed chunk; those
 state-level pairs join the same loss (Gaussian heads: the operator's actions have a density).
+A batch rolled out with an operator (``flywheel-vla-rl intervention.enabled=true``) brings its own
+pairs, and its trajectories are scored as executed (the operator's steps where it took over).
 """
 
 from __future__ import annotations
@@ -99,10 +101,13 @@ class DPO(Algorithm):
         super().__init__(policy, cfg, ref=ref if ref is not None else frozen_copy(policy), seed=seed)
 
     def traj_logp(self, model, batch: RolloutBatch) -> torch.Tensor:
-        lp = batch.episode_sum(model.log_prob(batch.feats, batch.actions, batch.extra))
+        lp = batch.episode_sum(model.log_prob(batch.feats, batch.executed_actions(), batch.extra))
         return lp / batch.decisions().clamp_min(1) if self.cfg.length_normalise else lp
 
     def update(self, batch: RolloutBatch, state_pairs: StatePairs | None = None) -> dict[str, float]:
+        if state_pairs is None and batch.intervened is not None and batch.operator_actions is not None \
+                and bool(batch.intervened.any()):
+            state_pairs = intervention_pairs(batch.feats, batch.actions, batch.operator_actions, batch.intervened)
         batch, stats = self.reject(batch)
         cfg = self.cfg
         mean_lp = batch.episode_sum(batch.logp) / batch.decisions().clamp_min(1)

@@ -27,6 +27,11 @@ success, return, length, progress (the env's ``info["dense_reward"]`` stage meas
 or a process reward model's) and the features of the final observation (value bootstraps).
 Episodes go to the episode store when a :class:`StoreRecorder` is given (``source=rl``, the
 algorithm and iteration in the record's ``extra``).
+
+An operator (``make_operator``: env -> :class:`flywheel.rollout.Intervener`, e.g. the simulated one) may
+take over during training rollouts (never in held-out evaluation): the executed action is then the
+operator's, and per decision the batch holds ``intervened`` and ``operator_actions`` (the policy's chunk
+with the operator's executed steps in place of its own), from which DPO forms its intervention pairs.
 """
 
 from __future__ import annotations
@@ -66,6 +71,14 @@ class RolloutBatch:
     tasks: list[str] = field(default_factory=list)  # (E,)
     seeds: list[int] = field(default_factory=list)  # (E,)
     env_steps: int = 0
+    intervened: torch.Tensor | None = None  # (S,) bool: an operator executed some of the decision's steps
+    operator_actions: torch.Tensor | None = None  # (S, H, A) the chunk with the operator's executed steps
+
+    def executed_actions(self) -> torch.Tensor:
+        """(S, H, A) the chunks as executed: the operator's steps where it took over, else as sampled."""
+        if self.intervened is None or self.operator_actions is None:
+            return self.actions
+        return torch.where(self.intervened[:, None, None], self.operator_actions, self.actions)
 
     @property
     def num_episodes(self) -> int:
@@ -105,6 +118,8 @@ class RolloutBatch:
             terminal=self.terminal[keep], final_feats=self.final_feats[keep],
             tasks=[t for t, k in zip(self.tasks, keep.tolist(), strict=True) if k],
             seeds=[s for s, k in zip(self.seeds, keep.tolist(), strict=True) if k],
+            intervened=None if self.intervened is None else self.intervened[steps],
+            operator_actions=None if self.operator_actions is None else self.operator_actions[steps],
         )
 
 
@@ -182,14 +197,15 @@ class WaveResult:
     instruction: str
     task_id: str
     episodes: list[dict[str, Any]]  # task, seed, group, ret, length, success, progress, terminal, final_feats
-    steps: list[tuple]  # per decision: feats, actions, logp, rewards, episode (long, wave-local), extra
+    steps: list[tuple]  # per decision: feats, actions, logp, rewards, episode (long, wave-local), extra, assist
     traces: list[tuple[int, dict[str, list]]] = field(default_factory=list)  # (episode, obs/act/rew), as they ended
 
 
 @torch.no_grad()
 def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps: int | None,
-             record: bool = False) -> WaveResult:
-    """Roll one wave on ``vec`` (all its envs step; those past the wave's episodes are ignored)."""
+             record: bool = False, operators: Sequence[Any] | None = None) -> WaveResult:
+    """Roll one wave on ``vec`` (all its envs step; those past the wave's episodes are ignored).
+    ``operators``: one :class:`flywheel.rollout.Intervener` per env, who may take over (reset here)."""
     g, n = wave.group_size, vec.num_envs
     n_active = len(wave.seeds) * g
     if n_active > n:
@@ -197,6 +213,11 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
     gen = torch.Generator().manual_seed(wave.noise_seed())
     env_seeds = [int(wave.seeds[min(i // g, len(wave.seeds) - 1)]) for i in range(n)]
     obs, _ = vec.reset(seed=env_seeds)
+    if operators is not None:
+        if len(operators) < n_active:
+            raise ValueError(f"{len(operators)} operators for {n_active} envs")
+        for op in operators:
+            op.reset()
     instr = _env_attr(vec, "instruction", wave.task)
     alive = np.arange(n) < n_active
     eps = [dict(task=wave.task, seed=env_seeds[i], group=int(wave.groups[i // g]), ret=0.0, length=0, success=False,
@@ -211,8 +232,16 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
         env_act = policy.to_env(act)
         idx = np.nonzero(alive)[0]
         rew = np.zeros(n)
+        took = np.zeros(env_act.shape[:2], bool)  # (n, H): the operator executed this step
+        op_act = env_act.copy() if operators is not None else None
         for j in range(exec_horizon):
             a = np.stack([executed(x) for x in env_act[:, j]])
+            if operators is not None:
+                for i in np.nonzero(alive)[0]:
+                    ai, theirs = operators[i].step({k: v[i] for k, v in obs.items()}, a[i])
+                    if theirs:
+                        a[i] = op_act[i, j] = executed(ai)
+                        took[i, j] = True
             nobs, r, term, trunc, info = vec.step(a)
             succ = np.asarray(info.get("is_success", np.zeros(n, bool)), bool)
             prog = np.asarray(info.get("dense_reward", np.zeros(n)), float)
@@ -237,8 +266,13 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
             obs = nobs
             if not alive.any():
                 break
+        assist = None
+        if op_act is not None:
+            steps_taken = torch.as_tensor(took[idx])
+            op_norm = policy.from_env(op_act[idx]).to(act.dtype)[..., : act.shape[-1]]
+            assist = (steps_taken.any(1), torch.where(steps_taken[..., None], op_norm, act[idx]))
         out.steps.append((feats[idx], act[idx], logp[idx], torch.as_tensor(rew[idx], dtype=torch.float32),
-                          torch.as_tensor(idx, dtype=torch.long), {k: v[idx] for k, v in extra.items()}))
+                          torch.as_tensor(idx, dtype=torch.long), {k: v[idx] for k, v in extra.items()}, assist))
     keys = list(final_obs)
     fo = {k: np.stack([final_obs[e][k] for e in keys]) for k in final_obs[keys[0]]}
     ff = policy.features({**fo, "instruction": [instr] * len(keys)})
@@ -259,7 +293,7 @@ class RolloutEngine:
         self, policy: Any, make_vec: Callable[[str, int], Any], tasks: Sequence[str], *, group_size: int = 8,
         num_envs: int = 16, exec_horizon: int = 1, max_steps: int | None = None,
         task_weights: Sequence[float] | None = None, seed: int = 0, recorder: StoreRecorder | None = None,
-        cluster: Any = None,
+        cluster: Any = None, make_operator: Callable[[Any], Any] | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("RolloutEngine: tasks must name at least one task")
@@ -271,7 +305,11 @@ class RolloutEngine:
             raise ValueError(f"task_weights has {len(task_weights)} entries for {len(tasks)} tasks")
         if cluster is not None:
             cluster.validate()
+            if make_operator is not None and cluster.kind == "ray":
+                raise ValueError("an operator (interventions) needs the local rollouts: cluster.kind=local")
         self.policy, self.make_vec, self.tasks = policy, make_vec, list(tasks)
+        self.make_operator = make_operator
+        self._operators: dict[str, list[Any]] = {}
         self.group_size, self.num_envs, self.exec_horizon, self.max_steps = group_size, num_envs, exec_horizon, max_steps
         w = np.ones(len(tasks)) if task_weights is None else np.asarray(task_weights, float)
         self.task_p = w / w.sum()
@@ -313,10 +351,10 @@ class RolloutEngine:
 
     def collect(self, num_groups: int, *, group_size: int | None = None, deterministic: bool = False,
                 seeds: Sequence[int] | None = None, tasks: Sequence[str] | None = None,
-                count: bool = True) -> RolloutBatch:
+                count: bool = True, assisted: bool = True) -> RolloutBatch:
         """``num_groups`` groups of ``group_size`` episodes. ``seeds`` / ``tasks`` (one per group) fix the
         groups (held-out evaluation); else the next seeds and sampled tasks. ``count``: add the env steps
-        to :attr:`env_steps` (the training budget)."""
+        to :attr:`env_steps` (the training budget). ``assisted``: the operator (if any) may take over."""
         g = int(group_size or self.group_size)
         if not 1 <= g <= self.num_envs:
             raise ValueError(f"group_size={g} must be in [1, num_envs={self.num_envs}]: a group runs in one wave")
@@ -333,17 +371,22 @@ class RolloutEngine:
                 self._absorb(acc, res)
         else:
             for w in waves:
-                self._absorb(acc, self._run_local(w, rec))
+                self._absorb(acc, self._run_local(w, rec, assisted))
         batch = acc.build()
         if count:
             self.env_steps += batch.env_steps
         return batch
 
-    def _run_local(self, wave: Wave, record: bool) -> WaveResult:
+    def _run_local(self, wave: Wave, record: bool, assisted: bool = True) -> WaveResult:
         if wave.task not in self._vecs:
             self._vecs[wave.task] = self.make_vec(wave.task, self.num_envs)
-        return run_wave(self.policy, self._vecs[wave.task], wave, exec_horizon=self.exec_horizon,
-                        max_steps=self.max_steps, record=record)
+        vec, ops = self._vecs[wave.task], None
+        if assisted and self.make_operator is not None:
+            if wave.task not in self._operators:
+                self._operators[wave.task] = [self.make_operator(env) for env in vec.envs]
+            ops = self._operators[wave.task]
+        return run_wave(self.policy, vec, wave, exec_horizon=self.exec_horizon, max_steps=self.max_steps,
+                        record=record, operators=ops)
 
     def _pool(self) -> Any:
         if self.pool is None:
@@ -373,8 +416,8 @@ class _Acc:
         """Append a wave's episodes and decisions; returns the batch index of its episode 0."""
         base = len(self.ep)
         self.ep.extend(res.episodes)
-        for feats, act, logp, rew, ep, extra in res.steps:
-            self.steps.append((feats, act, logp, rew, ep + base, extra))
+        for feats, act, logp, rew, ep, extra, *assist in res.steps:
+            self.steps.append((feats, act, logp, rew, ep + base, extra, assist[0] if assist else None))
         return base
 
     def build(self) -> RolloutBatch:
@@ -384,6 +427,9 @@ class _Acc:
         episode = cat(4)
         order = torch.argsort(episode, stable=True)  # episodes contiguous, decisions in time order
         extra = {k: torch.cat([s[5][k] for s in self.steps])[order] for k in self.steps[0][5]}
+        assisted = [s[6] for s in self.steps if s[6] is not None]
+        if assisted and len(assisted) != len(self.steps):
+            raise RuntimeError("RolloutEngine: assisted and unassisted waves in one batch")
         e = self.ep
         return RolloutBatch(
             feats=cat(0)[order].float(), actions=cat(1)[order].float(), logp=cat(2)[order].float(),
@@ -398,4 +444,6 @@ class _Acc:
             final_feats=torch.stack([x["final_feats"].float() for x in e]),
             tasks=[x["task"] for x in e], seeds=[int(x["seed"]) for x in e],
             env_steps=int(sum(x["length"] for x in e)),
+            intervened=torch.cat([a[0] for a in assisted])[order] if assisted else None,
+            operator_actions=torch.cat([a[1] for a in assisted])[order].float() if assisted else None,
         )

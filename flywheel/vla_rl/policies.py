@@ -116,6 +116,12 @@ class ChunkPolicyBase(nn.Module):
             a = torch.as_tensor(un(a))
         return np.clip(a.cpu().numpy().astype(np.float32), -1.0, 1.0)
 
+    def from_env(self, actions: np.ndarray) -> torch.Tensor:
+        """Spec actions (..., A) -> normalised (the inverse of :meth:`to_env` inside [-1, 1])."""
+        norm = getattr(self.encoder, "normalize_actions", None)
+        a = np.asarray(actions, np.float32)
+        return torch.as_tensor(np.asarray(norm(a), np.float32) if norm is not None else a)
+
     def entropy(self, feats: torch.Tensor) -> torch.Tensor | None:
         return None
 

@@ -32,7 +32,8 @@ from flywheel.vla_rl.engine import RolloutEngine
 log = logging.getLogger("flywheel.vla_rl")
 
 TB_KEYS = ("success", "return", "episode_length", "success_length", "approx_kl", "kl_ref", "clip_frac",
-           "groups_rejected", "kept_fraction", "value_loss", "pref_acc", "loss", "env_steps_per_s")
+           "groups_rejected", "kept_fraction", "value_loss", "pref_acc", "state_pref_acc", "state_pairs", "intervened",
+           "loss", "env_steps_per_s")
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Trainer:
             for t in tasks:
                 seeds = list(range(self.cfg.eval_seed, self.cfg.eval_seed + episodes))
                 b = self.engine.collect(episodes, group_size=1, deterministic=True, seeds=seeds, tasks=[t] * episodes,
-                                        count=False)
+                                        count=False, assisted=False)
                 per_task[t] = float(b.success.float().mean())
                 if b.success.any():
                     lengths.append(float(b.length[b.success].float().mean()))
@@ -133,6 +134,8 @@ class Trainer:
                 if self.prm_coef:
                     batch = self.prm.shape(batch, self.prm_coef, self.prm_gamma)
             stats = episode_stats(batch)
+            if batch.intervened is not None:  # an operator took part: the share of decisions it corrected
+                stats["intervened"] = float(batch.intervened.float().mean())
             stats.update(self.algo.update(batch))
             t2 = time.perf_counter()
             self.rollout_s += t1 - t0

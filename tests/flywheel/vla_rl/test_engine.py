@@ -104,3 +104,73 @@ def test_episodes_are_recorded_to_the_store(tmp_path):
         assert r.extra["algo"] == "grpo" and r.extra["iteration"] == 5 and r.extra["seed"] == b.seeds[0]
         assert r.task == "PandaRig/PegInsert-v0" and r.instruction == "insert the peg into the hole"
         assert r.length == 3
+
+
+class _GoalOperator:
+    """A toy operator: takes over (the straight line to the goal) whenever the policy's step moves away from it."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def reset(self) -> None:
+        self.took = 0
+
+    def step(self, obs, policy_action):
+        best = np.clip((obs["state/goal"] - obs["state/pos"]) / 0.1, -1, 1).astype(np.float32)
+        if float(np.dot(policy_action[:2], best[:2])) < 0.0:
+            self.took += 1
+            return best, True
+        return policy_action, False
+
+
+def test_an_operator_takes_over_in_training_rollouts_never_in_evaluation():
+    """Where the operator takes over, its action is executed and kept beside the policy's sampled chunk."""
+    pol = _policy(horizon=3)
+    eng = RolloutEngine(pol, make_vec, ["reach"], group_size=4, num_envs=8, exec_horizon=2, seed=1,
+                        make_operator=_GoalOperator)
+    b = eng.collect(2)
+    assert b.intervened is not None and b.operator_actions is not None
+    assert 0 < int(b.intervened.sum()) < b.num_steps
+    m = b.intervened
+    # the operator's steps differ from the sampled ones; the steps it did not execute are the policy's
+    assert not torch.allclose(b.operator_actions[m][:, :2], b.actions[m][:, :2])
+    torch.testing.assert_close(b.operator_actions[~m], b.actions[~m])
+    torch.testing.assert_close(b.operator_actions[:, 2:], b.actions[:, 2:])  # never executed (exec_horizon 2)
+    torch.testing.assert_close(b.executed_actions()[m], b.operator_actions[m])
+    # an operator's step is the straight line to the goal (clipped to [-1, 1]); the policy's samples are not
+    changed = (b.operator_actions != b.actions).any(-1)  # (S, H): the steps the operator executed
+    assert bool(changed[m].any(1).all()) and float(b.operator_actions[changed].abs().max()) <= 1.0
+    sub = b.select(b.success | ~b.success)
+    assert sub.intervened is not None and sub.intervened.shape == b.intervened.shape
+    ev = eng.collect(4, group_size=1, deterministic=True, seeds=[10, 11, 12, 13], tasks=["reach"] * 4, count=False,
+                     assisted=False)
+    assert ev.intervened is None and ev.operator_actions is None
+
+
+def test_the_sim_operator_corrects_a_sim_policy():
+    """flywheel-vla-rl's operator (sim.SimulatedIntervener with the scripted expert) on real sim envs; only DPO."""
+    from omegaconf import OmegaConf
+
+    from flywheel.vla_rl.cli import VlaRLConfig, make_operator_factory
+    from flywheel.vla_rl.engine import make_sim_vec
+
+    cfg = OmegaConf.structured(VlaRLConfig)
+    assert make_operator_factory(cfg, "dpo", "gaussian") is None  # off by default
+    cfg.intervention.enabled = True
+    cfg.intervention.stall_steps = 2
+    with pytest.raises(ValueError, match="algo=dpo"):
+        make_operator_factory(cfg, "grpo", "gaussian")
+    with pytest.raises(ValueError, match="gaussian"):
+        make_operator_factory(cfg, "dpo", "flow")
+    torch.manual_seed(0)
+    pol = GaussianChunkPolicy(StateFeatures(["state/ee_pos", "state/privileged"], [3, 4]), 1, 7, hidden=(16,),
+                              value_hidden=(16,), init_log_std=-4.0)
+    with torch.no_grad():  # a policy whose mean stays put: the operator steps in when progress stalls
+        for p in pol.parameters():
+            p.zero_()
+    eng = RolloutEngine(pol, make_sim_vec({"cameras": (), "privileged_state": True}), ["LiftCube-Red"], group_size=2,
+                        num_envs=2, max_steps=12, make_operator=make_operator_factory(cfg, "dpo", "gaussian"))
+    b = eng.collect(1)
+    eng.close()
+    assert b.intervened is not None and bool(b.intervened.any())
+    assert float((b.operator_actions[b.intervened] - b.actions[b.intervened]).abs().max()) > 0.1
