@@ -41,6 +41,10 @@ class DPOConfig(AlgoConfig):
     w_self: float = 0.1
     pairs: str = "best_worst"  # best_worst | all
     length_normalise: bool = False  # mean instead of sum of log pi over a trajectory
+    # RPO (Pang et al. 2024): + nll_coef x the chosen side's negative log-likelihood per decision (the chosen
+    # trajectories' decisions and the operator's chunks). DPO's margin alone is unbounded: it can grow by moving
+    # the policy away from the rejected actions anywhere, not towards the chosen ones (measured: docs/bench)
+    nll_coef: float = 0.0
 
 
 @dataclass
@@ -100,8 +104,12 @@ class DPO(Algorithm):
     def __init__(self, policy, cfg: DPOConfig, ref=None, seed: int = 0) -> None:
         super().__init__(policy, cfg, ref=ref if ref is not None else frozen_copy(policy), seed=seed)
 
-    def traj_logp(self, model, batch: RolloutBatch) -> torch.Tensor:
-        lp = batch.episode_sum(model.log_prob(batch.feats, batch.executed_actions(), batch.extra))
+    def step_logp(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """(S,) log pi of each decision's chunk as executed."""
+        return model.log_prob(batch.feats, batch.executed_actions(), batch.extra)
+
+    def traj_logp(self, model, batch: RolloutBatch, step_lp: torch.Tensor | None = None) -> torch.Tensor:
+        lp = batch.episode_sum(self.step_logp(model, batch) if step_lp is None else step_lp)
         return lp / batch.decisions().clamp_min(1) if self.cfg.length_normalise else lp
 
     def update(self, batch: RolloutBatch, state_pairs: StatePairs | None = None) -> dict[str, float]:
@@ -124,14 +132,17 @@ class DPO(Algorithm):
             if n_state:
                 ref_sc = self.ref.log_prob(state_pairs.feats, state_pairs.chosen)
                 ref_sr = self.ref.log_prob(state_pairs.feats, state_pairs.rejected)
+        chosen_steps = torch.isin(batch.episode, ch) if len(ch) else torch.zeros(batch.num_steps, dtype=torch.bool)
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
-            losses, n = [], 0
+            losses, n, nll = [], 0, []
             if len(ch):
-                lp = self.traj_logp(self.policy, batch)
+                step_lp = self.step_logp(self.policy, batch)
+                lp = self.traj_logp(self.policy, batch, step_lp)
                 loss, st = dpo_loss(lp[ch], lp[rj], ref_traj[ch], ref_traj[rj], cfg.beta)
                 losses.append(loss * len(ch))
                 n += len(ch)
+                nll.append(-step_lp[chosen_steps])
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
             if n_state:
@@ -140,8 +151,13 @@ class DPO(Algorithm):
                 loss_s, st = dpo_loss(sc, sr, ref_sc, ref_sr, cfg.beta)
                 losses.append(loss_s * n_state)
                 n += n_state
+                nll.append(-sc)
                 logs.setdefault("state_pref_acc", []).append(st["pref_acc"])
             total = torch.stack(losses).sum() / n
+            if cfg.nll_coef:
+                chosen_nll = torch.cat(nll).mean()
+                total = total + cfg.nll_coef * chosen_nll
+                logs.setdefault("chosen_nll", []).append(float(chosen_nll.detach()))
             logs.setdefault("grad_norm", []).append(self.step(total, batch.num_steps + 2 * n_state))
             logs.setdefault("loss", []).append(float(total.detach()))
         stats.update({k: float(np.mean(v)) for k, v in logs.items()})

@@ -209,3 +209,36 @@ def test_process_reward_model_learns_progress_and_shapes():
     telescoped = b.ret + pf - p[first]  # gamma 1: the shaping telescopes to P(final) - P(start)
     assert torch.allclose(sb.ret, telescoped, atol=1e-5)
     assert prm.progress_of(b).shape == (b.num_episodes,)
+
+
+def test_rpo_term_adds_the_chosen_sides_likelihood():
+    """DPO's ``nll_coef`` (RPO): the loss is DPO's plus coef x the mean negative log-likelihood of the chosen
+    side (the operator's chunks here), and a few steps raise the chosen chunks' likelihood."""
+    import copy
+
+    import numpy as np
+
+    pol, _, eng = _setup("dpo")
+    env = PointReach()
+    obs = [env.reset(seed=s)[0] for s in range(16)]
+    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    feats = pol.features(batch)
+    op = torch.as_tensor(expert_action(batch))[:, None]
+    with torch.no_grad():
+        own, _, _ = pol.act(feats)
+    pairs = intervention_pairs(feats, own, op, torch.ones(16, dtype=torch.bool))
+    b = eng.collect(1)
+    b.group[:] = torch.arange(b.num_episodes)  # no trajectory pairs
+    algo_cls, cfg_cls = algorithm("dpo")
+    stats = {}
+    for coef in (0.0, 0.5):
+        p = copy.deepcopy(pol)
+        stats[coef] = algo_cls(p, cfg_cls(lr=1e-3, epochs=1, nll_coef=coef), seed=0).update(b, state_pairs=pairs)
+    with torch.no_grad():
+        nll = float(-pol.log_prob(pairs.feats, pairs.chosen).mean())
+    assert stats[0.5]["chosen_nll"] == pytest.approx(nll, rel=1e-5)
+    assert stats[0.5]["loss"] == pytest.approx(stats[0.0]["loss"] + 0.5 * nll, rel=1e-5)
+    algo = algo_cls(pol, cfg_cls(lr=1e-3, epochs=20, nll_coef=1.0), seed=0)
+    algo.update(b, state_pairs=pairs)
+    with torch.no_grad():
+        assert float(-pol.log_prob(pairs.feats, pairs.chosen).mean()) < nll - 1.0
