@@ -43,7 +43,9 @@ class DPOConfig(AlgoConfig):
     length_normalise: bool = False  # mean instead of sum of log pi over a trajectory
     # RPO (Pang et al. 2024): + nll_coef x the chosen side's negative log-likelihood per decision (the chosen
     # trajectories' decisions and the operator's chunks). DPO's margin alone is unbounded: it can grow by moving
-    # the policy away from the rejected actions anywhere, not towards the chosen ones (measured: docs/bench)
+    # the policy away from the rejected actions anywhere, not towards the chosen ones (measured: docs/bench).
+    # A Gaussian head's term holds its scale fixed (``mean_log_prob``): with a learned scale the likelihood of
+    # far-off operator actions rose by widening the Gaussian, not by moving its mean
     nll_coef: float = 0.0
 
 
@@ -104,6 +106,13 @@ class DPO(Algorithm):
     def __init__(self, policy, cfg: DPOConfig, ref=None, seed: int = 0) -> None:
         super().__init__(policy, cfg, ref=ref if ref is not None else frozen_copy(policy), seed=seed)
 
+    def anchor_logp(self, feats: torch.Tensor, actions: torch.Tensor, extra, logp: torch.Tensor) -> torch.Tensor:
+        """The RPO term's log-likelihood: the mean's fit at a fixed scale where the head has one, else ``logp``."""
+        if not self.cfg.nll_coef:
+            return logp.detach()
+        fit = getattr(self.policy, "mean_log_prob", None)
+        return fit(feats, actions) if fit is not None else logp
+
     def step_logp(self, model, batch: RolloutBatch) -> torch.Tensor:
         """(S,) log pi of each decision's chunk as executed."""
         return model.log_prob(batch.feats, batch.executed_actions(), batch.extra)
@@ -142,7 +151,8 @@ class DPO(Algorithm):
                 loss, st = dpo_loss(lp[ch], lp[rj], ref_traj[ch], ref_traj[rj], cfg.beta)
                 losses.append(loss * len(ch))
                 n += len(ch)
-                nll.append(-step_lp[chosen_steps])
+                nll.append(-self.anchor_logp(batch.feats[chosen_steps], batch.executed_actions()[chosen_steps],
+                                             {k: v[chosen_steps] for k, v in batch.extra.items()}, step_lp[chosen_steps]))
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
             if n_state:
@@ -151,7 +161,7 @@ class DPO(Algorithm):
                 loss_s, st = dpo_loss(sc, sr, ref_sc, ref_sr, cfg.beta)
                 losses.append(loss_s * n_state)
                 n += n_state
-                nll.append(-sc)
+                nll.append(-self.anchor_logp(state_pairs.feats, state_pairs.chosen, None, sc))
                 logs.setdefault("state_pref_acc", []).append(st["pref_acc"])
             total = torch.stack(losses).sum() / n
             if cfg.nll_coef:

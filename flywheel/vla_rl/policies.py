@@ -207,6 +207,12 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         mean, log_std = self.dist(feats)
         return _normal_logp(actions, mean, log_std, self.sampled)
 
+    def mean_log_prob(self, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(actions) with the scale held fixed (no gradient to it): fitting the mean to the actions.
+        (The full likelihood of far-off actions falls fastest by widening the scale, not by moving the mean.)"""
+        mean, log_std = self.dist(feats)
+        return _normal_logp(actions, mean, log_std.detach(), self.sampled)
+
     def entropy(self, feats: torch.Tensor) -> torch.Tensor:
         _, log_std = self.dist(feats)
         return ((log_std + 0.5 * math.log(2 * math.pi * math.e)) * self.sampled).flatten(1).sum(1)

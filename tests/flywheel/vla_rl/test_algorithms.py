@@ -238,6 +238,11 @@ def test_rpo_term_adds_the_chosen_sides_likelihood():
         nll = float(-pol.log_prob(pairs.feats, pairs.chosen).mean())
     assert stats[0.5]["chosen_nll"] == pytest.approx(nll, rel=1e-5)
     assert stats[0.5]["loss"] == pytest.approx(stats[0.0]["loss"] + 0.5 * nll, rel=1e-5)
+    pol.zero_grad()
+    pol.mean_log_prob(pairs.feats, pairs.chosen).sum().backward()  # the anchor fits the mean, never the scale
+    assert all(p.grad is None or not p.grad.any() for p in pol.log_std_net.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in pol.mean_net.parameters())
+    pol.zero_grad()
     algo = algo_cls(pol, cfg_cls(lr=1e-3, epochs=20, nll_coef=1.0), seed=0)
     algo.update(b, state_pairs=pairs)
     with torch.no_grad():
