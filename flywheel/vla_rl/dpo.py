@@ -127,6 +127,8 @@ class DPO(Algorithm):
             state_pairs = intervention_pairs(batch.feats, batch.actions, batch.operator_actions, batch.intervened)
         batch, stats = self.reject(batch)
         cfg = self.cfg
+        if state_pairs is not None:  # the pairs are offered too (two chunks each), so "saved" stays >= 0
+            self.samples_offered += 2 * len(state_pairs.feats) * cfg.epochs
         mean_lp = batch.episode_sum(batch.logp) / batch.decisions().clamp_min(1)
         scores = grape_scores(batch, mean_lp, cfg.w_success, cfg.w_progress, cfg.w_self)
         ch, rj = preference_pairs(scores, batch.group, cfg.pairs)
