@@ -10,7 +10,7 @@ before and after, mean successful episode length, rollout speed, groups rejected
 compute that rejection / filtering saved, and the success curves in one PNG beside it.
 
     .venv/bin/python benchmarks/vla_rl.py --policy outputs/bench/g0/g0 --tasks PegInsert \\
-        --env-steps 30000 --out docs/bench/vla_rl.md
+        --env-steps 30000 --workdir outputs/bench/vla_rl      # report: WORKDIR/report.md
     # the toy point-reach task of the tests (seconds per method):
     .venv/bin/python benchmarks/vla_rl.py --toy --env-steps 4000 --out /tmp/vla_rl_toy.md
 
@@ -151,7 +151,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="--cluster ray: Ray workers (one CPU each)")
     p.add_argument("--set", action="append", default=[], help="an extra hydra override for every run")
     p.add_argument("--workdir", default="outputs/bench/vla_rl")
-    p.add_argument("--out", default="docs/bench/vla_rl.md")
+    p.add_argument("--out", default="", help="also write the report here (default: only WORKDIR/report.md; the "
+                   "hand-kept docs/bench/vla_rl.md is never a default target)")
     args = p.parse_args()
     if args.toy:
         toy = str(ROOT / "tests" / "flywheel" / "vla_rl")
@@ -168,14 +169,15 @@ def main() -> None:
             results.setdefault(m, []).append(r)
             print(f"== {m} seed {seed}: {r['initial_eval']['success']:.2f} -> {r['final_eval']['success']:.2f}",
                   flush=True)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else work / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(out.stem + "_curves.png")
     plot(results, png, f"{', '.join(args.tasks)}: {args.env_steps} env steps")
     body = report(results, args, png)
     (work / "report.md").write_text(body)
     print(body)
-    out.write_text(f"# On-policy RL and preference learning (issue #18)\n\n{body}")
+    if args.out:
+        out.write_text(f"# On-policy RL and preference learning (issue #18)\n\n{body}")
 
 
 if __name__ == "__main__":
