@@ -79,6 +79,7 @@ class InterventionConfig:
     patience: int = 3
     stall_steps: int = 15
     takeover_steps: int = 8
+    max_interventions: int = 0  # takeovers per episode (0: no limit)
 
 
 @dataclass

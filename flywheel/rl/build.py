@@ -134,6 +134,7 @@ def latent_encoder_from_policy(pol: Any, instruction: str = "") -> Any:
 
 
 def make_intervener(cfg: Any, env: Any) -> Any:
+    """The simulated operator of ``cfg.intervention`` (None when disabled); ``flywheel-vla-rl`` builds its own with it."""
     if not cfg.intervention.enabled:
         return None
     import sim
@@ -142,7 +143,7 @@ def make_intervener(cfg: Any, env: Any) -> Any:
     expert = sim.expert(env, noise=float(i.noise), seed=int(cfg.seed) + 1)
     return sim.SimulatedIntervener(env, expert, disagreement=i.disagreement, patience=i.patience,
                                    stall_steps=i.stall_steps, takeover_steps=i.takeover_steps,
-                                   criterion=i.criterion)
+                                   criterion=i.criterion, max_interventions=int(i.max_interventions) or None)
 
 
 def load_demos(cfg: Any, env: Any, agent: Any) -> tuple[dict[str, np.ndarray] | None, dict[str, float]]:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from flywheel.cluster import ClusterConfig
+from flywheel.rl.app import InterventionConfig
 from flywheel.vla_rl import ALGORITHMS, algorithm
 from flywheel.vla_rl.prm import PRMConfig
 from flywheel.vla_rl.trainer import TrainConfig
@@ -76,19 +77,15 @@ class BCInitConfig:
 
 
 @dataclass
-class OperatorConfig:
-    """A simulated operator who takes over from a straying policy during training rollouts (sim.SimulatedIntervener;
-    held-out evaluation is never assisted). Its corrections become DPO's intervention pairs: ``algo=dpo`` only (the
-    on-policy methods' ratios assume the policy chose every executed action). As iRe-VLA's stage-1 operator."""
+class OperatorConfig(InterventionConfig):
+    """``flywheel-rl``'s simulated operator (sim.SimulatedIntervener), here taking over from a straying policy during
+    training rollouts only (held-out evaluation is never assisted). Its corrections become DPO's intervention
+    pairs: ``algo=dpo`` only (the on-policy methods' ratios assume the policy chose every executed action).
+    Off by default; otherwise as iRe-VLA's stage-1 operator."""
 
     enabled: bool = False
-    noise: float = 0.3  # the scripted expert's noise
-    criterion: str = "distance"  # distance | direction | stall (sim.SimulatedIntervener)
-    disagreement: float = 0.9
-    patience: int = 3
-    stall_steps: int = 15
-    takeover_steps: int = 8
-    max_interventions: int = 2  # per episode (0: no limit)
+    criterion: str = "distance"
+    max_interventions: int = 2
 
 
 @dataclass
@@ -154,18 +151,9 @@ def make_operator_factory(cfg: Any, algo: str, head_kind: str):
     if cfg.env.factory:
         raise ValueError("intervention.enabled=true needs the sim's envs (the operator is its scripted expert); "
                          f"env.factory={cfg.env.factory!r}")
-    seed = int(cfg.seed)
+    from flywheel.rl.build import make_intervener
 
-    def make(env: Any) -> Any:
-        import sim
-
-        return sim.SimulatedIntervener(env, sim.expert(env, noise=float(i.noise), seed=seed + 1),
-                                       criterion=str(i.criterion), disagreement=float(i.disagreement),
-                                       patience=int(i.patience), stall_steps=int(i.stall_steps),
-                                       takeover_steps=int(i.takeover_steps),
-                                       max_interventions=int(i.max_interventions) or None)
-
-    return make
+    return lambda env: make_intervener(cfg, env)
 
 
 def make_vec_factory(cfg: Any, encoder_spec: Any = None):

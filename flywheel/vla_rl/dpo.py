@@ -106,19 +106,16 @@ class DPO(Algorithm):
     def __init__(self, policy, cfg: DPOConfig, ref=None, seed: int = 0) -> None:
         super().__init__(policy, cfg, ref=ref if ref is not None else frozen_copy(policy), seed=seed)
 
-    def anchor_logp(self, feats: torch.Tensor, actions: torch.Tensor, extra, logp: torch.Tensor) -> torch.Tensor:
+    def anchor_logp(self, feats: torch.Tensor, actions: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
         """The RPO term's log-likelihood: the mean's fit at a fixed scale where the head has one, else ``logp``."""
-        if not self.cfg.nll_coef:
-            return logp.detach()
         fit = getattr(self.policy, "mean_log_prob", None)
         return fit(feats, actions) if fit is not None else logp
 
-    def step_logp(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """(S,) log pi of each decision's chunk as executed."""
-        return model.log_prob(batch.feats, batch.executed_actions(), batch.extra)
-
     def traj_logp(self, model, batch: RolloutBatch, step_lp: torch.Tensor | None = None) -> torch.Tensor:
-        lp = batch.episode_sum(self.step_logp(model, batch) if step_lp is None else step_lp)
+        """(E,) log pi of each trajectory as executed; ``step_lp``: its decisions' log pi, already computed."""
+        if step_lp is None:
+            step_lp = model.log_prob(batch.feats, batch.executed_actions(), batch.extra)
+        lp = batch.episode_sum(step_lp)
         return lp / batch.decisions().clamp_min(1) if self.cfg.length_normalise else lp
 
     def update(self, batch: RolloutBatch, state_pairs: StatePairs | None = None) -> dict[str, float]:
@@ -143,18 +140,20 @@ class DPO(Algorithm):
             if n_state:
                 ref_sc = self.ref.log_prob(state_pairs.feats, state_pairs.chosen)
                 ref_sr = self.ref.log_prob(state_pairs.feats, state_pairs.rejected)
-        chosen_steps = torch.isin(batch.episode, ch) if len(ch) else torch.zeros(batch.num_steps, dtype=torch.bool)
+        executed = batch.executed_actions()
+        chosen_steps = torch.isin(batch.episode, ch)
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
             losses, n, nll = [], 0, []
             if len(ch):
-                step_lp = self.step_logp(self.policy, batch)
+                step_lp = self.policy.log_prob(batch.feats, executed, batch.extra)
                 lp = self.traj_logp(self.policy, batch, step_lp)
                 loss, st = dpo_loss(lp[ch], lp[rj], ref_traj[ch], ref_traj[rj], cfg.beta)
                 losses.append(loss * len(ch))
                 n += len(ch)
-                nll.append(-self.anchor_logp(batch.feats[chosen_steps], batch.executed_actions()[chosen_steps],
-                                             {k: v[chosen_steps] for k, v in batch.extra.items()}, step_lp[chosen_steps]))
+                if cfg.nll_coef:
+                    nll.append(-self.anchor_logp(batch.feats[chosen_steps], executed[chosen_steps],
+                                                 step_lp[chosen_steps]))
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
             if n_state:
@@ -163,7 +162,8 @@ class DPO(Algorithm):
                 loss_s, st = dpo_loss(sc, sr, ref_sc, ref_sr, cfg.beta)
                 losses.append(loss_s * n_state)
                 n += n_state
-                nll.append(-self.anchor_logp(state_pairs.feats, state_pairs.chosen, None, sc))
+                if cfg.nll_coef:
+                    nll.append(-self.anchor_logp(state_pairs.feats, state_pairs.chosen, sc))
                 logs.setdefault("state_pref_acc", []).append(st["pref_acc"])
             total = torch.stack(losses).sum() / n
             if cfg.nll_coef:

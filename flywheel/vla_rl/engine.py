@@ -232,11 +232,12 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
         env_act = policy.to_env(act)
         idx = np.nonzero(alive)[0]
         rew = np.zeros(n)
-        took = np.zeros(env_act.shape[:2], bool)  # (n, H): the operator executed this step
-        op_act = env_act.copy() if operators is not None else None
+        op_act = took = None
+        if operators is not None:  # the chunks with the operator's steps, and which steps those were (n, H)
+            op_act, took = env_act.copy(), np.zeros(env_act.shape[:2], bool)
         for j in range(exec_horizon):
             a = np.stack([executed(x) for x in env_act[:, j]])
-            if operators is not None:
+            if op_act is not None:
                 for i in np.nonzero(alive)[0]:
                     ai, theirs = operators[i].step({k: v[i] for k, v in obs.items()}, a[i])
                     if theirs:
@@ -416,8 +417,8 @@ class _Acc:
         """Append a wave's episodes and decisions; returns the batch index of its episode 0."""
         base = len(self.ep)
         self.ep.extend(res.episodes)
-        for feats, act, logp, rew, ep, extra, *assist in res.steps:
-            self.steps.append((feats, act, logp, rew, ep + base, extra, assist[0] if assist else None))
+        for feats, act, logp, rew, ep, extra, assist in res.steps:
+            self.steps.append((feats, act, logp, rew, ep + base, extra, assist))
         return base
 
     def build(self) -> RolloutBatch:

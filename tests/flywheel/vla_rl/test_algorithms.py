@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vla_rl_toy import PointReach, expert_action, make_vec
+from vla_rl_toy import GoalOperator, PointReach, expert_action, make_vec
 
 from flywheel.vla_rl import ALGORITHMS, algorithm
 from flywheel.vla_rl.common import frozen_copy
@@ -107,19 +107,24 @@ def test_grape_pairs_rank_success_then_progress():
     assert len(ch_all) >= len(ch)
 
 
+def _operator_chunks(pol, n: int):
+    """Features of ``n`` toy starts, the policy's sampled chunks there and the operator's (the expert's)."""
+    import numpy as np
+
+    env = PointReach()
+    obs = [env.reset(seed=s)[0] for s in range(n)]
+    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+    feats = pol.features(batch)
+    with torch.no_grad():
+        own, _, _ = pol.act(feats)
+    return feats, own, torch.as_tensor(expert_action(batch))[:, None]
+
+
 def test_intervention_pairs_teach_the_operators_action():
     """State-level DPO pairs (the operator's chunk preferred over the policy's) raise the operator's
     likelihood relative to the policy's own proposal."""
-    import numpy as np
-
     pol, algo, eng = _setup("dpo", epochs=10)
-    env = PointReach()
-    obs = [env.reset(seed=s)[0] for s in range(32)]
-    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-    feats = pol.features(batch)
-    op = torch.as_tensor(expert_action(batch))[:, None]
-    with torch.no_grad():
-        own, _, _ = pol.act(feats)
+    feats, own, op = _operator_chunks(pol, 32)
     pairs = intervention_pairs(feats, own, op, torch.arange(32) % 2 == 0)
     assert len(pairs.feats) == 16 and torch.equal(pairs.chosen, op[::2])
 
@@ -133,20 +138,6 @@ def test_intervention_pairs_teach_the_operators_action():
     st = algo.update(b, state_pairs=pairs)
     assert st["pairs"] == 0 and st["state_pairs"] == 16
     assert margin() > before + 1.0
-
-
-class _GoalOperator:
-    """Takes over (the straight line to the goal) whenever the policy's step heads away from the goal."""
-
-    def __init__(self, env) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def step(self, obs, policy_action):
-        best = expert_action(obs)
-        return (best, True) if float(policy_action[:2] @ best[:2]) < 0.0 else (policy_action, False)
 
 
 @pytest.mark.slow
@@ -166,7 +157,7 @@ def test_dpo_learns_from_an_operators_corrections():
                 assert st["state_pairs"] == float(b.intervened.sum())
         return before, _eval(eng), rates
 
-    before, after, rates = run(_GoalOperator)
+    before, after, rates = run(GoalOperator)
     _, plain, _ = run(None)
     assert after >= before + 0.15, (before, after, rates)
     assert rates[-1] < rates[0], rates
@@ -216,16 +207,8 @@ def test_rpo_term_adds_the_chosen_sides_likelihood():
     side (the operator's chunks here), and a few steps raise the chosen chunks' likelihood."""
     import copy
 
-    import numpy as np
-
     pol, _, eng = _setup("dpo")
-    env = PointReach()
-    obs = [env.reset(seed=s)[0] for s in range(16)]
-    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-    feats = pol.features(batch)
-    op = torch.as_tensor(expert_action(batch))[:, None]
-    with torch.no_grad():
-        own, _, _ = pol.act(feats)
+    feats, own, op = _operator_chunks(pol, 16)
     pairs = intervention_pairs(feats, own, op, torch.ones(16, dtype=torch.bool))
     b = eng.collect(1)
     b.group[:] = torch.arange(b.num_episodes)  # no trajectory pairs

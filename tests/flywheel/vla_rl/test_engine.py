@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vla_rl_toy import PointReach, make_vec
+from vla_rl_toy import GoalOperator, PointReach, make_vec
 
 from flywheel.vla_rl.engine import RolloutEngine, StoreRecorder
 from flywheel.vla_rl.policies import GaussianChunkPolicy, StateFeatures
@@ -106,28 +106,11 @@ def test_episodes_are_recorded_to_the_store(tmp_path):
         assert r.length == 3
 
 
-class _GoalOperator:
-    """A toy operator: takes over (the straight line to the goal) whenever the policy's step moves away from it."""
-
-    def __init__(self, env) -> None:
-        self.env = env
-
-    def reset(self) -> None:
-        self.took = 0
-
-    def step(self, obs, policy_action):
-        best = np.clip((obs["state/goal"] - obs["state/pos"]) / 0.1, -1, 1).astype(np.float32)
-        if float(np.dot(policy_action[:2], best[:2])) < 0.0:
-            self.took += 1
-            return best, True
-        return policy_action, False
-
-
 def test_an_operator_takes_over_in_training_rollouts_never_in_evaluation():
     """Where the operator takes over, its action is executed and kept beside the policy's sampled chunk."""
     pol = _policy(horizon=3)
     eng = RolloutEngine(pol, make_vec, ["reach"], group_size=4, num_envs=8, exec_horizon=2, seed=1,
-                        make_operator=_GoalOperator)
+                        make_operator=GoalOperator)
     b = eng.collect(2)
     assert b.intervened is not None and b.operator_actions is not None
     assert 0 < int(b.intervened.sum()) < b.num_steps

@@ -53,3 +53,21 @@ def expert_action(obs) -> np.ndarray:
     """The straight line to the goal at full speed (batched)."""
     d = (np.asarray(obs["state/goal"]) - np.asarray(obs["state/pos"])) / 0.1
     return np.clip(d, -1, 1).astype(np.float32)
+
+
+class GoalOperator:
+    """A toy operator (``flywheel.rollout.Intervener``): takes over with :func:`expert_action` whenever the
+    policy's step heads away from the goal; ``took`` counts its steps since :meth:`reset`."""
+
+    def __init__(self, env=None) -> None:
+        self.took = 0
+
+    def reset(self) -> None:
+        self.took = 0
+
+    def step(self, obs, policy_action):
+        best = expert_action(obs)
+        if float(np.dot(policy_action[:2], best[:2])) < 0.0:
+            self.took += 1
+            return best, True
+        return policy_action, False
