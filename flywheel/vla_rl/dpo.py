@@ -28,7 +28,7 @@ import torch
 
 from flywheel.vla_rl.common import AlgoConfig, Algorithm, frozen_copy
 from flywheel.vla_rl.engine import RolloutBatch
-from flywheel.vla_rl.objectives import dpo_loss, group_mean
+from flywheel.vla_rl.objectives import dpo_loss, group_mean, mean_anchor
 
 
 @dataclass
@@ -47,6 +47,11 @@ class DPOConfig(AlgoConfig):
     # A Gaussian head's term holds its scale fixed (``mean_log_prob``): with a learned scale the likelihood of
     # far-off operator actions rose by widening the Gaussian, not by moving its mean
     nll_coef: float = 0.0
+    # + anchor_coef x 0.5 ||mean - mean_ref||^2 per decision, over every step and dim of the chunk (normalised
+    # units), on every state of the batch (a Gaussian head's KL to the starting policy at unit scale, the dims
+    # outside the log-probability included). Measured without it: corrections on one task moved the head's mean
+    # on the tasks it already did by ~0.5 std and those tasks were forgotten (docs/bench/vla_rl.md)
+    anchor_coef: float = 0.0
 
 
 @dataclass
@@ -105,8 +110,11 @@ class DPO(Algorithm):
 
     def __init__(self, policy, cfg: DPOConfig, ref=None, seed: int = 0) -> None:
         super().__init__(policy, cfg, ref=ref if ref is not None else frozen_copy(policy), seed=seed)
+        if cfg.anchor_coef and not hasattr(policy, "dist"):
+            raise ValueError(f"dpo.anchor_coef={cfg.anchor_coef}: the mean anchor needs a Gaussian head "
+                             f"(head.kind=gaussian), not {type(policy).__name__}")
 
-    def anchor_logp(self, feats: torch.Tensor, actions: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    def rpo_logp(self, feats: torch.Tensor, actions: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
         """The RPO term's log-likelihood: the mean's fit at a fixed scale where the head has one, else ``logp``."""
         fit = getattr(self.policy, "mean_log_prob", None)
         return fit(feats, actions) if fit is not None else logp
@@ -140,6 +148,7 @@ class DPO(Algorithm):
             if n_state:
                 ref_sc = self.ref.log_prob(state_pairs.feats, state_pairs.chosen)
                 ref_sr = self.ref.log_prob(state_pairs.feats, state_pairs.rejected)
+            ref_mean = self.ref.dist(batch.feats)[0] if cfg.anchor_coef else None
         executed = batch.executed_actions()
         chosen_steps = torch.isin(batch.episode, ch)
         logs: dict[str, list[float]] = {}
@@ -152,7 +161,7 @@ class DPO(Algorithm):
                 losses.append(loss * len(ch))
                 n += len(ch)
                 if cfg.nll_coef:
-                    nll.append(-self.anchor_logp(batch.feats[chosen_steps], executed[chosen_steps],
+                    nll.append(-self.rpo_logp(batch.feats[chosen_steps], executed[chosen_steps],
                                                  step_lp[chosen_steps]))
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
@@ -163,9 +172,13 @@ class DPO(Algorithm):
                 losses.append(loss_s * n_state)
                 n += n_state
                 if cfg.nll_coef:
-                    nll.append(-self.anchor_logp(state_pairs.feats, state_pairs.chosen, sc))
+                    nll.append(-self.rpo_logp(state_pairs.feats, state_pairs.chosen, sc))
                 logs.setdefault("state_pref_acc", []).append(st["pref_acc"])
             total = torch.stack(losses).sum() / n
+            if ref_mean is not None:
+                anchor = mean_anchor(self.policy.dist(batch.feats)[0], ref_mean)
+                total = total + cfg.anchor_coef * anchor
+                logs.setdefault("anchor", []).append(float(anchor.detach()))
             if cfg.nll_coef:
                 chosen_nll = torch.cat(nll).mean()
                 total = total + cfg.nll_coef * chosen_nll

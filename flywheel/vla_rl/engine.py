@@ -134,10 +134,14 @@ class StoreRecorder:
         self.iteration = 0
 
     def record(self, task: str, instruction: str, obs: list[dict[str, np.ndarray]], actions: list[np.ndarray],
-               rewards: list[float], success: bool, seed: int, group: int) -> int:
+               rewards: list[float], success: bool, seed: int, group: int,
+               interventions: list[bool] | None = None) -> int:
+        """One episode; ``interventions`` marks the steps an operator took (the store's ``intervention``)."""
         arrays = {k: np.stack([o[k] for o in obs]) for k in self.keys}
         arrays["action"] = np.stack(actions).astype(np.float32)
         arrays["reward"] = np.asarray(rewards, np.float32)
+        if interventions is not None:
+            arrays["intervention"] = np.asarray(interventions, bool)
         return self.store.add_episode(
             arrays, task=task, instruction=instruction, success=bool(success), source="rl",
             policy_version=self.policy_version,
@@ -198,7 +202,8 @@ class WaveResult:
     task_id: str
     episodes: list[dict[str, Any]]  # task, seed, group, ret, length, success, progress, terminal, final_feats
     steps: list[tuple]  # per decision: feats, actions, logp, rewards, episode (long, wave-local), extra, assist
-    traces: list[tuple[int, dict[str, list]]] = field(default_factory=list)  # (episode, obs/act/rew), as they ended
+    # (episode, obs/act/rew/inter: the operator's steps), as they ended
+    traces: list[tuple[int, dict[str, list]]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -223,7 +228,7 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
     eps = [dict(task=wave.task, seed=env_seeds[i], group=int(wave.groups[i // g]), ret=0.0, length=0, success=False,
                 progress=-np.inf, terminal=False, final_feats=None) for i in range(n_active)]
     out = WaveResult(instr, _env_attr(vec, "task_id", wave.task), eps, [])
-    traces: list[dict[str, list]] = [{"obs": [], "act": [], "rew": []} for _ in range(n)]
+    traces: list[dict[str, list]] = [{"obs": [], "act": [], "rew": [], "inter": []} for _ in range(n)]
     final_obs: dict[int, dict[str, np.ndarray]] = {}
     steps = np.zeros(n, int)
     while alive.any():
@@ -258,6 +263,7 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
                     traces[i]["obs"].append({k: np.asarray(v[i]) for k, v in obs.items()})
                     traces[i]["act"].append(a[i])
                     traces[i]["rew"].append(float(r[i]))
+                    traces[i]["inter"].append(bool(took is not None and took[i, j]))
                 if episode_over(bool(term[i]), bool(trunc[i]), bool(succ[i]), int(steps[i]), max_steps):
                     alive[i] = False
                     e["terminal"] = bool(term[i]) or bool(succ[i])
@@ -403,7 +409,7 @@ class RolloutEngine:
             for i, tr in res.traces:
                 e = acc.ep[base + i]
                 self.recorder.record(res.task_id, res.instruction, tr["obs"], tr["act"], tr["rew"], e["success"],
-                                     e["seed"], e["group"])
+                                     e["seed"], e["group"], tr.get("inter"))
 
 
 class _Acc:

@@ -9,6 +9,7 @@ Pure functions over torch tensors (no policy, no env), each small enough to chec
 * :func:`sequence_ratio` / :func:`gspo_loss` - GSPO's length-normalised per-trajectory ratio,
   exp(mean_t (log pi - log pi_old)), clipped per trajectory;
 * :func:`kl_to_reference` - the k3 estimator of KL(pi || pi_ref) from sampled actions;
+* :func:`mean_anchor` - a Gaussian head's mean held near the reference's (KL at unit scale);
 * :func:`mixed_groups` - dynamic rejection: keep only groups whose outcomes differ (all-success and
   all-failure groups carry no group-relative signal);
 * :func:`keep_k_best` / :func:`adaptive_k` - GFPO's filter: the k members of each group with the
@@ -126,6 +127,12 @@ def gspo_loss(
     with torch.no_grad():
         stats = {"clip_frac": float(((s - 1.0).abs() > clip).float().mean()), "seq_ratio": float(s.mean())}
     return -surr.mean(), stats
+
+
+def mean_anchor(mean: torch.Tensor, ref_mean: torch.Tensor) -> torch.Tensor:
+    """0.5 ||mean - ref_mean||^2 per sample, summed over every other axis, averaged over samples: the KL between
+    two Gaussians of unit scale, for anchoring a head's mean (all of it, not only what a log-probability sees)."""
+    return 0.5 * ((mean - ref_mean) ** 2).flatten(1).sum(1).mean()
 
 
 def kl_to_reference(logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,7 +33,7 @@ log = logging.getLogger("flywheel.vla_rl")
 
 TB_KEYS = ("success", "return", "episode_length", "success_length", "approx_kl", "kl_ref", "clip_frac",
            "groups_rejected", "kept_fraction", "value_loss", "pref_acc", "state_pref_acc", "state_pairs", "intervened",
-           "loss", "env_steps_per_s")
+           "anchor", "loss", "env_steps_per_s")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from flywheel.vla_rl import ALGORITHMS, algorithm
 from flywheel.vla_rl.common import frozen_copy
 from flywheel.vla_rl.dpo import grape_scores, intervention_pairs, preference_pairs
 from flywheel.vla_rl.engine import RolloutEngine
+from flywheel.vla_rl.objectives import mean_anchor
 from flywheel.vla_rl.policies import FlowChunkPolicy, GaussianChunkPolicy, StateFeatures
 from flywheel.vla_rl.prm import ProgressModel, progress_targets
 
@@ -230,3 +231,32 @@ def test_rpo_term_adds_the_chosen_sides_likelihood():
     algo.update(b, state_pairs=pairs)
     with torch.no_grad():
         assert float(-pol.log_prob(pairs.feats, pairs.chosen).mean()) < nll - 1.0
+
+
+def test_dpo_mean_anchor_holds_the_head_where_no_pair_pulls():
+    """DPO's ``anchor_coef``: the loss adds coef x 0.5 ||mean - mean_ref||^2 over the batch's states (every step and
+    dim of the chunk), and with it the corrections move the mean less on the batch's states than without."""
+    import copy
+
+    pol, _, eng = _setup("dpo")
+    feats, own, op = _operator_chunks(pol, 16)
+    pairs = intervention_pairs(feats, own, op, torch.ones(16, dtype=torch.bool))
+    b = eng.collect(1)
+    b.group[:] = torch.arange(b.num_episodes)  # no trajectory pairs: the operator's pairs pull, the anchor holds
+    algo_cls, cfg_cls = algorithm("dpo")
+    with torch.no_grad():
+        start = pol.dist(b.feats)[0]
+    one = algo_cls(copy.deepcopy(pol), cfg_cls(lr=1e-3, epochs=1, nll_coef=1.0, anchor_coef=2.0), seed=0)
+    st = one.update(b, state_pairs=pairs)
+    assert st["anchor"] == 0.0  # the first step starts at the reference
+    moved = {}
+    for coef in (0.0, 10.0):
+        p = copy.deepcopy(pol)
+        algo = algo_cls(p, cfg_cls(lr=1e-3, epochs=30, nll_coef=1.0, anchor_coef=coef), seed=0)
+        st = algo.update(b, state_pairs=pairs)
+        with torch.no_grad():
+            moved[coef] = float(mean_anchor(p.dist(b.feats)[0], start))
+            assert st["loss"] > 0
+    assert moved[10.0] < 0.5 * moved[0.0], moved
+    with pytest.raises(ValueError, match="Gaussian head"):
+        algo_cls(torch.nn.Linear(2, 2), cfg_cls(anchor_coef=1.0))

@@ -130,10 +130,13 @@ def test_an_operator_takes_over_in_training_rollouts_never_in_evaluation():
     assert ev.intervened is None and ev.operator_actions is None
 
 
-def test_the_sim_operator_corrects_a_sim_policy():
-    """flywheel-vla-rl's operator (sim.SimulatedIntervener with the scripted expert) on real sim envs; only DPO."""
+def test_the_sim_operator_corrects_a_sim_policy(tmp_path):
+    """flywheel-vla-rl's operator (sim.SimulatedIntervener with the scripted expert) on real sim envs; only DPO.
+    The store's copy of each assisted episode marks the operator's steps (``intervention``)."""
     from omegaconf import OmegaConf
 
+    import sim
+    from flywheel.data import EpisodeStore
     from flywheel.vla_rl.cli import VlaRLConfig, make_operator_factory
     from flywheel.vla_rl.engine import make_sim_vec
 
@@ -151,9 +154,15 @@ def test_the_sim_operator_corrects_a_sim_policy():
     with torch.no_grad():  # a policy whose mean stays put: the operator steps in when progress stalls
         for p in pol.parameters():
             p.zero_()
+    store = EpisodeStore(tmp_path / "store", mode="w", spec=sim.make("LiftCube-Red", cameras=()).unwrapped.rig_spec)
     eng = RolloutEngine(pol, make_sim_vec({"cameras": (), "privileged_state": True}), ["LiftCube-Red"], group_size=2,
-                        num_envs=2, max_steps=12, make_operator=make_operator_factory(cfg, "dpo", "gaussian"))
+                        num_envs=2, max_steps=12, make_operator=make_operator_factory(cfg, "dpo", "gaussian"),
+                        recorder=StoreRecorder(store, "dpo"))
     b = eng.collect(1)
     eng.close()
     assert b.intervened is not None and bool(b.intervened.any())
     assert float((b.operator_actions[b.intervened] - b.actions[b.intervened]).abs().max()) > 0.1
+    back = EpisodeStore(tmp_path / "store", mode="r")
+    stored = np.concatenate([e["intervention"] for e in back.episodes(source="rl")])
+    # one step per decision at exec_horizon 1: the stored marks are the batch's corrected decisions
+    assert sorted(stored.tolist()) == sorted(b.intervened.tolist()) and 0 < stored.sum() < len(stored)

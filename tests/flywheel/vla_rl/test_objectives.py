@@ -17,6 +17,7 @@ from flywheel.vla_rl.objectives import (
     keep_k_best,
     kl_to_reference,
     loo_advantages,
+    mean_anchor,
     mixed_groups,
     ppo_clip_loss,
     sequence_ratio,
@@ -143,6 +144,14 @@ def test_gfpo_outcome_shares_are_proportional_and_keep_each_outcome():
 def test_adaptive_k_gives_hard_groups_more():
     k = adaptive_k(T([0, 0, 1, 1, 1, 0]), T([0, 0, 1, 1, 2, 2]), k_min=2, k_max=6)
     assert k.tolist() == [6, 6, 2, 2, 4, 4]
+
+
+def test_mean_anchor_by_hand():
+    mean = torch.zeros(2, 3, 2)
+    ref = torch.zeros(2, 3, 2)
+    ref[0, 0, 0], ref[1, 2, 1] = 2.0, 1.0  # per sample 0.5 * 4 and 0.5 * 1, averaged over the two
+    assert float(mean_anchor(mean, ref)) == pytest.approx((2.0 + 0.5) / 2)
+    assert float(mean_anchor(ref, ref)) == 0.0
 
 
 def test_dpo_by_hand():
