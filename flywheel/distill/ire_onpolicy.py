@@ -4,8 +4,11 @@ The parent's encoder stays frozen (the compact family's cached features) and its
 ``flywheel-vla-rl``'s Gaussian chunk policy; the algorithm trains it for ``method.stage1_env_steps`` on the RL
 task. Its rollouts are recorded to the iRe-VLA store under the collection ``ire/<round>/<task>/<algo>``, where
 stage 2 finds the successes; the run (``<stage dir>/vla_rl``, resumed from there) exports the trained head as a
-generalist checkpoint (``vla_rl/generalist``) for stage 2 and the evaluations. No operator intervenes: the
-assisted variant is the AWR stage (:func:`flywheel.distill.ire_vla.rl_stage`).
+generalist checkpoint (``vla_rl/generalist``) for stage 2 and the evaluations. The on-policy algorithms run
+unassisted (their ratios assume the policy chose every executed action); ``dpo`` runs with the simulated
+operator when ``method.intervene`` is on (at most ``method.max_interventions`` takeovers per episode, as the
+AWR stage, :func:`flywheel.distill.ire_vla.rl_stage`): its corrections are DPO's state pairs, and the assisted
+successes reach stage 2 as the AWR stage's do.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def check_stage1(name: str) -> str:
-    """``method.stage1``: awr or an on-policy algorithm of ``flywheel-vla-rl`` (not dpo: it needs preference pairs)."""
+    """``method.stage1``: awr or an algorithm of ``flywheel-vla-rl`` (ppo, grpo, rloo, gspo, gfpo, dpo)."""
     from flywheel.vla_rl import ALGORITHMS
 
-    ok = ["awr", *(a for a in ALGORITHMS if a != "dpo")]
+    ok = ["awr", *ALGORITHMS]
     if name not in ok:
         raise ValueError(f"method.stage1={name!r}: use one of {', '.join(ok)}")
     return name
@@ -36,7 +39,7 @@ def collection_name(stage_dir: str | Path, task: str, algo: str) -> str:
 
 def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any, g: Any, seed: int = 0,
                    progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Stage 1 on ``task`` with ``cfg.stage1`` (ppo, grpo, rloo, ...): returns (generalist checkpoint, summary)."""
+    """Stage 1 on ``task`` with ``cfg.stage1`` (ppo, grpo, rloo, ..., dpo): returns (generalist checkpoint, summary)."""
     from flywheel.distill.compact import is_compact
     from flywheel.vla_rl.cli import make_config, run
 
@@ -53,6 +56,8 @@ def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg
                  "head.fixed_dims=[6]", "head.sample_executed=true",
                  # the job evaluates each stage itself: the run's own evaluations stay small
                  "train.eval_every=0", "train.eval_episodes=10", "train.final_eval_episodes=10",
+                 *(["intervention.enabled=true", f"intervention.max_interventions={int(cfg.max_interventions)}"]
+                   if cfg.stage1 == "dpo" and cfg.intervene else []),
                  *list(cfg.stage1_overrides)]
     res = run(make_config(str(cfg.stage1), overrides), store=store)  # exports the trained head: ``final``
     eps = collect.select(store, task=task, source="rl", success=None, collection=name)

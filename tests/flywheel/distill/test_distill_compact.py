@@ -268,11 +268,32 @@ def test_ire_stage1_with_ppo_trains_the_head_on_policy_and_records_its_rollouts(
         assert rl_stage(parent, s, RL, tmp_path / "round1_rl", cfg, g, progress=False)[1] == summary  # done: cached
 
 
+def test_ire_stage1_with_dpo_learns_from_the_operators_corrections(parent, tmp_path):
+    """``method.stage1=dpo``: the simulated operator corrects the head's rollouts (``method.intervene``), its
+    corrections are DPO's state pairs, and the store's episodes mark the operator's steps for stage 2."""
+    from flywheel.distill.collect import select
+    from flywheel.distill.ire_vla import IReVLAConfig, rl_stage
+
+    cfg = IReVLAConfig(stage1="dpo", stage1_env_steps=32, device="cpu", max_interventions=2,
+                       stage1_overrides=["num_envs=2", "algo.groups_per_iter=1", "algo.group_size=2",
+                                         "env.max_steps=16", "algo.epochs=1", "train.eval_episodes=1",
+                                         "train.final_eval_episodes=1"])
+    g = GeneralistConfig(execute=4)
+    with EpisodeStore(tmp_path / "store", "w", spec=_spec(), image_codec="png") as s:
+        _, summary = rl_stage(parent, s, RL, tmp_path / "round1_rl", cfg, g, progress=False)
+        eps = select(s, task=RL, source="rl", success=None, collection=f"ire/round1_rl/{RL}/dpo")
+        assert summary["algo"] == "dpo" and summary["episodes"] == eps and len(eps) >= 2
+        marks = np.concatenate([s.episode(i)["intervention"] for i in eps])
+        assert 0 < marks.sum() < len(marks)  # the operator took some steps, not all
+        hist = json.loads((tmp_path / "round1_rl" / "vla_rl" / "results.json").read_text())
+        assert hist["config"]["intervention"]["max_interventions"] == 2
+
+
 def test_ire_stage1_names_the_learners_it_takes():
     from flywheel.distill.ire_onpolicy import check_stage1
 
-    assert [check_stage1(n) for n in ("awr", "ppo", "rloo")] == ["awr", "ppo", "rloo"]
-    for bad in ("dpo", "sac"):
+    assert [check_stage1(n) for n in ("awr", "ppo", "rloo", "dpo")] == ["awr", "ppo", "rloo", "dpo"]
+    for bad in ("sac", "sft"):
         with pytest.raises(ValueError, match="awr, ppo"):
             check_stage1(bad)
 
