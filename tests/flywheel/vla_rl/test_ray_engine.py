@@ -39,8 +39,9 @@ class ListRecorder:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
 
-    def record(self, task, instruction, obs, actions, rewards, success, seed, group) -> int:
-        self.calls.append((task, instruction, len(obs), [a.tolist() for a in actions], rewards, success, seed, group))
+    def record(self, task, instruction, obs, actions, rewards, success, seed, group, interventions=None) -> int:
+        self.calls.append((task, instruction, len(obs), [a.tolist() for a in actions], rewards, success, seed, group,
+                           interventions))
         return len(self.calls)
 
 
