@@ -5,8 +5,8 @@ RLDG, iRe-VLA and the reward classifier can all train on cached features instead
 Layout, one float16 ``.npy`` per episode and camera (plain arrays, nothing pickled)::
 
     ROOT/<encoder_id>/encoder.json                         what the features are
-    ROOT/<encoder_id>/<store_key>/ep<index>-<stamp>.<camera>.npy   (T, C, h, w) float16
-    ROOT/<encoder_id>/<store_key>/ep<index>-<stamp>.<camera>.s<k>.npy  every k-th frame only
+    ROOT/<encoder_id>/episodes/ep<index>-<stamp>.<camera>.npy   (T, C, h, w) float16
+    ROOT/<encoder_id>/episodes/ep<index>-<stamp>.<camera>.s<k>.npy  every k-th frame only
 
 ``frame_stride`` k > 1 encodes every k-th frame of an episode (k times cheaper; neighbouring
 frames at 10 Hz are near duplicates): the samples are then those steps, each with its full
@@ -14,12 +14,17 @@ action chunk. An entry of a stride that divides k serves k too (subsampled).
 
 ``encoder_id`` names the weights file digest, the cut block, the input size and the
 normalisation (:func:`policy.encoders.image_encoder_id`), so another encoder never reads these
-features. ``store_key`` is a digest of the store's resolved path; ``stamp`` of the episode's
-commit time, start and length, so a store rebuilt in place (``mode="w"``) misses the old
-entries. Writes go to a temporary file and are renamed: a killed job leaves no torn entry.
-The default ``ROOT`` is a ``features/`` directory next to the store (``<store's parent>/features``:
-the layout ``benchmarks/generalist_g0.py`` writes, so fine-tuning jobs re-use its features); stores
-that share a parent directory share it, each under its own ``store_key``.
+features. Entries are keyed by content, not by where the store lies: ``stamp`` is a digest of the
+episode's commit time (``time.time()`` at commit), start and end, which no other store's episode
+shares, while a *copy* of the store (a benchmark's private store for one run) shares every stamp
+and so every entry. A store rebuilt in place (``mode="w"``) misses the old entries. Writes go to a
+temporary file and are renamed: a killed job leaves no torn entry. The default ``ROOT`` is a
+``features/`` directory next to the store (``<store's parent>/features``: the layout
+``benchmarks/generalist_g0.py`` writes, so fine-tuning jobs re-use its features); a copy elsewhere
+re-uses them when given the same root (``sft.feature_root``).
+
+Caches written before entries were keyed by content lie under ``ROOT/<encoder_id>/<digest of the
+store's path>/``: an entry found there is moved into ``episodes/`` on first use.
 
 Training batches over these features come from the store loader's feature-cache mode
 (``flywheel.data.loader.EpisodeDataset(store, features=cache)``): ``features/<camera>`` in place of
@@ -49,7 +54,7 @@ def _digest(text: str) -> str:
 
 
 def default_root(store: Any) -> Path:
-    """``features/`` next to the store (entries are keyed by the store's path, so siblings never clash)."""
+    """``features/`` next to the store (entries are keyed by content, so stores sharing it never clash)."""
     return Path(str(store.path).rstrip("/")).parent / "features"
 
 
@@ -76,8 +81,9 @@ class FeatureCache:
         if int(frame_stride) < 1:
             raise ValueError(f"frame_stride={frame_stride}: must be >= 1")
         self.stride = int(frame_stride)
-        self.dir = self.root / encoder_id / _digest(str(Path(str(store.path)).resolve()))
+        self.dir = self.root / encoder_id / "episodes"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.legacy_dir = self.root / encoder_id / _digest(str(Path(str(store.path)).resolve()))
         meta = self.root / encoder_id / "encoder.json"
         if not meta.is_file():
             meta.write_text(json.dumps({"encoder_id": encoder_id, **dict(encoder_meta or {})}, indent=1))
@@ -91,11 +97,21 @@ class FeatureCache:
         return self.dir / f"ep{index:06d}-{stamp}.{camera}{'' if stride == 1 else f'.s{stride}'}.npy"
 
     def _source(self, index: int, camera: str) -> tuple[Path, int] | None:
-        """The cached file to read and its subsampling: this stride's, else a divisor's (a superset)."""
+        """The cached file to read and its subsampling: this stride's, else a divisor's (a superset).
+
+        An entry of the old path-keyed layout is moved into the content-keyed one first."""
         for d in [k for k in range(self.stride, 0, -1) if self.stride % k == 0]:
             path = self._path(index, camera, d)
             if path.is_file():
                 return path, self.stride // d
+            old = self.legacy_dir / path.name
+            if old.is_file():
+                try:
+                    os.replace(old, path)
+                except FileNotFoundError:  # another job moved it first
+                    pass
+                if path.is_file():
+                    return path, self.stride // d
         return None
 
     def cached(self, index: int) -> bool:

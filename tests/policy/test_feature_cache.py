@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,48 @@ def test_a_rebuilt_store_misses_the_old_entries(tmp_path, store):
     cache = FeatureCache(new, enc, "fake-a")
     assert not cache.cached(0)
     new.close()
+
+
+def test_a_copied_store_reuses_the_entries_and_another_store_does_not(tmp_path, store):
+    import shutil
+
+    from flywheel.data import EpisodeStore
+
+    enc = CountingEncoder()
+    root = tmp_path / "features"
+    FeatureCache(store, enc, "fake-a", root).build([0, 1], progress=False)
+    spec = store.spec
+    store.close()
+    shutil.copytree(store.path, tmp_path / "elsewhere" / "copy")  # a benchmark's private copy
+    copy = EpisodeStore(tmp_path / "elsewhere" / "copy", mode="a")
+    copy.add_episode(_episode(spec, 6, 7), task="t", instruction="new", success=True)  # the copy grows
+    cache = FeatureCache(copy, enc, "fake-a", root)
+    assert cache.build([0, 1, 2], progress=False)["encoded"] == 1 and enc.frames == 24 + 12
+    other = EpisodeStore(tmp_path / "other", mode="w", spec=spec, image_codec="png")  # same shapes, new content
+    for i, t in enumerate((5, 7)):
+        other.add_episode(_episode(spec, t, 10 + i), task="t", instruction=f"task {i}", success=True)
+    theirs = FeatureCache(other, enc, "fake-a", root)
+    assert not theirs.cached(0) and not theirs.cached(1)
+    img = other.read("images/front", 0, 5)
+    np.testing.assert_allclose(theirs.episode(0)["front"][:, :, 0, 0], img.reshape(5, -1, 3).mean(1), rtol=1e-3)
+    copy.close()
+    other.close()
+
+
+def test_entries_of_the_path_keyed_layout_are_moved_in(store):
+    from policy.feature_cache import _digest
+
+    enc = CountingEncoder()
+    cache = FeatureCache(store, enc, "fake-a")
+    cache.build([0, 1], progress=False)
+    legacy = cache.legacy_dir
+    assert legacy.name == _digest(str(Path(store.path).resolve()))
+    legacy.mkdir()
+    for f in cache.dir.glob("*.npy"):  # as an older version left them
+        f.rename(legacy / f.name)
+    again = FeatureCache(store, enc, "fake-a")
+    assert again.build([0, 1], progress=False)["encoded"] == 0 and enc.frames == 24
+    assert not list(legacy.glob("*.npy")) and len(list(again.dir.glob("*.npy"))) == 4
 
 
 def test_frame_stride_and_chunks(store):
