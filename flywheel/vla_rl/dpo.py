@@ -114,8 +114,12 @@ class DPO(Algorithm):
             raise ValueError(f"dpo.anchor_coef={cfg.anchor_coef}: the mean anchor needs a Gaussian head "
                              f"(head.kind=gaussian), not {type(policy).__name__}")
 
-    def rpo_logp(self, feats: torch.Tensor, actions: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-        """The RPO term's log-likelihood: the mean's fit at a fixed scale where the head has one, else ``logp``."""
+    def rpo_logp(self, feats: torch.Tensor, actions: torch.Tensor, logp: torch.Tensor,
+                 dist: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The RPO term's log-likelihood: the mean's fit at a fixed scale where the head has one, else ``logp``.
+        ``dist``: the head's (mean, log_std) on ``feats``, already computed."""
+        if dist is not None:
+            return self.policy.logp_of(dist, actions, fixed_scale=True)
         fit = getattr(self.policy, "mean_log_prob", None)
         return fit(feats, actions) if fit is not None else logp
 
@@ -154,15 +158,21 @@ class DPO(Algorithm):
         logs: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
             losses, n, nll = [], 0, []
+            # with the anchor on (a Gaussian head), one forward of the head on the batch serves the trajectories'
+            # log pi, the RPO fit of the chosen steps and the anchor
+            dist = self.policy.dist(batch.feats) if ref_mean is not None else None
             if len(ch):
-                step_lp = self.policy.log_prob(batch.feats, executed, batch.extra)
+                step_lp = self.policy.log_prob(batch.feats, executed, batch.extra) if dist is None \
+                    else self.policy.logp_of(dist, executed)
                 lp = self.traj_logp(self.policy, batch, step_lp)
                 loss, st = dpo_loss(lp[ch], lp[rj], ref_traj[ch], ref_traj[rj], cfg.beta)
                 losses.append(loss * len(ch))
                 n += len(ch)
                 if cfg.nll_coef:
                     nll.append(-self.rpo_logp(batch.feats[chosen_steps], executed[chosen_steps],
-                                                 step_lp[chosen_steps]))
+                                              step_lp[chosen_steps],
+                                              None if dist is None else (dist[0][chosen_steps],
+                                                                         dist[1][chosen_steps])))
                 for k, v in st.items():
                     logs.setdefault(k, []).append(v)
             if n_state:
@@ -175,8 +185,8 @@ class DPO(Algorithm):
                     nll.append(-self.rpo_logp(state_pairs.feats, state_pairs.chosen, sc))
                 logs.setdefault("state_pref_acc", []).append(st["pref_acc"])
             total = torch.stack(losses).sum() / n
-            if ref_mean is not None:
-                anchor = mean_anchor(self.policy.dist(batch.feats)[0], ref_mean)
+            if dist is not None:
+                anchor = mean_anchor(dist[0], ref_mean)
                 total = total + cfg.anchor_coef * anchor
                 logs.setdefault("anchor", []).append(float(anchor.detach()))
             if cfg.nll_coef:

@@ -204,14 +204,19 @@ class GaussianChunkPolicy(ChunkPolicyBase):
         return a, _normal_logp(a, mean, log_std, self.sampled), {}
 
     def log_prob(self, feats: torch.Tensor, actions: torch.Tensor, extra: Mapping[str, torch.Tensor] | None = None):
-        mean, log_std = self.dist(feats)
-        return _normal_logp(actions, mean, log_std, self.sampled)
+        return self.logp_of(self.dist(feats), actions)
 
     def mean_log_prob(self, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log pi(actions) with the scale held fixed (no gradient to it): fitting the mean to the actions.
         (The full likelihood of far-off actions falls fastest by widening the scale, not by moving the mean.)"""
-        mean, log_std = self.dist(feats)
-        return _normal_logp(actions, mean, log_std.detach(), self.sampled)
+        return self.logp_of(self.dist(feats), actions, fixed_scale=True)
+
+    def logp_of(self, dist: tuple[torch.Tensor, torch.Tensor], actions: torch.Tensor,
+                fixed_scale: bool = False) -> torch.Tensor:
+        """:meth:`log_prob` (or, ``fixed_scale``, :meth:`mean_log_prob`) from a :meth:`dist` already computed:
+        one head forward serves several terms of a loss."""
+        mean, log_std = dist
+        return _normal_logp(actions, mean, log_std.detach() if fixed_scale else log_std, self.sampled)
 
     def entropy(self, feats: torch.Tensor) -> torch.Tensor:
         _, log_std = self.dist(feats)

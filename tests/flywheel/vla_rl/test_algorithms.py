@@ -258,5 +258,14 @@ def test_dpo_mean_anchor_holds_the_head_where_no_pair_pulls():
             moved[coef] = float(mean_anchor(p.dist(b.feats)[0], start))
             assert st["loss"] > 0
     assert moved[10.0] < 0.5 * moved[0.0], moved
+    # one forward of the head on the batch per epoch serves the trajectories' log pi, the RPO fit and the anchor
+    b.group[:] = torch.arange(b.num_episodes) // 2  # trajectory pairs too
+    p = copy.deepcopy(pol)
+    calls = []
+    algo = algo_cls(p, cfg_cls(lr=1e-3, epochs=3, nll_coef=1.0, anchor_coef=1.0), seed=0)
+    p.mean_net.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))  # the policy's, not the reference's
+    st = algo.update(b, state_pairs=pairs)
+    assert st["pairs"] > 0
+    assert calls.count(b.num_steps) == 3, calls
     with pytest.raises(ValueError, match="Gaussian head"):
         algo_cls(torch.nn.Linear(2, 2), cfg_cls(anchor_coef=1.0))
