@@ -55,7 +55,7 @@ def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg
                  f"record_collection={name}", f"device={_device(cfg)}", f"train.progress={str(progress).lower()}",
                  "head.fixed_dims=[6]", "head.sample_executed=true",
                  # the job evaluates each stage itself: the run's own evaluations stay small
-                 "train.eval_every=0", "train.eval_episodes=10", "train.final_eval_episodes=10",
+                 "train.eval_every=0", "train.eval_episodes=10", "train.final_eval_episodes=10", "train.keep=last",
                  *(["intervention.enabled=true", f"intervention.max_interventions={int(cfg.max_interventions)}"]
                    if cfg.stage1 == "dpo" and cfg.intervene else []),
                  *list(cfg.stage1_overrides)]

@@ -12,8 +12,9 @@ Examples::
 an RL policy directory written by this app (continue training), or empty: a state-only policy
 from scratch on ``env.state_keys`` (sim, privileged state). ``algo`` picks a config group (one
 per algorithm: ``algo.<field>=`` sets its fields). Outputs in ``out_dir``: ``checkpoint/``
-(resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/``
-and, from a generalist, ``generalist/``: the generalist checkpoint with the trained head (``policy.load``,
+(resumed automatically), ``tb/``, ``curve.png``, ``report.md``, ``results.json``, ``policy/`` (the best held-out
+evaluation's policy; ``train.keep=last``: the last), ``best/`` and, from a generalist, ``generalist/``: the
+generalist checkpoint with the kept head (``policy.load``,
 the policy node, the gate's evaluation). With ``registry=DIR`` that (or a state policy's ``policy/``) is
 registered there as a candidate (not promoted: the promotion gate decides). ``cluster.kind=ray`` runs the rollout waves (``num_envs`` envs each) on
 ``cluster.workers`` Ray workers, with the serial run's batches (:mod:`flywheel.vla_rl.ray_engine`).
@@ -384,12 +385,14 @@ def register_candidate(cfg: Any, results: dict[str, Any], path: Path) -> str:
     from flywheel.registry import ModelRecord, ModelRegistry
 
     reg = ModelRegistry(cfg.registry)
+    kept = results.get("kept") or results["final_eval"]  # the policy at ``path``: train.keep's choice
     rid = f"vla_rl-{cfg.algo.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     reg.register(ModelRecord(
         id=rid, path=str(path), parent=cfg.registry_parent or None,
         data={"source": "rl", "algo": cfg.algo.name, "tasks": list(cfg.tasks), "env_steps": results["env_steps"]},
-        metrics={"success": results["final_eval"]["success"], "per_task": results["final_eval"]["per_task"],
-                 "initial_success": results["initial_eval"]["success"]},
+        metrics={"success": kept["success"], "per_task": kept["per_task"], "env_steps": kept["env_steps"],
+                 "initial_success": results["initial_eval"]["success"],
+                 "final_success": results["final_eval"]["success"]},
         notes="candidate from flywheel-vla-rl",
     ))
     return rid
@@ -407,7 +410,8 @@ def main() -> None:
         keep = ("algo", "tasks", "env_steps", "iterations", "env_steps_per_s", "groups_rejected_mean",
                 "update_compute_saved", "candidate_id", "wall_seconds")
         print(json.dumps({**{k: res.get(k) for k in keep}, "initial_success": res["initial_eval"]["success"],
-                          "final_success": res["final_eval"]["success"]}, indent=2, default=str))
+                          "final_success": res["final_eval"]["success"], "kept": res.get("kept")}, indent=2,
+                         default=str))
 
     _app()
 

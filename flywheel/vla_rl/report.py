@@ -56,6 +56,10 @@ def write_report(path: str | Path, results: dict[str, Any], history: Sequence[di
         f"| groups rejected (mean) | {r['groups_rejected_mean']:.3f} |",
         f"| update compute saved by rejection / filtering | {r['update_compute_saved']:.1%} |",
     ]
+    if r.get("kept"):
+        k = r["kept"]
+        lines.append(f"| policy handed on (`train.keep={k['keep']}`) | the one at {k['env_steps']} env steps, held-out "
+                     f"{_f(k['success'])} ({k['episodes']} episodes; chosen on that evaluation) |")
     for k in ("policy", "parent_policy", "candidate_id"):
         if r.get(k):
             lines.append(f"| {k.replace('_', ' ')} | `{r[k]}` |")

@@ -6,8 +6,15 @@ algorithm updates on them, scalars go to TensorBoard (``tb/``) and the history. 
 ``eval_every`` env steps (and at the start and the end) the policy is evaluated deterministically
 on held-out seeds of every evaluation task. After every iteration ``checkpoint/`` is rewritten
 atomically (policy, optimiser, engine RNG and seed counter, history); a run started again with the
-same ``out_dir`` resumes from it. At the end: ``policy/`` (the trained policy), ``curve.png``,
+same ``out_dir`` resumes from it. At the end: ``policy/`` (the policy the run hands on), ``curve.png``,
 ``report.md`` and ``results.json``.
+
+``keep`` says which policy is handed on: ``best`` (the default) the one of the best held-out evaluation
+(the mean over the evaluation tasks; the earliest of ties, so a run that never beats its start hands on
+the start), snapshotted to ``best/`` whenever an evaluation beats every earlier one; ``last`` the policy
+at the end of the budget. ``checkpoint/`` always holds the last (a longer budget resumes from it). The
+evaluation that chose the best also measured it, so its success is optimistic: the promotion gate
+evaluates a candidate again on its own seeds.
 """
 
 from __future__ import annotations
@@ -44,7 +51,12 @@ class TrainConfig:
     final_eval_episodes: int = 100
     eval_seed: int = 1_000_000  # held-out seeds start here (training seeds count from the run seed)
     eval_tasks: list[str] = field(default_factory=list)  # [] -> the training tasks (add expert tasks: forgetting)
+    keep: str = "best"  # the policy handed on (policy/, the registry): best (held-out evaluation) | last
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"train.keep={self.keep!r}: best (the best held-out evaluation's policy) or last")
 
 
 class Trainer:
@@ -87,23 +99,60 @@ class Trainer:
         per_task, lengths = {}, []
         try:
             for t in tasks:
-                seeds = list(range(self.cfg.eval_seed, self.cfg.eval_seed + episodes))
-                b = self.engine.collect(episodes, group_size=1, deterministic=True, seeds=seeds, tasks=[t] * episodes,
-                                        count=False, assisted=False)
-                per_task[t] = float(b.success.float().mean())
-                if b.success.any():
-                    lengths.append(float(b.length[b.success].float().mean()))
+                per_task[t], length = self.task_success(t, episodes)
+                if length is not None:
+                    lengths.append(length)
         finally:
             self.engine.recorder = rec
         out = {"env_steps": self.engine.env_steps, "iteration": self.iteration, "episodes": episodes,
                "success": float(np.mean(list(per_task.values()))), "per_task": per_task,
                "success_length": float(np.mean(lengths)) if lengths else None}
         self.evals.append(out)
+        self._snapshot_if_best(out)
         self.scalar("eval/success", out["success"], self.engine.env_steps)
         for t, v in per_task.items():
             self.scalar(f"eval/success/{t.split('/')[-1]}", v, self.engine.env_steps)
         log.info("eval at %d env steps: success %.3f %s", self.engine.env_steps, out["success"], per_task)
         return out
+
+    def task_success(self, task: str, episodes: int) -> tuple[float, float | None]:
+        """(success rate, mean successful length or None) of the deterministic policy on ``task``'s held-out seeds."""
+        seeds = list(range(self.cfg.eval_seed, self.cfg.eval_seed + episodes))
+        b = self.engine.collect(episodes, group_size=1, deterministic=True, seeds=seeds, tasks=[task] * episodes,
+                                count=False, assisted=False)
+        length = float(b.length[b.success].float().mean()) if b.success.any() else None
+        return float(b.success.float().mean()), length
+
+    def best_eval(self) -> dict[str, Any]:
+        """The evaluation with the highest success, the earliest of ties."""
+        return max(self.evals, key=lambda e: (e["success"], -e["env_steps"]))
+
+    def _snapshot_if_best(self, ev: dict[str, Any]) -> None:
+        if self.out is None or self.cfg.keep != "best":
+            return
+        if self.best_eval() is not ev:
+            return
+        save_policy(self.policy, self.out / "best", {"env_steps": ev["env_steps"], "iteration": ev["iteration"],
+                                                     "success": ev["success"], "episodes": ev["episodes"]})
+        log.info("best held-out success so far (%.3f at %d env steps): snapshot in best/", ev["success"],
+                 ev["env_steps"])
+
+    def _restore_best(self) -> dict[str, Any]:
+        """Load best/'s weights into the policy (the last's are in checkpoint/); returns the kept evaluation."""
+        best = self.best_eval()
+        if best is self.evals[-1]:
+            return best
+        meta = self.out / "best" / "vla_rl_policy.json"
+        saved = json.loads(meta.read_text())["meta"] if meta.is_file() else {}
+        if saved.get("env_steps") != best["env_steps"]:  # a run started before best/ existed
+            log.warning("keep=best: %s does not hold the policy of the best evaluation (%d env steps): handing on "
+                        "the last", self.out / "best", best["env_steps"])
+            return self.evals[-1]
+        t = safetensors.torch.load_file(str(self.out / "best" / "policy.safetensors"))
+        self.policy.load_state_dict(t, strict=False)
+        log.info("keep=best: handing on the policy at %d env steps (held-out success %.3f; the last: %.3f)",
+                 best["env_steps"], best["success"], self.evals[-1]["success"])
+        return best
 
     # --------------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
@@ -159,8 +208,13 @@ class Trainer:
         results = self.results(final)
         if self.out is not None:
             self.save(self.out / "checkpoint")
+            kept = self._restore_best() if cfg.keep == "best" else final
+            which = "best" if cfg.keep == "best" and kept is self.best_eval() else "last"
+            results["kept"] = {"keep": which, "env_steps": kept["env_steps"], "success": kept["success"],
+                               "episodes": kept["episodes"], "per_task": kept["per_task"]}
             save_policy(self.policy, self.out / "policy", {"algo": self.algo.name, "env_steps": eng.env_steps,
-                                                           "final_success": final["success"], **self.run_info})
+                                                           "final_success": final["success"],
+                                                           "kept": results["kept"], **self.run_info})
             from flywheel.vla_rl.report import plot_curves, write_report
 
             plot_curves(self.history, self.evals, self.out / "curve.png", title=f"{self.algo.name}")

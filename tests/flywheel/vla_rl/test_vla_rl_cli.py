@@ -82,6 +82,45 @@ def test_run_resume_and_register(tmp_path):
     assert "## Held-out success per task" in (out / "report.md").read_text()
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_run_hands_on_the_best_evaluated_policy(tmp_path, monkeypatch, keep):
+    """train.keep=best: policy/, generalist/ and the registry get the policy of the best held-out evaluation (the
+    earliest of ties), not the last; checkpoint/ keeps the last for a longer budget. keep=last: the last."""
+    import safetensors.torch
+    import torch
+
+    from flywheel.registry import ModelRegistry
+    from flywheel.vla_rl.cli import run
+    from flywheel.vla_rl.trainer import Trainer
+
+    script = iter([0.1, 0.5, 0.2, 0.5, 0.5, 0.5])  # the start, the evaluations, the final: the 2nd the first best
+
+    def scripted(self, task, episodes):
+        return next(script), None
+
+    monkeypatch.setattr(Trainer, "task_success", scripted)
+    res = run(_compose(tmp_path, "algo=grpo", "algo.groups_per_iter=4", "algo.group_size=4", "algo.lr=3e-3",
+                       "env_steps=400", "train.eval_every=100", f"train.keep={keep}", f"registry={tmp_path / 'reg'}"))
+    out = tmp_path / "run"
+    assert [e["success"] for e in res["evals"]][:4] == [0.1, 0.5, 0.2, 0.5]  # the final ties the best
+    handed = safetensors.torch.load_file(str(out / "policy" / "policy.safetensors"))
+    state = safetensors.torch.load_file(str(out / "checkpoint" / "state.safetensors"))
+    last = {k[7:]: v for k, v in state.items() if k.startswith("policy/")}
+    same_as_last = all(torch.equal(handed[k], last[k]) for k in handed)
+    rec = ModelRegistry(tmp_path / "reg").get(res["candidate_id"])
+    if keep == "best":
+        best = safetensors.torch.load_file(str(out / "best" / "policy.safetensors"))
+        assert res["kept"] == {**res["kept"], "keep": "best", "success": 0.5, "env_steps": res["evals"][1]["env_steps"]}
+        assert all(torch.equal(handed[k], best[k]) for k in handed) and not same_as_last
+        assert rec.metrics["success"] == 0.5 and rec.metrics["env_steps"] == res["evals"][1]["env_steps"]
+        assert "handed on (`train.keep=best`)" in (out / "report.md").read_text()
+    else:
+        assert not (out / "best").exists() and same_as_last
+        assert res["kept"]["keep"] == "last" and rec.metrics["env_steps"] == res["env_steps"]
+    with pytest.raises(ValueError, match="train.keep"):
+        run(_compose(tmp_path, "train.keep=first"))
+
+
 def _tb_tags(out):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
