@@ -1,8 +1,9 @@
-"""Why a specialist fails: its held-out episodes sorted by how far they got.
+"""Why a specialist or a generalist fails: its held-out episodes sorted by how far they got.
 
-Loads a `flywheel-rl` run directory (its `results.json` config and `checkpoint/agent.safetensors`), runs the
-deterministic policy on held-out seeds of its sim task and watches the task's own state. Lift tasks
-(LiftCube-*):
+Loads a `flywheel-rl` run directory (its `results.json` config and `checkpoint/agent.safetensors`), or with
+`--task` a generalist checkpoint (anything `policy.load` reads; a compact one names its cameras and image
+size, as in the distillation jobs' evaluations, `--execute` steps of each chunk), runs the deterministic
+policy on held-out seeds of the sim task and watches the task's own state. Lift tasks (LiftCube-*):
 
 | outcome | meaning |
 | --- | --- |
@@ -28,6 +29,8 @@ the peg's largest tilt (deg).
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/rl_failure_modes.py outputs/bench/rl_pix_blue4 --episodes 50
     MUJOCO_GL=egl .venv/bin/python benchmarks/rl_failure_modes.py outputs/bench/rl_pix_peg --episodes 50
+    MUJOCO_GL=egl .venv/bin/python benchmarks/rl_failure_modes.py outputs/bench/g0v2/g0_v3 \
+        --task PandaRig/PegInsert-v0 --execute 4 --episodes 50              # a generalist
 """
 
 from __future__ import annotations
@@ -133,9 +136,48 @@ def watcher_for(task, args: argparse.Namespace):
     raise SystemExit(f"{type(task).__name__}: this breakdown knows lift (LiftCube-*) and insertion (PegInsert) tasks")
 
 
+def specialist(run_dir: Path):
+    """(env, deterministic agent, its step callbacks, task) of a finished flywheel-rl run."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from flywheel.rl.actor import Actor, SACActing
+    from flywheel.rl.app import upgrade_config
+    from flywheel.rl.build import build_agent, make_env
+    from flywheel.rl.learner import load_agent_weights
+
+    results = run_dir / "results.json"
+    weights = run_dir / "checkpoint" / "agent.safetensors"
+    for p in (results, weights):
+        if not p.exists():
+            raise SystemExit(f"{p} is missing: pass a finished flywheel-rl out_dir (or --task for a generalist)")
+    cfg = OmegaConf.create(upgrade_config(json.loads(results.read_text())["config"]))
+    torch.set_num_threads(int(cfg.torch_threads))
+    env = make_env(cfg)
+    agent = build_agent(cfg, env)
+    load_agent_weights(agent, weights.parent)
+    acting = SACActing(agent, deterministic=True, action_spec=Actor(env, agent).action_spec)
+    return env, acting, [acting.executed], str(cfg.env.task)
+
+
+def generalist(args: argparse.Namespace):
+    """(env, chunked agent, no callbacks, task) of a generalist checkpoint, as the distillation jobs evaluate it."""
+    import policy
+    from flywheel.distill.collect import make_env
+    from flywheel.distill.generalist import GeneralistConfig, env_kwargs
+    from flywheel.evaluate import ChunkedPolicy
+
+    pol = policy.load(args.run_dir, device="cpu")
+    env = make_env(args.task, privileged_state=False, **env_kwargs(GeneralistConfig(), args.run_dir))
+    return env, ChunkedPolicy(pol, env.unwrapped.instruction, execute=args.execute), [], args.task
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir", type=Path, help="a flywheel-rl out_dir (results.json + checkpoint/)")
+    ap.add_argument("run_dir", type=Path, help="a flywheel-rl out_dir (results.json + checkpoint/), or with --task "
+                    "a generalist checkpoint")
+    ap.add_argument("--task", default="", help="a generalist's sim task (run_dir is then its checkpoint)")
+    ap.add_argument("--execute", type=int, default=4, help="a generalist's executed steps per chunk")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1_000_000, help="first held-out seed (the final eval's)")
     ap.add_argument("--reach", type=float, default=0.015, help="xy distance (m) that counts as reached")
@@ -144,39 +186,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the episodes and the table as JSON")
     args = ap.parse_args()
 
-    import torch
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from flywheel.rl.actor import Actor, SACActing
-    from flywheel.rl.app import upgrade_config
-    from flywheel.rl.build import build_agent, make_env
-    from flywheel.rl.learner import load_agent_weights
     from flywheel.rollout import run_episodes
 
-    results = args.run_dir / "results.json"
-    weights = args.run_dir / "checkpoint" / "agent.safetensors"
-    for p in (results, weights):
-        if not p.exists():
-            raise SystemExit(f"{p} is missing: pass a finished flywheel-rl out_dir")
-    cfg = OmegaConf.create(upgrade_config(json.loads(results.read_text())["config"]))
-    torch.set_num_threads(int(cfg.torch_threads))
-    env = make_env(cfg)
-    agent = build_agent(cfg, env)
-    load_agent_weights(agent, weights.parent)
+    env, acting, on_step, task_name = generalist(args) if args.task else specialist(args.run_dir)
     watch = watcher_for(env.unwrapped.task, args)
-    acting = SACActing(agent, deterministic=True, action_spec=Actor(env, agent).action_spec)
     eps = []
     for seed in tqdm(range(args.seed, args.seed + args.episodes), desc="episodes"):
         watch.start()
-        ep = run_episodes(env, acting, [seed], on_step=[acting.executed, watch])[0]
+        ep = run_episodes(env, acting, [seed], on_step=[*on_step, watch])[0]
         eps.append({"seed": seed, **watch.episode(ep.success)})
     env.close()
 
     by: dict[str, list[dict]] = defaultdict(list)
     for e in eps:
         by[watch.classify(e)].append(e)
-    print(f"\n{args.run_dir} ({cfg.env.task}, {len(eps)} held-out episodes from seed {args.seed})\n")
+    print(f"\n{args.run_dir} ({task_name}, {len(eps)} held-out episodes from seed {args.seed})\n")
     print("| outcome | episodes | " + " | ".join(watch.COLUMNS) + " |")
     print("| --- " * (2 + len(watch.COLUMNS)) + "|")
     table = []
