@@ -24,7 +24,7 @@ def drift(start: str, trained: list[str], task: str, envs: int, decisions: int, 
           seed: int) -> list[dict[str, float]]:
     """Per trained head: mean |delta mean| over the start policy's own decisions on ``task``."""
     from flywheel.vla_rl.adapters import encoder_from_checkpoint
-    from flywheel.vla_rl.engine import _env_attr, make_sim_vec
+    from flywheel.vla_rl.engine import env_attr, make_sim_vec
 
     a = encoder_from_checkpoint(start)
     others = [encoder_from_checkpoint(t) for t in trained]
@@ -33,7 +33,7 @@ def drift(start: str, trained: list[str], task: str, envs: int, decisions: int, 
                         "image_size": (cams[0].height, cams[0].width)})(task, envs)
     try:
         obs, _ = vec.reset(seed=list(range(seed, seed + envs)))
-        instr = _env_attr(vec, "instruction", task)
+        instr = env_attr(vec, "instruction", task)
         diffs: list[list[torch.Tensor]] = [[] for _ in others]
         for _ in range(decisions):
             f = a.policy_features({**obs, "instruction": [instr] * envs})

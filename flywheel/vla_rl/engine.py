@@ -168,7 +168,8 @@ def make_sim_vec(env_kwargs: Mapping[str, Any] | None = None) -> SimVec:
     return SimVec(dict(env_kwargs or {}))
 
 
-def _env_attr(vec: Any, name: str, default: str) -> str:
+def env_attr(vec: Any, name: str, default: str) -> str:
+    """The first env's ``name`` attribute of a vector env (its instruction, its task id), else ``default``."""
     try:
         return str(vec.get_attr(name)[0])
     except (AttributeError, KeyError, TypeError, IndexError):
@@ -223,11 +224,11 @@ def run_wave(policy: Any, vec: Any, wave: Wave, *, exec_horizon: int, max_steps:
             raise ValueError(f"{len(operators)} operators for {n_active} envs")
         for op in operators:
             op.reset()
-    instr = _env_attr(vec, "instruction", wave.task)
+    instr = env_attr(vec, "instruction", wave.task)
     alive = np.arange(n) < n_active
     eps = [dict(task=wave.task, seed=env_seeds[i], group=int(wave.groups[i // g]), ret=0.0, length=0, success=False,
                 progress=-np.inf, terminal=False, final_feats=None) for i in range(n_active)]
-    out = WaveResult(instr, _env_attr(vec, "task_id", wave.task), eps, [])
+    out = WaveResult(instr, env_attr(vec, "task_id", wave.task), eps, [])
     traces: list[dict[str, list]] = [{"obs": [], "act": [], "rew": [], "inter": []} for _ in range(n)]
     final_obs: dict[int, dict[str, np.ndarray]] = {}
     steps = np.zeros(n, int)
