@@ -25,9 +25,10 @@ from rig.spec import PROPRIO_KEYS
 class CompactLearner:
     """Stage 1's learner for a compact parent: the model (encoder frozen), its critic, the AWR update."""
 
-    def __init__(self, path: str | Path, parent_finetune: str | None = None) -> None:
+    def __init__(self, path: str | Path, parent_finetune: str | None = None, feature_root: str = "") -> None:
         from policy.compact import CompactHead, CompactVLA
 
+        self.feature_root = str(feature_root)  # the feature cache's root ("" -> features/ next to the store)
         self.model = CompactVLA.from_checkpoint(path)
         if self.model.cfg.head == "flow":
             raise ValueError(f"{path}: iRe-VLA stage 1 regresses the action chunk; the compact head 'flow' "
@@ -52,7 +53,7 @@ class CompactLearner:
         from flywheel.distill.ire_vla import discounted_returns
 
         m = self.model
-        cache = feature_cache(m, store, SimpleNamespace(feature_root="", frame_stride=1))
+        cache = feature_cache(m, store, SimpleNamespace(feature_root=self.feature_root, frame_stride=1))
         keys = [f"images/{c}" for c in m.spec.camera_names] + list(PROPRIO_KEYS)
         ds = EpisodeDataset(store, episodes=list(episodes), obs_keys=keys, horizon=m.spec.action.chunk_horizon,
                             features=cache)

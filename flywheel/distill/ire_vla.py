@@ -231,10 +231,11 @@ class VLALearner:
 
 
 def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any, g: Any, seed: int = 0,
-             progress: bool = True) -> tuple[Path, dict[str, Any]]:
+             progress: bool = True, feature_root: str = "") -> tuple[Path, dict[str, Any]]:
     """Stage 1 on ``task``: frozen backbone; rollouts -> latents cache -> AWR on the heads. Resumable.
 
-    A compact parent (:mod:`flywheel.distill.ire_compact`) trains its head on the shared feature cache;
+    A compact parent (:mod:`flywheel.distill.ire_compact`) trains its head on the shared feature cache
+    (``feature_root``, stage 2's ``sft.feature_root``: "" is ``features/`` next to the store);
     ``cfg.stage1`` other than awr runs an on-policy algorithm instead (:mod:`flywheel.distill.ire_onpolicy`)."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -259,7 +260,7 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
         from flywheel.distill.ire_compact import CompactLearner
 
         learner: Any = CompactLearner(src, parent_finetune=json.loads(
-            (Path(parent) / "policy_config.json").read_text())["config"]["finetune"])
+            (Path(parent) / "policy_config.json").read_text())["config"]["finetune"], feature_root=feature_root)
     else:
         learner = VLALearner(src)
     model = learner.model
@@ -434,7 +435,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         def rl(ctx: Any, prev: str = prev, task: str = task, rl_name: str = rl_name, r: int = r) -> dict[str, Any]:
             with store() as s:
                 ckpt, summary = rl_stage(ctx.output(prev)["checkpoint"], s, task, ctx.stage_dir(rl_name), ire, g,
-                                         seed=cfg.seed + r, progress=progress)
+                                         seed=cfg.seed + r, progress=progress,
+                                         feature_root=str(getattr(cfg.sft, "feature_root", "") or ""))
             return {"checkpoint": str(ckpt), "task": task, "rl_successes": len(summary["successes"]),
                     "rl_episodes": len(summary["episodes"]), "history": summary["history"]}
 

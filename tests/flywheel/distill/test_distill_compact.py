@@ -238,6 +238,10 @@ def test_ire_stage1_on_a_compact_parent_trains_the_head_on_cached_features(paren
         assert (tmp_path / "rl" / "critic.safetensors").is_file()
         assert len(list((tmp_path / "features").rglob("*.npy"))) == 2 * 2  # the shared cache, not a private one
         assert rl_stage(parent, s, RL, tmp_path / "rl", cfg, g, progress=False)[1] == summary  # done: cached
+        # stage 2's feature root (``sft.feature_root``), where a store copy elsewhere shares its original's cache
+        rl_stage(parent, s, RL, tmp_path / "rl2", cfg, g, seed=1, progress=False, feature_root=str(tmp_path / "fx"))
+        assert len(list((tmp_path / "fx").rglob("*.npy"))) == 2 * 2  # this stage's new episodes, under that root
+        assert len(list((tmp_path / "features").rglob("*.npy"))) == 2 * 2  # and none more under the default
 
 
 def test_ire_stage1_with_ppo_trains_the_head_on_policy_and_records_its_rollouts(parent, tmp_path):
