@@ -63,7 +63,10 @@ def pytest_runtest_protocol(item: Any, nextitem: Any) -> Any:
     with open(os.path.join(_hangs(item.config), f"{worker}.txt"), "w") as f:
         f.write(f"{item.nodeid} outlived {timeout - 2:.0f} s; its threads:\n")
         f.flush()
-        faulthandler.dump_traceback_later(max(timeout - 2.0, 1.0), exit=False, file=f)
+        # exit=True: faulthandler's watchdog is a C thread that needs no GIL, so it also ends a worker whose
+        # hang holds the GIL (a native call that never releases it; seen once in a fresh-clone run), which
+        # pytest-timeout's Python thread cannot; either way the worker ends and its test is rerun once.
+        faulthandler.dump_traceback_later(max(timeout - 2.0, 1.0), exit=True, file=f)
         try:
             yield
         finally:
