@@ -32,7 +32,14 @@ import safetensors.torch
 import torch
 
 from flywheel.registry import atomic_write_text
-from flywheel.vla_rl.checkpoint import optimizer_state, optimizer_tensors, policy_tensors, save_policy
+from flywheel.vla_rl.checkpoint import (
+    META,
+    WEIGHTS,
+    optimizer_state,
+    optimizer_tensors,
+    policy_tensors,
+    save_policy,
+)
 from flywheel.vla_rl.common import episode_stats
 from flywheel.vla_rl.engine import RolloutEngine
 
@@ -142,13 +149,13 @@ class Trainer:
         best = self.best_eval()
         if best is self.evals[-1]:
             return best
-        meta = self.out / "best" / "vla_rl_policy.json"
+        meta = self.out / "best" / META
         saved = json.loads(meta.read_text())["meta"] if meta.is_file() else {}
         if saved.get("env_steps") != best["env_steps"]:  # a run started before best/ existed
             log.warning("keep=best: %s does not hold the policy of the best evaluation (%d env steps): handing on "
                         "the last", self.out / "best", best["env_steps"])
             return self.evals[-1]
-        t = safetensors.torch.load_file(str(self.out / "best" / "policy.safetensors"))
+        t = safetensors.torch.load_file(str(self.out / "best" / WEIGHTS))
         self.policy.load_state_dict(t, strict=False)
         log.info("keep=best: handing on the policy at %d env steps (held-out success %.3f; the last: %.3f)",
                  best["env_steps"], best["success"], self.evals[-1]["success"])
