@@ -4,11 +4,12 @@ The parent's encoder stays frozen (the compact family's cached features) and its
 ``flywheel-vla-rl``'s Gaussian chunk policy; the algorithm trains it for ``method.stage1_env_steps`` on the RL
 task. Its rollouts are recorded to the iRe-VLA store under the collection ``ire/<round>/<task>/<algo>``, where
 stage 2 finds the successes; the run (``<stage dir>/vla_rl``, resumed from there) exports the trained head as a
-generalist checkpoint (``vla_rl/generalist``) for stage 2 and the evaluations. The on-policy algorithms run
-unassisted (their ratios assume the policy chose every executed action); ``dpo`` runs with the simulated
-operator when ``method.intervene`` is on (at most ``method.max_interventions`` takeovers per episode, as the
-AWR stage, :func:`flywheel.distill.ire_vla.rl_stage`): its corrections are DPO's state pairs, and the assisted
-successes reach stage 2 as the AWR stage's do.
+generalist checkpoint (``vla_rl/generalist``) for stage 2 and the evaluations. With ``method.intervene`` (the
+default) the simulated operator corrects the rollouts (at most ``method.max_interventions`` takeovers per episode,
+as the AWR stage, :func:`flywheel.distill.ire_vla.rl_stage`): its corrections are DPO's state pairs, or, for the
+on-policy algorithms, out of their ratio terms and fitted after each update (:class:`flywheel.vla_rl.common.
+Algorithm`); the assisted successes reach stage 2 as the AWR stage's do. ``method.intervene=false``: unassisted
+(the sixteenth session's PPO stage 1).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def onpolicy_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg
                  # the job evaluates each stage itself: the run's own evaluations stay small
                  "train.eval_every=0", "train.eval_episodes=10", "train.final_eval_episodes=10", "train.keep=last",
                  *(["intervention.enabled=true", f"intervention.max_interventions={int(cfg.max_interventions)}"]
-                   if cfg.stage1 == "dpo" and cfg.intervene else []),
+                   if cfg.intervene else []),
                  *list(cfg.stage1_overrides)]
     res = run(make_config(str(cfg.stage1), overrides), store=store)  # exports the trained head: ``final``
     eps = collect.select(store, task=task, source="rl", success=None, collection=name)

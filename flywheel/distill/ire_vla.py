@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 class IReVLAConfig:
     # stage 1's learner: awr (advantage-weighted regression of the head on assisted rollouts, the simulated
     # operator correcting) | an on-policy flywheel-vla-rl algorithm (ppo: the paper's; grpo, rloo, ...) on the
-    # head of a compact parent, unassisted, for stage1_env_steps | dpo (GRAPE with the operator's corrections as
-    # its state pairs, assisted as awr) (flywheel/distill/ire_onpolicy.py)
+    # head of a compact parent for stage1_env_steps, assisted as awr when intervene (the operator's decisions out of
+    # the ratios, its chunks fitted) | dpo (GRAPE with the operator's corrections as its state pairs)
+    # (flywheel/distill/ire_onpolicy.py)
     stage1: str = "awr"
     stage1_env_steps: int = 20_000
     # flywheel-vla-rl overrides for an on-policy stage 1 (after its own: e.g. algo.lr=1e-5, num_envs=16)

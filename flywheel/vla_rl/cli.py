@@ -81,8 +81,9 @@ class BCInitConfig:
 class OperatorConfig(InterventionConfig):
     """``flywheel-rl``'s simulated operator (sim.SimulatedIntervener), here taking over from a straying policy during
     training rollouts only (held-out evaluation is never assisted). Its corrections become DPO's intervention
-    pairs: ``algo=dpo`` only (the on-policy methods' ratios assume the policy chose every executed action).
-    Off by default; otherwise as iRe-VLA's stage-1 operator."""
+    pairs; for the on-policy methods its decisions leave the ratio terms and its chunks are fitted after each
+    update (``algo.operator_coef``, :class:`flywheel.vla_rl.common.Algorithm`). Off by default; otherwise as
+    iRe-VLA's stage-1 operator."""
 
     enabled: bool = False
     criterion: str = "distance"
@@ -113,7 +114,7 @@ class VlaRLConfig:
     bc_init: BCInitConfig = field(default_factory=BCInitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)  # cluster.kind=ray: the waves on Ray workers
-    intervention: OperatorConfig = field(default_factory=OperatorConfig)  # DPO: operator corrections as pairs
+    intervention: OperatorConfig = field(default_factory=OperatorConfig)  # an operator corrects training rollouts
 
 
 def make_config(algo: str, overrides: Sequence[str] = ()) -> Any:
@@ -138,14 +139,11 @@ def register() -> None:
 
 
 # ------------------------------------------------------------------ building
-def make_operator_factory(cfg: Any, algo: str, head_kind: str):
+def make_operator_factory(cfg: Any, head_kind: str):
     """``env -> sim.SimulatedIntervener`` when ``intervention.enabled`` (else None), after checking it fits."""
     i = cfg.intervention
     if not i.enabled:
         return None
-    if algo != "dpo":
-        raise ValueError(f"intervention.enabled=true needs algo=dpo (its intervention pairs); algo={algo} is "
-                         "on-policy: its ratios assume the policy chose every executed action")
     if head_kind != "gaussian":
         raise ValueError("intervention.enabled=true needs head.kind=gaussian (an operator's chunk has a density "
                          "under the Gaussian; the flow head's likelihood needs its own denoising chain)")
@@ -310,7 +308,7 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
 
     a = {k: v for k, v in OmegaConf.to_container(cfg.algo, resolve=True).items() if k != "name"}
     acfg = algo_cfg_cls(**a)
-    make_operator = make_operator_factory(cfg, name, str(cfg.head.kind))  # checked before anything is built
+    make_operator = make_operator_factory(cfg, str(cfg.head.kind))  # checked before anything is built
     torch.set_num_threads(int(cfg.torch_threads))
     torch.manual_seed(int(cfg.seed))
     cluster = ClusterConfig(**OmegaConf.to_container(cfg.cluster, resolve=True)) if "cluster" in cfg else None

@@ -1,9 +1,16 @@
 """What every algorithm file shares: its config fields, the optimiser, the reference policy, the
 clipped policy-gradient epochs, and the bookkeeping of update compute.
 
-An algorithm is a small class with ``update(batch: RolloutBatch) -> dict[str, float]`` (one
-iteration's learning from one batch of rollouts), ``state_dict()`` / ``load_state_dict()`` (its
-optimiser, for resuming), and two class attributes the trainer reads: ``name`` and ``uses_value``.
+An algorithm is a small class with ``learn(batch: RolloutBatch) -> dict[str, float]`` (its own learning from one
+batch of rollouts), ``state_dict()`` / ``load_state_dict()`` (its optimiser, for resuming), and two class
+attributes the trainer reads: ``name`` and ``uses_value``. The trainer calls :meth:`Algorithm.update`: ``learn``,
+then, where an operator took over some decisions (``flywheel-vla-rl intervention.enabled=true``), the operator's
+corrections. Those decisions' executed chunks were not the policy's samples, so they are out of every ratio term
+(:meth:`RolloutBatch.own_steps`); their episodes' outcomes still count in the advantages (an assisted success
+raises its group's baseline and its own decisions' advantage, as in HIL-SERL's replay of assisted episodes), and
+the operator's chunks are fitted at the states it took over: ``operator_coef`` x their negative log-likelihood with
+the head's scale held fixed (the mean moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after
+the algorithm's own.
 ``samples_trained`` counts the decisions that went through a gradient step (times epochs): the
 update compute; ``samples_offered`` what it would have been without dynamic rejection (the saving).
 """
@@ -36,6 +43,10 @@ class AlgoConfig:
     group_size: int = 8  # rollouts per (task, seed) group (1: no groups, as plain PPO)
     reject_uniform: bool = False  # dynamic rejection: drop groups that all succeed or all fail
     target_kl: float = 0.05  # stop the epochs once the approximate KL to the sampling policy passes it (0: never)
+    # batches an operator corrected (intervention.enabled): the operator's chunks fitted after the algorithm's own
+    # update, operator_coef x their mean NLL at a fixed scale, operator_epochs full-batch steps (0: epochs)
+    operator_coef: float = 1.0
+    operator_epochs: int = 0
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
@@ -69,6 +80,35 @@ class Algorithm:
         self.samples_trained = 0  # decisions x epochs that went through gradient steps
         self.samples_offered = 0  # the same without dynamic rejection / filtering
         self.gen = torch.Generator().manual_seed(seed)
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """One iteration's learning: the algorithm's own (:meth:`learn`), then the operator's corrections."""
+        stats = self.learn(batch)
+        if batch.intervened is not None and batch.operator_actions is not None and bool(batch.intervened.any()):
+            m = batch.intervened
+            stats.update(self.fit_corrections(batch.feats[m], batch.operator_actions[m]))
+        return stats
+
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def fit_corrections(self, feats: torch.Tensor, chunks: torch.Tensor) -> dict[str, float]:
+        """The operator's chunks at the states it took over: ``operator_epochs`` full-batch steps on
+        ``operator_coef`` x their mean negative log-likelihood, the head's scale held fixed."""
+        cfg = self.cfg
+        fit = getattr(self.policy, "mean_log_prob", None)
+        if fit is None:
+            raise ValueError(f"{self.name}: an operator's corrections need a head with a density for its chunks "
+                             f"(head.kind=gaussian), not {type(self.policy).__name__}")
+        epochs = cfg.operator_epochs or cfg.epochs
+        self.samples_offered += len(feats) * epochs
+        nll = []
+        for _ in range(epochs):
+            loss = -fit(feats, chunks).mean()
+            nll.append(float(loss.detach()))
+            if cfg.operator_coef > 0:
+                self.step(cfg.operator_coef * loss, len(feats))
+        return {"operator_nll": float(np.mean(nll)), "corrections": float(len(feats))}
 
     # ------------------------------------------------------------------ pieces
     def reject(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
@@ -107,6 +147,7 @@ class Algorithm:
         KL to the reference, entropy bonus and (``value_targets``) a value loss when configured."""
         cfg, pol = self.cfg, self.policy
         ref = self.ref_logp(batch)
+        own = None if batch.intervened is None else batch.own_steps()
         logs: dict[str, list[float]] = {"early_stop": [0.0]}
         for _ in range(cfg.epochs):
             if logs["early_stop"][0]:
@@ -116,6 +157,8 @@ class Algorithm:
                 f = batch.feats[mb]
                 logp = pol.log_prob(f, batch.actions[mb], ex)
                 w = None if weights is None else weights[mb]
+                if own is not None:  # the operator's decisions are out of the ratio terms
+                    w = own[mb].to(logp.dtype) if w is None else w * own[mb]
                 loss, st = ppo_clip_loss(logp, batch.logp[mb], adv[mb], cfg.clip, w)
                 if ref is not None and cfg.kl_coef > 0:
                     kl = kl_to_reference(logp, ref[mb], w)

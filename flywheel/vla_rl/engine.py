@@ -80,6 +80,12 @@ class RolloutBatch:
             return self.actions
         return torch.where(self.intervened[:, None, None], self.operator_actions, self.actions)
 
+    def own_steps(self) -> torch.Tensor:
+        """(S,) bool: the decisions whose executed chunk was the policy's own sample (all, without an operator)."""
+        if self.intervened is None:
+            return torch.ones(self.num_steps, dtype=torch.bool)
+        return ~self.intervened.bool()
+
     @property
     def num_episodes(self) -> int:
         return len(self.group)

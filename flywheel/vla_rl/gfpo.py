@@ -48,7 +48,7 @@ class GFPO(Algorithm):
             return -batch.progress
         raise ValueError(f"gfpo.cost={self.cfg.cost!r}: use length or neg_progress")
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
         batch, stats = self.reject(batch)
         if batch.num_episodes == 0:
             return stats

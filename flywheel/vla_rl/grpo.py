@@ -25,7 +25,7 @@ class GRPOConfig(AlgoConfig):
 class GRPO(Algorithm):
     name = "grpo"
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
         batch, stats = self.reject(batch)
         if batch.num_episodes == 0:
             return stats

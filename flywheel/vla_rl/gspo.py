@@ -28,17 +28,20 @@ class GSPOConfig(AlgoConfig):
 class GSPO(Algorithm):
     name = "gspo"
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
         batch, stats = self.reject(batch)
         if batch.num_episodes == 0:
             return stats
         cfg, pol = self.cfg, self.policy
         adv = batch.per_step(group_advantages(batch.ret, batch.group))
         ref = self.ref_logp(batch)
+        own = batch.own_steps()
         logs: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.epochs):
             for eps in self.minibatches(batch.num_episodes, cfg.minibatch_size):
-                mb = torch.nonzero(torch.isin(batch.episode, eps)).flatten()
+                mb = torch.nonzero(torch.isin(batch.episode, eps) & own).flatten()  # an operator's are not ours
+                if len(mb) == 0:
+                    continue
                 ex = {k: v[mb] for k, v in batch.extra.items()}
                 logp = pol.log_prob(batch.feats[mb], batch.actions[mb], ex)
                 loss, st = gspo_loss(logp, batch.logp[mb], adv[mb], batch.episode[mb], cfg.clip)

@@ -45,7 +45,7 @@ class PPO(Algorithm):
         terminal = last & batch.terminal[batch.episode]
         return gae(batch.rewards, values, next_values, terminal, last, cfg.gamma, cfg.lam)
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
         batch, stats = self.reject(batch)
         if batch.num_episodes == 0:
             return stats

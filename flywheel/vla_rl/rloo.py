@@ -24,7 +24,7 @@ class RLOOConfig(AlgoConfig):
 class RLOO(Algorithm):
     name = "rloo"
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
+    def learn(self, batch: RolloutBatch) -> dict[str, float]:
         batch, stats = self.reject(batch)
         if batch.num_episodes == 0:
             return stats

@@ -131,7 +131,8 @@ def test_an_operator_takes_over_in_training_rollouts_never_in_evaluation():
 
 
 def test_the_sim_operator_corrects_a_sim_policy(tmp_path):
-    """flywheel-vla-rl's operator (sim.SimulatedIntervener with the scripted expert) on real sim envs; only DPO.
+    """flywheel-vla-rl's operator (sim.SimulatedIntervener with the scripted expert) on real sim envs (any algorithm;
+    a Gaussian head, whose density the operator's chunks have).
     The store's copy of each assisted episode marks the operator's steps (``intervention``)."""
     from omegaconf import OmegaConf
 
@@ -141,13 +142,11 @@ def test_the_sim_operator_corrects_a_sim_policy(tmp_path):
     from flywheel.vla_rl.engine import make_sim_vec
 
     cfg = OmegaConf.structured(VlaRLConfig)
-    assert make_operator_factory(cfg, "dpo", "gaussian") is None  # off by default
+    assert make_operator_factory(cfg, "gaussian") is None  # off by default
     cfg.intervention.enabled = True
     cfg.intervention.stall_steps = 2
-    with pytest.raises(ValueError, match="algo=dpo"):
-        make_operator_factory(cfg, "grpo", "gaussian")
     with pytest.raises(ValueError, match="gaussian"):
-        make_operator_factory(cfg, "dpo", "flow")
+        make_operator_factory(cfg, "flow")
     torch.manual_seed(0)
     pol = GaussianChunkPolicy(StateFeatures(["state/ee_pos", "state/privileged"], [3, 4]), 1, 7, hidden=(16,),
                               value_hidden=(16,), init_log_std=-4.0)
@@ -156,7 +155,7 @@ def test_the_sim_operator_corrects_a_sim_policy(tmp_path):
             p.zero_()
     store = EpisodeStore(tmp_path / "store", mode="w", spec=sim.make("LiftCube-Red", cameras=()).unwrapped.rig_spec)
     eng = RolloutEngine(pol, make_sim_vec({"cameras": (), "privileged_state": True}), ["LiftCube-Red"], group_size=2,
-                        num_envs=2, max_steps=12, make_operator=make_operator_factory(cfg, "dpo", "gaussian"),
+                        num_envs=2, max_steps=12, make_operator=make_operator_factory(cfg, "gaussian"),
                         recorder=StoreRecorder(store, "dpo"))
     b = eng.collect(1)
     eng.close()
