@@ -276,8 +276,17 @@ def _env_factory(cfg: Any, spec: Any) -> Callable[[str], Any]:
     if cfg.env == "sim":
         import sim
 
+        cameras, size = tuple(cfg.cameras), int(cfg.image_size)
+        if spec is not None and spec.cameras:  # render what the policy was trained on (its spec), not the defaults
+            sizes = {(c.height, c.width) for c in spec.cameras}
+            want = (tuple(spec.camera_names), next(iter(sizes))[0])
+            if len(sizes) == 1 and want[1] == next(iter(sizes))[1] and (cameras, size) != want:
+                log.warning("policy %s was trained on cameras %s at %d px: rendering those, not cameras=%s "
+                            "image_size=%d", cfg.policy, list(want[0]), want[1], list(cameras), size)
+                cameras, size = want
+
         def make_sim(task: str) -> Any:
-            return sim.make(task, cameras=tuple(cfg.cameras), image_size=int(cfg.image_size))
+            return sim.make(task, cameras=cameras, image_size=size)
 
         return make_sim
     if cfg.env == "rig":
@@ -362,8 +371,18 @@ def _scalars(cfg: Any) -> EvalScalars | None:
     return EvalScalars(tb) if tb else None
 
 
+def _default_out() -> Path:
+    """``eval_results.json`` in hydra's run directory (``hydra.run.dir``), or here outside a hydra app. (hydra
+    does not change the working directory: before 2026-12-01 the file landed in the caller's directory.)"""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir) / "eval_results.json"
+    return Path("eval_results.json")
+
+
 def _report(cfg: Any, results: dict[str, TaskResult]) -> dict[str, TaskResult]:
-    out = Path(cfg.out) if cfg.out else Path("eval_results.json")
+    out = Path(cfg.out) if cfg.out else _default_out()
     save_results(results, out)
     print(results_table({str(cfg.policy): results}))
     print(f"results: {out.resolve()}")

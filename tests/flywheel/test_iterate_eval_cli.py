@@ -39,3 +39,19 @@ def test_budget_groups_compose_with_overrides():
     assert cfg.specialist.algo == "sac"
     with initialize_config_dir(config_dir=str(__import__("pathlib").Path(__file__).parent), version_base=None):
         assert compose("flywheel_iterate").budget.name == "demo"
+
+
+def test_flywheel_eval_writes_its_results_in_the_run_directory(tmp_path):
+    """Without ``out=``, ``flywheel-eval`` writes ``eval_results.json`` in hydra's run directory, not in the directory
+    it was started from (hydra does not change it; before 2026-12-01 the file landed there)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("flywheel-eval")
+    here, run_dir = tmp_path / "here", tmp_path / "run"
+    here.mkdir()
+    subprocess.run([str(exe), "policy=expert", "episodes=1", "cameras=[]", "max_steps=3", "progress=false",
+                    f"hydra.run.dir={run_dir}"], cwd=here, check=True, capture_output=True, timeout=300)
+    assert json.loads((run_dir / "eval_results.json").read_text())["PandaRig/PegInsert-v0"]["episodes"] == 1
+    assert not (here / "eval_results.json").exists()

@@ -421,3 +421,19 @@ def test_flywheel_distill_ire_vla_cli_runs_every_stage_from_a_compact_g0(parent,
     assert out["round1_sl"]["output"]["rl_successes"] == len(rl_ok)
     assert trained_on == [[0, 1, *rl_ok]]  # stage 2 only: the g0-human demos and RL successes, not "someone-else"
     assert Path(state["stages"]["report"]["output"]["report"]).is_file()
+
+
+def test_flywheel_eval_renders_what_a_checkpoint_was_trained_on(parent, tmp_path, caplog):
+    """``flywheel-eval`` of a compact checkpoint renders its spec's cameras at its size, whatever ``cameras=`` and
+    ``image_size=`` say (before, a 128 px generalist evaluated at the default 32 px failed in the policy's spec
+    check), and says so."""
+    from omegaconf import OmegaConf
+
+    from flywheel.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(policy=str(parent), tasks=[RL], episodes=1, max_steps=4, execute=4, cameras=["front"],
+                     image_size=2 * IMAGE, progress=False, device="cpu", out=str(tmp_path / "r.json"))
+    with caplog.at_level("WARNING", logger="flywheel.evaluate"):
+        res = run_eval(OmegaConf.structured(cfg))
+    assert res[RL].episodes == 1
+    assert f"cameras ['front', 'wrist'] at {IMAGE} px" in caplog.text
