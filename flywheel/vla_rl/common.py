@@ -7,8 +7,7 @@ attributes the trainer reads: ``name`` and ``uses_value``. The trainer calls :me
 then, where an operator took over some decisions (``flywheel-vla-rl intervention.enabled=true``), the operator's
 corrections. Those decisions' executed chunks were not the policy's samples, so they are out of every ratio term
 (:meth:`RolloutBatch.own_steps`); their episodes' outcomes still count in the advantages (an assisted success
-raises its group's baseline and its own decisions' advantage, as in HIL-SERL's replay of assisted episodes), and
-the operator's chunks are fitted at the states it took over: ``operator_coef`` x their negative log-likelihood with
+raises its group's baseline and its own decisions' advantage), and the operator's chunks are fitted at the states it took over: ``operator_coef`` x their negative log-likelihood with
 the head's scale held fixed (the mean moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after
 the algorithm's own.
 ``samples_trained`` counts the decisions that went through a gradient step (times epochs): the
