@@ -7,9 +7,9 @@ attributes the trainer reads: ``name`` and ``uses_value``. The trainer calls :me
 then, where an operator took over some decisions (``flywheel-vla-rl intervention.enabled=true``), the operator's
 corrections. Those decisions' executed chunks were not the policy's samples, so they are out of every ratio term
 (:meth:`RolloutBatch.own_steps`); their episodes' outcomes still count in the advantages (an assisted success
-raises its group's baseline and its own decisions' advantage), and the operator's chunks are fitted at the states it took over: ``operator_coef`` x their negative log-likelihood with
-the head's scale held fixed (the mean moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after
-the algorithm's own.
+raises its group's baseline and its own decisions' advantage), and the operator's chunks are fitted at the
+states it took over: ``operator_coef`` x their negative log-likelihood with the head's scale held fixed (the mean
+moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after the algorithm's own.
 ``samples_trained`` counts the decisions that went through a gradient step (times epochs): the
 update compute; ``samples_offered`` what it would have been without dynamic rejection (the saving).
 """
@@ -83,7 +83,7 @@ class Algorithm:
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """One iteration's learning: the algorithm's own (:meth:`learn`), then the operator's corrections."""
         stats = self.learn(batch)
-        if batch.intervened is not None and batch.operator_actions is not None and bool(batch.intervened.any()):
+        if batch.corrected:
             m = batch.intervened
             stats.update(self.fit_corrections(batch.feats[m], batch.operator_actions[m]))
         return stats

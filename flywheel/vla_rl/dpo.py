@@ -131,8 +131,7 @@ class DPO(Algorithm):
         return lp / batch.decisions().clamp_min(1) if self.cfg.length_normalise else lp
 
     def update(self, batch: RolloutBatch, state_pairs: StatePairs | None = None) -> dict[str, float]:
-        if state_pairs is None and batch.intervened is not None and batch.operator_actions is not None \
-                and bool(batch.intervened.any()):
+        if state_pairs is None and batch.corrected:
             state_pairs = intervention_pairs(batch.feats, batch.actions, batch.operator_actions, batch.intervened)
         batch, stats = self.reject(batch)
         cfg = self.cfg

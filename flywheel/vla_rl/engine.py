@@ -80,6 +80,11 @@ class RolloutBatch:
             return self.actions
         return torch.where(self.intervened[:, None, None], self.operator_actions, self.actions)
 
+    @property
+    def corrected(self) -> bool:
+        """An operator executed some of the batch's decisions (``intervened`` and ``operator_actions`` hold them)."""
+        return self.intervened is not None and self.operator_actions is not None and bool(self.intervened.any())
+
     def own_steps(self) -> torch.Tensor:
         """(S,) bool: the decisions whose executed chunk was the policy's own sample (all, without an operator)."""
         if self.intervened is None:
