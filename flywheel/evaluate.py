@@ -277,10 +277,10 @@ def _env_factory(cfg: Any, spec: Any) -> Callable[[str], Any]:
         import sim
 
         cameras, size = tuple(cfg.cameras), int(cfg.image_size)
-        if spec is not None and spec.cameras:  # render what the policy was trained on (its spec), not the defaults
-            sizes = {(c.height, c.width) for c in spec.cameras}
-            want = (tuple(spec.camera_names), next(iter(sizes))[0])
-            if len(sizes) == 1 and want[1] == next(iter(sizes))[1] and (cameras, size) != want:
+        trained = None if spec is None else spec.square_image_size()
+        if trained is not None:  # render what the policy was trained on (its spec), not the defaults
+            want = (tuple(spec.camera_names), trained)
+            if (cameras, size) != want:
                 log.warning("policy %s was trained on cameras %s at %d px: rendering those, not cameras=%s "
                             "image_size=%d", cfg.policy, list(want[0]), want[1], list(cameras), size)
                 cameras, size = want

@@ -193,6 +193,15 @@ class RigSpec:
     def camera_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.cameras)
 
+    def square_image_size(self) -> int | None:
+        """The one square size all cameras share (what the sim renders: ``image_size``), or None where they share
+        none (or there are no cameras)."""
+        sizes = {(c.height, c.width) for c in self.cameras}
+        if len(sizes) != 1:
+            return None
+        h, w = next(iter(sizes))
+        return int(h) if h == w else None
+
     @property
     def proprio_dim(self) -> int:
         return sum(int(np.prod(STATE_KEYS[k][0])) for k in PROPRIO_KEYS)

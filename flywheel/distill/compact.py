@@ -157,9 +157,10 @@ def checkpoint_env(checkpoint: str | Path) -> dict[str, Any] | None:
     spec_file = path / "spec.json"
     if spec_file.is_file():
         spec = RigSpec.from_json(spec_file.read_text())
-        sizes = {(c.height, c.width) for c in spec.cameras}
-        if len(sizes) != 1 or next(iter(sizes))[0] != next(iter(sizes))[1]:
-            raise ValueError(f"{spec_file}: cameras of sizes {sorted(sizes)}; the sim renders one square size")
-        return {"cameras": tuple(spec.camera_names), "image_size": int(next(iter(sizes))[0])}
+        size = spec.square_image_size()
+        if size is None:
+            sizes = sorted({(c.height, c.width) for c in spec.cameras})
+            raise ValueError(f"{spec_file}: cameras of sizes {sizes}; the sim renders one square size")
+        return {"cameras": tuple(spec.camera_names), "image_size": size}
     cfg = json.loads((path / "policy_config.json").read_text())["config"]
     return {"image_size": int(cfg["image_size"])}
