@@ -71,6 +71,9 @@ class Algorithm:
 
     def __init__(self, policy: Any, cfg: AlgoConfig, ref: Any | None = None, seed: int = 0) -> None:
         self.policy, self.cfg = policy, cfg
+        if cfg.operator_coef < 0 or cfg.operator_epochs < 0:
+            raise ValueError(f"{self.name}: algo.operator_coef={cfg.operator_coef} and algo.operator_epochs="
+                             f"{cfg.operator_epochs} must be >= 0 (0 epochs: as many as algo.epochs)")
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{self.name}: the policy has no trainable parameters")

@@ -239,6 +239,12 @@ def test_on_policy_update_fits_the_operators_chunks():
     assert out[1.0] < start - 1.0 and out[1.0] < out[0.0] - 1.0, (start, out)
 
 
+@pytest.mark.parametrize("bad", [{"operator_coef": -1.0}, {"operator_epochs": -2}])
+def test_negative_operator_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _setup("rloo", **bad)
+
+
 @pytest.mark.slow
 def test_loop_learns_from_an_operators_corrections():
     """LOOP on rollouts an operator corrects (its decisions out of the ratios, its chunks fitted): the corrections
