@@ -111,7 +111,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, p
 
     lines = [
         "| method | success start | success end (mean +- sd over seeds) | change | successful episode length | "
-        "env steps/s | groups rejected | update compute saved | wall s |",
+        "env steps/s | groups rejected | update compute saved (by rejection / filtering) | wall s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for m, runs in results.items():
@@ -122,9 +122,10 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, p
         sps = _mean(runs, lambda r: r.get("env_steps_per_s"))
         rej = _mean(runs, lambda r: r.get("groups_rejected_mean", 0.0))
         saved = _mean(runs, lambda r: r.get("update_compute_saved", 0.0))
+        filt = _mean(runs, lambda r: r.get("update_compute_saved_by_filtering", 0.0))
         wall = _mean(runs, lambda r: r.get("bench_wall_seconds", r.get("wall_seconds", 0.0)))
         lines.append(f"| {m} | {a:.2f} | {b:.2f} +- {sd:.2f} | {b - a:+.2f} | {_f(length, '{:.1f}')} | "
-                     f"{_f(sps, '{:.0f}')} | {rej:.2f} | {saved:.0%} | {wall:.0f} |")
+                     f"{_f(sps, '{:.0f}')} | {rej:.2f} | {saved:.0%} ({filt:.0%}) | {wall:.0f} |")
     cmd = "python benchmarks/vla_rl.py " + " ".join(sys.argv[1:])
     return "\n".join([
         f"Policy: `{args.policy or 'state policy from scratch'}`{' (toy point-reach task)' if args.toy else ''}; "

@@ -406,7 +406,7 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO)
         res = run(cfg)
         keep = ("algo", "tasks", "env_steps", "iterations", "env_steps_per_s", "groups_rejected_mean",
-                "update_compute_saved", "candidate_id", "wall_seconds")
+                "update_compute_saved", "update_compute_saved_by_filtering", "candidate_id", "wall_seconds")
         print(json.dumps({**{k: res.get(k) for k in keep}, "initial_success": res["initial_eval"]["success"],
                           "final_success": res["final_eval"]["success"], "kept": res.get("kept")}, indent=2,
                          default=str))

@@ -11,7 +11,9 @@ raises its group's baseline and its own decisions' advantage), and the operator'
 states it took over: ``operator_coef`` x their negative log-likelihood with the head's scale held fixed (the mean
 moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after the algorithm's own.
 ``samples_trained`` counts the decisions that went through a gradient step (times epochs): the
-update compute; ``samples_offered`` what it would have been without dynamic rejection (the saving).
+update compute; ``samples_offered`` what it would have been without dynamic rejection, GFPO's filter and the KL
+early stop; ``samples_filtered`` the part of it rejection and filtering kept out (the rest of the saving is the
+early stop's).
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class Algorithm:
         self.opt = torch.optim.Adam(params, lr=cfg.lr)
         self.ref = ref if ref is not None else (frozen_copy(policy) if cfg.kl_coef > 0 else None)
         self.samples_trained = 0  # decisions x epochs that went through gradient steps
-        self.samples_offered = 0  # the same without dynamic rejection / filtering
+        self.samples_offered = 0  # the same without dynamic rejection / filtering / the KL early stop
+        self.samples_filtered = 0  # decisions x epochs kept out by rejection / filtering
         self.gen = torch.Generator().manual_seed(seed)
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
@@ -122,7 +125,13 @@ class Algorithm:
             return batch, {"groups_rejected": 0.0}
         keep = mixed_groups(batch.success, batch.group)
         kept = len(torch.unique(batch.group[keep])) if keep.any() else 0
-        return batch.select(keep), {"groups_rejected": 1.0 - kept / max(n_groups, 1)}
+        out = batch.select(keep)
+        self.filtered(batch.num_steps - out.num_steps)
+        return out, {"groups_rejected": 1.0 - kept / max(n_groups, 1)}
+
+    def filtered(self, decisions: int) -> None:
+        """Count ``decisions`` kept out of every epoch of the update by rejection or a filter."""
+        self.samples_filtered += int(decisions) * self.cfg.epochs
 
     @torch.no_grad()
     def ref_logp(self, batch: RolloutBatch) -> torch.Tensor | None:
@@ -187,11 +196,13 @@ class Algorithm:
     # -------------------------------------------------------------- resuming
     def state_dict(self) -> dict[str, Any]:
         return {"opt": self.opt.state_dict(), "samples_trained": self.samples_trained,
-                "samples_offered": self.samples_offered, "gen": self.gen.get_state()}
+                "samples_offered": self.samples_offered, "samples_filtered": self.samples_filtered,
+                "gen": self.gen.get_state()}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.opt.load_state_dict(sd["opt"])
         self.samples_trained, self.samples_offered = int(sd["samples_trained"]), int(sd["samples_offered"])
+        self.samples_filtered = int(sd.get("samples_filtered", 0))
         self.gen.set_state(sd["gen"])
 
 

@@ -57,6 +57,7 @@ class GFPO(Algorithm):
         keep = keep_k_best(self.cost(batch), batch.group, k, batch.success if cfg.by_outcome else None)
         n_before = batch.num_steps
         batch = batch.select(keep)
+        self.filtered(n_before - batch.num_steps)
         stats["kept_fraction"] = batch.num_steps / max(n_before, 1)
         adv = group_advantages(batch.ret, batch.group)
         stats.update(self.clipped_epochs(batch, batch.per_step(adv)))

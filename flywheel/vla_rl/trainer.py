@@ -236,6 +236,7 @@ class Trainer:
     def results(self, final: dict[str, Any]) -> dict[str, Any]:
         a, e = self.algo, self.engine
         saved = 1.0 - a.samples_trained / a.samples_offered if a.samples_offered else 0.0
+        filtered = a.samples_filtered / a.samples_offered if a.samples_offered else 0.0
         rej = [h.get("groups_rejected", 0.0) for h in self.history]
         return {
             "algo": a.name, "tasks": list(e.tasks), "env_steps": e.env_steps, "iterations": self.iteration,
@@ -243,7 +244,8 @@ class Trainer:
             "rollout_seconds": self.rollout_s, "update_seconds": self.update_s,
             "env_steps_per_s": e.env_steps / self.rollout_s if self.rollout_s else None,
             "groups_rejected_mean": float(np.mean(rej)) if rej else 0.0,
-            "update_compute_saved": saved, "samples_trained": a.samples_trained, "samples_offered": a.samples_offered,
+            "update_compute_saved": saved, "update_compute_saved_by_filtering": filtered,
+            "update_compute_saved_by_early_stop": saved - filtered, "samples_trained": a.samples_trained, "samples_offered": a.samples_offered,
             "resumed": self.resumed, "evals": self.evals, **self.run_info,
         }
 
@@ -262,7 +264,8 @@ class Trainer:
             safetensors.torch.save_file(tensors, str(tmp / "state.safetensors"))
             st = {"iteration": self.iteration, "engine": self.engine.state(), "history": self.history,
                   "evals": self.evals, "opt": opt_meta, "samples_trained": self.algo.samples_trained,
-                  "samples_offered": self.algo.samples_offered, "rollout_s": self.rollout_s,
+                  "samples_offered": self.algo.samples_offered, "samples_filtered": self.algo.samples_filtered,
+                  "rollout_s": self.rollout_s,
                   "update_s": self.update_s, "train_config": asdict(self.cfg)}
             (tmp / "state.json").write_text(json.dumps(st, default=_json_default))
 
@@ -280,6 +283,7 @@ class Trainer:
         self.engine.load_state(st["engine"])
         self.iteration, self.history, self.evals = int(st["iteration"]), st["history"], st["evals"]
         self.algo.samples_trained, self.algo.samples_offered = int(st["samples_trained"]), int(st["samples_offered"])
+        self.algo.samples_filtered = int(st.get("samples_filtered", 0))  # runs saved before the split: all early stop
         self.rollout_s, self.update_s = float(st["rollout_s"]), float(st["update_s"])
 
 

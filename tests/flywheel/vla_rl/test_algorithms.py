@@ -70,6 +70,16 @@ def test_dynamic_rejection_skips_uniform_groups_and_saves_compute():
     kept_steps = sum(int(b.length[b.group == g].sum()) for g in torch.unique(b.group)
                      if 0 < float(b.success[b.group == g].float().mean()) < 1)
     assert algo.samples_trained == kept_steps * algo.cfg.epochs
+    assert algo.samples_filtered == (b.num_steps - kept_steps) * algo.cfg.epochs
+
+
+def test_kl_early_stop_is_not_counted_as_rejection():
+    """The saving the report puts down to rejection / filtering is theirs alone, not the KL early stop's."""
+    pol, algo, eng = _setup("ppo", target_kl=1e-9, epochs=4, minibatch_size=8)
+    b = eng.collect(algo.cfg.groups_per_iter)
+    algo.update(b)
+    assert algo.samples_trained < algo.samples_offered  # stopped early
+    assert algo.samples_filtered == 0
 
 
 def test_kl_keeps_grpo_near_the_reference():
@@ -94,6 +104,7 @@ def test_gfpo_trains_on_the_k_shortest():
     st = algo.update(b)
     kept = sum(int(torch.sort(b.length[b.group == g]).values[:4].sum()) for g in torch.unique(b.group))
     assert algo.samples_trained == kept * algo.cfg.epochs
+    assert algo.samples_filtered == (b.num_steps - kept) * algo.cfg.epochs
     assert st["kept_fraction"] == pytest.approx(kept / b.num_steps)
 
 

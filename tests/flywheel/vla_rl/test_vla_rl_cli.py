@@ -80,6 +80,10 @@ def test_run_resume_and_register(tmp_path):
     assert res2["resumed"] and res2["iterations"] > it and res2["env_steps"] >= 600
     assert res2["evals"][0] == res["evals"][0]
     assert "## Held-out success per task" in (out / "report.md").read_text()
+    # grpo without rejection: whatever update compute was saved, the KL early stop saved it
+    assert res2["update_compute_saved_by_filtering"] == 0.0
+    assert res2["update_compute_saved_by_early_stop"] == pytest.approx(res2["update_compute_saved"])
+    assert "(rejection / filtering 0.0%, the KL early stop" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
