@@ -14,6 +14,11 @@ moves to them; DPO's RPO term), ``operator_epochs`` full-batch steps after the a
 update compute; ``samples_offered`` what it would have been without dynamic rejection, GFPO's filter and the KL
 early stop; ``samples_filtered`` the part of it rejection and filtering kept out (the rest of the saving is the
 early stop's).
+
+Retained states (``train.retain_tasks``, ``algo.retain_coef``): the reference policy's own decisions on tasks
+to keep (the expert tasks), collected once at the start of a run; every gradient step of every algorithm adds
+``retain_coef`` x 0.5 ||mean - mean_ref||^2 on a minibatch of them (Learning without Forgetting's distillation
+on the old tasks' states, for a head trained on one task).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 import torch
 
 from flywheel.vla_rl.engine import RolloutBatch
-from flywheel.vla_rl.objectives import kl_to_reference, mixed_groups, ppo_clip_loss
+from flywheel.vla_rl.objectives import kl_to_reference, mean_anchor, mixed_groups, ppo_clip_loss
 
 
 @dataclass
@@ -48,6 +53,8 @@ class AlgoConfig:
     # update, operator_coef x their mean NLL at a fixed scale, operator_epochs full-batch steps (0: epochs)
     operator_coef: float = 1.0
     operator_epochs: int = 0
+    # the reference's mean held at the retained states (train.retain_tasks) at every gradient step (0: off)
+    retain_coef: float = 0.0
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
@@ -80,7 +87,16 @@ class Algorithm:
         if not params:
             raise ValueError(f"{self.name}: the policy has no trainable parameters")
         self.opt = torch.optim.Adam(params, lr=cfg.lr)
-        self.ref = ref if ref is not None else (frozen_copy(policy) if cfg.kl_coef > 0 else None)
+        if cfg.retain_coef < 0:
+            raise ValueError(f"{self.name}: algo.retain_coef={cfg.retain_coef} must be >= 0")
+        if cfg.retain_coef > 0 and not hasattr(policy, "dist"):
+            raise ValueError(f"{self.name}: algo.retain_coef={cfg.retain_coef} holds a Gaussian head's mean; "
+                             f"{type(policy).__name__} has none (head.kind=gaussian)")
+        needs_ref = cfg.kl_coef > 0 or cfg.retain_coef > 0
+        self.ref = ref if ref is not None else (frozen_copy(policy) if needs_ref else None)
+        self.retain_feats: torch.Tensor | None = None  # set_retained: the retained states' features
+        self.retain_mean: torch.Tensor | None = None  # and the reference's chunk means there
+        self._retain_log: list[float] = []
         self.samples_trained = 0  # decisions x epochs that went through gradient steps
         self.samples_offered = 0  # the same without dynamic rejection / filtering / the KL early stop
         self.samples_filtered = 0  # decisions x epochs kept out by rejection / filtering
@@ -139,7 +155,35 @@ class Algorithm:
             return None
         return self.ref.log_prob(batch.feats, batch.actions, batch.extra)
 
+    @torch.no_grad()
+    def set_retained(self, feats: torch.Tensor) -> None:
+        """The states whose reference behaviour every gradient step holds (``retain_coef`` > 0)."""
+        if self.cfg.retain_coef <= 0 or self.ref is None:
+            raise ValueError(f"{self.name}: retained states need algo.retain_coef > 0")
+        if len(feats) == 0:
+            raise ValueError(f"{self.name}: no retained states (the retained tasks' rollouts made no decision)")
+        self.retain_feats = feats
+        self.retain_mean = torch.cat([self.ref.dist(feats[i: i + 256])[0] for i in range(0, len(feats), 256)])
+
+    def retain_loss(self) -> torch.Tensor | None:
+        """0.5 ||mean - mean_ref||^2 on a minibatch of the retained states (None when there are none)."""
+        if self.retain_feats is None or self.retain_mean is None:
+            return None
+        idx = torch.randperm(len(self.retain_feats), generator=self.gen)[: self.cfg.minibatch_size]
+        r = mean_anchor(self.policy.dist(self.retain_feats[idx])[0], self.retain_mean[idx])
+        self._retain_log.append(float(r.detach()))
+        return r
+
+    def retain_stats(self) -> dict[str, float]:
+        """The retained states' mean drift over the gradient steps since the last call ({} when none)."""
+        out = {"retain": float(np.mean(self._retain_log))} if self._retain_log else {}
+        self._retain_log = []
+        return out
+
     def step(self, loss: torch.Tensor, n: int) -> float:
+        r = self.retain_loss()
+        if r is not None:
+            loss = loss + self.cfg.retain_coef * r
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],

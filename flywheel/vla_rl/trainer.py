@@ -47,7 +47,8 @@ log = logging.getLogger("flywheel.vla_rl")
 
 TB_KEYS = ("success", "return", "episode_length", "success_length", "approx_kl", "kl_ref", "clip_frac",
            "groups_rejected", "kept_fraction", "value_loss", "pref_acc", "state_pref_acc", "state_pairs", "intervened",
-           "anchor", "loss", "env_steps_per_s")
+           "anchor", "retain", "loss", "env_steps_per_s")
+RETAIN_SEED = 900_000  # the retained states' seeds: below the held-out seeds, far above any run's training seeds
 
 
 @dataclass
@@ -58,6 +59,10 @@ class TrainConfig:
     final_eval_episodes: int = 100
     eval_seed: int = 1_000_000  # held-out seeds start here (training seeds count from the run seed)
     eval_tasks: list[str] = field(default_factory=list)  # [] -> the training tasks (add expert tasks: forgetting)
+    # tasks whose reference behaviour is held (algo.retain_coef): the starting policy's deterministic decisions on
+    # retain_episodes seeds of each, from RETAIN_SEED (neither training nor held-out seeds), collected once
+    retain_tasks: list[str] = field(default_factory=list)
+    retain_episodes: int = 8
     keep: str = "best"  # the policy handed on (policy/, the registry): best (held-out evaluation) | last
     progress: bool = True
 
@@ -81,6 +86,12 @@ class Trainer:
         self.update_s = 0.0
         self._writer: Any = None
         self.resumed = False
+        coef = float(getattr(algo.cfg, "retain_coef", 0.0))
+        if bool(cfg.retain_tasks) != (coef > 0):
+            raise ValueError(f"train.retain_tasks={list(cfg.retain_tasks)} with algo.retain_coef={coef}: give both "
+                             "(the tasks whose behaviour to hold and its weight) or neither")
+        if cfg.retain_tasks and cfg.retain_episodes < 1:
+            raise ValueError(f"train.retain_episodes={cfg.retain_episodes}: must be >= 1")
 
     # ------------------------------------------------------------------ logging
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -130,6 +141,22 @@ class Trainer:
         length = float(b.length[b.success].float().mean()) if b.success.any() else None
         return float(b.success.float().mean()), length
 
+    def collect_retained(self) -> None:
+        """The reference policy's deterministic decisions on ``retain_tasks`` (the same seeds every time, so a
+        resumed run holds the same states), handed to the algorithm; nothing recorded, no env steps counted."""
+        eng, n = self.engine, int(self.cfg.retain_episodes)
+        tasks = [t for t in self.cfg.retain_tasks for _ in range(n)]
+        seeds = [RETAIN_SEED + i for _ in self.cfg.retain_tasks for i in range(n)]
+        (rec, eng.recorder), (pol, eng.policy) = (eng.recorder, None), (eng.policy, self.algo.ref)
+        try:
+            b = eng.collect(len(tasks), group_size=1, deterministic=True, seeds=seeds, tasks=tasks, count=False,
+                            assisted=False)
+        finally:
+            eng.recorder, eng.policy = rec, pol
+        self.algo.set_retained(b.feats)
+        log.info("retained states: %d decisions of the reference on %s (success %.2f)", len(b.feats),
+                 list(self.cfg.retain_tasks), float(b.success.float().mean()))
+
     def best_eval(self) -> dict[str, Any]:
         """The evaluation with the highest success, the earliest of ties."""
         return max(self.evals, key=lambda e: (e["success"], -e["env_steps"]))
@@ -172,6 +199,8 @@ class Trainer:
                 log.info("resumed at iteration %d, %d env steps", self.iteration, eng.env_steps)
         if not self.evals:
             self.evaluate(cfg.eval_episodes)
+        if cfg.retain_tasks:
+            self.collect_retained()
         next_eval = (eng.env_steps // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every else None
         acfg = self.algo.cfg
         from tqdm import tqdm
@@ -193,6 +222,7 @@ class Trainer:
             if batch.intervened is not None:  # an operator took part: the share of decisions it corrected
                 stats["intervened"] = float(batch.intervened.float().mean())
             stats.update(self.algo.update(batch))
+            stats.update(self.algo.retain_stats())
             t2 = time.perf_counter()
             self.rollout_s += t1 - t0
             self.update_s += t2 - t1

@@ -82,6 +82,34 @@ def test_kl_early_stop_is_not_counted_as_rejection():
     assert algo.samples_filtered == 0
 
 
+def test_retained_states_keep_the_reference_mean_there():
+    """algo.retain_coef holds the starting policy's mean at the retained states, in every algorithm's steps."""
+    drift = []
+    for coef in (0.0, 10.0):
+        pol, algo, eng = _setup("ppo", retain_coef=coef, target_kl=0.0)
+        ref = frozen_copy(pol)
+        probe = eng.collect(4, group_size=1, deterministic=True, seeds=[77, 78, 79, 80], count=False)
+        if coef:
+            algo.set_retained(probe.feats)
+        for _ in range(5):
+            algo.update(eng.collect(algo.cfg.groups_per_iter))
+        with torch.no_grad():
+            drift.append(float(mean_anchor(pol.dist(probe.feats)[0], ref.dist(probe.feats)[0])))
+        assert ("retain" in algo.retain_stats()) == bool(coef)
+    assert drift[1] < 0.25 * drift[0]
+
+
+def test_retained_states_are_checked():
+    with pytest.raises(ValueError, match="retain_coef=-1"):
+        _setup("ppo", retain_coef=-1.0)
+    with pytest.raises(ValueError, match="Gaussian head"):
+        _setup("ppo", flow=True, retain_coef=1.0)
+    pol, algo, eng = _setup("ppo")
+    with pytest.raises(ValueError, match="retain_coef > 0"):
+        algo.set_retained(torch.zeros(3, 4))
+    assert algo.retain_stats() == {}
+
+
 def test_kl_keeps_grpo_near_the_reference():
     """With a large KL weight the policy stays closer to its start than without."""
     dists = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 
 def _compose(tmp_path, *over):
@@ -84,6 +85,32 @@ def test_run_resume_and_register(tmp_path):
     assert res2["update_compute_saved_by_filtering"] == 0.0
     assert res2["update_compute_saved_by_early_stop"] == pytest.approx(res2["update_compute_saved"])
     assert "(rejection / filtering 0.0%, the KL early stop" in (out / "report.md").read_text()
+
+
+def test_retained_tasks_are_the_references_and_cost_no_budget(tmp_path, monkeypatch):
+    """train.retain_tasks: the reference's deterministic decisions, collected once per run (again on resume, the
+    same states), no env steps counted, nothing recorded; the run logs their drift."""
+    from flywheel.vla_rl.cli import run
+    from flywheel.vla_rl.trainer import Trainer
+
+    with pytest.raises(ValueError, match="give both"):
+        run(_compose(tmp_path, "env_steps=100", "train.retain_tasks=[reach]"))
+    got = []
+    orig = Trainer.collect_retained
+
+    def spy(self):
+        steps = self.engine.env_steps
+        orig(self)
+        assert self.engine.env_steps == steps and self.engine.policy is self.policy
+        got.append(self.algo.retain_feats.clone())
+
+    monkeypatch.setattr(Trainer, "collect_retained", spy)
+    over = ["algo=ppo", "algo.retain_coef=1.0", "train.retain_tasks=[reach]", "train.retain_episodes=4"]
+    res = run(_compose(tmp_path, "env_steps=200", *over))
+    assert len(got) == 1 and len(got[0]) > 0
+    assert all("retain" in h for h in json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["history"])
+    run(_compose(tmp_path, "env_steps=400", *over))  # resumed: the policy moved, the retained states did not
+    assert len(got) == 2 and torch.equal(got[0], got[1]) and res["env_steps"] >= 200
 
 
 @pytest.mark.parametrize("keep", ["best", "last"])
