@@ -126,8 +126,8 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
         time.sleep(0.5)
         rig.send("event", "start")
         time.sleep(1.0)
-        rig.send("intervening", True)  # the operator takes over for a while
-        time.sleep(0.6)
+        rig.send("intervening", True)  # the operator takes over for a while (~12 ticks: >= 3 even when a loaded
+        time.sleep(1.2)                 # machine skips most of them; at load ~5 a 0.6 s window recorded 1 of 6)
         rig.send("intervening", False)
         time.sleep(0.6)
         rig.send("event", "success")
@@ -157,7 +157,7 @@ def test_recorder_node_records_an_episode_with_interventions(tmp_path):
     assert (r.task, r.source, r.success, r.instruction, r.rig_id) == ("wipe", "human", True, "wipe the table",
                                                                       "test-rig")
     assert r.camera_ids == {"front": "cam123"}
-    assert 12 <= len(ep) <= 28, len(ep)  # ~2.2 s at 10 Hz (a loaded machine may skip a few ticks)
+    assert 14 <= len(ep) <= 34, len(ep)  # ~2.8 s at 10 Hz (a loaded machine may skip a few ticks)
     inter = ep["intervention"]
     assert not inter[:4].any() and inter.sum() >= 3 and not inter[-2:].any()
     a = ep["action"]
