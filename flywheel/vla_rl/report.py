@@ -55,8 +55,8 @@ def write_report(path: str | Path, results: dict[str, Any], history: Sequence[di
         f"| update wall-clock | {r['update_seconds']:.0f} s |",
         f"| groups rejected (mean) | {r['groups_rejected_mean']:.3f} |",
         f"| update compute saved | {r['update_compute_saved']:.1%} (rejection / filtering "
-        f"{r.get('update_compute_saved_by_filtering', 0.0):.1%}, the KL early stop "
-        f"{r.get('update_compute_saved_by_early_stop', r['update_compute_saved']):.1%}) |",
+        f"{r['update_compute_saved_by_filtering']:.1%}, the KL early stop "
+        f"{r['update_compute_saved_by_early_stop']:.1%}) |",
     ]
     if r.get("kept"):
         k = r["kept"]
