@@ -223,13 +223,25 @@ class EpisodeDataset(Dataset):
     def record(self, episode_index: int):
         return self.store.record(episode_index)
 
-    def sample_probabilities(self, weights: Sequence[float]) -> np.ndarray:
+    def sample_probabilities(self, weights: Sequence[float] | None = None,
+                             intervened_only: Sequence[int] = ()) -> np.ndarray:
         """Per-sample probabilities from per-episode ``weights``, one per episode as given to the
-        constructor (``episodes``, else :attr:`episodes`), each spread evenly over the episode's samples."""
+        constructor (``episodes``, else :attr:`episodes`; ``None``: every sample equally likely), each spread
+        evenly over the episode's samples. ``intervened_only``: episodes (store indices) whose samples are
+        their operator's steps only (``intervention``, as HG-DAgger labels); one without any drops out."""
         n = len(self._episode_choice) if self._episode_choice is not None else len(self.episodes)
-        if len(weights) != n:
+        if weights is not None and len(weights) != n:
             raise ValueError(f"weights: {len(weights)} for {n} episodes (give one per episode)")
-        return episode_probabilities(self._ep_pos, np.asarray(weights, np.float64)[self._kept])
+        keep = None
+        if len(intervened_only):
+            only = np.isin(self._ep_index, np.asarray(list(intervened_only), np.int64))
+            keep = ~only | self._low["intervention"][self._step].astype(bool)
+        if weights is None:  # every (kept) sample equally likely: each episode weighs its kept samples' count
+            pos = self._ep_pos if keep is None else self._ep_pos[keep]
+            w = np.bincount(pos, minlength=len(self.episodes)).astype(np.float64)
+        else:
+            w = np.asarray(weights, np.float64)[self._kept]
+        return episode_probabilities(self._ep_pos, w, keep)
 
     def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[EpisodeDataset, EpisodeDataset]:
         """Train and validation datasets over disjoint episodes."""
@@ -359,13 +371,16 @@ def batch_to_device(batch: Mapping[str, Any], device: str | torch.device) -> dic
 
 
 def random_batches(dataset: EpisodeDataset, batch_size: int, *, seed: int = 0,
-                   weights: Sequence[float] | None = None, replace: bool = True) -> DataLoader:
+                   weights: Sequence[float] | None = None, replace: bool = True,
+                   intervened_only: Sequence[int] = ()) -> DataLoader:
     """Seeded random batches of ``dataset`` (in-process), optionally with per-episode sampling ``weights``
-    (one per episode given to the dataset, e.g. to replay older data at a set fraction): see
+    (one per episode given to the dataset, e.g. to replay older data at a set fraction) and episodes trained on
+    their operator's steps only (``intervened_only``, :meth:`EpisodeDataset.sample_probabilities`): see
     :class:`flywheel.data.sampler.RandomBatchSampler` for ``replace``. One pass is ``len // batch_size``
     batches; iterating again continues the random stream."""
     if len(dataset) == 0:
         raise ValueError("no samples to train on: the episode list is empty")
-    p = None if weights is None else dataset.sample_probabilities(weights)
+    p = None if weights is None and not len(intervened_only) else \
+        dataset.sample_probabilities(weights, intervened_only)
     sampler = RandomBatchSampler(len(dataset), batch_size, seed=seed, p=p, replace=replace)
     return make_loader(dataset, batch_sampler=sampler, num_workers=0)

@@ -81,15 +81,23 @@ class MixedBatchSampler:
             yield batch.tolist()
 
 
-def episode_probabilities(episode_of_sample: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+def episode_probabilities(episode_of_sample: np.ndarray, weights: Sequence[float],
+                          keep: np.ndarray | None = None) -> np.ndarray:
     """Per-sample probabilities from per-episode ``weights`` (indexed by ``episode_of_sample``), each
-    episode's weight spread evenly over its samples: episode ``i`` is drawn with ``weights[i] / sum``."""
+    episode's weight spread evenly over its samples: episode ``i`` is drawn with ``weights[i] / sum``.
+    ``keep`` (per-sample bool): only those samples are drawn, each episode's weight spread over its kept
+    samples; an episode with none kept drops out (the others' weights renormalised)."""
     w = np.asarray(weights, np.float64)
     if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights={list(np.atleast_1d(w))}: must be finite, >= 0 and not all 0")
     ep = np.asarray(episode_of_sample, np.int64)
-    counts = np.bincount(ep, minlength=len(w))
-    pw = w[ep] / counts[ep]
+    k = np.ones(len(ep), bool) if keep is None else np.asarray(keep, bool)
+    if k.shape != ep.shape:
+        raise ValueError(f"keep: {k.shape} for {ep.shape} samples")
+    counts = np.bincount(ep[k], minlength=len(w))
+    pw = np.where(k, w[ep] / np.maximum(counts[ep], 1), 0.0)
+    if pw.sum() <= 0:
+        raise ValueError("no sample left to draw: every episode with weight has no kept sample")
     return pw / pw.sum()
 
 

@@ -111,9 +111,9 @@ def feature_cache(model: Any, store: Any, sft: Any) -> Any:
 
 
 def batches(model: Any, store: Any, episodes: Sequence[int], sft: Any,
-            weights: Sequence[float] | None = None) -> Any:
+            weights: Sequence[float] | None = None, intervened_only: Sequence[int] = ()) -> Any:
     """Training batches for ``model`` from the store loader: cached features when its encoder is frozen,
-    else images (:func:`flywheel.distill.generalist.sft_batches`)."""
+    else images (:func:`flywheel.distill.generalist.sft_batches`, which takes ``weights`` and ``intervened_only``)."""
     from flywheel.distill.generalist import sft_batches
 
     features = None
@@ -126,7 +126,7 @@ def batches(model: Any, store: Any, episodes: Sequence[int], sft: Any,
         log.warning("sft.frame_stride=%s applies to cached features only: finetune=%s trains on every frame",
                     sft.frame_stride, model.cfg.finetune)
     return sft_batches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights,
-                       features=features)
+                       features=features, intervened_only=intervened_only)
 
 
 def new_compact(g: Any, spec: RigSpec, stats: Mapping[str, Any], checkpoint: str = "", image_codec: str = "") -> Any:

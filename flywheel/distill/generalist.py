@@ -167,14 +167,16 @@ def new_generalist(g: Any, spec: RigSpec, backbone: str, stats: Mapping[str, Any
 
 
 def sft_batches(store: Any, episodes: Sequence[int], spec: RigSpec, batch_size: int, *, seed: int = 0,
-                weights: Sequence[float] | None = None, features: Any = None) -> Any:
+                weights: Sequence[float] | None = None, features: Any = None,
+                intervened_only: Sequence[int] = ()) -> Any:
     """Random training batches of ``episodes`` through the store loader (:mod:`flywheel.data.loader`): the
     spec's cameras and proprio keys, ``instruction``, ``actions`` chunks and ``action_is_pad``.
 
     Images are decoded into memory once (small images: a few KB a frame); with ``features`` (a
     :class:`policy.feature_cache.FeatureCache`) ``features/<camera>`` come in their place, one sample per
     cached step, no sample twice in a batch. ``weights``: per-episode sampling weights (e.g. to replay older
-    data at a set fraction), each spread over the episode's samples."""
+    data at a set fraction), each spread over the episode's samples; ``intervened_only``: episodes trained on
+    their operator's steps only."""
     from flywheel.data.loader import EpisodeDataset, random_batches
 
     episodes = [int(e) for e in episodes]
@@ -183,7 +185,8 @@ def sft_batches(store: Any, episodes: Sequence[int], spec: RigSpec, batch_size: 
     keys = [f"images/{c}" for c in spec.camera_names] + list(PROPRIO_KEYS)
     data = EpisodeDataset(store, episodes=episodes, obs_keys=keys, horizon=spec.action.chunk_horizon,
                           in_memory=features is None, features=features)
-    return random_batches(data, batch_size, seed=seed, weights=weights, replace=features is None)
+    return random_batches(data, batch_size, seed=seed, weights=weights, replace=features is None,
+                          intervened_only=intervened_only)
 
 
 def final_checkpoint(out_dir: str | Path) -> Path | None:
@@ -201,9 +204,11 @@ def finetune(
     sft: Any,
     *,
     weights: Sequence[float] | None = None,
+    intervened_only: Sequence[int] = (),
 ) -> Path:
     """Fine-tune ``parent`` (a checkpoint directory, a VLA or a CompactVLA) on ``episodes``; returns the final
-    checkpoint. The parent's normalisation statistics are kept.
+    checkpoint. The parent's normalisation statistics are kept. ``weights``: per-episode sampling weights;
+    ``intervened_only``: episodes of ``episodes`` trained on their operator's steps only.
 
     A compact parent (:mod:`flywheel.distill.compact`) with ``sft.finetune=frozen`` trains on cached
     encoder features (``sft.feature_root``, ``sft.frame_stride``); ``partial``/``full`` on images.
@@ -224,14 +229,16 @@ def finetune(
     data: Any
     if compact.is_compact(parent):
         model = compact.prepare_model(parent, str(sft.finetune))
-        data = compact.batches(model, store, [int(e) for e in episodes], sft, weights=weights)
+        data = compact.batches(model, store, [int(e) for e in episodes], sft, weights=weights,
+                               intervened_only=intervened_only)
     else:
         model = VLA.from_checkpoint(parent) if isinstance(parent, (str, Path)) else parent
         if sft.finetune == "frozen":
             model.freeze_backbone()
         elif sft.finetune == "full" and model.cfg.finetune == "frozen":
             model.unfreeze_backbone()
-        data = sft_batches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights)
+        data = sft_batches(store, episodes, model.spec, int(sft.batch_size), seed=int(sft.seed), weights=weights,
+                           intervened_only=intervened_only)
     cfg = TrainConfig(out_dir=str(out_dir), steps=int(sft.steps), lr=float(sft.lr), backbone_lr=float(sft.backbone_lr),
                       warmup_steps=int(sft.warmup_steps), save_every=int(sft.save_every), keep_checkpoints=1,
                       log_every=10, resume=True, seed=int(sft.seed), amp=False)

@@ -65,6 +65,10 @@ class IReVLAConfig:
     # stage 2's share of samples from the RL successes: 0 weighs every step equally (the paper: expert demos and
     # RL successes pooled); e.g. 0.5 keeps a few dozen RL successes from drowning among ~1000 expert demos
     stage2_rl_fraction: float = 0.0
+    # stage 2's labels from stage 1: successes (every step of the RL successes, the paper's) | operator (the
+    # operator's steps of every assisted stage-1 rollout, success or not: HG-DAgger's labels; the policy's own
+    # sampled actions are not trained on)
+    stage2_rl_labels: str = "successes"
     stage2_finetune: str = "full"  # full | lora (vla); frozen | partial | full (compact: frozen = cached features)
     device: str = "auto"  # rollouts and evaluation: auto (CUDA when present) | cpu | cuda; stage 2 uses sft.device
 
@@ -314,10 +318,25 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
     return final, summary
 
 
+STAGE2_LABELS = ("successes", "operator")
+
+
+def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list[int]:
+    """Stage 2's episodes from stage 1's ``collections``: the successes (``labels="successes"``) or every
+    rollout in which the operator took over (``"operator"``; only those steps are then trained on)."""
+    if labels not in STAGE2_LABELS:
+        raise ValueError(f"method.stage2_rl_labels={labels!r}: use one of {STAGE2_LABELS}")
+    if labels == "successes":
+        return collect.select(store, source="rl", success=True, collection=list(collections))
+    eps = collect.select(store, source="rl", success=None, collection=list(collections))
+    return [i for i in eps if store.read("intervention", store.record(i).start, store.record(i).end).any()]
+
+
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_eps: list[int], out_dir: Path,
              sft: Any, cfg: Any) -> Path:
     """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step,
-    or ``cfg.stage2_rl_fraction`` of the samples from the RL successes).
+    or ``cfg.stage2_rl_fraction`` of the samples from the RL successes). With ``cfg.stage2_rl_labels=operator``
+    ``rl_success_eps`` are the assisted rollouts (:func:`stage2_episodes`), trained on their operator's steps only.
 
     ``cfg.stage2_finetune`` sets ``sft.finetune``; a compact parent with ``frozen`` trains its head on cached
     encoder features (the frozen-backbone stage of the compact family)."""
@@ -325,7 +344,9 @@ def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_e
 
     sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
     eps, weights = stage2_mix(expert_eps, rl_success_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)))
-    return finetune(parent, store, eps, out_dir, sft, weights=weights)
+    operator = str(getattr(cfg, "stage2_rl_labels", "successes")) == "operator"
+    return finetune(parent, store, eps, out_dir, sft, weights=weights,
+                    intervened_only=list(rl_success_eps) if operator else ())
 
 
 def stage2_mix(expert_eps: Sequence[int], rl_success_eps: Sequence[int],
@@ -364,6 +385,8 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
 
     g, ire = cfg.generalist, cfg.method
     check_stage1(str(ire.stage1))
+    if str(ire.stage2_rl_labels) not in STAGE2_LABELS:
+        raise ValueError(f"method.stage2_rl_labels={ire.stage2_rl_labels!r}: use one of {STAGE2_LABELS}")
     groups = {"expert": list(ire.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(ire.unseen_tasks)}
     eval_tasks = [t for ts in groups.values() for t in ts]
     spec_holder: dict[str, Any] = {}
@@ -447,10 +470,11 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
                          for k in range(int(ire.rl_iterations))]
                 names += [collection_name(f"round{i}_rl", t, ire.stage1)
                           for i, t in enumerate(groups["rl"][:r], start=1)]
-                rl_ok = collect.select(s, source="rl", success=True, collection=names)
+                rl_ok = stage2_episodes(s, names, str(ire.stage2_rl_labels))
                 ckpt = sl_stage(ctx.output(rl_name)["checkpoint"], s, expert_eps(s), rl_ok,
                                 ctx.stage_dir(sl_name) / "sft", sft_cfg(ire.stage2_steps), ire)
-            return {"checkpoint": str(ckpt), "rl_successes": len(rl_ok)}
+            key = "rl_successes" if str(ire.stage2_rl_labels) == "successes" else "rl_assisted"
+            return {"checkpoint": str(ckpt), key: len(rl_ok)}
 
         stages += [Stage(rl_name, rl), Stage(f"eval_{rl_name}", evaluation(rl_name)),
                    Stage(sl_name, sl), Stage(f"eval_{sl_name}", evaluation(sl_name))]

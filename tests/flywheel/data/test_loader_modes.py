@@ -102,3 +102,32 @@ def test_random_batches_follow_the_old_draws_and_the_weights(store):
         ds.sample_probabilities([1.0])
     with pytest.raises(ValueError, match="not all 0"):
         ds.sample_probabilities([0.0, 0.0])
+
+
+def test_intervened_only_episodes_train_on_their_operators_steps(store):
+    """HG-DAgger's labels: an episode in ``intervened_only`` gives only the steps its operator took; the others
+    all of theirs; an episode without any operator step drops out; weights still set each episode's share."""
+    # by hand: episode 0 keeps samples 0 and 2 of 0-2, episode 1 none, episode 2 all; equal episode weights
+    np.testing.assert_allclose(
+        episode_probabilities(np.array([0, 0, 0, 1, 1, 2]), [1.0, 1.0, 1.0], np.array([1, 0, 1, 0, 0, 1], bool)),
+        [0.25, 0.0, 0.25, 0.0, 0.0, 0.5])
+    with pytest.raises(ValueError, match="no sample left"):
+        episode_probabilities(np.array([0, 1]), [1.0, 0.0], np.array([0, 1], bool))
+    ds = EpisodeDataset(store, episodes=[1, 3], obs_keys=["state/ee_pos"], in_memory=True)
+    inter = store.read("intervention", 0, store.num_steps).astype(bool)
+    r3 = store.record(3)
+    assert 0 < inter[r3.start:r3.end].sum() < r3.length  # the fixture's episodes mix both kinds of steps
+    p = ds.sample_probabilities(intervened_only=[3])
+    b = ds.__getitems__(np.arange(len(ds)))
+    on = p > 0
+    from3 = b["episode_index"].numpy() == 3
+    assert (on[~from3]).all() and (on[from3] == inter[b["index"].numpy()[from3]]).all()
+    # no weights: every kept sample equally likely
+    np.testing.assert_allclose(p[on], 1.0 / on.sum())
+    # weights: episode 3's half spread over its operator's steps only
+    p = ds.sample_probabilities([1.0, 1.0], intervened_only=[3])
+    assert abs(p[from3].sum() - 0.5) < 1e-9 and np.allclose(p[from3 & on], 0.5 / (from3 & on).sum())
+    batch = next(iter(random_batches(ds, 2000, seed=0, intervened_only=[3])))
+    drawn = batch["index"].numpy()[batch["episode_index"].numpy() == 3]
+    assert len(drawn) and inter[drawn].all()
+    assert (batch["episode_index"].numpy() == 1).any()

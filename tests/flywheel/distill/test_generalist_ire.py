@@ -89,6 +89,40 @@ def test_stage2_rl_fraction_sets_the_share_of_rl_successes(store):
         stage2_mix([0], [2], 1.0)
 
 
+def test_stage2_operator_labels_take_the_assisted_rollouts_and_only_their_operators_steps(tmp_path, store):
+    """``method.stage2_rl_labels=operator``: stage 2's RL episodes are every rollout the operator took over in
+    (failures too; none without an operator step), and only those steps are trained on."""
+    from flywheel.distill.ire_vla import stage2_episodes
+
+    spec, rng = store.spec, np.random.default_rng(0)
+
+    def obs(key, sp):
+        if key.startswith(("images/", "depth/")):
+            return rng.integers(0, 255, (12, *sp.shape)).astype(sp.dtype)
+        return rng.standard_normal((12, *sp.shape)).astype(np.float32)
+
+    with EpisodeStore(tmp_path / "s", "w", spec) as s:
+        for k, (success, inter) in enumerate([(True, None), (True, "some"), (False, "some"), (False, "none"),
+                                              (True, "none")]):
+            ep = {key: obs(key, sp) for key, sp in spec.observation_specs().items()}
+            ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
+            ep["intervention"] = np.zeros(12, bool) if inter != "some" else np.arange(12) % 3 == 0
+            coll = "expert" if inter is None else "ire/round1_rl/T/ppo"
+            s.add_episode(ep, task="T", instruction="t", success=success,
+                          source="human" if inter is None else "rl", extra={"collection": coll})
+        assert stage2_episodes(s, ["ire/round1_rl/T/ppo"], "successes") == [1, 4]
+        assert stage2_episodes(s, ["ire/round1_rl/T/ppo"], "operator") == [1, 2]
+        with pytest.raises(ValueError, match="stage2_rl_labels"):
+            stage2_episodes(s, ["ire/round1_rl/T/ppo"], "failures")
+        eps, w = stage2_mix([0], [1, 2], 0.5)
+        b = next(iter(sft_batches(s, eps, s.spec, batch_size=3000, seed=0, weights=w, intervened_only=[1, 2])))
+        idx, ep_of = b["index"].numpy(), b["episode_index"].numpy()
+        local = idx - np.array([s.record(int(e)).start for e in ep_of])
+        rl = ep_of != 0
+        assert (local[rl] % 3 == 0).all()  # the operator's steps only
+        assert abs(rl.mean() - 0.5) < 0.04 and set(ep_of[rl]) == {1, 2}
+
+
 def test_discounted_returns():
     np.testing.assert_allclose(discounted_returns(True, 3, 0.5), [0.25, 0.5, 1.0])
     assert not discounted_returns(False, 4, 0.9).any()
