@@ -90,28 +90,31 @@ def truncate_uncommitted(store: EpisodeStore) -> None:
         if a.shape[0] != size:
             dropped = True
             a.resize((size,))
-    if is_local(store.path):
-        for tmp in local_path(store.path).rglob("*.partial"):
-            tmp.unlink(missing_ok=True)
-            dropped = True
-        delete_chunks_beyond(store, t)
+    # a crashed writer's image chunks (and their *.partial temporaries: a chunk is renamed into place before its
+    # episode commits) lie at steps >= t only; one listing of each camera's chunk folder finds them, where a walk
+    # of the whole store took minutes on a store of a few hundred thousand frames
+    dropped = delete_chunks_beyond(store, t) or dropped
     if dropped:
         log.warning("%s: dropped the uncommitted tail a previous writer left behind", store.path)
     store._arrays.clear()
 
 
-def delete_chunks_beyond(store: EpisodeStore, t: int) -> None:
-    """Remove image chunk files at steps >= t (left by an aborted or crashed writer)."""
+def delete_chunks_beyond(store: EpisodeStore, t: int) -> bool:
+    """Remove image chunk files at steps >= t (left by an aborted or crashed writer); True if there were any."""
     if not is_local(store.path):
-        return
+        return False
     import shutil
 
+    dropped = False
     for key in store.image_keys:
         root = local_path(store.path) / "data" / key / "c"
         if root.is_dir():
-            for d in root.iterdir():
-                if d.name.isdigit() and int(d.name) >= t:
-                    shutil.rmtree(d, ignore_errors=True)
+            with os.scandir(root) as it:
+                for d in it:
+                    if d.name.isdigit() and int(d.name) >= t:
+                        shutil.rmtree(d.path, ignore_errors=True)
+                        dropped = True
+    return dropped
 
 
 def write_image_chunk(store: EpisodeStore, key: str, step: int, codec: Any, img: np.ndarray) -> None:

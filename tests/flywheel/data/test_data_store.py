@@ -170,6 +170,31 @@ def test_abort_and_reopen_drop_the_uncommitted_tail(tmp_path, spec):
     _assert_episode_equal(r.episode(1), make_episode(spec, 5, seed=3))
 
 
+def test_a_new_writer_removes_a_dead_writers_chunks_and_temporaries(tmp_path, spec, caplog):
+    """What a crashed writer leaves beyond the committed end (chunk folders, a half-written ``*.partial``) is
+    gone once a new writer opens the store, the committed episodes untouched; a clean store opens silently."""
+    path = tmp_path / "s.zarr"
+    ep = make_episode(spec, 10)
+    with EpisodeStore(path, "w", spec) as s:
+        s.add_episode(ep, task="kept")
+        t, cam = s.num_steps, s.image_keys[0]
+    c = path / "data" / cam / "c"
+    tail = c / str(t + 2) / "0"
+    tail.mkdir(parents=True)
+    (tail / "0.3f2a.partial").write_bytes(b"half a png")
+    (c / str(t) / "0").mkdir(parents=True)
+    (c / str(t) / "0" / "0").write_bytes(b"an uncommitted chunk")
+    with caplog.at_level("WARNING"), EpisodeStore(path, "a", spec) as s:
+        assert s.num_episodes == 1
+    assert "dropped the uncommitted tail" in caplog.text
+    assert not list(path.rglob("*.partial")) and not (c / str(t)).exists() and not (c / str(t + 2)).exists()
+    _assert_episode_equal(EpisodeStore(path).episode(0), ep)
+    caplog.clear()
+    with caplog.at_level("WARNING"), EpisodeStore(path, "a", spec):
+        pass
+    assert "dropped" not in caplog.text
+
+
 WRITER = textwrap.dedent(
     """
     import sys, numpy as np
