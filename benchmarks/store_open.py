@@ -7,17 +7,18 @@ A writer's open drops whatever a crashed writer left beyond the committed end. S
 * ``open``: ``EpisodeStore(path, "a")`` as it is now (one listing of each camera's chunk folder, where a dead
   writer's chunks and temporaries lie).
 
-The first pass after another job may meet a cold page cache; ``--repeats`` runs each again (warm).
+The first pass after another job may meet a cold page cache; ``--repeats`` runs each again (warm). The walk
+stops after ``--walk-limit`` seconds (reported as not finished, with the folders it had visited).
 
-    .venv/bin/python benchmarks/store_open.py outputs/bench/store_ire_dpo_s1 [--repeats 2]
+    .venv/bin/python benchmarks/store_open.py outputs/bench/store_ire_dpo_s1 [--repeats 2] [--walk-limit 900]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from pathlib import Path
 
 from flywheel.data import EpisodeStore
 
@@ -26,19 +27,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("store")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--walk-limit", type=float, default=900.0)
     args = ap.parse_args()
     with EpisodeStore(args.store, "r") as s:
         info = {"episodes": s.num_episodes, "steps": s.num_steps, "image_keys": len(s.image_keys)}
     rows = []
     for r in range(args.repeats):
         t = time.perf_counter()
-        n = sum(1 for _ in Path(args.store).rglob("*.partial"))
-        walk = time.perf_counter() - t
-        t = time.perf_counter()
         with EpisodeStore(args.store, "a"):
             pass
-        rows.append({"pass": r, "walk_s": round(walk, 2), "partial_files": n,
-                     "open_for_append_s": round(time.perf_counter() - t, 3)})
+        opened = time.perf_counter() - t
+        t, folders, partial, finished = time.perf_counter(), 0, 0, True
+        for _, _, files in os.walk(args.store):  # what rglob("*.partial") visits
+            folders += 1
+            partial += sum(f.endswith(".partial") for f in files)
+            if time.perf_counter() - t > args.walk_limit:
+                finished = False
+                break
+        rows.append({"pass": r, "open_for_append_s": round(opened, 3), "walk_s": round(time.perf_counter() - t, 2),
+                     "walk_finished": finished, "folders_walked": folders, "partial_files": partial})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"store": args.store, **info, "passes": rows}))
 

@@ -321,6 +321,17 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
 STAGE2_LABELS = ("successes", "operator")
 
 
+def stage1_collections(tasks: Sequence[str], stage1: str, iterations: int) -> list[str]:
+    """The store collections this job's stage 1 wrote for rounds 1..len(tasks) (``tasks``: each round's task):
+    AWR's one per iteration, an on-policy learner's one per round. Another stage-1 learner's rollouts in a shared
+    store (same round and task) are not this job's and stay out of its stage 2."""
+    from flywheel.distill.ire_onpolicy import collection_name
+
+    if stage1 == "awr":
+        return [f"ire/round{i}_rl/{t}/iter{k}" for i, t in enumerate(tasks, start=1) for k in range(iterations)]
+    return [collection_name(f"round{i}_rl", t, stage1) for i, t in enumerate(tasks, start=1)]
+
+
 def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list[int]:
     """Stage 2's episodes from stage 1's ``collections``: the successes (``labels="successes"``) or every
     rollout in which the operator took over (``"operator"``; only those steps are then trained on)."""
@@ -379,7 +390,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
         new_generalist,
         store_stats,
     )
-    from flywheel.distill.ire_onpolicy import check_stage1, collection_name
+    from flywheel.distill.ire_onpolicy import check_stage1
     from flywheel.evaluate import HELDOUT_SEED, load_results, save_results
     from flywheel.job import Stage
 
@@ -466,10 +477,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
 
         def sl(ctx: Any, rl_name: str = rl_name, sl_name: str = sl_name, r: int = r) -> dict[str, Any]:
             with store("r") as s:
-                names = [f"ire/round{i}_rl/{t}/iter{k}" for i, t in enumerate(groups["rl"][:r], start=1)
-                         for k in range(int(ire.rl_iterations))]
-                names += [collection_name(f"round{i}_rl", t, ire.stage1)
-                          for i, t in enumerate(groups["rl"][:r], start=1)]
+                names = stage1_collections(groups["rl"][:r], str(ire.stage1), int(ire.rl_iterations))
                 rl_ok = stage2_episodes(s, names, str(ire.stage2_rl_labels))
                 ckpt = sl_stage(ctx.output(rl_name)["checkpoint"], s, expert_eps(s), rl_ok,
                                 ctx.stage_dir(sl_name) / "sft", sft_cfg(ire.stage2_steps), ire)

@@ -123,6 +123,18 @@ def test_stage2_operator_labels_take_the_assisted_rollouts_and_only_their_operat
         assert abs(rl.mean() - 0.5) < 0.04 and set(ep_of[rl]) == {1, 2}
 
 
+def test_stage2_takes_this_jobs_stage1_collections_only():
+    """A store shared by iRe-VLA jobs with different stage-1 learners holds each one's rollouts for the same round
+    and task; stage 2 of a PPO job must not train on an AWR job's (before, it took both)."""
+    from flywheel.distill.ire_vla import stage1_collections
+
+    tasks = ["PandaRig/PegInsert-v0", "PandaRig/LiftCube-Blue-v0"]
+    assert stage1_collections(tasks, "ppo", 3) == ["ire/round1_rl/PandaRig/PegInsert-v0/ppo",
+                                                   "ire/round2_rl/PandaRig/LiftCube-Blue-v0/ppo"]
+    assert stage1_collections(tasks[:1], "awr", 2) == ["ire/round1_rl/PandaRig/PegInsert-v0/iter0",
+                                                       "ire/round1_rl/PandaRig/PegInsert-v0/iter1"]
+
+
 def test_discounted_returns():
     np.testing.assert_allclose(discounted_returns(True, 3, 0.5), [0.25, 0.5, 1.0])
     assert not discounted_returns(False, 4, 0.9).any()
