@@ -343,21 +343,21 @@ def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list
     return [i for i in eps if store.read("intervention", store.record(i).start, store.record(i).end).any()]
 
 
-def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_success_eps: list[int], out_dir: Path,
+def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_eps: list[int], out_dir: Path,
              sft: Any, cfg: Any) -> Path:
     """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step,
-    or ``cfg.stage2_rl_fraction`` of the samples from the RL successes). With ``cfg.stage2_rl_labels=operator``
-    ``rl_success_eps`` are the assisted rollouts (:func:`stage2_episodes`), trained on their operator's steps only.
+    or ``cfg.stage2_rl_fraction`` of the samples from ``rl_eps``, the RL successes). With ``cfg.stage2_rl_labels=operator``
+    ``rl_eps`` are the assisted rollouts (:func:`stage2_episodes`), trained on their operator's steps only.
 
     ``cfg.stage2_finetune`` sets ``sft.finetune``; a compact parent with ``frozen`` trains its head on cached
     encoder features (the frozen-backbone stage of the compact family)."""
     from flywheel.distill.generalist import finetune
 
     sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
-    eps, weights = stage2_mix(expert_eps, rl_success_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)))
+    eps, weights = stage2_mix(expert_eps, rl_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)))
     operator = str(getattr(cfg, "stage2_rl_labels", "successes")) == "operator"
     return finetune(parent, store, eps, out_dir, sft, weights=weights,
-                    intervened_only=list(rl_success_eps) if operator else ())
+                    intervened_only=list(rl_eps) if operator else ())
 
 
 def stage2_mix(expert_eps: Sequence[int], rl_success_eps: Sequence[int],
