@@ -332,15 +332,20 @@ def stage1_collections(tasks: Sequence[str], stage1: str, iterations: int) -> li
     return [collection_name(f"round{i}_rl", t, stage1) for i, t in enumerate(tasks, start=1)]
 
 
+def check_stage2_labels(labels: str) -> None:
+    if labels not in STAGE2_LABELS:
+        raise ValueError(f"method.stage2_rl_labels={labels!r}: use one of {STAGE2_LABELS}")
+
+
 def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list[int]:
     """Stage 2's episodes from stage 1's ``collections``: the successes (``labels="successes"``) or every
     rollout in which the operator took over (``"operator"``; only those steps are then trained on)."""
-    if labels not in STAGE2_LABELS:
-        raise ValueError(f"method.stage2_rl_labels={labels!r}: use one of {STAGE2_LABELS}")
+    check_stage2_labels(labels)
     if labels == "successes":
         return collect.select(store, source="rl", success=True, collection=list(collections))
     eps = collect.select(store, source="rl", success=None, collection=list(collections))
-    return [i for i in eps if store.read("intervention", store.record(i).start, store.record(i).end).any()]
+    inter = store.read("intervention", 0, store.num_steps)  # one read, not one per episode
+    return [i for i in eps if inter[store.record(i).start:store.record(i).end].any()]
 
 
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_eps: list[int], out_dir: Path,
@@ -396,8 +401,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
 
     g, ire = cfg.generalist, cfg.method
     check_stage1(str(ire.stage1))
-    if str(ire.stage2_rl_labels) not in STAGE2_LABELS:
-        raise ValueError(f"method.stage2_rl_labels={ire.stage2_rl_labels!r}: use one of {STAGE2_LABELS}")
+    check_stage2_labels(str(ire.stage2_rl_labels))  # before stage 1, not an hour into the job
     groups = {"expert": list(ire.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(ire.unseen_tasks)}
     eval_tasks = [t for ts in groups.values() for t in ts]
     spec_holder: dict[str, Any] = {}
