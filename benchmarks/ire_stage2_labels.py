@@ -6,7 +6,8 @@ every ``--execute`` value given (actions of each chunk executed before inferring
 * ``stage2``: round ``--round``'s stage 2 again from that job's stage-1 head, on the expert demos plus the stage-1
   rollouts of ``--collections`` (suffixes of ``ire/round<r>_rl/<task>/``: ``ppo``, ``rloo``, ``iter0`` ...), with
   ``--labels successes`` (every step of the successes, the paper's) or ``operator`` (the operator's steps of every
-  assisted rollout: ``method.stage2_rl_labels=operator``); the job's own stage-2 settings otherwise;
+  assisted rollout: ``method.stage2_rl_labels=operator``), the RL share split per episode or per labelled step
+  (``--weighting``: ``method.stage2_rl_weighting``); the job's own stage-2 settings otherwise;
 * ``clone``: RLDG's recipe from the job's parent (1000 steps, lr 3e-4, batch 128, 30% replay of the store's human
   demos) on 50 successful episodes of the scripted operator at ``--noise`` (recorded into the store once).
 
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--round", type=int, default=1)
     ap.add_argument("--labels", default="operator", choices=["successes", "operator"])
+    ap.add_argument("--weighting", default="episode", choices=["episode", "step"],
+                    help="stage2: method.stage2_rl_weighting (the RL share split per episode or per labelled step)")
     ap.add_argument("--collections", nargs="+", default=None, help="stage2: default: the job's own stage 1")
     ap.add_argument("--noise", type=float, default=0.0, help="clone: the scripted operator's noise")
     ap.add_argument("--execute", type=int, nargs="+", default=[1])
@@ -55,7 +58,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     expert_colls = [str(m.expert_collection).format(task=t) for t in m.expert_tasks]
     if args.what == "stage2":
-        m.stage2_rl_labels = args.labels
+        m.stage2_rl_labels, m.stage2_rl_weighting = args.labels, args.weighting
         sft = SFTConfig(**{**cfg["sft"], "steps": int(m.stage2_steps), "seed": args.sft_seed})
         names = ([f"ire/round{args.round}_rl/{task}/{c}" for c in args.collections] if args.collections else
                  ire_vla.stage1_collections([task], str(m.stage1), int(m.rl_iterations)))
@@ -66,7 +69,8 @@ def main() -> None:
             logging.info("stage 2 from %s: %d expert demos, %d stage-1 episodes of %s (%s)", parent, len(expert),
                          len(rl), names, args.labels)
             ckpt = ire_vla.sl_stage(parent, s, expert, rl, out / "sft", sft, m)
-        data = {"parent": parent, "collections": names, "labels": args.labels, "rl_episodes": len(rl)}
+        data = {"parent": parent, "collections": names, "labels": args.labels, "weighting": args.weighting,
+                "rl_episodes": len(rl)}
     else:
         parent = cfg["parent"]
         coll = f"scripted{args.noise:g}/{task}"

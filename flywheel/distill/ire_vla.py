@@ -69,6 +69,9 @@ class IReVLAConfig:
     # operator's steps of every assisted stage-1 rollout, success or not: HG-DAgger's labels; the policy's own
     # sampled actions are not trained on)
     stage2_rl_labels: str = "successes"
+    # how stage2_rl_fraction is spread over the RL episodes: episode (each labelled episode equally, however few of
+    # its steps carry a label) | step (each labelled step equally: an operator takeover of 40 steps weighs 20 of 2)
+    stage2_rl_weighting: str = "episode"
     stage2_finetune: str = "full"  # full | lora (vla); frozen | partial | full (compact: frozen = cached features)
     device: str = "auto"  # rollouts and evaluation: auto (CUDA when present) | cpu | cuda; stage 2 uses sft.device
 
@@ -319,6 +322,7 @@ def rl_stage(parent: str | Path, store: Any, task: str, out_dir: Path, cfg: Any,
 
 
 STAGE2_LABELS = ("successes", "operator")
+STAGE2_WEIGHTINGS = ("episode", "step")
 
 
 def stage1_collections(tasks: Sequence[str], stage1: str, iterations: int) -> list[str]:
@@ -332,9 +336,11 @@ def stage1_collections(tasks: Sequence[str], stage1: str, iterations: int) -> li
     return [collection_name(f"round{i}_rl", t, stage1) for i, t in enumerate(tasks, start=1)]
 
 
-def check_stage2_labels(labels: str) -> None:
+def check_stage2_labels(labels: str, weighting: str = "episode") -> None:
     if labels not in STAGE2_LABELS:
         raise ValueError(f"method.stage2_rl_labels={labels!r}: use one of {STAGE2_LABELS}")
+    if weighting not in STAGE2_WEIGHTINGS:
+        raise ValueError(f"method.stage2_rl_weighting={weighting!r}: use one of {STAGE2_WEIGHTINGS}")
 
 
 def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list[int]:
@@ -348,6 +354,15 @@ def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list
     return [i for i in eps if inter[store.record(i).start:store.record(i).end].any()]
 
 
+def labelled_steps(store: Any, episodes: Sequence[int], labels: str) -> list[int]:
+    """How many of each episode's steps stage 2 trains on: all of them (``successes``) or the operator's."""
+    check_stage2_labels(labels)
+    if labels == "successes":
+        return [store.record(i).length for i in episodes]
+    inter = store.read("intervention", 0, store.num_steps)
+    return [int(inter[store.record(i).start:store.record(i).end].sum()) for i in episodes]
+
+
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_eps: list[int], out_dir: Path,
              sft: Any, cfg: Any) -> Path:
     """Stage 2: supervised learning of the whole model on expert demos + every RL success (equal weight per step,
@@ -359,23 +374,34 @@ def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_eps: list
     from flywheel.distill.generalist import finetune
 
     sft = type(sft)(**{**sft.__dict__, "finetune": cfg.stage2_finetune}) if hasattr(sft, "__dict__") else sft
-    eps, weights = stage2_mix(expert_eps, rl_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)))
-    operator = str(getattr(cfg, "stage2_rl_labels", "successes")) == "operator"
+    labels = str(getattr(cfg, "stage2_rl_labels", "successes"))
+    weighting = str(getattr(cfg, "stage2_rl_weighting", "episode"))
+    check_stage2_labels(labels, weighting)
+    counts = labelled_steps(store, rl_eps, labels) if weighting == "step" else None
+    eps, weights = stage2_mix(expert_eps, rl_eps, float(getattr(cfg, "stage2_rl_fraction", 0.0)), counts)
+    operator = labels == "operator"
     return finetune(parent, store, eps, out_dir, sft, weights=weights,
                     intervened_only=list(rl_eps) if operator else ())
 
 
-def stage2_mix(expert_eps: Sequence[int], rl_success_eps: Sequence[int],
-               rl_fraction: float) -> tuple[list[int], list[float] | None]:
+def stage2_mix(expert_eps: Sequence[int], rl_success_eps: Sequence[int], rl_fraction: float,
+               rl_steps: Sequence[int] | None = None) -> tuple[list[int], list[float] | None]:
     """Stage 2's episodes and per-episode sampling weights: ``None`` (every step equally likely) for
-    ``rl_fraction`` 0 or no RL success, else weights giving the RL successes ``rl_fraction`` of the samples."""
+    ``rl_fraction`` 0 or no RL success, else weights giving the RL successes ``rl_fraction`` of the samples,
+    split equally between them or, with ``rl_steps`` (each one's labelled steps), in proportion to those."""
     from flywheel.distill.rldg import mix_weights
 
     if not 0.0 <= rl_fraction < 1.0:
         raise ValueError(f"method.stage2_rl_fraction={rl_fraction}: give a fraction in [0, 1)")
     if rl_fraction == 0.0 or not rl_success_eps or not expert_eps:
         return list(expert_eps) + list(rl_success_eps), None
-    return mix_weights(list(rl_success_eps), list(expert_eps), 1.0 - rl_fraction)
+    eps, w = mix_weights(list(rl_success_eps), list(expert_eps), 1.0 - rl_fraction)
+    if rl_steps is not None and w is not None:
+        c = np.asarray(rl_steps, np.float64)
+        if c.shape != (len(rl_success_eps),) or (c < 0).any() or c.sum() <= 0:
+            raise ValueError(f"rl_steps: {len(c)} counts for {len(rl_success_eps)} RL episodes, >= 0, not all 0")
+        w[:len(c)] = list(rl_fraction * c / c.sum())
+    return eps, w
 
 
 def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) -> Any:
@@ -401,7 +427,7 @@ def build_job(cfg: Any, workdir: Path, store_path: Path, progress: bool = True) 
 
     g, ire = cfg.generalist, cfg.method
     check_stage1(str(ire.stage1))
-    check_stage2_labels(str(ire.stage2_rl_labels))  # before stage 1, not an hour into the job
+    check_stage2_labels(str(ire.stage2_rl_labels), str(ire.stage2_rl_weighting))  # before stage 1, not an hour in
     groups = {"expert": list(ire.expert_tasks), "rl": list(ire.rl_tasks), "unseen": list(ire.unseen_tasks)}
     eval_tasks = [t for ts in groups.values() for t in ts]
     spec_holder: dict[str, Any] = {}

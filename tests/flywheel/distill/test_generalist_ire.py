@@ -123,6 +123,39 @@ def test_stage2_operator_labels_take_the_assisted_rollouts_and_only_their_operat
         assert abs(rl.mean() - 0.5) < 0.04 and set(ep_of[rl]) == {1, 2}
 
 
+def test_stage2_step_weighting_spreads_the_rl_share_over_the_operators_steps(tmp_path, store):
+    """``method.stage2_rl_weighting=step``: an assisted rollout with 8 operator steps is drawn 4x as often as one
+    with 2 (``episode``, the default: equally often), the RL share unchanged."""
+    from flywheel.distill.ire_vla import check_stage2_labels, labelled_steps, stage2_episodes
+
+    spec, rng = store.spec, np.random.default_rng(0)
+    with EpisodeStore(tmp_path / "s", "w", spec) as s:
+        for k, n_op in enumerate([None, 2, 8]):
+            ep = {key: (rng.integers(0, 255, (12, *sp.shape)).astype(sp.dtype)
+                        if key.startswith(("images/", "depth/")) else rng.standard_normal((12, *sp.shape)).astype(np.float32))
+                  for key, sp in spec.observation_specs().items()}
+            ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
+            ep["intervention"] = np.arange(12) < (n_op or 0)
+            s.add_episode(ep, task="T", instruction="t", success=k != 1,
+                          source="human" if n_op is None else "rl",
+                          extra={"collection": "expert" if n_op is None else "ire/round1_rl/T/rloo"})
+        rl = stage2_episodes(s, ["ire/round1_rl/T/rloo"], "operator")
+        assert rl == [1, 2] and labelled_steps(s, rl, "operator") == [2, 8]
+        assert labelled_steps(s, rl, "successes") == [12, 12]
+        shares = {}
+        for weighting, counts in (("episode", None), ("step", labelled_steps(s, rl, "operator"))):
+            eps, w = stage2_mix([0], rl, 0.5, counts)
+            b = next(iter(sft_batches(s, eps, s.spec, batch_size=4000, seed=0, weights=w, intervened_only=rl)))
+            ep_of = b["episode_index"].numpy()
+            assert abs((ep_of != 0).mean() - 0.5) < 0.04  # the RL share is the same either way
+            shares[weighting] = (ep_of == 2).sum() / (ep_of != 0).sum()
+        assert abs(shares["episode"] - 0.5) < 0.05 and abs(shares["step"] - 0.8) < 0.05
+    with pytest.raises(ValueError, match="stage2_rl_weighting"):
+        check_stage2_labels("operator", "trajectory")
+    with pytest.raises(ValueError, match="rl_steps"):
+        stage2_mix([0], [1, 2], 0.5, [0, 0])
+
+
 def test_stage2_takes_this_jobs_stage1_collections_only():
     """A store shared by iRe-VLA jobs with different stage-1 learners holds each one's rollouts for the same round
     and task; stage 2 of a PPO job must not train on an AWR job's (before, it took both)."""
