@@ -46,7 +46,8 @@ def pick_episodes(store: Any, tasks: Sequence[str], source: str | Sequence[str],
 
 def mix_weights(new: Sequence[int], replay: Sequence[int], replay_fraction: float) -> tuple[list[int], list[float] | None]:
     """Episodes and per-episode weights so that ``replay_fraction`` of the samples come from ``replay``."""
-    replay = [i for i in replay if i not in set(new)]
+    fresh = set(new)
+    replay = [i for i in replay if i not in fresh]
     if not replay or replay_fraction <= 0:
         return list(new), None
     w_new = (1 - replay_fraction) / len(new)
