@@ -350,8 +350,7 @@ def stage2_episodes(store: Any, collections: Sequence[str], labels: str) -> list
     if labels == "successes":
         return collect.select(store, source="rl", success=True, collection=list(collections))
     eps = collect.select(store, source="rl", success=None, collection=list(collections))
-    inter = store.read("intervention", 0, store.num_steps)  # one read, not one per episode
-    return [i for i in eps if inter[store.record(i).start:store.record(i).end].any()]
+    return [i for i, n in zip(eps, labelled_steps(store, eps, "operator"), strict=True) if n]
 
 
 def labelled_steps(store: Any, episodes: Sequence[int], labels: str) -> list[int]:
@@ -359,8 +358,9 @@ def labelled_steps(store: Any, episodes: Sequence[int], labels: str) -> list[int
     check_stage2_labels(labels)
     if labels == "successes":
         return [store.record(i).length for i in episodes]
-    inter = store.read("intervention", 0, store.num_steps)
-    return [int(inter[store.record(i).start:store.record(i).end].sum()) for i in episodes]
+    inter = store.read("intervention", 0, store.num_steps)  # one read, not one per episode
+    spans = [store.record(i) for i in episodes]
+    return [int(inter[r.start:r.end].sum()) for r in spans]
 
 
 def sl_stage(parent: str | Path, store: Any, expert_eps: list[int], rl_eps: list[int], out_dir: Path,

@@ -89,22 +89,23 @@ def test_stage2_rl_fraction_sets_the_share_of_rl_successes(store):
         stage2_mix([0], [2], 1.0)
 
 
+def _random_observations(spec, rng, n):
+    """``n`` steps of random observations of every key of ``spec`` (images as bytes, the rest as floats)."""
+    return {key: (rng.integers(0, 255, (n, *sp.shape)).astype(sp.dtype) if key.startswith(("images/", "depth/"))
+                  else rng.standard_normal((n, *sp.shape)).astype(np.float32))
+            for key, sp in spec.observation_specs().items()}
+
+
 def test_stage2_operator_labels_take_the_assisted_rollouts_and_only_their_operators_steps(tmp_path, store):
     """``method.stage2_rl_labels=operator``: stage 2's RL episodes are every rollout the operator took over in
     (failures too; none without an operator step), and only those steps are trained on."""
     from flywheel.distill.ire_vla import stage2_episodes
 
     spec, rng = store.spec, np.random.default_rng(0)
-
-    def obs(key, sp):
-        if key.startswith(("images/", "depth/")):
-            return rng.integers(0, 255, (12, *sp.shape)).astype(sp.dtype)
-        return rng.standard_normal((12, *sp.shape)).astype(np.float32)
-
     with EpisodeStore(tmp_path / "s", "w", spec) as s:
         for k, (success, inter) in enumerate([(True, None), (True, "some"), (False, "some"), (False, "none"),
                                               (True, "none")]):
-            ep = {key: obs(key, sp) for key, sp in spec.observation_specs().items()}
+            ep = _random_observations(spec, rng, 12)
             ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
             ep["intervention"] = np.zeros(12, bool) if inter != "some" else np.arange(12) % 3 == 0
             coll = "expert" if inter is None else "ire/round1_rl/T/ppo"
@@ -131,9 +132,7 @@ def test_stage2_step_weighting_spreads_the_rl_share_over_the_operators_steps(tmp
     spec, rng = store.spec, np.random.default_rng(0)
     with EpisodeStore(tmp_path / "s", "w", spec) as s:
         for k, n_op in enumerate([None, 2, 8]):
-            ep = {key: (rng.integers(0, 255, (12, *sp.shape)).astype(sp.dtype)
-                        if key.startswith(("images/", "depth/")) else rng.standard_normal((12, *sp.shape)).astype(np.float32))
-                  for key, sp in spec.observation_specs().items()}
+            ep = _random_observations(spec, rng, 12)
             ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
             ep["intervention"] = np.arange(12) < (n_op or 0)
             s.add_episode(ep, task="T", instruction="t", success=k != 1,
