@@ -14,7 +14,11 @@ compute that rejection / filtering saved, and the success curves in one PNG besi
     # the toy point-reach task of the tests (seconds per method):
     .venv/bin/python benchmarks/vla_rl.py --toy --env-steps 4000 --out /tmp/vla_rl_toy.md
 
-Extra hydra overrides for every run: ``--set key=value`` (repeatable), e.g. ``--set exec_horizon=4``.
+Extra hydra overrides for every run: ``--set key=value`` (repeatable), e.g. ``--set exec_horizon=4``; for one
+method's runs: ``--set-for METHOD key=value ...`` (after ``--set``, so it wins). An ablation beside the plain
+runs, in the same report and plot: ``--variant LABEL key=value ...`` (repeatable) runs every method again with
+those overrides as ``<method>-<LABEL>`` (its own ``WORKDIR/<method>-<LABEL>``), e.g. LOOP with and without
+dynamic rejection: ``--methods rloo --variant norej algo.reject_uniform=false``.
 ``--cluster ray --workers N``: each run's rollout waves on N Ray workers (a local Ray cluster started
 per run; ``cluster.*`` of ``flywheel-vla-rl``); the batches, hence the results, are the serial run's.
 """
@@ -52,10 +56,12 @@ def method_overrides(method: str) -> list[str]:
     return [f"algo={method}"]
 
 
-def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
+               extra: list[str] | None = None) -> dict[str, Any]:
+    """One run of ``method`` (``label``: a variant, whose overrides ``extra`` come last) in its own resumable dir."""
     from flywheel.vla_rl.cli import run
 
-    out = work / method / f"seed{seed}"
+    out = work / run_name(method, label) / f"seed{seed}"
     done = out / "results.json"
     if done.is_file():
         res = json.loads(done.read_text())
@@ -69,11 +75,29 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path) -> 
     if args.toy:
         ov += ["env.factory=vla_rl_toy:make_vec", "env.state_keys=[state/pos,state/goal]", "head.action_dim=2",
                "head.hidden=[64,64]", "head.value_hidden=[64,64]", "algo.lr=0.001"]
+    per_method = [o for m, *sets in args.set_for if m == method for o in sets]
     t0 = time.time()
-    res = run(compose(ov + list(args.set)))
+    res = run(compose(ov + list(args.set) + per_method + list(extra or [])))
     res["bench_wall_seconds"] = time.time() - t0
     done.write_text(json.dumps(res, indent=2, default=str))
     return res
+
+
+def run_name(method: str, label: str = "") -> str:
+    return f"{method}-{label}" if label else method
+
+
+def variants(specs: list[list[str]]) -> list[tuple[str, list[str]]]:
+    """The plain runs, then each ``--variant LABEL override...`` as (label, overrides); labels must be unique
+    names a directory can carry, and every override ``key=value``."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for label, *ovs in specs:
+        if not label.replace("_", "").replace(".", "").isalnum() or label in {lab for lab, _ in out}:
+            raise SystemExit(f"--variant {label!r}: the label must be a new name of letters, digits, _ or .")
+        if not ovs or any("=" not in o for o in ovs):
+            raise SystemExit(f"--variant {label}: give one or more hydra overrides key=value after the label")
+        out.append((label, ovs))
+    return out
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
@@ -151,6 +175,10 @@ def main() -> None:
     p.add_argument("--cluster", default="local", choices=("local", "ray"), help="where rollouts run")
     p.add_argument("--workers", type=int, default=2, help="--cluster ray: Ray workers (one CPU each)")
     p.add_argument("--set", action="append", default=[], help="an extra hydra override for every run")
+    p.add_argument("--set-for", nargs="+", action="append", default=[], metavar=("METHOD", "KEY=VALUE"),
+                   help="hydra overrides for one method's runs (repeatable), after --set")
+    p.add_argument("--variant", nargs="+", action="append", default=[], metavar=("LABEL", "KEY=VALUE"),
+                   help="an ablation: every method again with these overrides, as <method>-LABEL (repeatable)")
     p.add_argument("--workdir", default="outputs/bench/vla_rl")
     p.add_argument("--out", default="", help="also write the report here (default: only WORKDIR/report.md; the "
                    "hand-kept docs/bench/vla_rl.md is never a default target)")
@@ -161,15 +189,21 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [toy, os.environ.get("PYTHONPATH")]))  # Ray workers
         args.methods = [m for m in args.methods if m != "ppo_prm"]  # the PRM's demos come from the sim expert
         args.tasks = ["reach"]
+    for m, *_ in args.set_for:
+        if m not in METHODS:
+            raise SystemExit(f"--set-for {m!r}: not a method ({', '.join(METHODS)})")
+    runs = variants(args.variant)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict[str, Any]]] = {}
-    for m in args.methods:
-        for seed in args.seeds:
-            r = run_method(m, seed, args, work)
-            results.setdefault(m, []).append(r)
-            print(f"== {m} seed {seed}: {r['initial_eval']['success']:.2f} -> {r['final_eval']['success']:.2f}",
-                  flush=True)
+    for label, extra in runs:
+        for m in args.methods:
+            name = run_name(m, label)
+            for seed in args.seeds:
+                r = run_method(m, seed, args, work, label, extra)
+                results.setdefault(name, []).append(r)
+                print(f"== {name} seed {seed}: {r['initial_eval']['success']:.2f} -> "
+                      f"{r['final_eval']['success']:.2f}", flush=True)
     out = Path(args.out) if args.out else work / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(out.stem + "_curves.png")
