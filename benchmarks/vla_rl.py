@@ -101,22 +101,30 @@ def variants(specs: list[list[str]]) -> list[tuple[str, list[str]]]:
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> None:
-    """Each method's held-out success against env steps: the mean over seeds (one line per method)."""
+    """Each method's held-out success and mean successful episode length against env steps: the mean over
+    seeds (one line per method and panel; GFPO's goal is read off the second)."""
     import numpy as np
 
     from flywheel.plotting import figure
 
-    with figure(path, (6.4, 3.8)) as ax:
+    with figure(path, (10.0, 3.8), ncols=2) as (ax_s, ax_l):
         for m, runs in results.items():
             n = min(len(r["evals"]) for r in runs)
             x = np.mean([[e["env_steps"] for e in r["evals"][:n]] for r in runs], 0)
             y = np.mean([[e["success"] for e in r["evals"][:n]] for r in runs], 0)
-            ax.plot(x, y, "o-", ms=3, label=m)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("held-out success (deterministic)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+            ax_s.plot(x, y, "o-", ms=3, label=m)
+            length = [[np.nan if e.get("success_length") is None else e["success_length"] for e in r["evals"][:n]]
+                      for r in runs]
+            if not np.all(np.isnan(length)):
+                ax_l.plot(x, np.nanmean(length, 0), "o-", ms=3, label=m)
+        ax_s.set_xlabel("env steps")
+        ax_s.set_ylabel("held-out success (deterministic)")
+        ax_s.set_ylim(-0.02, 1.02)
+        ax_s.set_title(title)
+        ax_s.legend(fontsize=8)
+        ax_l.set_xlabel("env steps")
+        ax_l.set_ylabel("mean successful episode length (steps)")
+        ax_l.set_title("successful episode length")
 
 
 def _f(v: Any, fmt: str = "{:.2f}") -> str:

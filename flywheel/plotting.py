@@ -9,14 +9,15 @@ from typing import Any
 
 
 @contextmanager
-def figure(path: str | Path, figsize: tuple[float, float], dpi: int = 110) -> Iterator[Any]:
-    """``with figure(path, (6, 3.5)) as ax: ax.plot(...)`` writes ``path`` when the block ends without error."""
+def figure(path: str | Path, figsize: tuple[float, float], dpi: int = 110, ncols: int = 1) -> Iterator[Any]:
+    """``with figure(path, (6, 3.5)) as ax: ax.plot(...)`` writes ``path`` when the block ends without error;
+    ``ncols`` > 1 yields that many panels side by side (an array of axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(1, ncols, figsize=figsize)
     try:
         yield ax
         fig.tight_layout()
