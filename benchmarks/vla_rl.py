@@ -5,9 +5,10 @@ state-only policy from scratch) and gets the same env-step budget on the same ta
 ``flywheel-vla-rl`` (``flywheel.vla_rl.cli.run``) in ``WORKDIR/<method>`` - resumable, so a killed
 benchmark continues where it stopped, and a finished method is not run again. Methods: ``ppo``,
 ``grpo``, ``rloo`` (LOOP), ``gspo``, ``gfpo``, ``dpo`` (GRAPE) and ``ppo_prm`` (PPO with the
-process reward model's shaping). The report (``--out``) has one row per method: held-out success
-before and after, mean successful episode length, rollout speed, groups rejected and the update
-compute that rejection / filtering saved, and the success curves in one PNG beside it.
+process reward model's shaping). The report (``--out``) has one row per method (and variant): held-out
+success before and after, mean successful episode length, rollout speed, groups rejected and the update
+compute that rejection / filtering saved, and a PNG beside it with each run's held-out success and
+successful episode length against env steps.
 
     .venv/bin/python benchmarks/vla_rl.py --policy outputs/bench/g0/g0 --tasks PegInsert \\
         --env-steps 30000 --workdir outputs/bench/vla_rl      # report: WORKDIR/report.md
