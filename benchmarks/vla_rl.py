@@ -3,7 +3,8 @@
 Every method starts from the same policy (``--policy``: the compact generalist G0; empty: a
 state-only policy from scratch) and gets the same env-step budget on the same tasks; each run is
 ``flywheel-vla-rl`` (``flywheel.vla_rl.cli.run``) in ``WORKDIR/<method>`` - resumable, so a killed
-benchmark continues where it stopped, and a finished method is not run again. Methods: ``ppo``,
+benchmark continues where it stopped, and a finished method is not run again (a run started with other settings
+is refused, naming them: give a new ``--workdir`` or a ``--variant``). Methods: ``ppo``,
 ``grpo``, ``rloo`` (LOOP), ``gspo``, ``gfpo``, ``dpo`` (GRAPE) and ``ppo_prm`` (PPO with the
 process reward model's shaping). The report (``--out``) has one row per method (and variant): held-out
 success before and after, mean successful episode length, rollout speed, groups rejected and the update
@@ -60,14 +61,9 @@ def method_overrides(method: str) -> list[str]:
 def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
                extra: list[str] | None = None) -> dict[str, Any]:
     """One run of ``method`` (``label``: a variant, whose overrides ``extra`` come last) in its own resumable dir."""
-    from flywheel.vla_rl.cli import run
+    from flywheel.vla_rl.cli import check_resumable, run
 
     out = work / run_name(method, label) / f"seed{seed}"
-    done = out / "results.json"
-    if done.is_file():
-        res = json.loads(done.read_text())
-        if res.get("env_steps", 0) >= args.env_steps and "final_eval" in res:
-            return res
     ov = [*method_overrides(method), f"policy={args.policy}", f"tasks=[{','.join(args.tasks)}]",
           f"env_steps={args.env_steps}", f"out_dir={out}", f"seed={seed}", f"num_envs={args.num_envs}",
           f"train.eval_every={args.eval_every}", f"train.eval_episodes={args.eval_episodes}",
@@ -77,8 +73,18 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, lab
         ov += ["env.factory=vla_rl_toy:make_vec", "env.state_keys=[state/pos,state/goal]", "head.action_dim=2",
                "head.hidden=[64,64]", "head.value_hidden=[64,64]", "algo.lr=0.001"]
     per_method = [o for m, *sets in args.set_for if m == method for o in sets]
+    cfg = compose(ov + list(args.set) + per_method + list(extra or []))
+    try:  # a finished or half-done run is reused only if it was started with these settings
+        check_resumable(cfg, out)
+    except ValueError as e:
+        raise SystemExit(f"{run_name(method, label)} seed {seed}: {e}") from None
+    done = out / "results.json"
+    if done.is_file():
+        res = json.loads(done.read_text())
+        if res.get("env_steps", 0) >= args.env_steps and "final_eval" in res:
+            return res
     t0 = time.time()
-    res = run(compose(ov + list(args.set) + per_method + list(extra or [])))
+    res = run(cfg)
     res["bench_wall_seconds"] = time.time() - t0
     done.write_text(json.dumps(res, indent=2, default=str))
     return res
@@ -116,8 +122,10 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path, title: str) -> No
             ax_s.plot(x, y, "o-", ms=3, label=m)
             length = [[np.nan if e.get("success_length") is None else e["success_length"] for e in r["evals"][:n]]
                       for r in runs]
-            if not np.all(np.isnan(length)):
-                ax_l.plot(x, np.nanmean(length, 0), "o-", ms=3, label=m)
+            length = np.asarray(length, dtype=float)
+            seen = ~np.all(np.isnan(length), 0)  # an evaluation where no seed succeeded has no length
+            if seen.any():
+                ax_l.plot(x[seen], np.nanmean(length[:, seen], 0), "o-", ms=3, label=m)
         ax_s.set_xlabel("env steps")
         ax_s.set_ylabel("held-out success (deterministic)")
         ax_s.set_ylim(-0.02, 1.02)

@@ -138,6 +138,64 @@ def register() -> None:
         cs.store(group="algo", name=name, node={"name": name, **asdict(cfg_cls())})
 
 
+# ------------------------------------------------------------------ resuming
+# what may change between a run and its resumption: the budget, where and how fast it runs, how often it is
+# evaluated and where its results go. Anything else (the algorithm, its hyperparameters, the tasks, the head)
+# would make the resumed run a mixture of two experiments.
+RESUMABLE = ("env_steps", "torch_threads", "device", "cluster", "out_dir", "registry", "registry_parent",
+             "record_to", "record_collection", "train.progress", "train.eval_every", "train.eval_episodes",
+             "train.final_eval_episodes")
+CONFIG_FILE = "config.json"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}``."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings (dotted keys) where ``new`` differs from the ``saved`` config of a run, as ``key: saved -> new``
+    lines, leaving out those a resumption may change (:data:`RESUMABLE`) and keys only one side has (a setting
+    added or removed since the run started: the run had whatever that code did)."""
+    a, b = _flat(saved), _flat(new)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
+            if a[k] != b[k] and not any(k == f or k.startswith(f + ".") for f in RESUMABLE)]
+
+
+def saved_config(out: str | Path) -> dict[str, Any] | None:
+    """The config a run in ``out`` started with: its ``config.json``, or (a run from before that file) the copy in
+    its ``results.json``; None where no run has got as far as a checkpoint or results (a new directory, or a run
+    that stopped before its first iteration: starting afresh there mixes nothing)."""
+    out = Path(out)
+    if not ((out / "checkpoint" / "state.json").is_file() or (out / "results.json").is_file()):
+        return None
+    for path, key in ((out / CONFIG_FILE, None), (out / "results.json", "config")):
+        if path.is_file():
+            d = json.loads(path.read_text())
+            return d.get(key) if key else d
+    return None
+
+
+def check_resumable(cfg: Any, out: str | Path) -> None:
+    """Refuse to continue a run in ``out`` that was started with other settings (a clear error naming them);
+    nothing is changed on disk. A new directory passes."""
+    from omegaconf import OmegaConf
+
+    saved = saved_config(out)
+    if saved is None:
+        return
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    if changes:
+        raise ValueError(f"{out} holds a run started with other settings; resuming it would mix two experiments. "
+                         f"Use a new out_dir, or the run's own settings. Differences (started -> now):\n  "
+                         + "\n  ".join(changes))
+
+
 # ------------------------------------------------------------------ building
 def make_operator_factory(cfg: Any, head_kind: str):
     """``env -> sim.SimulatedIntervener`` when ``intervention.enabled`` (else None), after checking it fits."""
@@ -315,7 +373,10 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
     if cluster is not None:
         cluster.validate()
     out = Path(cfg.out_dir)
+    check_resumable(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
+    if saved_config(out) is None:  # a new run (or one that never got going): these are its settings
+        (out / CONFIG_FILE).write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2, default=str))
     policy, make_vec = build(cfg)
     exec_h = int(cfg.exec_horizon) or policy.horizon
     recorder, own_store = None, None

@@ -31,6 +31,11 @@ def test_a_variant_runs_beside_the_plain_method_with_its_overrides(tmp_path):
     rows = [r.split("|")[1].strip() for r in (work / "report.md").read_text().splitlines() if r.startswith("| rloo")]
     assert rows == ["rloo", "rloo-norej"]
     assert (work / "report_curves.png").stat().st_size > 0
+    # the same workdir with other settings: refused before any run, naming the setting (not read as done)
+    p = bench("--toy", "--methods", "rloo", "--set-for", "rloo", "algo.group_size=8", "--env-steps", "400",
+              "--eval-every", "400", "--eval-episodes", "4", "--final-eval-episodes", "4", "--num-envs", "8",
+              "--workdir", str(work), cwd=tmp_path)
+    assert p.returncode != 0 and "algo.group_size: 4 -> 8" in p.stderr, p.stderr[-2000:]
 
 
 def test_bad_variants_and_method_overrides_are_refused_before_any_run(tmp_path):

@@ -85,6 +85,23 @@ def test_run_resume_and_register(tmp_path):
     assert res2["update_compute_saved_by_filtering"] == 0.0
     assert res2["update_compute_saved_by_early_stop"] == pytest.approx(res2["update_compute_saved"])
     assert "(rejection / filtering 0.0%, the KL early stop" in (out / "report.md").read_text()
+    # resuming with another setting would mix two experiments: refused, naming it, and the run is untouched
+    before = (out / "checkpoint" / "state.json").read_bytes()
+    with pytest.raises(ValueError, match=r"algo.clip: 0.2 -> 0.3"):
+        run(_compose(tmp_path, "env_steps=900", *over, "algo.clip=0.3"))
+    assert (out / "checkpoint" / "state.json").read_bytes() == before
+    assert json.loads((out / "config.json").read_text())["algo"]["clip"] == 0.2
+
+
+def test_config_changes_leave_out_what_a_resumption_may_change():
+    from flywheel.vla_rl.cli import config_changes
+
+    saved = {"env_steps": 100, "algo": {"lr": 1e-4, "clip": 0.2}, "train": {"eval_every": 10, "keep": "best"},
+             "cluster": {"kind": "local"}, "old_setting": 1}
+    new = {"env_steps": 900, "algo": {"lr": 3e-4, "clip": 0.2}, "train": {"eval_every": 50, "keep": "last"},
+           "cluster": {"kind": "ray"}, "new_setting": 2}
+    assert config_changes(saved, new) == ["algo.lr: 0.0001 -> 0.0003", "train.keep: 'best' -> 'last'"]
+    assert config_changes(saved, saved) == []
 
 
 def test_retained_tasks_are_the_references_and_cost_no_budget(tmp_path, monkeypatch):
