@@ -21,6 +21,7 @@ method's runs: ``--set-for METHOD key=value ...`` (after ``--set``, so it wins).
 runs, in the same report and plot: ``--variant LABEL key=value ...`` (repeatable) runs every method again with
 those overrides as ``<method>-<LABEL>`` (its own ``WORKDIR/<method>-<LABEL>``), e.g. LOOP with and without
 dynamic rejection: ``--methods rloo --variant norej algo.reject_uniform=false``.
+``--jobs N``: N runs at once, each in a process of its own (its results are the serial run's).
 ``--cluster ray --workers N``: each run's rollout waves on N Ray workers (a local Ray cluster started
 per run; ``cluster.*`` of ``flywheel-vla-rl``); the batches, hence the results, are the serial run's.
 """
@@ -58,10 +59,11 @@ def method_overrides(method: str) -> list[str]:
     return [f"algo={method}"]
 
 
-def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
-               extra: list[str] | None = None) -> dict[str, Any]:
-    """One run of ``method`` (``label``: a variant, whose overrides ``extra`` come last) in its own resumable dir."""
-    from flywheel.vla_rl.cli import check_resumable, run
+def prepare(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
+            extra: list[str] | None = None) -> tuple[Any, Path]:
+    """(the config, the run's directory) of one run of ``method`` (``label``: a variant, whose overrides ``extra``
+    come last); refused (SystemExit, naming the settings) where that directory holds a run started otherwise."""
+    from flywheel.vla_rl.cli import check_resumable
 
     out = work / run_name(method, label) / f"seed{seed}"
     ov = [*method_overrides(method), f"policy={args.policy}", f"tasks=[{','.join(args.tasks)}]",
@@ -78,6 +80,15 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, lab
         check_resumable(cfg, out)
     except ValueError as e:
         raise SystemExit(f"{run_name(method, label)} seed {seed}: {e}") from None
+    return cfg, out
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
+               extra: list[str] | None = None) -> dict[str, Any]:
+    """One run in its own resumable directory (:func:`prepare`); a finished one is read, not run again."""
+    from flywheel.vla_rl.cli import run
+
+    cfg, out = prepare(method, seed, args, work, label, extra)
     done = out / "results.json"
     if done.is_file():
         res = json.loads(done.read_text())
@@ -85,9 +96,31 @@ def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, lab
             return res
     t0 = time.time()
     res = run(cfg)
-    res["bench_wall_seconds"] = time.time() - t0
+    res["bench_wall_seconds"], res["bench_pid"] = time.time() - t0, os.getpid()
     done.write_text(json.dumps(res, indent=2, default=str))
     return res
+
+
+def run_all(todo: list[tuple[str, int, str, list[str]]], args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Every (method, seed, variant label, its overrides) of ``todo``, ``args.jobs`` at a time (each run in its own
+    process beyond one; a run is single-threaded unless ``--threads``), results in ``todo``'s order."""
+
+    def done(m: str, seed: int, label: str, r: dict[str, Any]) -> dict[str, Any]:
+        print(f"== {run_name(m, label)} seed {seed}: {r['initial_eval']['success']:.2f} -> "
+              f"{r['final_eval']['success']:.2f}", flush=True)
+        return r
+
+    for m, seed, label, extra in todo:  # every run's settings checked before any starts
+        prepare(m, seed, args, work, label, extra)
+    if args.jobs <= 1 or len(todo) <= 1:
+        return [done(m, seed, label, run_method(m, seed, args, work, label, extra)) for m, seed, label, extra in todo]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would share the parent's torch / EGL state
+    with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [ex.submit(run_method, m, seed, args, work, label, extra) for m, seed, label, extra in todo]
+        return [done(m, seed, label, f.result()) for (m, seed, label, _), f in zip(todo, futures, strict=True)]
 
 
 def run_name(method: str, label: str = "") -> str:
@@ -187,7 +220,8 @@ def main() -> None:
     p.add_argument("--final-eval-episodes", type=int, default=100)
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (about one per core)")
     p.add_argument("--toy", action="store_true", help="the tests' point-reach task instead of the sim")
     p.add_argument("--cluster", default="local", choices=("local", "ray"), help="where rollouts run")
     p.add_argument("--workers", type=int, default=2, help="--cluster ray: Ray workers (one CPU each)")
@@ -212,15 +246,10 @@ def main() -> None:
     runs = variants(args.variant)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    todo = [(m, seed, label, extra) for label, extra in runs for m in args.methods for seed in args.seeds]
     results: dict[str, list[dict[str, Any]]] = {}
-    for label, extra in runs:
-        for m in args.methods:
-            name = run_name(m, label)
-            for seed in args.seeds:
-                r = run_method(m, seed, args, work, label, extra)
-                results.setdefault(name, []).append(r)
-                print(f"== {name} seed {seed}: {r['initial_eval']['success']:.2f} -> "
-                      f"{r['final_eval']['success']:.2f}", flush=True)
+    for (m, _seed, label, _), r in zip(todo, run_all(todo, args, work), strict=True):
+        results.setdefault(run_name(m, label), []).append(r)
     out = Path(args.out) if args.out else work / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(out.stem + "_curves.png")

@@ -46,3 +46,20 @@ def test_bad_variants_and_method_overrides_are_refused_before_any_run(tmp_path):
         p = bench("--toy", "--methods", "rloo", "--workdir", str(tmp_path / "w"), *args, cwd=tmp_path)
         assert p.returncode != 0 and msg in p.stderr, (args, p.stderr[-500:])
     assert not (tmp_path / "w" / "rloo").exists()
+
+
+def test_jobs_run_in_parallel_processes_with_the_serial_results(tmp_path):
+    """``--jobs 2``: the runs go to two processes; each run's results are the serial run's (its own seeds)."""
+    common = ["--toy", "--methods", "grpo", "--env-steps", "300", "--eval-every", "300", "--eval-episodes", "4",
+              "--final-eval-episodes", "8", "--num-envs", "8", "--set", "algo.group_size=4"]
+    p = bench(*common, "--seeds", "0", "1", "--jobs", "2", "--workdir", str(tmp_path / "par"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    q = bench(*common, "--seeds", "1", "--workdir", str(tmp_path / "ser"), cwd=tmp_path)
+    assert q.returncode == 0, q.stderr[-3000:]
+    par = [json.loads((tmp_path / "par" / "grpo" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    ser = json.loads((tmp_path / "ser" / "grpo" / "seed1" / "results.json").read_text())
+    assert par[0]["bench_pid"] != par[1]["bench_pid"] != ser["bench_pid"]  # each run in a process of its own
+    assert [e["success"] for e in par[1]["evals"]] == [e["success"] for e in ser["evals"]]
+    hist = [json.loads((d / "grpo" / "seed1" / "checkpoint" / "state.json").read_text())["history"]
+            for d in (tmp_path / "par", tmp_path / "ser")]
+    assert [h["loss"] for h in hist[0]] == [h["loss"] for h in hist[1]]  # the same updates, to the bit
