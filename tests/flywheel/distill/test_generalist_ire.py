@@ -1,5 +1,8 @@
 """Training-data plumbing of the distillation (store -> VLA batches, replay mixing) and iRe-VLA's AWR update."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,9 @@ from flywheel.data import EpisodeStore
 from flywheel.distill import collect, rldg
 from flywheel.distill.generalist import sft_batches, store_stats
 from flywheel.distill.ire_vla import awr_update, discounted_returns, stage2_mix
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))  # the data tests' episodes
+from flywheel_data_helpers import make_episode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,23 +95,16 @@ def test_stage2_rl_fraction_sets_the_share_of_rl_successes(store):
         stage2_mix([0], [2], 1.0)
 
 
-def _random_observations(spec, rng, n):
-    """``n`` steps of random observations of every key of ``spec`` (images as bytes, the rest as floats)."""
-    return {key: (rng.integers(0, 255, (n, *sp.shape)).astype(sp.dtype) if key.startswith(("images/", "depth/"))
-                  else rng.standard_normal((n, *sp.shape)).astype(np.float32))
-            for key, sp in spec.observation_specs().items()}
-
-
 def test_stage2_operator_labels_take_the_assisted_rollouts_and_only_their_operators_steps(tmp_path, store):
     """``method.stage2_rl_labels=operator``: stage 2's RL episodes are every rollout the operator took over in
     (failures too; none without an operator step), and only those steps are trained on."""
     from flywheel.distill.ire_vla import stage2_episodes
 
-    spec, rng = store.spec, np.random.default_rng(0)
+    spec = store.spec
     with EpisodeStore(tmp_path / "s", "w", spec) as s:
         for k, (success, inter) in enumerate([(True, None), (True, "some"), (False, "some"), (False, "none"),
                                               (True, "none")]):
-            ep = _random_observations(spec, rng, 12)
+            ep = make_episode(spec, 12, seed=k)
             ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
             ep["intervention"] = np.zeros(12, bool) if inter != "some" else np.arange(12) % 3 == 0
             coll = "expert" if inter is None else "ire/round1_rl/T/ppo"
@@ -129,10 +128,10 @@ def test_stage2_step_weighting_spreads_the_rl_share_over_the_operators_steps(tmp
     with 2 (``episode``, the default: equally often), the RL share unchanged."""
     from flywheel.distill.ire_vla import check_stage2_labels, labelled_steps, stage2_episodes
 
-    spec, rng = store.spec, np.random.default_rng(0)
+    spec = store.spec
     with EpisodeStore(tmp_path / "s", "w", spec) as s:
         for k, n_op in enumerate([None, 2, 8]):
-            ep = _random_observations(spec, rng, 12)
+            ep = make_episode(spec, 12, seed=k)
             ep["action"] = np.full((12, spec.action.dim), 0.1 * (k + 1), np.float32)
             ep["intervention"] = np.arange(12) < (n_op or 0)
             s.add_episode(ep, task="T", instruction="t", success=k != 1,
