@@ -49,6 +49,31 @@ class JobContext:
         return stage in self._state["stages"]
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"a.b.c": value}``."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+_UNSET = object()
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...] = (),
+                   both_sides_only: bool = False) -> list[str]:
+    """Where ``new`` differs from the ``saved`` config of a run, as ``key: saved -> new`` lines (dotted keys,
+    sorted), leaving out the keys under ``may_change`` and, ``both_sides_only``, keys only one side has (a setting
+    added or removed since the run started); otherwise such a key shows its missing side as ``(unset)``."""
+    a, b = _flat(saved), _flat(new)
+    keys = set(a) & set(b) if both_sides_only else set(a) | set(b)
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(keys)
+            if a.get(k, _UNSET) != b.get(k, _UNSET) and not any(k == f or k.startswith(f + ".") for f in may_change)]
+
+
+
 class ResumableJob:
     def __init__(self, workdir: str | Path, stages: list[Stage], config: dict[str, Any] | None = None):
         names = [s.name for s in stages]
@@ -65,8 +90,8 @@ class ResumableJob:
             if self.config and state.get("config") not in (None, self.config):
                 raise ValueError(
                     f"{self.state_file} was started with a different config; "
-                    f"use a new workdir or delete it to start over.\n"
-                    f"  saved: {state.get('config')}\n  now:   {self.config}"
+                    f"use a new workdir or delete it to start over. Differences (saved -> now):\n  "
+                    + "\n  ".join(config_changes(state["config"], self.config))
                 )
             return state
         return {"config": self.config, "stages": {}, "started": time.time()}

@@ -148,25 +148,6 @@ RESUMABLE = ("env_steps", "torch_threads", "device", "cluster", "out_dir", "regi
 CONFIG_FILE = "config.json"
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"a.b.c": value}``."""
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
-def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The settings (dotted keys) where ``new`` differs from the ``saved`` config of a run, as ``key: saved -> new``
-    lines, leaving out those a resumption may change (:data:`RESUMABLE`) and keys only one side has (a setting
-    added or removed since the run started: the run had whatever that code did)."""
-    a, b = _flat(saved), _flat(new)
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not any(k == f or k.startswith(f + ".") for f in RESUMABLE)]
-
-
 def saved_config(out: str | Path) -> dict[str, Any] | None:
     """The config a run in ``out`` started with: its ``config.json``, or (a run from before that file) the copy in
     its ``results.json``; None where no run has got as far as a checkpoint or results (a new directory, or a run
@@ -186,10 +167,12 @@ def check_resumable(cfg: Any, out: str | Path) -> None:
     nothing is changed on disk. A new directory passes."""
     from omegaconf import OmegaConf
 
+    from flywheel.job import config_changes
+
     saved = saved_config(out)
     if saved is None:
         return
-    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True))
+    changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True), RESUMABLE, both_sides_only=True)
     if changes:
         raise ValueError(f"{out} holds a run started with other settings; resuming it would mix two experiments. "
                          f"Use a new out_dir, or the run's own settings. Differences (started -> now):\n  "

@@ -49,7 +49,7 @@ def test_job_skips_finished_stages_and_resumes(tmp_path):
     assert calls == ["a"] and not job.finished
     state = ResumableJob(tmp_path, [Stage("a", a), Stage("b", b)], config={"k": 1}).run()
     assert calls == ["a", "b"] and state["stages"]["b"]["output"] == 2
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"(?s)different config.*\n  k: 1 -> 2"):  # naming what differs
         ResumableJob(tmp_path, [Stage("a", a)], config={"k": 2}).run()
 
 

@@ -94,14 +94,19 @@ def test_run_resume_and_register(tmp_path):
 
 
 def test_config_changes_leave_out_what_a_resumption_may_change():
-    from flywheel.vla_rl.cli import config_changes
+    from flywheel.job import config_changes
+    from flywheel.vla_rl.cli import RESUMABLE
 
     saved = {"env_steps": 100, "algo": {"lr": 1e-4, "clip": 0.2}, "train": {"eval_every": 10, "keep": "best"},
              "cluster": {"kind": "local"}, "old_setting": 1}
     new = {"env_steps": 900, "algo": {"lr": 3e-4, "clip": 0.2}, "train": {"eval_every": 50, "keep": "last"},
            "cluster": {"kind": "ray"}, "new_setting": 2}
-    assert config_changes(saved, new) == ["algo.lr: 0.0001 -> 0.0003", "train.keep: 'best' -> 'last'"]
-    assert config_changes(saved, saved) == []
+    assert config_changes(saved, new, RESUMABLE, both_sides_only=True) == [
+        "algo.lr: 0.0001 -> 0.0003", "train.keep: 'best' -> 'last'"]
+    assert config_changes(saved, saved, RESUMABLE, both_sides_only=True) == []
+    # without the exemptions (as a ResumableJob compares): every difference, a missing side as (unset)
+    assert config_changes({"a": {"b": 1}, "x": 1}, {"a": {"b": 2}, "y": None}) == [
+        "a.b: 1 -> 2", "x: 1 -> '(unset)'", "y: '(unset)' -> None"]
 
 
 def test_retained_tasks_are_the_references_and_cost_no_budget(tmp_path, monkeypatch):
