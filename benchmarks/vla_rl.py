@@ -83,16 +83,15 @@ def prepare(method: str, seed: int, args: argparse.Namespace, work: Path, label:
     return cfg, out
 
 
-def run_method(method: str, seed: int, args: argparse.Namespace, work: Path, label: str = "",
-               extra: list[str] | None = None) -> dict[str, Any]:
-    """One run in its own resumable directory (:func:`prepare`); a finished one is read, not run again."""
+def run_method(cfg: Any, out: Path) -> dict[str, Any]:
+    """One run (:func:`prepare`'s config) in its own resumable directory ``out``; a finished one is read, not run
+    again."""
     from flywheel.vla_rl.cli import run
 
-    cfg, out = prepare(method, seed, args, work, label, extra)
     done = out / "results.json"
     if done.is_file():
         res = json.loads(done.read_text())
-        if res.get("env_steps", 0) >= args.env_steps and "final_eval" in res:
+        if res.get("env_steps", 0) >= int(cfg.env_steps) and "final_eval" in res:
             return res
     t0 = time.time()
     res = run(cfg)
@@ -110,16 +109,15 @@ def run_all(todo: list[tuple[str, int, str, list[str]]], args: argparse.Namespac
               f"{r['final_eval']['success']:.2f}", flush=True)
         return r
 
-    for m, seed, label, extra in todo:  # every run's settings checked before any starts
-        prepare(m, seed, args, work, label, extra)
+    prepared = [prepare(m, seed, args, work, label, extra) for m, seed, label, extra in todo]  # all checked first
     if args.jobs <= 1 or len(todo) <= 1:
-        return [done(m, seed, label, run_method(m, seed, args, work, label, extra)) for m, seed, label, extra in todo]
+        return [done(m, seed, label, run_method(*p)) for (m, seed, label, _), p in zip(todo, prepared, strict=True)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: a forked child would share the parent's torch / EGL state
     with ProcessPoolExecutor(min(args.jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as ex:
-        futures = [ex.submit(run_method, m, seed, args, work, label, extra) for m, seed, label, extra in todo]
+        futures = [ex.submit(run_method, *p) for p in prepared]
         return [done(m, seed, label, f.result()) for (m, seed, label, _), f in zip(todo, futures, strict=True)]
 
 

@@ -162,21 +162,22 @@ def saved_config(out: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def check_resumable(cfg: Any, out: str | Path) -> None:
+def check_resumable(cfg: Any, out: str | Path) -> dict[str, Any] | None:
     """Refuse to continue a run in ``out`` that was started with other settings (a clear error naming them);
-    nothing is changed on disk. A new directory passes."""
+    nothing is changed on disk. Returns the run's saved config (:func:`saved_config`; None: a new run)."""
     from omegaconf import OmegaConf
 
     from flywheel.job import config_changes
 
     saved = saved_config(out)
     if saved is None:
-        return
+        return None
     changes = config_changes(saved, OmegaConf.to_container(cfg, resolve=True), RESUMABLE, both_sides_only=True)
     if changes:
         raise ValueError(f"{out} holds a run started with other settings; resuming it would mix two experiments. "
                          f"Use a new out_dir, or the run's own settings. Differences (started -> now):\n  "
                          + "\n  ".join(changes))
+    return saved
 
 
 # ------------------------------------------------------------------ building
@@ -356,9 +357,9 @@ def run(cfg: Any, store: Any = None) -> dict[str, Any]:
     if cluster is not None:
         cluster.validate()
     out = Path(cfg.out_dir)
-    check_resumable(cfg, out)
+    new_run = check_resumable(cfg, out) is None  # or one that never got going
     out.mkdir(parents=True, exist_ok=True)
-    if saved_config(out) is None:  # a new run (or one that never got going): these are its settings
+    if new_run:  # these are its settings
         (out / CONFIG_FILE).write_text(json.dumps(OmegaConf.to_container(cfg, resolve=True), indent=2, default=str))
     policy, make_vec = build(cfg)
     exec_h = int(cfg.exec_horizon) or policy.horizon
