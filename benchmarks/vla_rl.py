@@ -238,6 +238,8 @@ def main() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [toy, os.environ.get("PYTHONPATH")]))  # Ray workers
         args.methods = [m for m in args.methods if m != "ppo_prm"]  # the PRM's demos come from the sim expert
         args.tasks = ["reach"]
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: give the number of runs at once, 1 or more")
     for m, *_ in args.set_for:
         if m not in METHODS:
             raise SystemExit(f"--set-for {m!r}: not a method ({', '.join(METHODS)})")

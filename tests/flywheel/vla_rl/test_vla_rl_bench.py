@@ -42,7 +42,8 @@ def test_bad_variants_and_method_overrides_are_refused_before_any_run(tmp_path):
     for args, msg in [(["--variant", "no rej", "algo.reject_uniform=false"], "label"),
                       (["--variant", "norej"], "overrides"),
                       (["--variant", "a", "x=1", "--variant", "a", "y=2"], "label"),
-                      (["--set-for", "sac", "algo.lr=1"], "not a method")]:
+                      (["--set-for", "sac", "algo.lr=1"], "not a method"),
+                      (["--jobs", "0"], "1 or more")]:
         p = bench("--toy", "--methods", "rloo", "--workdir", str(tmp_path / "w"), *args, cwd=tmp_path)
         assert p.returncode != 0 and msg in p.stderr, (args, p.stderr[-500:])
     assert not (tmp_path / "w" / "rloo").exists()
